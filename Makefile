@@ -1,0 +1,50 @@
+# regionbench — `make help` lists the targets.
+# TORCH_SPEC picks the PyTorch build installed when none is present (e.g. a CUDA wheel index, or
+# torch==2.13.0 for the CPU wheel); an existing torch in the venv is never replaced.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch>=2.4
+SWEEP ?= ratio=0.01,0.03,0.05
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-slow lint format ui bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[dev]"
+	@touch $@
+
+install: $(STAMP)  ## create .venv and install regionbench (torch only if missing)
+
+run: $(STAMP)  ## the main job: a ratio sweep on the sandbox, logged to ./mlruns
+	$(PY) -m regionbench -m $(SWEEP)
+
+test: $(STAMP)  ## the fast test suite
+	$(PY) -m pytest
+
+test-slow: $(STAMP)  ## the slow tests too (minutes)
+	$(PY) -m pytest -m ""
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check regionbench tests benchmarks experiments
+
+format: $(STAMP)  ## ruff format + autofix
+	$(VENV)/bin/ruff check --fix regionbench tests benchmarks experiments
+	$(VENV)/bin/ruff format regionbench tests benchmarks experiments
+
+ui: $(STAMP)  ## open the MLflow UI on ./mlruns (http://127.0.0.1:5000)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
+
+bench: $(STAMP)  ## benchmark scripts (ratios against baselines measured in the same run)
+	$(PY) benchmarks/bench_importance.py
+	$(PY) benchmarks/bench_perplexity.py
+
+clean:  ## remove Hydra outputs and caches (keeps .venv, mlruns and the model cache)
+	rm -rf outputs multirun .pytest_cache .ruff_cache

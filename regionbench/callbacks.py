@@ -1,0 +1,75 @@
+"""Hydra callbacks that make a sweep one MLflow parent run with its jobs nested under it.
+
+The parent is created before any job starts (which also creates the store once, so parallel
+launchers never race to migrate a fresh SQLite file); its id reaches the jobs through the
+environment, so it works for in-process and subprocess launchers alike. At the end the parent
+gets the comparison table and plots, and the command exits non-zero naming any failed job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+import regionbench
+from regionbench.tracking import PARENT_ENV, SWEEP_ENV, Tracker, git_sha
+
+log = logging.getLogger("regionbench")
+
+
+def _tracker(config: DictConfig) -> Tracker:
+    tracking = config.get("tracking") or {}
+    return Tracker(tracking.get("uri"), tracking.get("experiment") or "regionbench")
+
+
+class MlflowSweepCallback(Callback):
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+        self.parent: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        tracker = _tracker(config)
+        overrides = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+        self.parent = tracker.start_run("sweep " + " ".join(overrides), tags={
+            "git_sha": git_sha(), "regionbench_version": regionbench.__version__,
+            "regionbench.sweep": "true", "model_id": config.model.name})
+        tracker.set_tags(self.parent, {"sweep_id": self.parent})
+        tracker.log_params(self.parent, {"overrides": " ".join(overrides),
+                                         "sweep_dir": str(config.hydra.sweep.dir)})
+        os.environ[PARENT_ENV] = os.environ[SWEEP_ENV] = self.parent
+        log.info("MLflow: sweep run %s in %s", self.parent, tracker.uri)
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        result = job_return._return_value
+        if not isinstance(result, dict) or result.get("status") != "FINISHED":
+            self.failed.append(" ".join(job_return.overrides or []) or "default")
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.failed:
+            sys.exit(1)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from regionbench.report import summarize_sweep
+
+        if self.parent is None:
+            return
+        tracker = _tracker(config)
+        children = tracker.children(self.parent)
+        failed = [r.info.run_name for r in children if r.info.status != "FINISHED"]
+        try:
+            table = summarize_sweep(tracker, self.parent, children)
+            print(table)
+        finally:
+            tracker.end_run(self.parent, "FAILED" if failed or not children else "FINISHED")
+            os.environ.pop(PARENT_ENV, None)
+            os.environ.pop(SWEEP_ENV, None)
+        print(f"MLflow: mlflow ui --backend-store-uri {tracker.uri}")
+        if failed:
+            print(f"{len(failed)} of {len(children)} jobs failed: {', '.join(failed)}",
+                  file=sys.stderr)
+            sys.exit(1)

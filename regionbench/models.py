@@ -1,0 +1,121 @@
+"""Loading models: sandbox names, Hugging Face ids and local folders, all through `from_pretrained`.
+
+    model, tok = load_model("sandbox-m")                 # built on first use, then cached
+    model, tok = load_model("meta-llama/Llama-2-7b-hf")  # hub id (bf16 on GPU)
+    model, tok = load_model("/path/to/hf-folder")        # local folder
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"auto": None, "float32": torch.float32, "fp32": torch.float32,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The regionbench cache: the argument, else $REGIONBENCH_CACHE, else ~/.cache/regionbench."""
+    root = cache_dir or os.environ.get("REGIONBENCH_CACHE") or "~/.cache/regionbench"
+    path = Path(root).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} is not available on this machine; choices: auto, cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """Explicit dtypes: bf16 on GPU and fp32 on CPU unless the user names one."""
+    from regionbench.choices import check_choice
+
+    check_choice("dtype", dtype, DTYPES)
+    if DTYPES[dtype] is not None:
+        return DTYPES[dtype]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def is_sandbox(name: str) -> bool:
+    return name.startswith("sandbox-")
+
+
+def check_model(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> str:
+    """Fail fast, before any heavy work, on a model that cannot be loaded; returns its kind."""
+    from regionbench import sandbox
+
+    if is_sandbox(name):
+        from regionbench.choices import check_choice
+
+        check_choice("sandbox model", name, sandbox.SANDBOX_MODELS)
+        return "sandbox"
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model folder {str(path)!r} has no config.json: not a Hugging Face "
+                             "model folder (save one with model.save_pretrained(folder))")
+        return "local"
+    if name.startswith((".", "/", "~")):
+        raise ValueError(f"model folder {name!r} does not exist")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as err:  # noqa: BLE001 - any failure here means "cannot load"
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"unknown model {name!r}: not a sandbox model ({', '.join(sandbox.SANDBOX_MODELS)}), "
+            f"not a local folder, and not loadable from the Hugging Face hub ({reason})"
+        ) from None
+    return "hub"
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    device_map: str | dict | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+):
+    """Return `(model, tokenizer)` in eval mode; sandbox models are built on first use."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kind = check_model(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    source: str | Path = name_or_path
+    if kind == "sandbox":
+        from regionbench import sandbox
+
+        source = sandbox.ensure_sandbox_model(
+            name_or_path, resolve_cache_dir(cache_dir), progress=progress)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, "dtype": torch_dtype}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    if device_map is None:
+        model.to(dev)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        # Batched evaluation needs a pad id; padded positions are masked out of every loss.
+        tokenizer.pad_token = tokenizer.eos_token
+    log.info("loaded %s (%s, %s, %.2fM parameters)", name_or_path, torch_dtype, dev,
+             sum(p.numel() for p in model.parameters()) / 1e6)
+    return model, tokenizer

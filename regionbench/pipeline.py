@@ -1,0 +1,383 @@
+"""One job, start to finish: config -> model -> texts -> importance -> region -> intervention ->
+evaluation -> MLflow. Only this module knows the order; every stage is a function call elsewhere.
+
+The loaded model, importance scores and the unmodified model's evaluation are kept for the life
+of the process (and scores and baselines on disk), so the jobs of a sweep only pay for what
+differs between them: a ratio sweep scores importance once and thresholds it K times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import regionbench
+from regionbench import config as C
+from regionbench.config import RunConfig
+from regionbench.tracking import PARENT_ENV, SWEEP_ENV, Tracker, flatten, git_sha
+
+log = logging.getLogger(__name__)
+
+# Process-lifetime state: Hydra's basic launcher runs a sweep's jobs one after another in one
+# process, so the model stays loaded (and is restored bit-exactly after each intervention).
+_MODEL: dict[str, Any] = {}
+_BASELINES: dict[str, dict] = {}
+
+
+class Stopwatch:
+    """Collects `time/<stage>_s` for MLflow."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[f"time/{stage}_s"] = time.perf_counter() - start
+
+
+def run_job(cfg: Any, *, name: str = "default", job_num: int = 0,
+            output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Run one job and record it as one MLflow run; never raises for a failed job (the run is
+    marked FAILED with its error and the result says so), so the other jobs of a sweep go on."""
+    from omegaconf import DictConfig, OmegaConf
+
+    raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    raw.pop("hydra", None)
+    tracking = raw.get("tracking") or {}
+    tracker = Tracker(tracking.get("uri"), tracking.get("experiment") or "regionbench")
+    parent = os.environ.get(PARENT_ENV)
+    run_id = tracker.start_run(name, parent_run_id=parent, tags={
+        "sweep_id": os.environ.get(SWEEP_ENV, ""), "job_num": job_num, "git_sha": git_sha(),
+        "regionbench_version": regionbench.__version__,
+        "model_id": (raw.get("model") or {}).get("name", "")})
+    output_dir = Path(output_dir or tempfile.mkdtemp(prefix="regionbench-"))
+    try:
+        run = C.validate(RunConfig.from_cfg(raw))
+        tracker.log_params(run_id, flatten(run.to_dict()))
+        tracker.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(raw)), "config.yaml")
+        metrics = _execute(run, tracker, run_id, output_dir)
+    except KeyboardInterrupt:
+        tracker.end_run(run_id, "KILLED", error="interrupted")
+        raise
+    except Exception as err:  # noqa: BLE001 - a failed job must not stop the sweep
+        tracker.end_run(run_id, "FAILED", error=traceback.format_exc())
+        message = f"{type(err).__name__}: {err}" if not isinstance(err, ValueError) else str(err)
+        log.error("job %r failed: %s", name, message.splitlines()[0] if message else message)
+        log.debug("traceback:\n%s", traceback.format_exc())
+        return {"status": "FAILED", "run_id": run_id, "name": name, "error": message}
+    tracker.end_run(run_id, "FINISHED")
+    return {"status": "FINISHED", "run_id": run_id, "name": name, "metrics": metrics}
+
+
+def _execute(run: RunConfig, tracker: Tracker, run_id: str, out: Path) -> dict[str, float]:
+    from regionbench.cache import fingerprint_texts as fingerprint
+    from regionbench.data import load_texts
+
+    clock = Stopwatch()
+    imp_langs, ev_langs = C.importance_langs(run), C.eval_langs(run)
+    freeze = run.intervention.name == "freeze"
+    if freeze:
+        ev_langs += [lang for lang in C.target_langs(run) if lang not in ev_langs]
+
+    with clock("data"):
+        kw = {"path": run.data.path, "text_field": run.data.text_field}
+        eval_texts = load_texts(run.data.source, "eval", ev_langs, run.data.eval_docs, **kw)
+        imp_texts = (load_texts(run.data.source, "importance", imp_langs,
+                                run.data.importance_docs, **kw) if run.ratio > 0 else {})
+        harness_dir = _prepare_harness(run, eval_texts)  # task-name errors before model work
+
+    with clock("load"):
+        model, tok, model_fp = _load(run)
+    tracker.set_tags(run_id, {"model_fingerprint": model_fp})
+
+    with clock("importance"):
+        scores, key, hit = _importance(run, model, tok, imp_texts, model_fp)
+    log.info("importance %s (%s)", "cache hit" if hit else "computed", key[:12])
+    tracker.set_tags(run_id, {"importance_key": key, "importance_cache": "hit" if hit else "miss"})
+
+    with clock("select"):
+        region = _select(run, scores, imp_langs, fingerprint(imp_texts) if imp_texts else "",
+                         model_fp)
+    metrics: dict[str, float] = {"region/params": float(region.numel),
+                                 "region/fraction": float(region.fraction)}
+    _log_region(tracker, run_id, run, region, out)
+
+    base = _baseline(run, model, tok, eval_texts, harness_dir, model_fp)
+    if freeze:
+        metrics |= _freeze(run, model, tok, region, eval_texts, harness_dir, base, tracker, run_id,
+                           out, clock)
+    else:
+        from regionbench.interventions import intervene
+
+        iv = run.intervention
+        with intervene(model, region, iv.name, factor=iv.factor, std=iv.std, seed=run.seed):
+            metrics |= _evaluate(run, model, tok, eval_texts, harness_dir, base, tracker, run_id,
+                                 clock)
+    metrics |= clock.times
+    tracker.log_metrics(run_id, metrics)
+    log.info("ppl/mean %.3f  ppl_ratio/mean %.4f  region/fraction %.4f",
+             metrics.get("ppl/mean", float("nan")), metrics.get("ppl_ratio/mean", float("nan")),
+             metrics["region/fraction"])
+    return metrics
+
+
+# --- stages --------------------------------------------------------------------------------------
+
+def _load(run: RunConfig):
+    from regionbench.cache import fingerprint_model
+    from regionbench.models import load_model
+
+    m = run.model
+    key = json.dumps([m.name, m.revision, m.dtype, str(m.device_map), run.device,
+                      m.trust_remote_code, run.paths.cache_dir])
+    if _MODEL.get("key") != key:
+        _MODEL.clear()
+        model, tok = load_model(m.name, dtype=m.dtype, device=run.device, revision=m.revision,
+                                trust_remote_code=m.trust_remote_code, device_map=m.device_map,
+                                cache_dir=run.paths.cache_dir)
+        _MODEL.update(key=key, model=model, tok=tok, fp=fingerprint_model(
+            model, full=sum(p.numel() for p in model.parameters()) < 100_000_000))
+    return _MODEL["model"], _MODEL["tok"], _MODEL["fp"]
+
+
+def _importance(run: RunConfig, model, tok, texts, model_fp: str):
+    """Scores from the content-addressed cache, computed and stored on a miss."""
+    from regionbench.cache import ScoreCache, cache_key
+    from regionbench.cache import fingerprint_texts as fingerprint
+    from regionbench.importance import compute_importance
+    from regionbench.models import resolve_cache_dir
+
+    if run.ratio == 0:
+        return {}, "none (ratio=0)", True
+    inputs = {
+        "model": run.model.name, "revision": run.model.revision, "weights": model_fp,
+        "dtype": str(next(model.parameters()).dtype), "metric": run.metric.name,
+        "data": fingerprint(texts), "seq_len": run.data.seq_len,
+        "batch_size": run.importance.batch_size, "include": list(run.importance.include),
+        "exclude": list(run.importance.exclude),
+        "seed": run.seed if run.metric.name == "random" else None,
+        "version": regionbench.__version__,
+    }
+    key = cache_key(**inputs)
+    store = ScoreCache(resolve_cache_dir(run.paths.cache_dir) / "importance")
+    scores = store.get(key)
+    if scores is not None:
+        return scores, key, True
+    scores = compute_importance(
+        model, tok, texts, run.metric.name, seq_len=run.data.seq_len,
+        batch_size=run.importance.batch_size, include=run.importance.include,
+        exclude=run.importance.exclude, seed=run.seed)
+    store.put(key, scores, meta=inputs)
+    return scores, key, False
+
+
+def _select(run: RunConfig, scores, langs: list[str], data_fp: str, model_fp: str):
+    from regionbench.importance import scoped_params
+    from regionbench.regions import Region, select
+
+    meta = {"model_id": run.model.name, "revision": str(run.model.revision),
+            "metric": run.metric.name, "region": run.region.name, "ratio": str(run.ratio),
+            "languages": ",".join(langs), "data_fingerprint": data_fp,
+            "model_fingerprint": model_fp, "regionbench_version": regionbench.__version__}
+    if run.ratio == 0:
+        params = scoped_params(_MODEL["model"], run.importance.include, run.importance.exclude)
+        masks = {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in params.items()}
+        return Region(masks=masks, meta=meta)
+    return select(scores, run.ratio, run.region.name, lang=run.region.lang, langs=langs,
+                  meta=meta)
+
+
+def _log_region(tracker: Tracker, run_id: str, run: RunConfig, region, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = region.summary()
+    path = out / "region_summary.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["layer", "module"])
+        writer.writeheader()
+        writer.writerows(rows)
+    tracker.log_artifact(run_id, path)
+    if run.tracking.save_region and run.ratio > 0:
+        region.save(out / "region.safetensors")
+        tracker.log_artifact(run_id, out / "region.safetensors")
+
+
+def _prepare_harness(run: RunConfig, eval_texts: dict[str, list[str]]) -> Path | None:
+    """Write our lm-eval tasks for this run's data and check every task name."""
+    tasks = list(run.eval.lm_eval.tasks)
+    if not tasks:
+        return None
+    from regionbench.evaluation import harness
+    from regionbench.models import resolve_cache_dir
+
+    pairs = None
+    if run.data.source == "sandbox":
+        from regionbench.data import sandbox
+
+        langs = [lang for lang in eval_texts if lang in sandbox.PRETRAIN_LANGS]
+        pairs = {lang: sandbox.minimal_pairs(lang, run.eval.lm_eval.grammar_pairs)
+                 for lang in langs}
+    blob = json.dumps([eval_texts, pairs], ensure_ascii=False, sort_keys=True).encode()
+    root = resolve_cache_dir(run.paths.cache_dir) / "tasks" / hashlib.sha256(blob).hexdigest()[:16]
+    if not root.exists():
+        tmp = Path(tempfile.mkdtemp(dir=root.parent if root.parent.exists() else None))
+        harness.write_tasks(tmp, ppl_texts=eval_texts, grammar_pairs=pairs)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # another process wrote the same content first
+            tmp.rename(root)
+    harness.check_tasks(tasks, root)
+    return root
+
+
+def _ppl(run: RunConfig, model, tok, texts) -> dict[str, dict[str, float]]:
+    from regionbench.evaluation.perplexity import perplexity
+
+    res = perplexity(model, tok, texts, max_length=run.data.max_length,
+                     batch_size=run.eval.batch_size)
+    return {lang: asdict(r) for lang, r in res.items()}
+
+
+def _lm_eval(run: RunConfig, model, tok, harness_dir) -> tuple[dict[str, float], dict]:
+    if harness_dir is None:
+        return {}, {}
+    from regionbench.evaluation import harness
+
+    le = run.eval.lm_eval
+    results = harness.run_lm_eval(model, tok, list(le.tasks), limit=le.limit,
+                                  num_fewshot=le.num_fewshot, batch_size=le.batch_size,
+                                  include_path=harness_dir, log_samples=le.log_samples)
+    return harness.flatten_results(results), results
+
+
+def _baseline(run: RunConfig, model, tok, eval_texts, harness_dir, model_fp: str) -> dict:
+    """The unmodified model's evaluation, once per process and cached on disk."""
+    from regionbench.cache import fingerprint_texts as fingerprint
+    from regionbench.models import resolve_cache_dir
+
+    parts = [model_fp, fingerprint(eval_texts), run.data.max_length, run.eval.perplexity,
+             asdict(run.eval.lm_eval) if harness_dir else None, str(harness_dir),
+             regionbench.__version__]
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    if key in _BASELINES:
+        return _BASELINES[key]
+    path = resolve_cache_dir(run.paths.cache_dir) / "baselines" / f"{key}.json"
+    if path.is_file():
+        with contextlib.suppress(ValueError):
+            _BASELINES[key] = json.loads(path.read_text())
+            log.info("baseline evaluation: cache hit")
+            return _BASELINES[key]
+    log.info("evaluating the unmodified model (once; cached)")
+    ppl = _ppl(run, model, tok, eval_texts) if run.eval.perplexity else {}
+    lm, _ = _lm_eval(run, model, tok, harness_dir)
+    base = {"ppl": ppl, "lm_eval": lm}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(base))
+    os.replace(tmp, path)
+    _BASELINES[key] = base
+    return base
+
+
+def ppl_metrics(ppl: dict[str, dict], base: dict[str, dict]) -> dict[str, float]:
+    """`ppl/<lang>`, `bpb/<lang>`, `ppl_ratio/<lang>` and their means over languages."""
+    out: dict[str, float] = {}
+    for lang, r in ppl.items():
+        out[f"ppl/{lang}"] = r["ppl"]
+        out[f"bpb/{lang}"] = r["bpb"]
+        if lang in base:
+            out[f"ppl_ratio/{lang}"] = r["ppl"] / base[lang]["ppl"]
+    for stem in ("ppl", "bpb", "ppl_ratio"):
+        vals = [v for k, v in out.items() if k.startswith(f"{stem}/")]
+        if vals:
+            out[f"{stem}/mean"] = sum(vals) / len(vals)
+    return out
+
+
+def lm_eval_ratios(lm: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    return {k.replace("lm_eval/", "lm_eval_ratio/", 1): v / base[k] for k, v in lm.items()
+            if not k.endswith("_stderr") and base.get(k)}
+
+
+def _evaluate(run, model, tok, eval_texts, harness_dir, base, tracker, run_id, clock) -> dict:
+    metrics: dict[str, float] = {}
+    if run.eval.perplexity:
+        with clock("eval"):
+            metrics |= ppl_metrics(_ppl(run, model, tok, eval_texts), base["ppl"])
+    if harness_dir is not None:
+        with clock("lm_eval"):
+            lm, results = _lm_eval(run, model, tok, harness_dir)
+        metrics |= lm | lm_eval_ratios(lm, base["lm_eval"])
+        tracker.log_dict(run_id, _jsonable(results), "lm_eval_results.json")
+    return metrics
+
+
+def _freeze(run, model, tok, region, eval_texts, harness_dir, base, tracker, run_id, out,
+            clock) -> dict:
+    """Further pre-training with the region frozen; the loaded model is restored afterwards."""
+    from regionbench.data import load_texts
+    from regionbench.plots import forgetting_curve
+    from regionbench.training import FreezeConfig, forgetting_metrics, train_frozen
+
+    iv = run.intervention
+    targets = C.target_langs(run)
+    train_texts = load_texts(run.data.source, "train", targets, iv.train_docs,
+                             path=run.data.path, text_field=run.data.text_field)
+    fcfg = FreezeConfig(target_langs=targets, steps=iv.steps, lr=iv.lr,
+                        weight_decay=iv.weight_decay, warmup_steps=iv.warmup_steps,
+                        batch_size=iv.batch_size, grad_accum=iv.grad_accum, seq_len=iv.seq_len,
+                        eval_every=iv.eval_every, seed=run.seed, save_model=iv.save_model,
+                        max_grad_norm=iv.max_grad_norm)
+    before = {lang: r["ppl"] for lang, r in base["ppl"].items()}
+    history: list[tuple[int, dict[str, float]]] = []
+
+    def eval_fn(step: int) -> dict[str, float]:
+        ppl = {lang: r["ppl"] for lang, r in _ppl(run, model, tok, eval_texts).items()}
+        return forgetting_metrics(before, ppl, targets)
+
+    def log_fn(metrics: dict[str, float], step: int) -> None:
+        history.append((step, dict(metrics)))
+        tracker.log_metrics(run_id, metrics, step=step)
+
+    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
+    frozen = region if region.numel > 0 else None
+    try:
+        with clock("train"):
+            summary = train_frozen(model, tok, train_texts, frozen, fcfg, eval_fn=eval_fn,
+                                   log_fn=log_fn)
+        if iv.save_model:
+            model.save_pretrained(out / "model")
+            tok.save_pretrained(out / "model")
+        metrics = _evaluate(run, model, tok, eval_texts, harness_dir, base, tracker, run_id,
+                            clock)
+        if history:
+            forgetting_curve(history, out / "forgetting_curve.png")
+            tracker.log_artifact(run_id, out / "forgetting_curve.png")
+        final = history[-1][1] if history else {}
+        metrics |= {k: v for k, v in final.items() if k.startswith(("forget/", "learn/"))}
+        metrics |= {f"train/{k}": float(v) for k, v in summary.items()
+                    if isinstance(v, int | float)}
+    finally:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(saved[n])
+        model.eval()
+    return metrics
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))

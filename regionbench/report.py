@@ -1,0 +1,184 @@
+"""Comparison tables and plots from MLflow runs: the sweep summary and the experiment READMEs.
+
+    python -m regionbench.report                         # the latest sweep, as a markdown table
+    python -m regionbench.report --parent RUN_ID --metrics ppl_ratio/mean lm_eval/sandbox_grammar/acc
+    python -m regionbench.report --group metric.name region.name ratio --over seed \\
+        --metrics forget/mean learn/mean                   # mean ± std across seeds
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import statistics
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+from regionbench.tracking import Tracker
+
+DEFAULT_METRICS = ("region/fraction", "ppl/mean", "ppl_ratio/mean")
+_IGNORED_PARAMS = ("paths.", "tracking.")
+
+
+def swept_params(runs: Sequence) -> list[str]:
+    """Params whose values differ between the runs: the sweep's axes."""
+    keys = sorted({k for r in runs for k in r.data.params})
+    return [k for k in keys if not k.startswith(_IGNORED_PARAMS)
+            and len({r.data.params.get(k) for r in runs}) > 1]
+
+
+def rows_of(runs: Sequence, params: Sequence[str], metrics: Sequence[str]) -> list[dict]:
+    return [{"run": r.info.run_name, "status": r.info.status,
+             **{p: r.data.params.get(p, "") for p in params},
+             **{m: r.data.metrics.get(m, math.nan) for m in metrics}} for r in runs]
+
+
+def aggregate(rows: list[dict], group: Sequence[str], metrics: Sequence[str]) -> list[dict]:
+    """Mean ± sample std of each metric over the rows sharing the `group` values."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[g] for g in group)].append(row)
+    out = []
+    for key, members in groups.items():
+        agg = dict(zip(group, key, strict=True)) | {"n": len(members)}
+        for m in metrics:
+            vals = [r[m] for r in members if not math.isnan(r[m])]
+            mean = statistics.fmean(vals) if vals else math.nan
+            std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            agg[m] = f"{mean:.4g} ± {std:.2g}" if len(vals) > 1 else f"{mean:.4g}"
+        out.append(agg)
+    return out
+
+
+def markdown(rows: list[dict]) -> str:
+    if not rows:
+        return "(no runs)"
+    cols = list(rows[0])
+    fmt = [(f"{v:.4g}" if isinstance(v, float) else str(v)) for r in rows for v in r.values()]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for i in range(len(rows)):
+        lines.append("| " + " | ".join(fmt[i * len(cols):(i + 1) * len(cols)]) + " |")
+    return "\n".join(lines)
+
+
+def _interesting_metrics(runs: Sequence) -> list[str]:
+    names = sorted({k for r in runs for k in r.data.metrics})
+    extra = [n for n in names if n in ("forget/mean", "learn/mean")
+             or (n.startswith("lm_eval/") and n.endswith("/acc") and n.count("/") == 2)]
+    return [m for m in DEFAULT_METRICS if m in names] + extra[:4]
+
+
+def summarize_sweep(tracker: Tracker, parent_id: str, runs: Sequence) -> str:
+    """Log the comparison table (csv, md) and plots to the parent run; return the markdown."""
+    if not runs:
+        return "(no finished jobs)"
+    params = swept_params(runs)
+    metrics = _interesting_metrics(runs)
+    rows = rows_of(runs, params, metrics)
+    table = markdown(rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    tracker.log_text(parent_id, buf.getvalue(), "sweep_comparison.csv")
+    tracker.log_text(parent_id, table + "\n", "sweep_comparison.md")
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in sweep_plots(runs, params, Path(tmp)):
+            tracker.log_artifact(parent_id, path)
+    return table
+
+
+def sweep_plots(runs: Sequence, params: Sequence[str], out: Path) -> list[Path]:
+    """Per-language perplexity ratio of each job, and the mean against a numeric swept axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in runs if r.info.status == "FINISHED"]
+    langs = sorted({k.split("/", 1)[1] for r in done for k in r.data.metrics
+                    if k.startswith("ppl_ratio/") and k != "ppl_ratio/mean"})
+    paths = []
+    if done and langs:
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(langs) * max(1, len(done)) / 3), 4))
+        width = 0.8 / len(done)
+        for i, r in enumerate(done):
+            ax.bar([j + i * width for j in range(len(langs))],
+                   [r.data.metrics.get(f"ppl_ratio/{lang}", math.nan) for lang in langs],
+                   width, label=r.info.run_name)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(langs))], langs)
+        ax.set_ylabel("perplexity / unmodified")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        paths.append(out / "ppl_ratio_by_language.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    numeric = [p for p in params if all(_is_number(r.data.params.get(p)) for r in done)]
+    if done and numeric:
+        axis = numeric[0]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        pts = sorted((float(r.data.params[axis]), r.data.metrics.get("ppl_ratio/mean", math.nan))
+                     for r in done)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+        ax.set_xlabel(axis)
+        ax.set_ylabel("ppl_ratio/mean")
+        fig.tight_layout()
+        paths.append(out / f"ppl_ratio_vs_{axis.replace('.', '_')}.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m regionbench.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--uri", default=None, help="tracking URI (default ./mlruns/mlflow.db)")
+    ap.add_argument("--experiment", default="regionbench")
+    ap.add_argument("--parent", default=None, help="sweep run id (default: the latest sweep)")
+    ap.add_argument("--metrics", nargs="*", default=None)
+    ap.add_argument("--params", nargs="*", default=None, help="columns (default: swept params)")
+    ap.add_argument("--group", nargs="*", default=None, help="aggregate over runs sharing these")
+    ap.add_argument("--over", nargs="*", default=None,
+                    help="aggregate over these params (e.g. seed), grouping by the rest")
+    ap.add_argument("--all-sweeps", action="store_true", help="every job in the experiment")
+    args = ap.parse_args(argv)
+    tracker = Tracker(args.uri, args.experiment)
+    if args.all_sweeps:
+        runs = [r for r in tracker.client.search_runs([tracker.experiment_id], max_results=5000)
+                if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"]
+    else:
+        parent = args.parent
+        if parent is None:
+            sweeps = tracker.client.search_runs(
+                [tracker.experiment_id], filter_string="tags.`regionbench.sweep` = 'true'",
+                max_results=1, order_by=["attributes.start_time DESC"])
+            if not sweeps:
+                raise SystemExit("no sweep found in this store")
+            parent = sweeps[0].info.run_id
+        runs = tracker.children(parent)
+    metrics = args.metrics or _interesting_metrics(runs)
+    params = args.params if args.params is not None else swept_params(runs)
+    params = list(dict.fromkeys([*(args.group or []), *params]))
+    rows = rows_of(runs, params, metrics)
+    if args.group:
+        rows = aggregate(rows, args.group, metrics)
+    elif args.over:
+        rows = aggregate(rows, [p for p in params if p not in args.over], metrics)
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""MLflow, and nothing else: the one module that imports mlflow.
+
+Every job is one run; a sweep adds a parent run and nests its jobs under it. The default store is
+`sqlite:///<launch dir>/mlruns/mlflow.db` with artifacts in `mlruns/artifacts/`, always absolute so
+that jobs, launchers and `mlflow ui` started elsewhere agree on one store:
+
+    mlflow ui --backend-store-uri sqlite:///$PWD/mlruns/mlflow.db
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "REGIONBENCH_PARENT_RUN_ID"
+SWEEP_ENV = "REGIONBENCH_SWEEP_ID"
+_BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
+
+
+def resolve_uri(uri: str | None = None, base_dir: str | os.PathLike | None = None) -> str:
+    """An absolute tracking URI; relative sqlite/file paths are resolved against `base_dir`."""
+    base = Path(base_dir or os.getcwd()).resolve()
+    if not uri:
+        uri = f"sqlite:///{base / 'mlruns' / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        path = Path(uri[len("sqlite:///"):])
+        uri = f"sqlite:///{path if path.is_absolute() else (base / path).resolve()}"
+    elif "://" not in uri:
+        uri = (base / uri).resolve().as_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def _artifact_root(uri: str) -> str | None:
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+    return None
+
+
+def git_sha() -> str:
+    """The source checkout's commit (with +dirty), or 'unknown' for an installed package."""
+    src = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=src, text=True,
+                             capture_output=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                               text=True, capture_output=True, timeout=5).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values (logged as their repr)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+class Tracker:
+    """A thin handle on one MLflow store and experiment, used by explicit run id (no global
+    active run), so one process can serve many jobs and a parent run at once."""
+
+    def __init__(self, uri: str | None = None, experiment: str = "regionbench"):
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self.uri = resolve_uri(uri)
+        self._mlflow = mlflow
+        self.client = MlflowClient(tracking_uri=self.uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            try:
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=_artifact_root(self.uri))
+            except Exception:  # noqa: BLE001 - another process created it first
+                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+        else:
+            self.experiment_id = found.experiment_id
+        self.experiment = experiment
+
+    def start_run(self, name: str, *, parent_run_id: str | None = None,
+                  tags: Mapping[str, Any] | None = None) -> str:
+        tags = {k: str(v) for k, v in (tags or {}).items()}
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(run_id, params=items[i:i + _BATCH])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: str | os.PathLike, subdir: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path=subdir)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        self.client.log_text(run_id, text, name)
+
+    def log_dict(self, run_id: str, data: dict, name: str) -> None:
+        self.client.log_dict(run_id, data, name)
+
+    def log_figure(self, run_id: str, figure, name: str) -> None:
+        self.client.log_figure(run_id, figure, name)
+
+    def end_run(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
+        if error:
+            self.set_tags(run_id, {"error": error.strip().splitlines()[-1][:500]})
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "error.txt").write_text(error)
+                self.log_artifact(run_id, Path(tmp) / "error.txt")
+        self.client.set_terminated(run_id, status=status)
+
+    def children(self, parent_run_id: str) -> list:
+        """The nested runs of a sweep, oldest first."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+            max_results=5000, order_by=["attributes.start_time ASC"])
+        return list(runs)
+
+    def run(self, run_id: str):
+        return self.client.get_run(run_id)

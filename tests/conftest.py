@@ -1,0 +1,51 @@
+"""Shared fixtures: an isolated cache and MLflow store per session, offline hubs, the real Hydra
+config composed and shrunk to a test-sized sandbox model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+
+# A test job: the real config, shrunk (sandbox-test builds in seconds; few documents).
+SMALL = ["model=sandbox-test", "data.importance_docs=8", "data.eval_docs=12",
+         "eval.lm_eval.grammar_pairs=6", "importance.batch_size=4", "eval.batch_size=8"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_env(tmp_path_factory):
+    """Never touch the user's cache or the network from a test."""
+    cache = tmp_path_factory.mktemp("rbcache")
+    saved = dict(os.environ)
+    os.environ.update({"REGIONBENCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+                       "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                       "TOKENIZERS_PARALLELISM": "false", "MLFLOW_ENABLE_ASYNC_LOGGING": "false"})
+    yield cache
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(_isolated_env) -> Path:
+    return _isolated_env
+
+
+@pytest.fixture(scope="session")
+def sandbox_test_dir(cache_dir) -> Path:
+    """The test-sized sandbox model, built once per session through the real build path."""
+    from regionbench.sandbox import ensure_sandbox_model
+
+    return ensure_sandbox_model("sandbox-test", cache_dir, progress=False)
+
+
+def compose(overrides: list[str]):
+    """The real Hydra config with `overrides` (what `python -m regionbench ...` would build)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)

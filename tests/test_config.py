@@ -1,0 +1,100 @@
+"""The real Hydra config: every group option composes into a typed RunConfig, and bad values are
+rejected with one line that names them and the valid choices."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONF, compose
+
+from regionbench.config import RunConfig, validate
+
+GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml"))
+          for g in CONF.iterdir() if g.is_dir() and g.name not in ("hydra", "experiment")}
+OPTIONS = [(g, o) for g, opts in GROUPS.items() for o in opts]
+
+
+def test_groups_are_the_sweep_axes():
+    assert {"model", "metric", "region", "intervention", "data", "eval"} <= set(GROUPS)
+    assert {"taylor", "magnitude", "random"} <= set(GROUPS["metric"])
+    assert {"core", "core_bottom", "monolingual"} <= set(GROUPS["region"])
+    assert {"sandbox-s", "sandbox-m", "sandbox-l", "llama2-7b", "llama2-13b", "llama-3.1-8b",
+            "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "bloom-560m",
+            "xglm-564m"} <= set(GROUPS["model"])
+
+
+def test_defaults():
+    run = RunConfig.from_cfg(compose([]))
+    assert (run.model.name, run.ratio, run.metric.name, run.region.name, run.intervention.name,
+            run.data.source) == ("sandbox-m", 0.01, "taylor", "core", "remove", "sandbox")
+    assert run.importance.include == (r"layers\.",)
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS)
+def test_every_option_composes(group, option):
+    overrides = [f"{group}={option}"]
+    if (group, option) == ("region", "monolingual"):
+        overrides.append("region.lang=latn")
+    if (group, option) == ("model", "hf"):
+        overrides.append("model.name=/some/folder")
+    if (group, option) == ("data", "local"):
+        overrides.append("data.path=/some/folder")
+    run = RunConfig.from_cfg(compose(overrides))
+    assert getattr(run, group) is not None
+    if group in ("metric", "region", "intervention", "eval") or option.startswith("sandbox"):
+        validate(run)  # cheap choices only: no hub, no files
+
+
+def test_block_pattern_follows_the_model():
+    run = RunConfig.from_cfg(compose(["model=bloom-560m"]))
+    assert run.importance.include == (r"\.h\.\d+\.",)
+
+
+def test_experiments_compose():
+    for path in sorted((CONF / "experiment").glob("*.yaml")):
+        cfg = compose([f"+experiment={path.stem}"])
+        RunConfig.from_cfg(cfg)
+        assert path.read_text().lstrip().startswith("# @package _global_")
+        assert "python -m regionbench" in path.read_text(), f"{path.name} has no command header"
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["ratio=1.0"], "ratio 1.0 is outside [0, 1)"),
+    (["ratio=-0.1"], "ratio -0.1 is outside [0, 1)"),
+    (["ratio=1.5"], "ratio 1.5 is outside [0, 1)"),
+    (["region=monolingual"], "region=monolingual needs region.lang; choices: latn"),
+    (["region=monolingual", "region.lang=xx"], "unknown region.lang"),
+    (["metric.name=taylr"], "unknown metric 'taylr': did you mean 'taylor'"),
+    (["region.name=cor"], "unknown region 'cor': did you mean 'core'"),
+    (["intervention.name=remov"], "did you mean 'remove'"),
+    (["data.eval_langs=[latn,klingon]"], "unknown language for data=sandbox 'klingon'"),
+    (["model.name=sandbox-xl"], "unknown sandbox model 'sandbox-xl'"),
+])
+def test_bad_values_one_line(overrides, message):
+    from regionbench.models import check_model
+
+    with pytest.raises(ValueError) as err:
+        run = validate(RunConfig.from_cfg(compose(overrides)))
+        check_model(run.model.name)
+    text = str(err.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_unknown_key_is_an_error():
+    cfg = dict(compose([]))
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(compose([]), resolve=True)
+    tree["ratoi"] = 0.1
+    with pytest.raises(ValueError, match="unknown config key in the root 'ratoi': did you mean"):
+        RunConfig.from_cfg(tree)
+    tree.pop("ratoi")
+    tree["data"]["eval_doc"] = 3
+    with pytest.raises(ValueError, match="did you mean 'eval_docs'"):
+        RunConfig.from_cfg(tree)
+    assert cfg
+
+
+def test_round_trip():
+    run = RunConfig.from_cfg(compose(["ratio=0.05", "metric=magnitude"]))
+    assert RunConfig.from_cfg(run.to_dict()) == run

@@ -1,0 +1,45 @@
+"""MLflow store handling, read back through MlflowClient from a temporary store."""
+
+from __future__ import annotations
+
+from mlflow.tracking import MlflowClient
+
+from regionbench.tracking import Tracker, flatten, resolve_uri
+
+
+def test_default_uri_is_absolute_sqlite(tmp_path):
+    uri = resolve_uri(None, tmp_path)
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    assert (tmp_path / "mlruns").is_dir()
+    assert resolve_uri("sqlite:///rel/x.db", tmp_path) == f"sqlite:///{tmp_path.resolve()}/rel/x.db"
+    assert resolve_uri("store", tmp_path) == (tmp_path / "store").resolve().as_uri()
+
+
+def test_flatten():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {
+        "a.b": 1, "a.c.d": [1, 2], "e": None}
+
+
+def test_runs_read_back(tmp_path):
+    tracker = Tracker(resolve_uri(None, tmp_path), "exp")
+    parent = tracker.start_run("sweep")
+    child = tracker.start_run("ratio=0.01", parent_run_id=parent, tags={"job_num": 0})
+    tracker.log_params(child, {f"p{i}": i for i in range(250)})  # more than one batch
+    tracker.log_metrics(child, {"ppl/latn": 3.5, "nan": float("nan")})
+    tracker.log_metrics(child, {"forget/mean": 1.5}, step=7)
+    tracker.end_run(child, "FAILED", error="Traceback...\nValueError: boom")
+    tracker.end_run(parent)
+
+    client = MlflowClient(tracking_uri=tracker.uri)
+    run = client.get_run(child)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "ValueError: boom"
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert len(run.data.params) == 250 and run.data.params["p249"] == "249"
+    assert run.data.metrics == {"ppl/latn": 3.5, "forget/mean": 1.5}
+    assert [m.step for m in client.get_metric_history(child, "forget/mean")] == [7]
+    assert [r.info.run_id for r in tracker.children(parent)] == [child]
+    art = client.list_artifacts(child)
+    assert [a.path for a in art] == ["error.txt"]
+    exp = client.get_experiment(tracker.experiment_id)
+    assert exp.artifact_location == (tmp_path / "mlruns" / "artifacts").resolve().as_uri()
