@@ -28,9 +28,30 @@ def task(cfg) -> dict:
     return run_job(cfg, name=name, job_num=num, output_dir=hc.runtime.output_dir)
 
 
+def check_group_overrides(args: list[str], conf: Path) -> None:
+    """Hydra's own error for `metric=taylr` is a page long; give one line naming the choices."""
+    from regionbench.choices import check_choice
+
+    for arg in args:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        folder = conf / key
+        if not sep or "." in key or not folder.is_dir() or key == "hydra":
+            continue
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        for option in value.split(","):  # a sweep: metric=taylor,magnitude
+            if option and not option.startswith(("glob(", "choice(", "range(")):
+                check_choice(f"{key} option", option, options)
+
+
 def main() -> None:
+    import sys
+
     import hydra
 
+    try:
+        check_group_overrides(sys.argv[1:], conf_dir())
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(task)()
 
 

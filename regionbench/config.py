@@ -49,7 +49,8 @@ class InterventionConfig:
     batch_size: int = 16
     grad_accum: int = 1
     seq_len: int = 128
-    max_grad_norm: float = 1.0
+    max_grad_norm: float | None = 1.0
+    schedule: str = "linear"
     eval_every: int = 25
     save_model: bool = False
 

@@ -331,7 +331,12 @@ def _freeze(run, model, tok, region, eval_texts, harness_dir, base, tracker, run
     """Further pre-training with the region frozen; the loaded model is restored afterwards."""
     from regionbench.data import load_texts
     from regionbench.plots import forgetting_curve
-    from regionbench.training import FreezeConfig, forgetting_metrics, train_frozen
+    from regionbench.training import (
+        FreezeConfig,
+        forgetting_metrics,
+        restore_after,
+        train_frozen,
+    )
 
     iv = run.intervention
     targets = C.target_langs(run)
@@ -341,41 +346,31 @@ def _freeze(run, model, tok, region, eval_texts, harness_dir, base, tracker, run
                         weight_decay=iv.weight_decay, warmup_steps=iv.warmup_steps,
                         batch_size=iv.batch_size, grad_accum=iv.grad_accum, seq_len=iv.seq_len,
                         eval_every=iv.eval_every, seed=run.seed, save_model=iv.save_model,
-                        max_grad_norm=iv.max_grad_norm)
+                        max_grad_norm=iv.max_grad_norm, schedule=iv.schedule)
     before = {lang: r["ppl"] for lang, r in base["ppl"].items()}
-    history: list[tuple[int, dict[str, float]]] = []
 
     def eval_fn(step: int) -> dict[str, float]:
-        ppl = {lang: r["ppl"] for lang, r in _ppl(run, model, tok, eval_texts).items()}
+        # Step 0 is the unmodified model, whose evaluation is already cached.
+        ppl = before if step == 0 else {
+            lang: r["ppl"] for lang, r in _ppl(run, model, tok, eval_texts).items()}
         return forgetting_metrics(before, ppl, targets)
 
     def log_fn(metrics: dict[str, float], step: int) -> None:
-        history.append((step, dict(metrics)))
         tracker.log_metrics(run_id, metrics, step=step)
 
-    saved = {n: p.detach().clone() for n, p in model.named_parameters()}
     frozen = region if region.numel > 0 else None
-    try:
+    with restore_after(model):  # one loaded model serves every job: undo the training
         with clock("train"):
             summary = train_frozen(model, tok, train_texts, frozen, fcfg, eval_fn=eval_fn,
-                                   log_fn=log_fn)
-        if iv.save_model:
-            model.save_pretrained(out / "model")
-            tok.save_pretrained(out / "model")
+                                   log_fn=log_fn, save_dir=out / "model" if iv.save_model else None)
         metrics = _evaluate(run, model, tok, eval_texts, harness_dir, base, tracker, run_id,
                             clock)
-        if history:
-            forgetting_curve(history, out / "forgetting_curve.png")
-            tracker.log_artifact(run_id, out / "forgetting_curve.png")
-        final = history[-1][1] if history else {}
-        metrics |= {k: v for k, v in final.items() if k.startswith(("forget/", "learn/"))}
-        metrics |= {f"train/{k}": float(v) for k, v in summary.items()
-                    if isinstance(v, int | float)}
-    finally:
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                p.copy_(saved[n])
-        model.eval()
+    history = summary["history"]
+    if history:
+        forgetting_curve(history, out / "forgetting_curve.png")
+        tracker.log_artifact(run_id, out / "forgetting_curve.png")
+        metrics |= {k: v for k, v in history[-1][1].items() if k.startswith(("forget/", "learn/"))}
+    metrics |= {f"train/{k}": float(v) for k, v in summary.items() if isinstance(v, int | float)}
     return metrics
 
 

@@ -94,43 +94,26 @@ def summarize_sweep(tracker: Tracker, parent_id: str, runs: Sequence) -> str:
 
 def sweep_plots(runs: Sequence, params: Sequence[str], out: Path) -> list[Path]:
     """Per-language perplexity ratio of each job, and the mean against a numeric swept axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from regionbench.plots import sweep_plot
 
     done = [r for r in runs if r.info.status == "FINISHED"]
     langs = sorted({k.split("/", 1)[1] for r in done for k in r.data.metrics
                     if k.startswith("ppl_ratio/") and k != "ppl_ratio/mean"})
     paths = []
     if done and langs:
-        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(langs) * max(1, len(done)) / 3), 4))
-        width = 0.8 / len(done)
-        for i, r in enumerate(done):
-            ax.bar([j + i * width for j in range(len(langs))],
-                   [r.data.metrics.get(f"ppl_ratio/{lang}", math.nan) for lang in langs],
-                   width, label=r.info.run_name)
-        ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(langs))], langs)
-        ax.set_ylabel("perplexity / unmodified")
-        ax.legend(fontsize="small")
-        fig.tight_layout()
-        paths.append(out / "ppl_ratio_by_language.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        rows = [{"language": lang, "job": r.info.run_name,
+                 "ppl_ratio": r.data.metrics.get(f"ppl_ratio/{lang}", math.nan)}
+                for r in done for lang in langs]
+        paths.append(sweep_plot(rows, "language", ["ppl_ratio"],
+                                out / "ppl_ratio_by_language.png", group="job"))
     numeric = [p for p in params if all(_is_number(r.data.params.get(p)) for r in done)]
     if done and numeric:
-        axis = numeric[0]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        pts = sorted((float(r.data.params[axis]), r.data.metrics.get("ppl_ratio/mean", math.nan))
-                     for r in done)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
-        ax.set_xlabel(axis)
-        ax.set_ylabel("ppl_ratio/mean")
-        fig.tight_layout()
-        paths.append(out / f"ppl_ratio_vs_{axis.replace('.', '_')}.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        axis, others = numeric[0], [p for p in params if p != numeric[0]]
+        rows = [{axis: float(r.data.params[axis]),
+                 "job": " ".join(f"{p}={r.data.params.get(p)}" for p in others) or "sweep",
+                 "ppl_ratio/mean": r.data.metrics.get("ppl_ratio/mean", math.nan)} for r in done]
+        paths.append(sweep_plot(rows, axis, ["ppl_ratio/mean"],
+                                out / f"ppl_ratio_vs_{axis.replace('.', '_')}.png", group="job"))
     return paths
 
 

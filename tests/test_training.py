@@ -1,0 +1,336 @@
+"""Freeze training keeps the frozen set bit-identical, trains the rest, is reproducible, calls its
+hooks at the promised steps; forgetting ratios and plots are right."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from regionbench.plots import forgetting_curve, sweep_plot
+from regionbench.testing import tiny_llama
+from regionbench.training import (
+    FreezeConfig,
+    forgetting_metrics,
+    pack_documents,
+    restore_after,
+    train_frozen,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A character-level fast tokenizer with LLaMA's special ids (pad 0, <s> 1, </s> 2)."""
+    chars = "abcdefghijklmnopqrstuvwxyz ."
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3} | {c: i + 4 for i, c in enumerate(chars)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+
+
+TEXTS = {
+    "xx": [f"the cat number {w} sat on the mat." for w in ("one", "two", "six", "ten")] * 3,
+    "yy": ["a dog ran far away from home."] * 4,
+}
+
+
+def config(**kw) -> FreezeConfig:
+    base = dict(
+        target_langs=["xx"],
+        steps=4,
+        lr=1e-2,
+        weight_decay=0.1,
+        batch_size=2,
+        seq_len=16,
+        eval_every=2,
+        seed=0,
+    )
+    return FreezeConfig(**(base | kw))
+
+
+def random_masks(model, fraction=0.3, seed=0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        n: torch.rand(p.shape, generator=g) < fraction
+        for n, p in model.named_parameters()
+        if "layers." in n
+    }
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_frozen_entries_bit_identical_and_the_rest_trains(tokenizer):
+    model = tiny_llama()
+    masks = random_masks(model)
+    full = "model.layers.0.mlp.down_proj.weight"
+    masks[full] = torch.ones_like(masks[full])  # a parameter frozen as a whole
+    before = snapshot(model)
+    summary = train_frozen(model, tokenizer, TEXTS, masks, config(), progress=False)
+
+    for name, p in model.named_parameters():
+        old, new = before[name], p.detach()
+        if name in masks:
+            assert torch.equal(new[masks[name]], old[masks[name]]), name
+            changed = (new != old)[~masks[name]]
+            assert int(changed.sum()) == changed.numel(), name  # every unfrozen entry moved
+        else:  # outside the region: embeddings, final norm, lm_head train too
+            assert not torch.equal(new, old), name
+    assert torch.equal(dict(model.named_parameters())[full], before[full])
+    assert summary["frozen_params"] == sum(int(m.sum()) for m in masks.values())
+    assert summary["steps"] == 4 and summary["tokens"] == 4 * 2 * 16
+    assert math.isfinite(summary["final_loss"])
+    assert not model.training
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_region_object_and_none(tokenizer):
+    model = tiny_llama()
+    masks = random_masks(model, fraction=0.5)
+    region = type("Region", (), {"masks": masks})()
+    before = snapshot(model)
+    train_frozen(model, tokenizer, TEXTS, region, config(steps=2), progress=False)
+    for name, mask in masks.items():
+        assert torch.equal(dict(model.named_parameters())[name][mask], before[name][mask])
+
+    model = tiny_llama()
+    before = snapshot(model)
+    summary = train_frozen(model, tokenizer, TEXTS, None, config(steps=2), progress=False)
+    assert summary["frozen_params"] == 0
+    for name, p in model.named_parameters():
+        changed = p.detach() != before[name]
+        if name == "model.embed_tokens.weight":  # the padding row has no gradient and stays 0
+            changed = changed[1:]
+        assert int(changed.sum()) == changed.numel(), name
+
+
+def test_same_seed_same_weights_other_seed_differs(tokenizer):
+    def run(seed):
+        model = tiny_llama()
+        cfg = config(steps=3, seed=seed, grad_accum=2, warmup_steps=1, schedule="cosine")
+        train_frozen(model, tokenizer, TEXTS, random_masks(model), cfg, progress=False)
+        return snapshot(model)
+
+    a, b, c = run(0), run(0), run(1)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert not all(torch.equal(a[n], c[n]) for n in a)
+
+
+def test_eval_and_log_hooks_called_at_the_right_steps(tokenizer):
+    evals, logs = [], []
+
+    def eval_fn(step):
+        evals.append(step)
+        return {"ppl/xx": 10.0 - step, "forget/yy": 1.0 + step / 10}
+
+    cfg = config(steps=5, eval_every=2, log_every=2)
+    summary = train_frozen(
+        model := tiny_llama(),
+        tokenizer,
+        TEXTS,
+        None,
+        cfg,
+        eval_fn=eval_fn,
+        log_fn=lambda m, s: logs.append((s, dict(m))),
+        progress=False,
+    )
+    assert evals == [0, 2, 4, 5]
+    assert [s for s, _ in logs] == [0, 2, 4, 5]
+    assert set(logs[0][1]) == {"ppl/xx", "forget/yy"}  # no training loss before training
+    for _, metrics in logs[1:]:
+        assert {"train/loss", "train/lr", "train/grad_norm", "ppl/xx", "forget/yy"} <= set(metrics)
+    assert [s for s, _ in summary["history"]] == [0, 2, 4, 5]
+    assert summary["history"][2][1]["forget/yy"] == pytest.approx(1.4)
+    assert not model.training
+
+    logs.clear()
+    train_frozen(
+        tiny_llama(),
+        tokenizer,
+        TEXTS,
+        None,
+        config(steps=3, eval_every=0),
+        log_fn=lambda m, s: logs.append((s, set(m))),
+        progress=False,
+    )
+    assert [s for s, _ in logs] == [1, 2, 3]  # no eval_fn: only training metrics, every step
+
+
+def test_restore_after_puts_weights_back(tokenizer):
+    model = tiny_llama()
+    before = snapshot(model)
+    with restore_after(model):
+        train_frozen(model, tokenizer, TEXTS, None, config(steps=1), progress=False)
+        assert not torch.equal(model.lm_head.weight, before["lm_head.weight"])
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_save_model(tokenizer, tmp_path):
+    no_dir = train_frozen(
+        tiny_llama(), tokenizer, TEXTS, None, config(steps=1, save_model=True), progress=False
+    )
+    assert no_dir["saved_to"] is None  # without save_dir, saving is the caller's job
+    out = tmp_path / "trained"
+    summary = train_frozen(
+        tiny_llama(),
+        tokenizer,
+        TEXTS,
+        None,
+        config(steps=1, save_model=True),
+        save_dir=out,
+        progress=False,
+    )
+    assert summary["saved_to"] == str(out)
+    assert (out / "config.json").exists() and (out / "tokenizer.json").exists()
+
+
+def test_pack_documents(tokenizer):
+    windows = pack_documents(tokenizer, ["ab", "cde"], seq_len=3, seed=0)
+    assert windows.shape == (3, 3)  # 4 + 5 tokens -> three windows, tail dropped
+    flat = windows.flatten().tolist()
+    assert flat[0] == 1 and flat.count(1) == 2 and flat.count(2) == 2
+    with pytest.raises(ValueError, match="fewer than seq_len 64"):
+        pack_documents(tokenizer, ["ab"], seq_len=64)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"steps": 0}, "steps 0 is not a positive integer"),
+        ({"batch_size": 1.5}, "batch_size 1.5 is not a positive integer"),
+        ({"seq_len": 1}, "seq_len 1 is not an integer >= 2"),
+        ({"lr": 0.0}, "lr 0.0 is not a finite number > 0"),
+        ({"weight_decay": -1.0}, "weight_decay -1.0 is not a finite number >= 0"),
+        ({"warmup_steps": 9}, "warmup_steps 9 is more than steps 4"),
+        ({"eval_every": True}, "eval_every True is not an integer >= 0"),
+        ({"target_langs": []}, "target_langs .* is empty"),
+        ({"schedule": "cosin"}, "did you mean 'cosine'"),
+        ({"max_grad_norm": float("nan")}, "max_grad_norm nan"),
+    ],
+)
+def test_config_validation(change, message):
+    with pytest.raises(ValueError, match=message):
+        config(**change)
+
+
+def test_config_accepts_one_language_string():
+    assert config(target_langs="xx").target_langs == ["xx"]
+    assert dataclasses.asdict(config())["lr"] == 1e-2
+
+
+def test_bad_inputs_fail_before_training(tokenizer):
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="unknown training language 'xy': did you mean"):
+        train_frozen(model, tokenizer, TEXTS, None, config(target_langs=["xy"]))
+    with pytest.raises(ValueError, match="did you mean 'lm_head.weight'"):
+        train_frozen(
+            model, tokenizer, TEXTS, {"lm_head.weigh": torch.ones(1, dtype=torch.bool)}, config()
+        )
+    with pytest.raises(ValueError, match="has shape"):
+        train_frozen(
+            model, tokenizer, TEXTS, {"lm_head.weight": torch.ones(2, dtype=torch.bool)}, config()
+        )
+    with pytest.raises(ValueError, match="not a torch.bool"):
+        train_frozen(
+            model, tokenizer, TEXTS, {"lm_head.weight": model.lm_head.weight.detach()}, config()
+        )
+    everything = {n: torch.ones_like(p, dtype=torch.bool) for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="nothing to train"):
+        train_frozen(model, tokenizer, TEXTS, everything, config())
+
+
+def test_forgetting_metrics_arithmetic():
+    before = {"xx": 100.0, "yy": 10.0, "zz": 4.0}
+    after = {"xx": 25.0, "yy": 20.0, "zz": 12.0}
+    m = forgetting_metrics(before, after, ["xx"])
+    assert m == pytest.approx(
+        {
+            "learn/xx": 0.25,
+            "learn/mean": 0.25,
+            "forget/yy": 2.0,
+            "forget/zz": 3.0,
+            "forget/mean": 2.5,
+        }
+    )
+    ppl = type("LangPerplexity", (), {})
+    obj_before, obj_after = ppl(), ppl()
+    obj_before.ppl, obj_after.ppl = 8.0, 2.0
+    assert forgetting_metrics({"xx": obj_before}, {"xx": obj_after}, ["xx"]) == {
+        "learn/xx": 0.25,
+        "learn/mean": 0.25,
+    }
+    with pytest.raises(ValueError, match="differ"):
+        forgetting_metrics(before, {"xx": 1.0}, ["xx"])
+    with pytest.raises(ValueError, match="not finite > 0"):
+        forgetting_metrics({"xx": 0.0}, {"xx": 1.0}, ["xx"])
+
+
+def test_plots_write_png(tmp_path):
+    history = [
+        (
+            s,
+            {
+                "forget/yy": 1 + s / 10,
+                "forget/mean": 1 + s / 10,
+                "learn/xx": 1 / (1 + s),
+                "train/loss": 3.0,
+            },
+        )
+        for s in (0, 2, 4)
+    ]
+    path = forgetting_curve(history, tmp_path / "plots" / "forgetting.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(ValueError, match="no forget"):
+        forgetting_curve([(0, {"train/loss": 1.0})], tmp_path / "x.png")
+
+    rows = [
+        {"ratio": r, "region": g, "seed": s, "ppl_ratio/mean": 1 + r * (g == "core") + s / 100}
+        for r in (0.0, 0.01, 0.05)
+        for g in ("core", "random")
+        for s in (0, 1)
+    ]
+    line = sweep_plot(rows, "ratio", ["ppl_ratio/mean"], tmp_path / "sweep.png", group="region")
+    bars = sweep_plot(rows, "region", ["ppl_ratio/mean", "seed"], tmp_path / "bars.png")
+    assert line.read_bytes()[:8] == PNG_MAGIC and bars.read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(ValueError, match="'ppl/xx' is in no row"):
+        sweep_plot(rows, "ratio", ["ppl/xx"], tmp_path / "bad.png")
+
+
+def test_lr_schedule_warmup_then_decay(tokenizer):
+    lrs = {}
+    cfg = config(steps=4, warmup_steps=2, lr=1.0, eval_every=0)
+    train_frozen(
+        tiny_llama(),
+        tokenizer,
+        TEXTS,
+        None,
+        cfg,
+        progress=False,
+        log_fn=lambda m, s: lrs.setdefault(s, m["train/lr"]),
+    )
+    assert lrs == pytest.approx({1: 0.5, 2: 1.0, 3: 1.0, 4: 0.5})
+
+
+def test_non_finite_loss_fails_and_leaves_weights_untouched(tokenizer):
+    model = tiny_llama()
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("nan")
+    before = snapshot(model)
+    with pytest.raises(FloatingPointError, match="at step 1"):
+        train_frozen(model, tokenizer, TEXTS, None, config(), progress=False)
+    for name, p in model.named_parameters():
+        assert torch.equal(p.nan_to_num(), before[name].nan_to_num()), name
+    assert not model.training and all(p.grad is None for p in model.parameters())
