@@ -1,0 +1,214 @@
+"""Content-addressed on-disk cache of importance scores, so a ratio sweep computes them once.
+
+    key = cache_key(model_id=..., revision=..., weights=fingerprint_model(model), metric="taylor",
+                    data=fingerprint_texts(texts), seq_len=128, batch_size=8, include=[...],
+                    exclude=[], seed=0, regionbench_version=rb.__version__)
+    cache = ScoreCache(cache_dir / "scores")
+    scores = cache.get(key)                       # None on a miss
+    if scores is None:
+        scores = compute_importance(...)
+        cache.put(key, scores, meta={...})
+
+The key is the sha256 of a canonical JSON of *every* input the caller passes; the cache never
+guesses identity from paths or names. An entry is a folder `<root>/<key>/` holding one
+safetensors file per language (a language-independent metric, whose languages share one dict, is
+stored once) and `manifest.json`, written last. Writers build the entry in a private temporary
+folder and `os.replace` it into place under a file lock, so readers see either nothing or a
+complete entry; anything else (no manifest, a file of the wrong size or with a bad header) is a
+miss, never an error. Only safetensors and JSON are read back: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+FORMAT = "regionbench-scores-v1"
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _canonical(value):
+    """JSON-able form of a cache input; anything without an unambiguous form is an error."""
+    if isinstance(value, enum.Enum):
+        return _canonical(value.value)
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        # repr is the shortest exact round-trip form; json would also write it, but NaN/inf
+        # would become non-JSON tokens.
+        return {"float": repr(value)}
+    if isinstance(value, Path | torch.dtype | torch.device):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((_canonical(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
+    raise TypeError(f"cache input of type {type(value).__name__} has no canonical form: {value!r}")
+
+
+def canonical_json(inputs: Mapping) -> str:
+    """The canonical JSON text of `inputs`: sorted keys, no whitespace, lists kept in order."""
+    return json.dumps(_canonical(inputs), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False)
+
+
+def cache_key(**inputs) -> str:
+    """sha256 hex of the canonical JSON of every input (keyword order does not matter)."""
+    text = canonical_json({"__format__": FORMAT, **inputs})
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint_texts(texts: Mapping[str, list[str]]) -> str:
+    """sha256 of the texts: language order is irrelevant, document order is not (it decides
+    the windows)."""
+    return hashlib.sha256(canonical_json({k: list(v) for k, v in texts.items()}).encode()).hexdigest()
+
+
+def fingerprint_model(model: torch.nn.Module, *, full: bool = False, samples: int = 1024) -> str:
+    """sha256 over every state-dict entry's name, shape and dtype, plus its values.
+
+    `full=False` (default) hashes `samples` evenly strided values per tensor: it tells checkpoints,
+    dtypes and architectures apart in milliseconds even for 7B models, but not two models that
+    differ in a handful of weights. `full=True` hashes every byte (exact; reads the whole model,
+    about a second per GB — fine for sandbox sizes, slow for 7B).
+    """
+    h = hashlib.sha256(b"full" if full else f"sample{samples}".encode())
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}\n".encode())
+        flat = t.reshape(-1)
+        if not full and flat.numel() > samples:
+            flat = flat[:: flat.numel() // samples][:samples]
+        flat = flat.contiguous().cpu()
+        if flat.numel():
+            h.update(flat.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class LazyTensors(Mapping[str, Tensor]):
+    """Tensors of one safetensors file, read on access (selection streams one at a time)."""
+
+    def __init__(self, path: Path, keys: list[str]):
+        self.path, self._keys = Path(path), list(keys)
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self._keys:
+            raise KeyError(name)
+        from safetensors import safe_open
+
+        with safe_open(self.path, framework="pt") as f:
+            return f.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"LazyTensors({str(self.path)!r}, {len(self)} tensors)"
+
+
+class ScoreCache:
+    """Score entries under `root`, addressed by `cache_key(...)`."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        if not isinstance(key, str) or not _KEY.match(key):
+            raise ValueError(f"cache key {key!r} is not a sha256 hex digest from cache_key()")
+        return self.root / key
+
+    def get(self, key: str) -> dict[str, LazyTensors] | None:
+        """{lang: lazy {param: Tensor}} for a complete entry, else None."""
+        entry = self.path(key)
+        try:
+            manifest = json.loads((entry / "manifest.json").read_text(encoding="utf-8"))
+            if manifest.get("format") != FORMAT or manifest.get("key") != key:
+                return None
+            from safetensors import safe_open
+
+            files: dict[str, LazyTensors] = {}
+            for fname, info in manifest["files"].items():
+                path = entry / fname
+                if path.stat().st_size != info["bytes"]:
+                    return None  # truncated or replaced file
+                with safe_open(path, framework="pt") as f:
+                    keys = list(f.keys())
+                if sorted(keys) != sorted(info["tensors"]):
+                    return None
+                files[fname] = LazyTensors(path, info["tensors"])
+            return {lang: files[fname] for lang, fname in manifest["languages"].items()}
+        except Exception:
+            # Every way an entry can be incomplete or damaged is a miss: the caller recomputes.
+            return None
+
+    def meta(self, key: str) -> dict | None:
+        """The `meta` dict stored with a complete entry, else None."""
+        if self.get(key) is None:
+            return None
+        return json.loads((self.path(key) / "manifest.json").read_text(encoding="utf-8"))["meta"]
+
+    def put(self, key: str, scores: Mapping[str, Mapping[str, Tensor]], meta: dict | None = None,
+            ) -> None:
+        """Store `scores` atomically; a no-op if a complete entry for `key` already exists."""
+        from filelock import FileLock
+        from safetensors.torch import save_file
+
+        entry = self.path(key)
+        if not scores:
+            raise ValueError("scores is empty: nothing to cache")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / f".{key}.lock")):
+            if self.get(key) is not None:
+                return  # another writer finished first; entries are immutable
+            # Holding the key's lock, no live writer can own these: leftovers of crashed ones.
+            for stale in self.root.glob(f".tmp-{key}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp = self.root / f".tmp-{key}-{uuid.uuid4().hex}"
+            tmp.mkdir()
+            try:
+                files, languages, written = {}, {}, {}
+                for lang, tensors in scores.items():
+                    # Languages that share one dict (magnitude, random) share one file.
+                    fname = written.get(id(tensors))
+                    if fname is None:
+                        fname = f"scores_{len(written)}.safetensors"
+                        path = tmp / fname
+                        save_file({n: t.detach().to("cpu").contiguous() for n, t in tensors.items()},
+                                  str(path))
+                        _fsync(path)
+                        written[id(tensors)] = fname
+                        files[fname] = {"bytes": path.stat().st_size, "tensors": list(tensors)}
+                    languages[str(lang)] = fname
+                manifest = {"format": FORMAT, "key": key, "languages": languages, "files": files,
+                            "meta": json.loads(json.dumps(meta or {}, default=str))}
+                mpath = tmp / "manifest.json"
+                mpath.write_text(json.dumps(manifest, indent=1, ensure_ascii=False),
+                                 encoding="utf-8")
+                _fsync(mpath)
+                if entry.exists():
+                    shutil.rmtree(entry)  # an incomplete entry (get() said miss)
+                os.replace(tmp, entry)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    # Without it a power loss after the rename could leave a manifest pointing at empty files.
+    with contextlib.suppress(OSError), open(path, "rb") as f:
+        os.fsync(f.fileno())

@@ -1,0 +1,98 @@
+"""In-place interventions on a loaded model's region, undone bit-exactly when the block ends.
+
+    with intervene(model, region, "remove"):             # region entries set to 0
+        ppl = perplexity(model, tok, texts)
+    # here every parameter is bitwise what it was: one loaded model serves many jobs
+
+`remove` zeroes the region (the paper's removal), `scale` multiplies it by `factor`, `noise` adds
+seeded N(0, std²) noise (drawn in fp32 on CPU from a per-parameter seed, then added in fp32 and
+rounded to the parameter's dtype, so bf16 models get the same draw as fp32 ones). Only the masked
+entries are touched. The original masked values are copied aside before anything changes and
+written back on exit, also when the block raises, so restoring does not depend on inverting
+the operation (x·0 or bf16 rounding cannot be undone). `freeze` is listed because it is a value of
+the `intervention` axis, but it is a training intervention (regionbench.training.train_frozen),
+not an in-place edit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import math
+from collections.abc import Iterator, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from regionbench.choices import check_choice
+from regionbench.importance import stable_seed
+
+INTERVENTIONS: dict[str, str] = {
+    "remove": "set the region to 0 (the paper's removal)",
+    "scale": "multiply the region by `factor`",
+    "noise": "add seeded Gaussian noise N(0, std²) to the region",
+    "freeze": "further pre-train with the region held fixed (training, not in-place)",
+}
+
+
+def _masks(region) -> Mapping[str, Tensor]:
+    return region.masks if hasattr(region, "masks") else region
+
+
+def _new_values(kind: str, old: Tensor, name: str, factor: float, std: float, seed: int
+                ) -> Tensor:
+    if kind == "remove":
+        return torch.zeros_like(old)
+    if kind == "scale":
+        return (old.float() * factor).to(old.dtype)
+    gen = torch.Generator(device="cpu").manual_seed(stable_seed(seed, name))
+    noise = torch.randn(old.shape, generator=gen, dtype=torch.float32) * std
+    return (old.float() + noise.to(old.device)).to(old.dtype)
+
+
+def check_intervention(kind: str, *, factor: float = 0.0, std: float = 0.0) -> str:
+    """Validate an in-place intervention's name and arguments (one-line ValueError)."""
+    kind = check_choice("intervention", kind, INTERVENTIONS)
+    if kind == "freeze":
+        raise ValueError("intervention 'freeze' is a training intervention, not an in-place edit: "
+                         "intervention=freeze runs training (regionbench.training.train_frozen)")
+    if kind == "scale" and not math.isfinite(factor):
+        raise ValueError(f"factor {factor!r} must be a finite number for intervention 'scale'")
+    if kind == "noise" and not (math.isfinite(std) and std >= 0):
+        raise ValueError(f"std {std!r} must be a finite number >= 0 for intervention 'noise'")
+    return kind
+
+
+@contextlib.contextmanager
+def intervene(model: nn.Module, region, kind: str = "remove", *, factor: float = 0.0,
+              std: float = 0.0, seed: int = 0) -> Iterator[nn.Module]:
+    """Apply `kind` to the entries of `region` (a Region or {param name: bool mask}) in place;
+    restore them bit-exactly on exit. Yields the model."""
+    kind = check_intervention(kind, factor=factor, std=std)
+    masks = _masks(region)
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():  # all checks before the first write
+        if name not in params:
+            close = difflib.get_close_matches(name, list(params), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"region parameter {name!r} is not a parameter of the model{hint}")
+        if tuple(mask.shape) != tuple(params[name].shape):
+            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, parameter has "
+                             f"{tuple(params[name].shape)}")
+    saved: list[tuple[Tensor, Tensor, Tensor]] = []
+    try:
+        with torch.no_grad():
+            for name, mask in masks.items():
+                p = params[name]
+                mask = mask.to(device=p.device, dtype=torch.bool)
+                if not bool(mask.any()):
+                    continue
+                old = p[mask]  # advanced indexing copies: these bits are what we restore
+                saved.append((p, mask, old))
+                p[mask] = _new_values(kind, old, name, factor, std, seed)
+        yield model
+    finally:
+        with torch.no_grad():
+            # Reverse order, so parameters that share storage come back right too.
+            for p, mask, old in reversed(saved):
+                p[mask] = old

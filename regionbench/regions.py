@@ -1,0 +1,247 @@
+"""Regions: boolean masks over parameters, selected per matrix from importance scores.
+
+    region = select(scores, ratio=0.01, region="core")            # top 1% of Σ_ℓ score_ℓ
+    region = select(scores, 0.01, "monolingual", lang="ar")       # top for ar, for no other
+    region.numel, region.fraction, region.summary()               # stats, region_summary.csv rows
+    region.save("core.safetensors"); Region.load("core.safetensors")
+
+Selection is per matrix, as in the paper: each parameter tensor keeps exactly
+k = floor(ratio · numel) entries, with ratio read as the decimal the user wrote (0.29 · 100 is 29,
+not float's 28.999…). Ties at the threshold go to the lower flat index, so a selection is a pure
+function of the scores. Selection streams: one parameter's scores (all languages) are in memory
+at a time, which is what lets it read a lazy `ScoreCache` entry.
+
+Mask files are safetensors with one packed-bit uint8 tensor per parameter (numpy.packbits,
+big-endian bit order, C order) and string metadata (shapes, model, metric, region, ratio,
+languages, data fingerprint, regionbench version), so they load without the run that made them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import regionbench
+from regionbench.choices import check_choice
+
+FORMAT = "regionbench-region-v1"
+
+REGIONS: dict[str, str] = {
+    "core": "top ⌊ratio·numel⌋ of S = Σ_ℓ score_ℓ in each matrix",
+    "core_bottom": "bottom ⌊ratio·numel⌋ of S in each matrix (the paper's control)",
+    "monolingual": "top-k of score_lang and of no other language's score (needs lang)",
+}
+
+
+@dataclass
+class Region:
+    """A boolean mask per parameter (same shape) plus string metadata describing its origin."""
+
+    masks: dict[str, Tensor]
+    meta: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def numel(self) -> int:
+        """Number of selected entries."""
+        return sum(int(m.sum()) for m in self.masks.values())
+
+    @property
+    def total(self) -> int:
+        """Number of entries in scope (all masked tensors)."""
+        return sum(m.numel() for m in self.masks.values())
+
+    @property
+    def fraction(self) -> float:
+        total = self.total
+        return self.numel / total if total else 0.0
+
+    def summary(self) -> list[dict]:
+        """Rows {layer, module, selected, numel, fraction} per (layer index, module), e.g.
+        (3, "self_attn.q_proj"); a module's weight and bias share a row; layer is None for
+        parameters outside numbered blocks."""
+        rows: dict[tuple, dict] = {}
+        for name, mask in self.masks.items():
+            layer, module = split_name(name)
+            row = rows.setdefault((layer, module), {"layer": layer, "module": module,
+                                                    "selected": 0, "numel": 0})
+            row["selected"] += int(mask.sum())
+            row["numel"] += mask.numel()
+        out = sorted(rows.values(), key=lambda r: (r["layer"] is None, r["layer"] or 0))
+        for row in out:
+            row["fraction"] = row["selected"] / row["numel"] if row["numel"] else 0.0
+        return out
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a self-describing safetensors mask file (atomically); returns its path."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        tensors, shapes = {}, {}
+        for name, mask in self.masks.items():
+            bits = mask.detach().to("cpu", torch.bool).contiguous().reshape(-1).numpy()
+            tensors[name] = torch.from_numpy(np.packbits(bits))
+            shapes[name] = list(mask.shape)
+        metadata = {str(k): str(v) for k, v in self.meta.items()}
+        metadata.update({"format": FORMAT, "encoding": "numpy.packbits",
+                         "shapes": json.dumps(shapes)})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Region:
+        """Read a mask file written by `save` (no pickle: safetensors + JSON only)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="np") as f:
+            metadata = dict(f.metadata() or {})
+            if metadata.get("format") != FORMAT:
+                raise ValueError(f"{str(path)!r} is not a regionbench region file "
+                                 f"(format {metadata.get('format')!r}, expected {FORMAT!r})")
+            shapes = json.loads(metadata.pop("shapes"))
+            masks = {}
+            for name, shape in shapes.items():
+                count = math.prod(shape)
+                bits = np.unpackbits(f.get_tensor(name), count=count).astype(bool)
+                masks[name] = torch.from_numpy(bits).reshape(shape)
+        for k in ("format", "encoding"):
+            metadata.pop(k, None)
+        return cls(masks=masks, meta=metadata)
+
+
+_LAYER = re.compile(r"(?:^|\.)(\d+)\.")
+
+
+def split_name(name: str) -> tuple[int | None, str]:
+    """("model.layers.3.self_attn.q_proj.weight") -> (3, "self_attn.q_proj")."""
+    module = name.rsplit(".", 1)[0] if "." in name else name
+    m = _LAYER.search(module + ".")
+    if m is None:
+        return None, module
+    rest = module[m.end():]
+    return int(m.group(1)), rest or module
+
+
+def exact_k(ratio: float, numel: int) -> int:
+    """floor(ratio · numel), with ratio taken as the decimal it prints as."""
+    return math.floor(Fraction(repr(float(ratio))) * numel)
+
+
+def topk_mask(scores: Tensor, k: int, largest: bool = True) -> Tensor:
+    """Boolean mask (shape of `scores`) of exactly k entries with the largest (or smallest)
+    scores; ties at the threshold go to the lowest flat indices, so the result is deterministic
+    whatever torch.topk does with ties."""
+    flat = scores.detach().reshape(-1).float()
+    mask = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
+    if k <= 0:
+        return mask.view(scores.shape)
+    if k >= flat.numel():
+        return mask.fill_(True).view(scores.shape)
+    thr = torch.topk(flat, k, largest=largest, sorted=False).values
+    thr = thr.min() if largest else thr.max()
+    strict = flat > thr if largest else flat < thr
+    mask |= strict
+    need = k - int(strict.sum())
+    if need > 0:
+        mask[torch.nonzero(flat == thr).reshape(-1)[:need]] = True
+    return mask.view(scores.shape)
+
+
+def _core(per_lang: Sequence[Tensor], k: int, lang_index: int | None) -> Tensor:
+    total = per_lang[0].float().clone()
+    for s in per_lang[1:]:
+        total += s.float()
+    return topk_mask(total, k, largest=True)
+
+
+def _core_bottom(per_lang: Sequence[Tensor], k: int, lang_index: int | None) -> Tensor:
+    total = per_lang[0].float().clone()
+    for s in per_lang[1:]:
+        total += s.float()
+    return topk_mask(total, k, largest=False)
+
+
+def _monolingual(per_lang: Sequence[Tensor], k: int, lang_index: int | None) -> Tensor:
+    mask = topk_mask(per_lang[lang_index], k)
+    for i, s in enumerate(per_lang):
+        if i != lang_index:
+            mask &= ~topk_mask(s, k)
+    return mask
+
+
+_SELECTORS: dict[str, Callable[[Sequence[Tensor], int, int | None], Tensor]] = {
+    "core": _core, "core_bottom": _core_bottom, "monolingual": _monolingual,
+}
+
+
+def check_ratio(ratio) -> float:
+    """`ratio` as a float in [0, 1), else a one-line ValueError naming it."""
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1:
+        raise ValueError(f"ratio {ratio!r} is not in [0, 1): it is the fraction of each matrix "
+                         "to select, e.g. 0.01")
+    return float(ratio)
+
+
+def select(
+    scores: Mapping[str, Mapping[str, Tensor]], ratio: float, region: str = "core",
+    lang: str | None = None, langs: Sequence[str] | None = None, meta: dict | None = None,
+) -> Region:
+    """Select `region` at `ratio` from {lang: {param: score}}; `langs` restricts the importance
+    languages (default: all of `scores`), `lang` names the language of a monolingual region."""
+    ratio = check_ratio(ratio)
+    region = check_choice("region", region, REGIONS)
+    if not scores:
+        raise ValueError("scores is empty: need {language: {param: score}}")
+    langs = list(scores) if langs is None else list(langs)
+    if not langs:
+        raise ValueError("langs is empty: need at least one importance language")
+    for name in langs:
+        check_choice("language", name, scores)
+    if region == "monolingual":
+        if lang is None:
+            raise ValueError(f"region 'monolingual' needs lang; choices: {', '.join(langs)}")
+        check_choice("language", lang, langs)
+        lang_index = langs.index(lang)
+    elif lang is not None:
+        raise ValueError(f"lang {lang!r} only applies to region 'monolingual', not {region!r}")
+    else:
+        lang_index = None
+
+    names = list(scores[langs[0]])
+    for other in langs[1:]:
+        if set(scores[other]) != set(names):
+            raise ValueError(f"scores of {other!r} and {langs[0]!r} cover different parameters")
+
+    selector = _SELECTORS[region]
+    masks = {}
+    for name in names:
+        # One parameter at a time: with a lazy cache entry only these tensors are in memory.
+        per_lang = [scores[lg][name] for lg in langs]
+        for lg, s in zip(langs, per_lang, strict=True):
+            if torch.isnan(s).any():
+                raise ValueError(f"scores of {lg!r} for {name!r} contain NaN")
+        masks[name] = selector(per_lang, exact_k(ratio, per_lang[0].numel()), lang_index).cpu()
+
+    info = {str(k): str(v) for k, v in (meta or {}).items()}
+    info.update({"region": region, "ratio": repr(ratio), "languages": ",".join(langs),
+                 "selection": "per_matrix"})
+    if lang is not None:
+        info["lang"] = lang
+    info.setdefault("regionbench_version", regionbench.__version__)
+    return Region(masks=masks, meta=info)

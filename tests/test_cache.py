@@ -1,0 +1,184 @@
+"""The on-disk score cache: keys, hits and misses, atomic and concurrent writes."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from regionbench.cache import (
+    ScoreCache,
+    cache_key,
+    canonical_json,
+    fingerprint_model,
+    fingerprint_texts,
+)
+from regionbench.testing import tiny_llama
+
+BASE = dict(
+    model_id="sandbox-s", revision="abc123", weights="f" * 64, metric="taylor", data="d" * 64,
+    seq_len=128, batch_size=8, include=[r"layers\."], exclude=[], seed=0,
+    regionbench_version="0.1.0", dtype="float32",
+)
+CHANGED = dict(
+    model_id="sandbox-m", revision="abc124", weights="e" * 64, metric="magnitude", data="c" * 64,
+    seq_len=256, batch_size=4, include=[r"layers\.", "lm_head"], exclude=["norm"], seed=1,
+    regionbench_version="0.2.0", dtype="bfloat16",
+)
+
+
+def scores(langs=("aa", "bb"), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {lang: {"model.layers.0.w": torch.rand(5, 3, generator=g),
+                   "model.layers.0.n": torch.rand(7, generator=g)} for lang in langs}
+
+
+def assert_same(got, want):
+    assert set(got) == set(want)
+    for lang in want:
+        assert set(got[lang]) == set(want[lang])
+        for name in want[lang]:
+            assert torch.equal(got[lang][name], want[lang][name])
+
+
+def test_key_is_sensitive_to_every_input_and_not_to_keyword_order():
+    base = cache_key(**BASE)
+    assert len(base) == 64 and base == cache_key(**dict(reversed(list(BASE.items()))))
+    for field, value in CHANGED.items():
+        assert cache_key(**{**BASE, field: value}) != base, field
+    assert cache_key(**BASE, extra=None) != base  # a new input is a new key
+    assert cache_key(**{**BASE, "seq_len": 128.0}) != base  # 128 vs 128.0 kept apart
+    assert cache_key(**{**BASE, "include": (r"layers\.",)}) == base  # tuple == list
+    with pytest.raises(TypeError, match="no canonical form"):
+        cache_key(**BASE, model=object())
+
+
+def test_canonical_json_is_stable():
+    assert canonical_json({"b": 1, "a": [1, 2.5]}) == '{"a":[1,{"float":"2.5"}],"b":1}'
+
+
+def test_put_get_roundtrip_miss_and_meta(tmp_path):
+    cache = ScoreCache(tmp_path)
+    key, s = cache_key(**BASE), scores()
+    assert cache.get(key) is None and cache.meta(key) is None
+    cache.put(key, s, meta={"model_id": "sandbox-s", "seconds": 1.5})
+    got = cache.get(key)
+    assert_same(got, s)
+    assert cache.meta(key) == {"model_id": "sandbox-s", "seconds": 1.5}
+    assert ScoreCache(tmp_path).get(cache_key(**{**BASE, "seed": 1})) is None
+    assert sorted(p.name for p in (tmp_path / key).iterdir()) == [
+        "manifest.json", "scores_0.safetensors", "scores_1.safetensors"]
+    assert not list(tmp_path.glob(".tmp-*"))
+    with pytest.raises(ValueError, match="not a sha256"):
+        cache.get("../etc")
+
+
+def test_language_independent_scores_stored_once(tmp_path):
+    shared = scores(langs=("x",))["x"]
+    cache = ScoreCache(tmp_path)
+    key = cache_key(**{**BASE, "metric": "magnitude"})
+    cache.put(key, {"aa": shared, "bb": shared, "cc": shared})
+    files = sorted(p.name for p in (tmp_path / key).glob("*.safetensors"))
+    assert files == ["scores_0.safetensors"]
+    got = cache.get(key)
+    assert set(got) == {"aa", "bb", "cc"} and got["aa"] is got["cc"]
+    assert_same(got, {"aa": shared, "bb": shared, "cc": shared})
+
+
+def test_half_written_entries_are_misses_and_get_rewritten(tmp_path):
+    cache = ScoreCache(tmp_path)
+    key, s = cache_key(**BASE), scores()
+    cache.put(key, s)
+    entry = tmp_path / key
+    manifest = (entry / "manifest.json").read_bytes()
+
+    (entry / "manifest.json").unlink()  # crash before the manifest
+    assert cache.get(key) is None
+    (entry / "manifest.json").write_bytes(manifest[: len(manifest) // 2])  # torn manifest
+    assert cache.get(key) is None
+    (entry / "manifest.json").write_bytes(manifest)
+    data = (entry / "scores_1.safetensors").read_bytes()
+    (entry / "scores_1.safetensors").write_bytes(data[:-10])  # truncated tensor file
+    assert cache.get(key) is None
+    (entry / "scores_1.safetensors").write_bytes(b"\0" * len(data))  # right size, bad header
+    assert cache.get(key) is None
+    (entry / "scores_1.safetensors").unlink()
+    assert cache.get(key) is None
+
+    (tmp_path / f".tmp-{key}-deadbeef").mkdir()  # leftover of a crashed writer
+    cache.put(key, s)  # repairs the entry
+    assert_same(cache.get(key), s)
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_entries_are_immutable_first_writer_wins(tmp_path):
+    cache = ScoreCache(tmp_path)
+    key = cache_key(**BASE)
+    cache.put(key, scores(seed=0))
+    cache.put(key, scores(seed=1))
+    assert_same(cache.get(key), scores(seed=0))
+
+
+def test_concurrent_puts_leave_one_complete_entry(tmp_path):
+    key, errors = cache_key(**BASE), []
+    want = scores()
+
+    def writer():
+        try:
+            ScoreCache(tmp_path).put(key, want, meta={"writer": threading.get_ident()})
+            assert_same(ScoreCache(tmp_path).get(key), want)
+        except Exception as e:  # surfaced below; a thread's exception would be lost
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert_same(ScoreCache(tmp_path).get(key), want)
+    assert not list(tmp_path.glob(".tmp-*"))
+    assert json.loads((tmp_path / key / "manifest.json").read_text())["key"] == key
+
+
+def test_fingerprints():
+    texts = {"aa": ["one", "two"], "bb": ["three"]}
+    fp = fingerprint_texts(texts)
+    assert fp == fingerprint_texts({"bb": ["three"], "aa": ["one", "two"]})
+    assert fp != fingerprint_texts({"aa": ["two", "one"], "bb": ["three"]})
+    assert fp != fingerprint_texts({"aa": ["one", "two"], "bb": ["three."]})
+    assert fp != fingerprint_texts({"aa": ["one", "two"], "cc": ["three"]})
+
+    model = tiny_llama()
+    for full in (False, True):
+        fp_m = fingerprint_model(model, full=full)
+        assert fp_m == fingerprint_model(tiny_llama(), full=full)
+        assert fp_m != fingerprint_model(tiny_llama(seed=1), full=full)
+        assert fp_m != fingerprint_model(tiny_llama().to(torch.bfloat16), full=full)
+    full = fingerprint_model(model, full=True)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[3, 5] += 1.0
+    assert fingerprint_model(model, full=True) != full
+
+
+def test_lazy_mapping_reads_from_disk(tmp_path: Path):
+    cache = ScoreCache(tmp_path)
+    key = cache_key(**BASE)
+    cache.put(key, scores())
+    got = cache.get(key)
+    assert len(got["aa"]) == 2 and "model.layers.0.w" in got["aa"]
+    with pytest.raises(KeyError):
+        got["aa"]["missing"]
+
+
+def test_selection_streams_from_a_lazy_entry(tmp_path):
+    from regionbench.regions import select
+
+    cache, key, s = ScoreCache(tmp_path), cache_key(**BASE), scores()
+    cache.put(key, s)
+    for region, lang in [("core", None), ("monolingual", "bb")]:
+        a, b = select(s, 0.4, region, lang=lang), select(cache.get(key), 0.4, region, lang=lang)
+        assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks) and a.numel > 0

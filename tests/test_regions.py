@@ -1,0 +1,173 @@
+"""Region selection: exact per-matrix counts, set algebra, ties, errors, mask files."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from regionbench.regions import REGIONS, Region, exact_k, select, split_name, topk_mask
+
+SHAPES = {
+    "model.layers.0.self_attn.q_proj.weight": (7, 13),   # odd numel 91
+    "model.layers.0.input_layernorm.weight": (11,),
+    "model.layers.1.mlp.down_proj.weight": (10, 10),
+    "model.layers.1.mlp.down_proj.bias": (10,),
+}
+LANGS = ("aa", "bb", "cc")
+
+
+def make_scores(seed=0, langs=LANGS):
+    g = torch.Generator().manual_seed(seed)
+    return {lang: {n: torch.rand(s, generator=g) for n, s in SHAPES.items()} for lang in langs}
+
+
+def topset(t, k, largest=True):
+    """Brute force: flat indices of the k largest (smallest), ties to lower index."""
+    order = sorted(range(t.numel()), key=lambda i: (-t.reshape(-1)[i].item() if largest
+                                                    else t.reshape(-1)[i].item(), i))
+    return set(order[:k])
+
+
+def as_set(mask):
+    return set(torch.nonzero(mask.reshape(-1)).reshape(-1).tolist())
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.01, 0.05, 0.1, 0.29, 0.5, 0.99])
+@pytest.mark.parametrize("region", ["core", "core_bottom", "monolingual"])
+def test_per_matrix_counts_are_exact(ratio, region):
+    s = make_scores()
+    r = select(s, ratio, region, lang="aa" if region == "monolingual" else None)
+    assert set(r.masks) == set(SHAPES)
+    for name, shape in SHAPES.items():
+        mask, numel = r.masks[name], math.prod(shape)
+        assert mask.dtype == torch.bool and tuple(mask.shape) == shape
+        k = exact_k(ratio, numel)
+        if region == "monolingual":
+            assert int(mask.sum()) <= k
+        else:
+            assert int(mask.sum()) == k
+    if ratio == 0:
+        assert r.numel == 0 and r.fraction == 0.0
+    assert r.total == sum(math.prod(s) for s in SHAPES.values())
+
+
+def test_exact_k_reads_the_decimal():
+    assert exact_k(0.29, 100) == 29  # float 0.29 * 100 == 28.999999999999996
+    assert exact_k(0.01, 91) == 0 and exact_k(0.05, 91) == 4 and exact_k(0.5, 91) == 45
+    assert exact_k(0.0, 10**9) == 0
+
+
+def test_core_is_topk_of_summed_scores_and_disjoint_from_bottom():
+    s = make_scores()
+    core, bottom = select(s, 0.3, "core"), select(s, 0.3, "core_bottom")
+    for name in SHAPES:
+        total = sum(s[lang][name] for lang in LANGS)
+        k = exact_k(0.3, total.numel())
+        assert as_set(core.masks[name]) == topset(total, k)
+        assert as_set(bottom.masks[name]) == topset(total, k, largest=False)
+        assert not (core.masks[name] & bottom.masks[name]).any()
+    assert core.meta["region"] == "core" and core.meta["ratio"] == "0.3"
+    assert core.meta["languages"] == "aa,bb,cc"
+
+
+def test_monolingual_set_algebra_matches_brute_force_and_is_disjoint():
+    s = make_scores(seed=3)
+    ratio = 0.3
+    regions = {lang: select(s, ratio, "monolingual", lang=lang) for lang in LANGS}
+    for name in SHAPES:
+        k = exact_k(ratio, s["aa"][name].numel())
+        tops = {lang: topset(s[lang][name], k) for lang in LANGS}
+        for lang in LANGS:
+            others = set().union(*(tops[m] for m in LANGS if m != lang))
+            assert as_set(regions[lang].masks[name]) == tops[lang] - others
+        for a in LANGS:
+            for b in LANGS:
+                if a < b:
+                    assert not (regions[a].masks[name] & regions[b].masks[name]).any()
+    assert regions["aa"].numel > 0
+    # Restricting the languages changes what "every other language" means.
+    two = select(s, ratio, "monolingual", lang="aa", langs=["aa", "bb"])
+    assert two.numel >= regions["aa"].numel and two.meta["languages"] == "aa,bb"
+
+
+def test_ties_are_broken_by_lowest_index():
+    t = torch.tensor([1.0, 3.0, 3.0, 3.0, 0.0, 3.0, 2.0])
+    assert as_set(topk_mask(t, 2)) == {1, 2}
+    assert as_set(topk_mask(t, 4)) == {1, 2, 3, 5}
+    assert as_set(topk_mask(torch.zeros(9), 3, largest=False)) == {0, 1, 2}
+    assert as_set(topk_mask(t, 0)) == set() and as_set(topk_mask(t, 7)) == set(range(7))
+    # language-independent scores: the random control is the same whatever the language list
+    shared = make_scores(langs=("x",))["x"]
+    a = select({"aa": shared, "bb": shared}, 0.2, "core")
+    b = select({"aa": shared}, 0.2, "core")
+    assert all(torch.equal(a.masks[n], b.masks[n]) for n in SHAPES)
+
+
+@pytest.mark.parametrize("ratio", [1, 1.0, -0.1, 1.5, float("nan"), "0.1", True])
+def test_bad_ratio_is_a_one_line_error(ratio):
+    with pytest.raises(ValueError, match=r"ratio .* is not in \[0, 1\)") as e:
+        select(make_scores(), ratio)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_region_and_lang_errors():
+    s = make_scores()
+    with pytest.raises(ValueError, match="unknown region 'cor': did you mean 'core'"):
+        select(s, 0.1, "cor")
+    with pytest.raises(ValueError, match="needs lang; choices: aa, bb, cc"):
+        select(s, 0.1, "monolingual")
+    with pytest.raises(ValueError, match="unknown language 'dd'.*choices: aa, bb, cc"):
+        select(s, 0.1, "monolingual", lang="dd")
+    with pytest.raises(ValueError, match="unknown language 'cc'.*choices: aa, bb"):
+        select(s, 0.1, "monolingual", lang="cc", langs=["aa", "bb"])
+    with pytest.raises(ValueError, match="unknown language 'zz'"):
+        select(s, 0.1, "core", langs=["aa", "zz"])
+    with pytest.raises(ValueError, match="only applies to region 'monolingual'"):
+        select(s, 0.1, "core", lang="aa")
+    s["bb"]["model.layers.0.input_layernorm.weight"][2] = float("nan")
+    with pytest.raises(ValueError, match="contain NaN"):
+        select(s, 0.1, "core")
+    assert set(REGIONS) >= {"core", "core_bottom", "monolingual"}
+
+
+def test_summary_rows_per_layer_and_module():
+    r = select(make_scores(), 0.5, "core", meta={"model_id": "m"})
+    rows = r.summary()
+    assert [(row["layer"], row["module"]) for row in rows] == [
+        (0, "self_attn.q_proj"), (0, "input_layernorm"), (1, "mlp.down_proj")]
+    down = rows[2]
+    assert down["numel"] == 110 and down["selected"] == 50 + 5
+    assert down["fraction"] == pytest.approx(55 / 110)
+    assert sum(row["selected"] for row in rows) == r.numel
+    assert split_name("model.norm.weight") == (None, "model.norm")
+    assert split_name("model.layers.12.mlp.experts.3.up_proj.weight") == (12, "mlp.experts.3.up_proj")
+
+
+def test_save_load_roundtrip_is_bit_exact(tmp_path):
+    meta = {"model_id": "sandbox-s", "revision": "r1", "metric": "taylor",
+            "data_fingerprint": "ab" * 32}
+    r = select(make_scores(), 0.37, "monolingual", lang="bb", meta=meta)
+    path = r.save(tmp_path / "sub" / "region.safetensors")
+    back = Region.load(path)
+    assert list(back.masks) == list(r.masks)
+    for name, mask in r.masks.items():
+        assert back.masks[name].dtype == torch.bool and torch.equal(back.masks[name], mask)
+    assert back.meta == r.meta
+    for field in ("model_id", "revision", "metric", "region", "ratio", "languages",
+                  "data_fingerprint", "regionbench_version"):
+        assert field in back.meta
+    # packed: about one bit per entry, not one byte
+    assert path.stat().st_size < r.total // 8 + 2000
+    assert not list(path.parent.glob(".*tmp"))
+    empty = select(make_scores(), 0.0, "core")
+    assert Region.load(empty.save(tmp_path / "empty.safetensors")).numel == 0
+
+
+def test_load_rejects_foreign_files(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(3)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(ValueError, match="not a regionbench region file"):
+        Region.load(tmp_path / "w.safetensors")
