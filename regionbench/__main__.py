@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -17,13 +18,21 @@ def conf_dir() -> Path:
     return packaged if packaged.is_dir() else here.parent / "conf"
 
 
+def job_name(overrides: list[str], swept: str) -> str:
+    """A job is named by the overrides its sweep varies, else by all of its overrides."""
+    keys = set(filter(None, swept.split(",")))
+    chosen = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in keys]
+    return " ".join(chosen or overrides) or "default"
+
+
 def task(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     from regionbench.pipeline import run_job
+    from regionbench.tracking import SWEEP_KEYS_ENV
 
     hc = HydraConfig.get()
-    name = hc.job.override_dirname or "default"
+    name = job_name(list(hc.overrides.task), os.environ.get(SWEEP_KEYS_ENV, ""))
     num = hc.job.get("num", 0) or 0
     return run_job(cfg, name=name, job_num=num, output_dir=hc.runtime.output_dir)
 

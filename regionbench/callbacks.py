@@ -17,9 +17,20 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import regionbench
-from regionbench.tracking import PARENT_ENV, SWEEP_ENV, Tracker, git_sha
+from regionbench.tracking import PARENT_ENV, SWEEP_ENV, SWEEP_KEYS_ENV, Tracker, git_sha
 
 log = logging.getLogger("regionbench")
+
+
+def swept_keys(config: DictConfig, overrides: list[str]) -> list[str]:
+    """The keys a sweep varies (`ratio=0.01,0.05`, or an experiment's hydra.sweeper.params):
+    they name its jobs, so runs read `ratio=0.05` rather than every override."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    keys = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return list(dict.fromkeys([*keys, *params]))
 
 
 def _tracker(config: DictConfig) -> Tracker:
@@ -42,6 +53,7 @@ class MlflowSweepCallback(Callback):
         tracker.log_params(self.parent, {"overrides": " ".join(overrides),
                                          "sweep_dir": str(config.hydra.sweep.dir)})
         os.environ[PARENT_ENV] = os.environ[SWEEP_ENV] = self.parent
+        os.environ[SWEEP_KEYS_ENV] = ",".join(swept_keys(config, overrides))
         log.info("MLflow: sweep run %s in %s", self.parent, tracker.uri)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
@@ -66,8 +78,8 @@ class MlflowSweepCallback(Callback):
             print(table)
         finally:
             tracker.end_run(self.parent, "FAILED" if failed or not children else "FINISHED")
-            os.environ.pop(PARENT_ENV, None)
-            os.environ.pop(SWEEP_ENV, None)
+            for var in (PARENT_ENV, SWEEP_ENV, SWEEP_KEYS_ENV):
+                os.environ.pop(var, None)
         print(f"MLflow: mlflow ui --backend-store-uri {tracker.uri}")
         if failed:
             print(f"{len(failed)} of {len(children)} jobs failed: {', '.join(failed)}",

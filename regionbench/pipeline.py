@@ -68,8 +68,8 @@ def run_job(cfg: Any, *, name: str = "default", job_num: int = 0,
         "model_id": (raw.get("model") or {}).get("name", "")})
     output_dir = Path(output_dir or tempfile.mkdtemp(prefix="regionbench-"))
     try:
+        tracker.log_params(run_id, flatten(raw))
         run = C.validate(RunConfig.from_cfg(raw))
-        tracker.log_params(run_id, flatten(run.to_dict()))
         tracker.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(raw)), "config.yaml")
         metrics = _execute(run, tracker, run_id, output_dir)
     except KeyboardInterrupt:
@@ -260,7 +260,8 @@ def _lm_eval(run: RunConfig, model, tok, harness_dir) -> tuple[dict[str, float],
     le = run.eval.lm_eval
     results = harness.run_lm_eval(model, tok, list(le.tasks), limit=le.limit,
                                   num_fewshot=le.num_fewshot, batch_size=le.batch_size,
-                                  include_path=harness_dir, log_samples=le.log_samples)
+                                  include_path=harness_dir, log_samples=le.log_samples,
+                                  max_length=run.data.max_length)
     return harness.flatten_results(results), results
 
 

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PARENT_ENV = "REGIONBENCH_PARENT_RUN_ID"
 SWEEP_ENV = "REGIONBENCH_SWEEP_ID"
+SWEEP_KEYS_ENV = "REGIONBENCH_SWEEP_KEYS"
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 
 

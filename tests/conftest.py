@@ -24,7 +24,12 @@ def _isolated_env(tmp_path_factory):
     os.environ.update({"REGIONBENCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
                        "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                        "TOKENIZERS_PARALLELISM": "false", "MLFLOW_ENABLE_ASYNC_LOGGING": "false"})
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # test models are tiny: one thread beats two contending ones
     yield cache
+    torch.set_num_threads(threads)
     os.environ.clear()
     os.environ.update(saved)
 

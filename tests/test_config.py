@@ -31,7 +31,8 @@ def test_defaults():
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_every_option_composes(group, option):
-    overrides = [f"{group}={option}"]
+    plus = "+" if group == "frozen_set" else ""  # an optional group, not in the defaults
+    overrides = [f"{plus}{group}={option}"]
     if (group, option) == ("region", "monolingual"):
         overrides.append("region.lang=latn")
     if (group, option) == ("model", "hf"):
@@ -39,8 +40,9 @@ def test_every_option_composes(group, option):
     if (group, option) == ("data", "local"):
         overrides.append("data.path=/some/folder")
     run = RunConfig.from_cfg(compose(overrides))
-    assert getattr(run, group) is not None
-    if group in ("metric", "region", "intervention", "eval") or option.startswith("sandbox"):
+    assert group == "frozen_set" or getattr(run, group) is not None
+    if group in ("metric", "region", "intervention", "eval", "frozen_set") or option.startswith(
+            "sandbox"):
         validate(run)  # cheap choices only: no hub, no files
 
 

@@ -1,0 +1,184 @@
+"""Per-language perplexity and bits-per-byte of a causal LM on held-out text.
+
+    from regionbench.evaluation.perplexity import perplexity
+    perplexity(model, tok, {"en": [...], "ru": [...]})  # {lang: LangPerplexity(ppl, bpb, ...)}
+
+Each document is scored on its own, exactly as lm-eval's `loglikelihood_rolling` does (the
+`word_perplexity`/`bits_per_byte` tasks such as wikitext): the tokens, without special tokens,
+are preceded by one prefix token (BOS, or EOS where the tokenizer has no BOS) and cut into
+disjoint windows of at most `max_length` tokens; every token is predicted once, and a window
+after the first conditions on the `max_length` tokens before it. Unlike the harness, all
+windows of all languages are batched together (sorted by length, right-padded), which is where
+the speed comes from (see benchmarks/bench_perplexity.py).
+
+Why bits per byte as well as perplexity: token-level perplexity depends on the tokenizer (a
+language the vocabulary splits into many short tokens gets many easy predictions and a low
+perplexity), so it cannot compare languages, scripts or model families. The summed negative
+log-likelihood of a document is tokenizer-independent, and dividing it by the document's UTF-8
+bytes gives a cost per unit of raw text that can be compared across all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+DEFAULT_MAX_LENGTH_CAP = 2048  # long-context models: bound the (batch, length, vocab) logits
+
+
+@dataclass(frozen=True)
+class LangPerplexity:
+    """One language's result. `nll` is summed over every predicted token, in nats."""
+
+    ppl: float  # exp(nll / tokens): token-level perplexity
+    bpb: float  # nll / (ln 2 * bytes): bits per UTF-8 byte
+    nll: float
+    tokens: int  # predicted tokens (all tokens of all documents; the prefix token is not one)
+    bytes: int  # UTF-8 bytes of all documents
+
+
+def default_max_length(model, tokenizer) -> int:
+    """The model's context length as lm-eval resolves it, capped at DEFAULT_MAX_LENGTH_CAP."""
+    config = getattr(model.config, "text_config", None) or model.config
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if getattr(config, attr, None):
+            return min(int(getattr(config, attr)), DEFAULT_MAX_LENGTH_CAP)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if limit and limit < 10**9:  # transformers' "no limit" is a huge sentinel
+        return min(int(limit), DEFAULT_MAX_LENGTH_CAP)
+    return DEFAULT_MAX_LENGTH_CAP
+
+
+def prefix_token_id(tokenizer) -> int:
+    """The token every document is conditioned on: BOS, else EOS (lm-eval HFLM's choice)."""
+    token = (
+        tokenizer.bos_token_id if tokenizer.bos_token_id is not None else (tokenizer.eos_token_id)
+    )
+    if token is None:
+        raise ValueError("tokenizer has neither a BOS nor an EOS token to condition on")
+    return token
+
+
+def document_windows(
+    tokens: list[int], prefix: int, max_length: int
+) -> list[tuple[list[int], int]]:
+    """Per window, as lm-eval builds them: (context + predicted ids, number predicted).
+
+    The model reads all ids but the last and is scored on the last `number predicted` of them.
+    """
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    return [
+        (context + target, len(target))
+        for context, target in map(
+            make_disjoint_window,
+            get_rolling_token_windows(
+                token_list=tokens, prefix_token=prefix, max_seq_len=max_length, context_len=1
+            ),
+        )
+    ]
+
+
+def perplexity(
+    model,
+    tokenizer,
+    texts: dict[str, list[str]],
+    *,
+    max_length: int | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, LangPerplexity]:
+    """Score every language's documents; see the module docstring for the exact protocol.
+
+    `max_length` defaults to the model's context length (at most 2048); `batch_size` counts
+    windows per forward pass. The model's train/eval mode is restored afterwards.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size!r} is not a positive integer")
+    max_length = default_max_length(model, tokenizer) if max_length is None else int(max_length)
+    if max_length < 1:
+        raise ValueError(f"max_length {max_length!r} is not a positive integer")
+    prefix = prefix_token_id(tokenizer)
+    langs = list(texts)
+
+    # (language index, window ids, predicted count) for every window of every document
+    windows: list[tuple[int, list[int], int]] = []
+    n_tokens = [0] * len(langs)
+    n_bytes = [0] * len(langs)
+    for i, lang in enumerate(langs):
+        docs = list(texts[lang])
+        encoded = (
+            tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"] if docs else []
+        )
+        for doc, ids in zip(docs, encoded, strict=True):
+            n_bytes[i] += len(doc.encode("utf-8"))
+            n_tokens[i] += len(ids)
+            windows.extend((i, inp, n) for inp, n in document_windows(ids, prefix, max_length))
+        if n_tokens[i] == 0:
+            raise ValueError(f"texts for language {lang!r} contain no tokens")
+
+    nll = _score_windows(model, windows, len(langs), batch_size, progress)
+    return {
+        lang: LangPerplexity(
+            ppl=math.exp(nll[i] / n_tokens[i]),
+            bpb=nll[i] / (math.log(2) * n_bytes[i]),
+            nll=nll[i],
+            tokens=n_tokens[i],
+            bytes=n_bytes[i],
+        )
+        for i, lang in enumerate(langs)
+    }
+
+
+def _score_windows(model, windows, n_groups: int, batch_size: int, progress: bool) -> list[float]:
+    """Summed NLL (nats) of the predicted tokens of each group's windows."""
+    device = getattr(model, "device", None) or next(model.parameters()).device
+    # Longest first: similar lengths share a batch (little padding) and an out-of-memory error
+    # shows up on the first batch rather than after minutes.
+    order = sorted(range(len(windows)), key=lambda k: -len(windows[k][1]))
+    totals = torch.zeros(n_groups, dtype=torch.float64)
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    bar = tqdm(
+        total=sum(w[2] for w in windows), desc="perplexity", unit="tok", disable=not progress
+    )
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                batch = [windows[k] for k in order[start : start + batch_size]]
+                ids, mask, labels = (t.to(device) for t in _pad(batch))
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                # Row by row keeps the fp32 copy of the logits to one (length, vocab) matrix.
+                row_nll = torch.stack(
+                    [
+                        F.cross_entropy(logits[row].float(), labels[row], reduction="sum")
+                        for row in range(len(batch))
+                    ]
+                )
+                groups = torch.tensor([group for group, _, _ in batch])
+                totals.index_add_(0, groups, row_nll.double().cpu())  # one sync per batch
+                bar.update(sum(n_pred for _, _, n_pred in batch))
+    finally:
+        bar.close()
+        for module, training in modes.items():
+            module.train(training)
+    return totals.tolist()
+
+
+def _pad(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded input ids, attention mask, and next-token labels (-100 where not scored)."""
+    width = max(len(seq) for _, seq, _ in batch) - 1
+    ids = torch.zeros(len(batch), width, dtype=torch.long)
+    mask = torch.zeros(len(batch), width, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    for row, (_, seq, n_pred) in enumerate(batch):
+        n = len(seq) - 1
+        ids[row, :n] = torch.tensor(seq[:-1])
+        mask[row, :n] = 1
+        # position p predicts seq[p + 1]; only the last n_pred positions are scored
+        labels[row, n - n_pred : n] = torch.tensor(seq[n - n_pred + 1 :])
+    return ids, mask, labels

@@ -1,0 +1,344 @@
+"""lm-eval on the in-memory model: our task folder, agreement with `perplexity`, the empty-context
+grammar scoring, no stale answers after an in-place intervention, and nothing left changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from regionbench.evaluation import harness
+from regionbench.evaluation.perplexity import perplexity
+from regionbench.evaluation.tasks.rb_tasks import KINDS
+from regionbench.testing import tiny_llama
+
+VOCAB = 96
+TEXTS = {
+    "en": [
+        "the cat sat on the mat",
+        "a dog ran to the old house",
+        " ".join(["the old cat ran to the mat"] * 6),
+    ],  # longer than max_length below
+    "ru": ["кошка сидела на коврике", "собака бежала домой"],
+}
+PAIRS = {
+    "en": [
+        {"good": "the cat sat", "bad": "the cat sit", "kind": "agreement"},
+        {"good": "the dog ran", "bad": "dog the ran", "kind": "word_order"},
+        {"good": "the old house", "bad": "the house old", "kind": "adj_position"},
+        {"good": "a cat ran", "bad": "a cat run", "kind": "agreement"},
+    ],
+    "ru": [
+        {"good": "кошка сидела", "bad": "сидела кошка", "kind": "word_order"},
+        {"good": "собака бежала", "bad": "собака бежали", "kind": "agreement"},
+        {"good": "старый дом", "bad": "дом старый", "kind": "adj_position"},
+    ],
+}
+MAX_LENGTH = 16
+
+
+def tiny_tokenizer(corpus: list[str], vocab_size: int = VOCAB) -> PreTrainedTokenizerFast:
+    """A LLaMA-like byte-level BPE (ids 0/1/2 = <pad>/<s>/</s>; BOS added by default), with only
+    the bytes of `corpus` in its alphabet so the vocabulary stays tiny."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False
+        ),
+    )
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run ~30x faster on one thread than on two contended cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    corpus = [d for docs in TEXTS.values() for d in docs]
+    corpus += [p[k] for pairs in PAIRS.values() for p in pairs for k in ("good", "bad")]
+    return tiny_tokenizer(corpus)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(vocab_size=VOCAB)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return harness.write_tasks(
+        tmp_path_factory.mktemp("tasks"), ppl_texts=TEXTS, grammar_pairs=PAIRS
+    )
+
+
+def run(model, tok, tasks, root, **kw):
+    return harness.run_lm_eval(
+        model, tok, tasks, include_path=root, batch_size=4, max_length=MAX_LENGTH, **kw
+    )
+
+
+def test_task_folder_layout(root):
+    assert (root / "rb_ppl_en.yaml").read_text().splitlines() == [
+        "include: _rb_ppl_template_yaml",
+        "task: rb_ppl_en",
+        "dataset_kwargs: {data_file: rb_ppl_en.jsonl}",
+    ]
+    rows = (root / "data" / "sandbox_grammar_ru.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(r) for r in rows] == PAIRS["ru"]
+    template = (root / "_sandbox_grammar_template_yaml").read_text()
+    assert all(f"metric: acc_{kind}\n" in template for kind in KINDS)
+
+    from lm_eval.tasks import TaskManager
+
+    names = set(TaskManager(include_path=str(root), include_defaults=False).all_tasks)
+    assert names == {
+        "rb_ppl",
+        "rb_ppl_en",
+        "rb_ppl_ru",
+        "sandbox_grammar",
+        "sandbox_grammar_en",
+        "sandbox_grammar_ru",
+    }
+
+
+def test_rewriting_replaces_the_family(tmp_path):
+    harness.write_tasks(tmp_path, ppl_texts={"aa": ["x"], "bb": ["y"]})
+    harness.write_tasks(tmp_path, ppl_texts={"cc": ["z", ""]})
+    assert sorted(p.name for p in tmp_path.glob("rb_ppl*.yaml")) == [
+        "rb_ppl.yaml",
+        "rb_ppl_cc.yaml",
+    ]
+    assert (tmp_path / "data" / "rb_ppl_cc.jsonl").read_text() == '{"text": "z"}\n'
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"ppl_texts": {"e n": ["x"]}}, "language code 'e n'"),
+        ({"ppl_texts": {"en": ["", ""]}}, r"ppl_texts\['en'\] is empty"),
+        ({"grammar_pairs": {"en": [{"good": "a", "bad": "b", "kind": "tense"}]}}, "'kind' in"),
+        ({"grammar_pairs": {"en": [{"good": "a", "kind": "agreement"}]}}, "needs 'good', 'bad'"),
+        ({}, "needs ppl_texts or grammar_pairs"),
+    ],
+)
+def test_write_tasks_rejects_bad_input(tmp_path, kw, message):
+    with pytest.raises(ValueError, match=message):
+        harness.write_tasks(tmp_path, **kw)
+
+
+def test_rb_ppl_agrees_with_perplexity(model, tok, root):
+    flat = harness.flatten_results(run(model, tok, ["rb_ppl"], root))
+    ours = perplexity(model, tok, TEXTS, max_length=MAX_LENGTH, progress=False)
+    for lang, r in ours.items():
+        assert flat[f"lm_eval/rb_ppl_{lang}/bits_per_byte"] == pytest.approx(r.bpb, rel=1e-6)
+        assert flat[f"lm_eval/rb_ppl_{lang}/byte_perplexity"] == pytest.approx(2**r.bpb, rel=1e-6)
+    mean_bpb = sum(r.bpb for r in ours.values()) / len(ours)
+    assert flat["lm_eval/rb_ppl/bits_per_byte"] == pytest.approx(mean_bpb, rel=1e-6)
+
+
+def test_grammar_scores_whole_sentences_after_the_prefix(model, tok, root):
+    results = run(model, tok, ["sandbox_grammar"], root, log_samples=True)
+    flat = harness.flatten_results(results)
+    scores = []
+    for lang, pairs in PAIRS.items():
+        samples = sorted(results["samples"][f"sandbox_grammar_{lang}"], key=lambda s: s["doc_id"])
+        for pair, sample in zip(pairs, samples, strict=True):
+            assert [tuple(a) for a in sample["arguments"]] == [
+                ("", pair["good"]),
+                ("", pair["bad"]),
+            ]
+            good, bad = (resp[0][0] for resp in sample["resps"])
+            # empty context: lm-eval conditions on the prefix token (BOS) alone
+            expected = perplexity(model, tok, {"x": [pair["good"]]}, progress=False)["x"].nll
+            assert -good == pytest.approx(expected, rel=1e-5)
+            scores.append((lang, pair["kind"], 1.0 if good > bad else 0.5 if good == bad else 0))
+    for lang in PAIRS:
+        mine = [s for lg, _, s in scores if lg == lang]
+        assert flat[f"lm_eval/sandbox_grammar_{lang}/acc"] == pytest.approx(sum(mine) / len(mine))
+        for kind in KINDS:
+            mine = [s for lg, k, s in scores if lg == lang and k == kind]
+            key = f"lm_eval/sandbox_grammar_{lang}/acc_{kind}"
+            assert flat[key] == pytest.approx(sum(mine) / len(mine))
+    assert flat["lm_eval/sandbox_grammar/acc"] == pytest.approx(
+        sum(s for *_, s in scores) / len(scores)
+    )
+    assert {f"lm_eval/sandbox_grammar/acc_{kind}" for kind in KINDS} <= set(flat)
+
+
+def test_in_place_change_is_evaluated_and_nothing_is_left_changed(model, tok, root):
+    tasks = ["rb_ppl", "sandbox_grammar"]
+    model.train()
+    model.model.layers[1].eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def lls(results):
+        return [resp[0][0] for s in results["samples"]["sandbox_grammar_en"] for resp in s["resps"]]
+
+    def checked_run():
+        seed = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        results = run(model, tok, tasks, root, log_samples=True)
+        assert (random.getstate(), torch.get_rng_state().tolist()) == (seed[0], seed[2].tolist())
+        assert np.random.get_state()[1].tolist() == seed[1][1].tolist()
+        assert model.training and not model.model.layers[1].training
+        assert model.model.layers[0].training
+        return results
+
+    base = checked_run()
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+    proj = model.model.layers[0].mlp.down_proj.weight
+    saved = proj.detach().clone()
+    with torch.no_grad():
+        proj.zero_()
+    try:
+        changed = checked_run()
+        assert torch.equal(proj, torch.zeros_like(proj))
+    finally:
+        with torch.no_grad():
+            proj.copy_(saved)
+    again = checked_run()
+
+    flat = {
+        name: harness.flatten_results(r)
+        for name, r in (("base", base), ("changed", changed), ("again", again))
+    }
+    key = "lm_eval/rb_ppl_en/bits_per_byte"
+    assert flat["changed"][key] != flat["base"][key]
+    assert lls(changed) != lls(base)
+    assert flat["again"] == flat["base"] and lls(again) == lls(base)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert tok.padding_side == "right" and tok.pad_token == "<pad>"
+
+
+class Untouchable:
+    """A 'model' that fails the test if anything looks at it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"model.{name} used before the task names were checked")
+
+
+def test_unknown_task_fails_before_model_work(tok, root, monkeypatch):
+    # Pretend lm-eval has no built-in tasks: indexing its ~15k files takes ~10 s (slow test below).
+    original = harness._task_manager
+    monkeypatch.setattr(
+        harness, "_task_manager", lambda path, defaults: original(path, defaults=False)
+    )
+    with pytest.raises(ValueError) as err:
+        harness.run_lm_eval(Untouchable(), tok, ["sandbox_gramar", "rb_ppl"], include_path=root)
+    message = str(err.value)
+    assert "'sandbox_gramar' (did you mean 'sandbox_grammar' or" in message
+    assert "\n" not in message and "rb_ppl" not in message.split(":")[0]
+    with pytest.raises(ValueError, match="is not a directory"):
+        harness.check_tasks(["rb_ppl"], root / "missing")
+
+
+def test_our_folder_alone_does_not_index_builtin_tasks(root, monkeypatch):
+    pytest.importorskip("lm_eval.tasks._index", reason="lm-eval < 0.4.12 always indexes all")
+    original = harness._task_manager
+
+    def local_only(path, defaults):
+        assert not defaults, "built-in task index requested"
+        return original(path, defaults=False)
+
+    monkeypatch.setattr(harness, "_task_manager", local_only)
+    harness.check_tasks(["sandbox_grammar", "rb_ppl_ru"], root)
+
+
+@pytest.mark.slow
+def test_unknown_builtin_task_gets_close_matches(root):
+    harness.check_tasks(["hellaswag", "rb_ppl"], root)  # built-in and ours together
+    with pytest.raises(ValueError, match=r"'hellaswg' \(did you mean 'hellaswag'"):
+        harness.check_tasks(["hellaswg"])
+
+
+def test_flatten_results_names():
+    results = {
+        "results": {
+            "xnli_en": {
+                "alias": "xnli_en",
+                "sample_len": 10,
+                "acc,none": 0.5,
+                "acc_stderr,none": 0.1,
+                "f1,none": "N/A",
+                "bad,none": None,
+            },
+            "gsm8k": {
+                "exact_match,strict-match": 0.25,
+                "exact_match_stderr,strict-match": 0.01,
+                "flag,none": True,
+            },
+        },
+        "groups": {"grp": {"acc,none": 0.75, "acc_k,none": float("nan")}},
+    }
+    assert harness.flatten_results(results) == {
+        "lm_eval/xnli_en/acc": 0.5,
+        "lm_eval/xnli_en/acc_stderr": 0.1,
+        "lm_eval/gsm8k/exact_match/strict-match": 0.25,
+        "lm_eval/gsm8k/exact_match_stderr/strict-match": 0.01,
+        "lm_eval/grp/acc": 0.75,
+    }
+
+
+def test_unsupported_lm_eval_version_is_a_clear_error(monkeypatch, tok):
+    import importlib.metadata
+
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.4.8")
+    with pytest.raises(RuntimeError, match=r"lm-eval 0.4.8 is not supported.*>=0.4.10,<0.5"):
+        harness.run_lm_eval(Untouchable(), tok, ["rb_ppl"])
+
+
+@pytest.mark.slow
+def test_folder_runs_with_the_lm_eval_command_line(model, tok, root, tmp_path):
+    folder, moved = tmp_path / "model", tmp_path / "moved_tasks"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    shutil.copytree(root, moved)  # the data is found relative to the task files
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "lm_eval"),
+            "--model",
+            "hf",
+            "--model_args",
+            f"pretrained={folder},add_bos_token=False,max_length={MAX_LENGTH}",
+            "--include_path",
+            str(moved),
+            "--tasks",
+            "sandbox_grammar,rb_ppl",
+            "--batch_size",
+            "4",
+            "--device",
+            "cpu",
+            "--output_path",
+            str(tmp_path / "out"),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
+    [out] = (tmp_path / "out").rglob("results*.json")
+    cli = harness.flatten_results(json.loads(out.read_text()))
+    ours = harness.flatten_results(run(model, tok, ["sandbox_grammar", "rb_ppl"], root))
+    assert cli.keys() == ours.keys()
+    assert all(cli[k] == pytest.approx(ours[k], rel=1e-5) for k in ours)

@@ -1,0 +1,55 @@
+"""Model loading: sandbox names, local folders and hub ids go through one `from_pretrained` path."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from regionbench.models import check_model, load_model, resolve_cache_dir, resolve_dtype
+
+
+def test_local_folder_loads_like_the_sandbox_name(sandbox_test_dir, cache_dir, tmp_path):
+    folder = tmp_path / "my-model"
+    shutil.copytree(sandbox_test_dir, folder)
+    a, tok_a = load_model("sandbox-test", cache_dir=cache_dir, progress=False)
+    b, tok_b = load_model(str(folder))
+    assert check_model(str(folder)) == "local" and check_model("sandbox-test") == "sandbox"
+    assert not a.training and not b.training
+    assert next(a.parameters()).dtype == torch.float32  # fp32 on CPU by default
+    ids = tok_a("a sentence", return_tensors="pt").input_ids
+    assert torch.equal(ids, tok_b("a sentence", return_tensors="pt").input_ids)
+    assert torch.equal(a(ids).logits, b(ids).logits)
+    assert tok_b.pad_token is not None
+
+
+def test_dtype_is_explicit():
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown dtype 'bf61'"):
+        resolve_dtype("bf61", cpu)
+
+
+def test_bad_models_fail_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name, message in [
+        ("sandbox-xl", "unknown sandbox model 'sandbox-xl'"),
+        (str(tmp_path), "has no config.json"),
+        ("./missing-folder", "model folder './missing-folder' does not exist"),
+        ("meta-llama/Llama-2-7b-hf", "unknown model 'meta-llama/Llama-2-7b-hf': not a sandbox"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            check_model(name)
+        assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_cache_dir_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("REGIONBENCH_CACHE", str(tmp_path / "env"))
+    assert resolve_cache_dir() == (tmp_path / "env").resolve()
+    assert resolve_cache_dir(tmp_path / "arg") == (tmp_path / "arg").resolve()
+    monkeypatch.delenv("REGIONBENCH_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_cache_dir() == (tmp_path / ".cache" / "regionbench").resolve()

@@ -1,0 +1,162 @@
+"""Perplexity and bits-per-byte: analytic values, an independent per-document loop, lm-eval's
+own loglikelihood_rolling, and a brute-force check of the windows of long documents."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+from regionbench.evaluation.perplexity import LangPerplexity, perplexity
+from regionbench.testing import tiny_llama
+
+VOCAB = 96
+TEXTS = {
+    "en": ["the cat sat on the mat", "a dog ran to the old house", "the cat ran"],
+    "ru": ["кошка сидела на коврике", "собака бежала домой"],
+    "el": ["η γάτα κάθεται", "ο σκύλος τρέχει στο σπίτι", "γάτα"],
+    "ko": ["고양이가 매트 위에 앉았다", "개가 집으로 달렸다"],
+}
+LONG = {"en": [" ".join(TEXTS["en"] * 2)], "ko": [" ".join(TEXTS["ko"] * 2)]}  # ~100 tokens
+
+
+def tiny_tokenizer(corpus: list[str], vocab_size: int = VOCAB) -> PreTrainedTokenizerFast:
+    """A LLaMA-like byte-level BPE (ids 0/1/2 = <pad>/<s>/</s>; BOS added by default), with only
+    the bytes of `corpus` in its alphabet so the vocabulary stays tiny."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False
+        ),
+    )
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run ~30x faster on one thread than on two contended cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    tok = tiny_tokenizer([doc for docs in TEXTS.values() for doc in docs])
+    assert len(tok) <= VOCAB and tok("a").input_ids[0] == tok.bos_token_id
+    return tok
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(vocab_size=VOCAB)
+
+
+def reference_nll(model, tok, docs: list[str], max_length: int) -> float:
+    """Brute force: chunks of `max_length` predicted tokens, each read after the `max_length`
+    tokens before the chunk's end ([BOS] first), one plain forward per chunk."""
+    total = 0.0
+    for doc in docs:
+        ids = tok(doc, add_special_tokens=False).input_ids
+        seq = torch.tensor([tok.bos_token_id, *ids])
+        for start in range(0, len(ids), max_length):
+            end = min(start + max_length, len(ids))
+            first = max(0, end - max_length)
+            with torch.no_grad():
+                logits = model(seq[first:end][None]).logits[0].float()
+            total += F.cross_entropy(
+                logits[start - first :], seq[start + 1 : end + 1], reduction="sum"
+            ).item()
+    return total
+
+
+def test_uniform_logits_give_the_vocabulary_size(tok):
+    flat = tiny_llama(vocab_size=VOCAB)
+    with torch.no_grad():
+        flat.lm_head.weight.zero_()
+    res = perplexity(flat, tok, TEXTS, batch_size=3, progress=False)
+    for lang, docs in TEXTS.items():
+        tokens = sum(len(tok(d, add_special_tokens=False).input_ids) for d in docs)
+        n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+        r = res[lang]
+        assert (r.tokens, r.bytes) == (tokens, n_bytes)
+        assert r.ppl == pytest.approx(VOCAB, rel=1e-6)
+        assert r.nll == pytest.approx(tokens * math.log(VOCAB), rel=1e-6)
+        assert r.bpb == pytest.approx(tokens * math.log2(VOCAB) / n_bytes, rel=1e-6)
+    assert res["ko"].bytes > 2 * sum(len(d) for d in TEXTS["ko"])  # bytes, not characters
+
+
+def test_matches_a_plain_per_document_loop(model, tok):
+    res = perplexity(model, tok, TEXTS, batch_size=3, progress=False)  # windows padded, mixed
+    for lang, docs in TEXTS.items():
+        nll = reference_nll(model, tok, docs, max_length=10**6)
+        assert res[lang].nll == pytest.approx(nll, rel=1e-5)
+        assert res[lang].ppl == pytest.approx(math.exp(nll / res[lang].tokens), rel=1e-5)
+        assert res[lang].bpb == pytest.approx(nll / math.log(2) / res[lang].bytes, rel=1e-5)
+
+
+@pytest.mark.parametrize("max_length", [1, 7, 32])
+def test_long_documents_are_split_into_windows(model, tok, max_length):
+    docs = {**LONG, "short": TEXTS["el"]} if max_length > 1 else {"short": TEXTS["el"]}
+    res = perplexity(model, tok, docs, max_length=max_length, batch_size=4, progress=False)
+    assert max(r.tokens for r in res.values()) > 3 * max_length
+    for lang, texts in docs.items():
+        assert res[lang].nll == pytest.approx(
+            reference_nll(model, tok, texts, max_length), rel=1e-5
+        )
+    whole = perplexity(model, tok, docs, progress=False)  # one window each: other numbers
+    longest = max(res, key=lambda lang: res[lang].tokens)
+    assert whole[longest].tokens == res[longest].tokens
+    assert whole[longest].nll != res[longest].nll
+
+
+def test_agrees_with_lm_eval_loglikelihood_rolling(model, tok):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    docs = {**TEXTS, "long": LONG["en"]}
+    ours = perplexity(model, tok, docs, max_length=16, batch_size=5, progress=False)
+    lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4, max_length=16, add_bos_token=False)
+    for lang, texts in docs.items():
+        requests = [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)]
+        nll = -sum(lm.loglikelihood_rolling(requests, disable_tqdm=True))
+        bpb = nll / math.log(2) / sum(len(t.encode("utf-8")) for t in texts)
+        assert ours[lang].bpb == pytest.approx(bpb, rel=1e-6)
+
+
+def test_modes_are_restored_and_no_gradients_kept(tok):
+    net = tiny_llama(vocab_size=VOCAB).train()
+    net.model.layers[0].eval()  # a mixed state must survive too
+    res = perplexity(net, tok, {"en": TEXTS["en"]}, progress=False)
+    assert isinstance(res["en"], LangPerplexity)
+    assert net.training and not net.model.layers[0].training and net.model.layers[1].training
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_eos_is_the_prefix_without_bos(model, tok):
+    no_bos = tiny_tokenizer([d for docs in TEXTS.values() for d in docs])
+    no_bos.bos_token = None
+    assert no_bos.bos_token_id is None
+    flat = perplexity(model, no_bos, {"en": TEXTS["en"]}, progress=False)["en"]
+    bos = perplexity(model, tok, {"en": TEXTS["en"]}, progress=False)["en"]
+    assert flat.tokens == bos.tokens and flat.nll != bos.nll
+
+
+def test_bad_input_is_rejected_before_any_work(model, tok):
+    with pytest.raises(ValueError, match="'ru' contain no tokens"):
+        perplexity(model, tok, {"en": TEXTS["en"], "ru": ["", ""]}, progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        perplexity(model, tok, TEXTS, batch_size=0, progress=False)
+    with pytest.raises(ValueError, match="max_length"):
+        perplexity(model, tok, TEXTS, max_length=0, progress=False)

@@ -1,0 +1,132 @@
+"""End to end: the real command, a multirun on the test-sized sandbox model in a temporary
+directory, read back from MLflow; bad input fails with one line and no FINISHED run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, SMALL, compose
+from mlflow.tracking import MlflowClient
+
+from regionbench.pipeline import run_job
+
+
+def _run(args, cwd, cache_dir, timeout=600):
+    env = dict(os.environ, REGIONBENCH_CACHE=str(cache_dir), PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "regionbench", *args], cwd=cwd, env=env,
+                          text=True, capture_output=True, timeout=timeout)
+
+
+def _runs(uri):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("regionbench")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, cache_dir, sandbox_test_dir):
+    cwd = tmp_path_factory.mktemp("sweep")
+    # ratio=1.5 is bad input: that job fails, the others still run, the command exits non-zero
+    proc = _run(["-m", "ratio=0,0.05,0.2,1.5", *SMALL], cwd, cache_dir)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return cwd, proc
+
+
+def test_multirun_logs_one_parent_and_nested_jobs(sweep):
+    cwd, proc = sweep
+    uri = f"sqlite:///{cwd}/mlruns/mlflow.db"
+    client, parents, all_children = _runs(uri)
+    assert len(parents) == 1 and len(all_children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in all_children} == {parents[0].info.run_id}
+    children = [c for c in all_children if c.info.status == "FINISHED"]
+    assert sorted(c.info.run_name for c in children) == ["ratio=0", "ratio=0.05", "ratio=0.2"]
+    by_ratio = {float(c.data.params["ratio"]): c for c in children}
+    assert set(by_ratio) == {0.0, 0.05, 0.2}
+    from regionbench.data import sandbox
+
+    for ratio, run in by_ratio.items():
+        m = run.data.metrics
+        for lang in sandbox.PRETRAIN_LANGS:
+            assert {f"ppl/{lang}", f"bpb/{lang}", f"ppl_ratio/{lang}"} <= set(m)
+        assert abs(m["region/fraction"] - ratio) < 1e-3
+        assert {"sweep_id", "job_num", "git_sha", "regionbench_version", "importance_key",
+                "model_id"} <= set(run.data.tags)
+        assert run.data.params["model.name"] == "sandbox-test"
+        arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.yaml", "region_summary.csv", "lm_eval_results.json"} <= arts
+        assert any(k.startswith("lm_eval/sandbox_grammar") for k in m)
+    # ratio 0 is the unmodified model: every ratio is exactly 1
+    assert all(v == 1.0 for k, v in by_ratio[0.0].data.metrics.items()
+               if k.startswith("ppl_ratio/"))
+    assert by_ratio[0.2].data.metrics["ppl_ratio/mean"] > by_ratio[0.05].data.metrics[
+        "ppl_ratio/mean"] > 1.0
+    # importance is computed once: the second scored job hits the cache
+    tags = [by_ratio[r].data.tags["importance_cache"] for r in (0.05, 0.2)]
+    assert tags == ["miss", "hit"]
+    assert by_ratio[0.2].data.metrics["time/importance_s"] < 1.0
+    arts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"sweep_comparison.csv", "sweep_comparison.md", "ppl_ratio_by_language.png"} <= arts
+
+
+def test_failed_job_does_not_stop_the_sweep(sweep):
+    cwd, proc = sweep
+    assert "1 of 4 jobs failed: ratio=1.5" in proc.stderr
+    _, parents, children = _runs(f"sqlite:///{cwd}/mlruns/mlflow.db")
+    failed = [c for c in children if c.info.status != "FINISHED"]
+    assert [(c.info.run_name, c.info.status) for c in failed] == [("ratio=1.5", "FAILED")]
+    assert failed[0].data.params["ratio"] == "1.5"
+    assert "ratio 1.5 is outside [0, 1)" in failed[0].data.tags["error"]
+    assert parents[0].info.status == "FAILED"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One MLflow store for the bad-input cases (creating a SQLite store takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.name=sandbox-xxl"], "unknown sandbox model 'sandbox-xxl'"),
+    (["model.name=no-such-org/no-such-model"], "unknown model 'no-such-org/no-such-model'"),
+    (["metric.name=magnitud"], "unknown metric 'magnitud': did you mean 'magnitude'"),
+    (["region.name=core_botom"], "did you mean 'core_bottom'"),
+    (["data.eval_langs=[latn,xx]"], "unknown language for data=sandbox 'xx'"),
+    (["ratio=1.0"], "ratio 1.0 is outside [0, 1)"),
+    (["data=local", "data.path=/no/such/dir"], "data.path '/no/such/dir' is not a readable"),
+    (["data=wikipedia", "data.importance_langs=[ar]", "data.eval_langs=[ar]",
+      "model=sandbox-test"], "cannot stream 'wikimedia/wikipedia'"),
+    (["eval.lm_eval.tasks=[sandbox_gramar]"], "sandbox_gramar"),
+])
+def test_bad_input_fails_one_line_without_a_finished_run(store, overrides, message,
+                                                         sandbox_test_dir):
+    experiment = f"bad-{abs(hash(tuple(overrides)))}"
+    cfg = compose([*SMALL, *overrides, f"tracking.uri={store}", f"tracking.experiment={experiment}"])
+    result = run_job(cfg, name="bad")
+    assert result["status"] == "FAILED"
+    assert message in result["error"] and "\n" not in result["error"]
+    client = MlflowClient(tracking_uri=store)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_cli_group_typo_is_one_line(tmp_path, cache_dir):
+    proc = _run(["metric=taylr"], tmp_path, cache_dir, timeout=60)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == ("error: unknown metric option 'taylr': did you mean 'taylor' "
+                                   "or 'taylor_abs'? choices: fisher, magnitude, random, taylor, "
+                                   "taylor_abs")
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_help_lists_groups(tmp_path, cache_dir):
+    proc = _run(["--help"], tmp_path, cache_dir, timeout=60)
+    assert proc.returncode == 0
+    assert "metric: fisher, magnitude, random, taylor, taylor_abs" in proc.stdout
+    assert "region: core, core_bottom, monolingual" in proc.stdout
