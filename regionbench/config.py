@@ -176,14 +176,26 @@ def validate(run: RunConfig) -> RunConfig:
         check_choice("region.lang (an importance language)", run.region.lang, imp)
     if run.intervention.name == "freeze":
         sources.check_langs(run.data.source, target_langs(run), run.data.path)
-        for key in ("steps", "batch_size", "grad_accum", "seq_len", "eval_every", "train_docs"):
-            if getattr(run.intervention, key) < 1:
-                raise ValueError(f"intervention.{key} {getattr(run.intervention, key)!r} "
-                                 "must be a positive integer")
+        if run.intervention.train_docs < 1:
+            raise ValueError(f"intervention.train_docs {run.intervention.train_docs!r} must be a "
+                             "positive integer")
+        freeze_config(run)  # its own checks, before any model is loaded
     for key in ("importance_docs", "eval_docs", "seq_len"):
         if getattr(run.data, key) < 1:
             raise ValueError(f"data.{key} {getattr(run.data, key)!r} must be a positive integer")
     return run
+
+
+def freeze_config(run: RunConfig):
+    """The training settings of `intervention=freeze` (validated on construction)."""
+    from regionbench.training import FreezeConfig
+
+    iv = run.intervention
+    return FreezeConfig(target_langs=target_langs(run), steps=iv.steps, lr=iv.lr,
+                        weight_decay=iv.weight_decay, warmup_steps=iv.warmup_steps,
+                        batch_size=iv.batch_size, grad_accum=iv.grad_accum, seq_len=iv.seq_len,
+                        eval_every=iv.eval_every, seed=run.seed, save_model=iv.save_model,
+                        max_grad_norm=iv.max_grad_norm, schedule=iv.schedule)
 
 
 def importance_langs(run: RunConfig) -> list[str]:

@@ -332,22 +332,13 @@ def _freeze(run, model, tok, region, eval_texts, harness_dir, base, tracker, run
     """Further pre-training with the region frozen; the loaded model is restored afterwards."""
     from regionbench.data import load_texts
     from regionbench.plots import forgetting_curve
-    from regionbench.training import (
-        FreezeConfig,
-        forgetting_metrics,
-        restore_after,
-        train_frozen,
-    )
+    from regionbench.training import forgetting_metrics, restore_after, train_frozen
 
     iv = run.intervention
     targets = C.target_langs(run)
     train_texts = load_texts(run.data.source, "train", targets, iv.train_docs,
                              path=run.data.path, text_field=run.data.text_field)
-    fcfg = FreezeConfig(target_langs=targets, steps=iv.steps, lr=iv.lr,
-                        weight_decay=iv.weight_decay, warmup_steps=iv.warmup_steps,
-                        batch_size=iv.batch_size, grad_accum=iv.grad_accum, seq_len=iv.seq_len,
-                        eval_every=iv.eval_every, seed=run.seed, save_model=iv.save_model,
-                        max_grad_norm=iv.max_grad_norm, schedule=iv.schedule)
+    fcfg = C.freeze_config(run)
     before = {lang: r["ppl"] for lang, r in base["ppl"].items()}
 
     def eval_fn(step: int) -> dict[str, float]:
@@ -366,11 +357,11 @@ def _freeze(run, model, tok, region, eval_texts, harness_dir, base, tracker, run
                                    log_fn=log_fn, save_dir=out / "model" if iv.save_model else None)
         metrics = _evaluate(run, model, tok, eval_texts, harness_dir, base, tracker, run_id,
                             clock)
+    # forget/* and learn/* were logged per step by log_fn; the run shows the last step's value.
     history = summary["history"]
     if history:
         forgetting_curve(history, out / "forgetting_curve.png")
         tracker.log_artifact(run_id, out / "forgetting_curve.png")
-        metrics |= {k: v for k, v in history[-1][1].items() if k.startswith(("forget/", "learn/"))}
     metrics |= {f"train/{k}": float(v) for k, v in summary.items() if isinstance(v, int | float)}
     return metrics
 

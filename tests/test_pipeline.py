@@ -102,6 +102,7 @@ def store(tmp_path_factory):
     (["data=wikipedia", "data.importance_langs=[ar]", "data.eval_langs=[ar]",
       "model=sandbox-test"], "cannot stream 'wikimedia/wikipedia'"),
     (["eval.lm_eval.tasks=[sandbox_gramar]"], "sandbox_gramar"),
+    (["intervention=freeze", "intervention.steps=4"], "warmup_steps 15 is more than steps 4"),
 ])
 def test_bad_input_fails_one_line_without_a_finished_run(store, overrides, message,
                                                          sandbox_test_dir):
@@ -130,3 +131,28 @@ def test_help_lists_groups(tmp_path, cache_dir):
     assert proc.returncode == 0
     assert "metric: fisher, magnitude, random, taylor, taylor_abs" in proc.stdout
     assert "region: core, core_bottom, monolingual" in proc.stdout
+
+
+def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir):
+    from regionbench import pipeline
+    from regionbench.cache import fingerprint_model
+
+    cfg = compose(["+experiment=freeze", "frozen_set=core-5", *SMALL, f"tracking.uri={store}",
+                   "tracking.experiment=freeze-test", "intervention.steps=4",
+                   "intervention.eval_every=2", "intervention.train_docs=60", "intervention.warmup_steps=1",
+                   "intervention.batch_size=4", "intervention.seq_len=32"])
+    assert cfg.model.name == "sandbox-test" and cfg.ratio == 0.05
+    result = run_job(cfg, name="freeze")
+    assert result["status"] == "FINISHED", result
+    model = pipeline._MODEL["model"]
+    assert fingerprint_model(model, full=True) == pipeline._MODEL["fp"]  # training undone
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(result["run_id"])
+    m = run.data.metrics
+    assert {"forget/mean", "learn/mean", "learn/armn", "forget/latn", "train/loss"} <= set(m)
+    assert [h.step for h in client.get_metric_history(run.info.run_id, "forget/latn")] == [0, 2, 4]
+    assert [h.value for h in client.get_metric_history(run.info.run_id, "forget/latn")][0] == 1.0
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 4
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"forgetting_curve.png", "region_summary.csv", "config.yaml"} <= arts
+    assert abs(m["region/fraction"] - 0.05) < 1e-3
