@@ -100,7 +100,7 @@ def _execute(run: RunConfig, tracker: Tracker, run_id: str, out: Path) -> dict[s
         eval_texts = load_texts(run.data.source, "eval", ev_langs, run.data.eval_docs, **kw)
         imp_texts = (load_texts(run.data.source, "importance", imp_langs,
                                 run.data.importance_docs, **kw) if run.ratio > 0 else {})
-        harness_dir = _prepare_harness(run, eval_texts)  # task-name errors before model work
+        lm_tasks = _prepare_harness(run, eval_texts)  # task-name errors before model work
 
     with clock("load"):
         model, tok, model_fp = _load(run)
@@ -118,16 +118,16 @@ def _execute(run: RunConfig, tracker: Tracker, run_id: str, out: Path) -> dict[s
                                  "region/fraction": float(region.fraction)}
     _log_region(tracker, run_id, run, region, out)
 
-    base = _baseline(run, model, tok, eval_texts, harness_dir, model_fp)
+    base = _baseline(run, model, tok, eval_texts, lm_tasks, model_fp)
     if freeze:
-        metrics |= _freeze(run, model, tok, region, eval_texts, harness_dir, base, tracker, run_id,
+        metrics |= _freeze(run, model, tok, region, eval_texts, lm_tasks, base, tracker, run_id,
                            out, clock)
     else:
         from regionbench.interventions import intervene
 
         iv = run.intervention
         with intervene(model, region, iv.name, factor=iv.factor, std=iv.std, seed=run.seed):
-            metrics |= _evaluate(run, model, tok, eval_texts, harness_dir, base, tracker, run_id,
+            metrics |= _evaluate(run, model, tok, eval_texts, lm_tasks, base, tracker, run_id,
                                  clock)
     metrics |= clock.times
     tracker.log_metrics(run_id, metrics)
@@ -217,8 +217,9 @@ def _log_region(tracker: Tracker, run_id: str, run: RunConfig, region, out: Path
         tracker.log_artifact(run_id, out / "region.safetensors")
 
 
-def _prepare_harness(run: RunConfig, eval_texts: dict[str, list[str]]) -> Path | None:
-    """Write our lm-eval tasks for this run's data and check every task name."""
+def _prepare_harness(run: RunConfig, eval_texts: dict[str, list[str]]):
+    """Write our lm-eval tasks for this run's data; expand per-language task templates; check
+    every task name. Returns (include_path, tasks) or None when no harness task is asked for."""
     tasks = list(run.eval.lm_eval.tasks)
     if not tasks:
         return None
@@ -240,8 +241,18 @@ def _prepare_harness(run: RunConfig, eval_texts: dict[str, list[str]]) -> Path |
         root.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):  # another process wrote the same content first
             tmp.rename(root)
+    if any("{" in t for t in tasks):
+        from regionbench.data.sources import FLORES_CODES
+
+        codes = [{"lang": lang, "flores": FLORES_CODES.get(lang, lang)} for lang in eval_texts]
+        tasks, skipped = harness.expand_tasks(tasks, codes, root)
+        if skipped:
+            log.info("lm-eval has no task %s: skipped", ", ".join(skipped))
+        if not tasks:
+            raise ValueError(f"no lm-eval task of {list(run.eval.lm_eval.tasks)} covers the "
+                             f"languages {', '.join(eval_texts)}")
     harness.check_tasks(tasks, root)
-    return root
+    return root, tasks
 
 
 def _ppl(run: RunConfig, model, tok, texts) -> dict[str, dict[str, float]]:
@@ -252,26 +263,27 @@ def _ppl(run: RunConfig, model, tok, texts) -> dict[str, dict[str, float]]:
     return {lang: asdict(r) for lang, r in res.items()}
 
 
-def _lm_eval(run: RunConfig, model, tok, harness_dir) -> tuple[dict[str, float], dict]:
-    if harness_dir is None:
+def _lm_eval(run: RunConfig, model, tok, lm_tasks) -> tuple[dict[str, float], dict]:
+    if lm_tasks is None:
         return {}, {}
-    from regionbench.evaluation import harness
+    from regionbench.evaluation.harness import flatten_results, run_lm_eval
 
+    harness_dir, tasks = lm_tasks
     le = run.eval.lm_eval
-    results = harness.run_lm_eval(model, tok, list(le.tasks), limit=le.limit,
+    results = run_lm_eval(model, tok, tasks, limit=le.limit,
                                   num_fewshot=le.num_fewshot, batch_size=le.batch_size,
                                   include_path=harness_dir, log_samples=le.log_samples,
                                   max_length=run.data.max_length)
-    return harness.flatten_results(results), results
+    return flatten_results(results), results
 
 
-def _baseline(run: RunConfig, model, tok, eval_texts, harness_dir, model_fp: str) -> dict:
+def _baseline(run: RunConfig, model, tok, eval_texts, lm_tasks, model_fp: str) -> dict:
     """The unmodified model's evaluation, once per process and cached on disk."""
     from regionbench.cache import fingerprint_texts as fingerprint
     from regionbench.models import resolve_cache_dir
 
     parts = [model_fp, fingerprint(eval_texts), run.data.max_length, run.eval.perplexity,
-             asdict(run.eval.lm_eval) if harness_dir else None, str(harness_dir),
+             asdict(run.eval.lm_eval) if lm_tasks else None, str(lm_tasks),
              regionbench.__version__]
     key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
     if key in _BASELINES:
@@ -284,7 +296,7 @@ def _baseline(run: RunConfig, model, tok, eval_texts, harness_dir, model_fp: str
             return _BASELINES[key]
     log.info("evaluating the unmodified model (once; cached)")
     ppl = _ppl(run, model, tok, eval_texts) if run.eval.perplexity else {}
-    lm, _ = _lm_eval(run, model, tok, harness_dir)
+    lm, _ = _lm_eval(run, model, tok, lm_tasks)
     base = {"ppl": ppl, "lm_eval": lm}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -314,20 +326,20 @@ def lm_eval_ratios(lm: dict[str, float], base: dict[str, float]) -> dict[str, fl
             if not k.endswith("_stderr") and base.get(k)}
 
 
-def _evaluate(run, model, tok, eval_texts, harness_dir, base, tracker, run_id, clock) -> dict:
+def _evaluate(run, model, tok, eval_texts, lm_tasks, base, tracker, run_id, clock) -> dict:
     metrics: dict[str, float] = {}
     if run.eval.perplexity:
         with clock("eval"):
             metrics |= ppl_metrics(_ppl(run, model, tok, eval_texts), base["ppl"])
-    if harness_dir is not None:
+    if lm_tasks is not None:
         with clock("lm_eval"):
-            lm, results = _lm_eval(run, model, tok, harness_dir)
+            lm, results = _lm_eval(run, model, tok, lm_tasks)
         metrics |= lm | lm_eval_ratios(lm, base["lm_eval"])
         tracker.log_dict(run_id, _jsonable(results), "lm_eval_results.json")
     return metrics
 
 
-def _freeze(run, model, tok, region, eval_texts, harness_dir, base, tracker, run_id, out,
+def _freeze(run, model, tok, region, eval_texts, lm_tasks, base, tracker, run_id, out,
             clock) -> dict:
     """Further pre-training with the region frozen; the loaded model is restored afterwards."""
     from regionbench.data import load_texts
@@ -355,7 +367,7 @@ def _freeze(run, model, tok, region, eval_texts, harness_dir, base, tracker, run
         with clock("train"):
             summary = train_frozen(model, tok, train_texts, frozen, fcfg, eval_fn=eval_fn,
                                    log_fn=log_fn, save_dir=out / "model" if iv.save_model else None)
-        metrics = _evaluate(run, model, tok, eval_texts, harness_dir, base, tracker, run_id,
+        metrics = _evaluate(run, model, tok, eval_texts, lm_tasks, base, tracker, run_id,
                             clock)
     # forget/* and learn/* were logged per step by log_fn; the run shows the last step's value.
     history = summary["history"]

@@ -342,3 +342,17 @@ def test_folder_runs_with_the_lm_eval_command_line(model, tok, root, tmp_path):
     ours = harness.flatten_results(run(model, tok, ["sandbox_grammar", "rb_ppl"], root))
     assert cli.keys() == ours.keys()
     assert all(cli[k] == pytest.approx(ours[k], rel=1e-5) for k in ours)
+
+
+@pytest.mark.slow
+def test_language_templates_expand_to_existing_tasks():
+    """eval=multilingual's templates: one task per language lm-eval has (indexes lm-eval)."""
+    from regionbench.evaluation.harness import expand_tasks
+
+    langs = [{"lang": "ar", "flores": "arb_Arab"}, {"lang": "vi", "flores": "vie_Latn"},
+             {"lang": "xx", "flores": "xxx_Xxxx"}]
+    tasks, skipped = expand_tasks(["mmlu", "xnli_{lang}", "belebele_{flores}",
+                                   "xstorycloze_{lang}"], langs)
+    assert tasks == ["mmlu", "xnli_ar", "xnli_vi", "belebele_arb_Arab", "belebele_vie_Latn",
+                     "xstorycloze_ar"]
+    assert set(skipped) == {"xnli_xx", "belebele_xxx_Xxxx", "xstorycloze_vi", "xstorycloze_xx"}

@@ -183,6 +183,32 @@ def write_tasks(
     return out
 
 
+def known_tasks(include_path=None) -> set[str]:
+    """Every task, group and tag name lm-eval knows, with our folder's (indexes lm-eval: ~10 s,
+    once per process)."""
+    _check_lm_eval_version()
+    return set(_task_manager(include_path, defaults=True).all_tasks)
+
+
+def expand_tasks(tasks: Iterable[str], langs: Iterable[Mapping[str, str]],
+                 include_path=None) -> tuple[list[str], list[str]]:
+    """Templates such as `xnli_{lang}` or `belebele_{flores}` become one task per run language
+    that lm-eval has; returns (tasks, skipped names). Plain names pass through unchanged."""
+    tasks, langs = _task_list(tasks), list(langs)
+    if not any("{" in t for t in tasks):
+        return tasks, []
+    known = known_tasks(include_path)
+    out, skipped = [], []
+    for task in tasks:
+        if "{" not in task:
+            out.append(task)
+            continue
+        for codes in langs:
+            name = task.format(**codes)
+            (out if name in known else skipped).append(name)
+    return list(dict.fromkeys(out)), skipped
+
+
 def _write_family(
     out: Path,
     group: str,
