@@ -20,19 +20,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from regionbench.importance import compute_importance, iter_batches, scoped_params, token_windows
-
-
-def char_tokenizer():
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    for c in "abcdefghijklmnopqrstuvwxyz .,":
-        vocab[c] = len(vocab)
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
+from regionbench.testing import char_tokenizer
 
 
 def synthetic_texts(n_docs: int, langs: int, seed: int = 0) -> dict[str, list[str]]:

@@ -21,31 +21,11 @@ import math
 import time
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from regionbench.data import sandbox
 from regionbench.evaluation.perplexity import perplexity
-
-
-def bpe_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A sandbox-like byte-level BPE: <pad>/<s>/</s> = 0/1/2, BOS added by default."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        texts,
-        trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=["<pad>", "<s>", "</s>"],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
+from regionbench.testing import tiny_tokenizer
 
 
 def build_model(args, vocab_size: int) -> LlamaForCausalLM:
@@ -118,7 +98,8 @@ def main() -> None:
     raw = sandbox.generate("eval", n_docs=args.docs * args.repeat_docs)
     k = args.repeat_docs
     texts = {lang: [" ".join(d[i : i + k]) for i in range(0, len(d), k)] for lang, d in raw.items()}
-    tok = bpe_tokenizer([doc for docs in texts.values() for doc in docs], args.vocab)
+    tok = tiny_tokenizer([doc for docs in texts.values() for doc in docs], args.vocab,
+                         full_alphabet=True)
     model = build_model(args, len(tok))
 
     from lm_eval.models.huggingface import HFLM

@@ -14,13 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
 
 from regionbench.evaluation import harness
 from regionbench.evaluation.perplexity import perplexity
 from regionbench.evaluation.tasks.rb_tasks import KINDS
-from regionbench.testing import tiny_llama
+from regionbench.testing import tiny_llama, tiny_tokenizer
 
 VOCAB = 96
 TEXTS = {
@@ -45,33 +43,6 @@ PAIRS = {
     ],
 }
 MAX_LENGTH = 16
-
-
-def tiny_tokenizer(corpus: list[str], vocab_size: int = VOCAB) -> PreTrainedTokenizerFast:
-    """A LLaMA-like byte-level BPE (ids 0/1/2 = <pad>/<s>/</s>; BOS added by default), with only
-    the bytes of `corpus` in its alphabet so the vocabulary stays tiny."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        corpus,
-        trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"], show_progress=False
-        ),
-    )
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run ~30x faster on one thread than on two contended cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -13,27 +13,13 @@ from regionbench.importance import (
     scoped_params,
     token_windows,
 )
-from regionbench.testing import tiny_llama
+from regionbench.testing import char_tokenizer, tiny_llama
 
 TEXTS = {
     "aa": ["the cat sat on the mat.", "a dog ran far, far away.", "cats and dogs."] * 3,
     "bb": ["zyx wvu tsr qpo.", "mnl kji hgf edc ba."] * 4,
 }
 SEQ, BATCH = 12, 3
-
-
-def char_tokenizer():
-    """A real PreTrainedTokenizerFast over single characters (ids < 64, fits tiny_llama)."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    for c in "abcdefghijklmnopqrstuvwxyz .,":
-        vocab[c] = len(vocab)
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
-                                   pad_token="<pad>", unk_token="<unk>")
 
 
 @pytest.fixture(scope="module")
