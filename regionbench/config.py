@@ -89,7 +89,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class ImportanceConfig:
     include: tuple[str, ...] = (r"layers\.",)
-    exclude: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ("norm",)
     batch_size: int = 16
 
 

@@ -29,7 +29,7 @@ def tok():
 
 def per_batch_grads(model, tok, docs):
     """Independent reference: plain autograd, one fp32 gradient dict per batch."""
-    params = scoped_params(model, [r"layers\."], [])
+    params = {n: p for n, p in model.named_parameters() if ".layers." in n and "norm" not in n}
     out = []
     for batch in iter_batches(token_windows(tok, docs, SEQ), BATCH):
         model.zero_grad(set_to_none=True)
@@ -53,6 +53,8 @@ def test_scope_defaults_to_block_params():
     model = tiny_llama()
     names = set(scoped_params(model))
     assert all(".layers." in n for n in names)
+    assert not any("norm" in n for n in names)  # norm gains are vectors, not matrices
+    assert "model.layers.0.input_layernorm.weight" in scoped_params(model, exclude=())
     assert not {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"} & names
     assert in_scope("model.layers.1.mlp.up_proj.weight")
     assert not in_scope("model.layers.1.mlp.up_proj.weight", exclude=[r"mlp\."])
