@@ -1,0 +1,151 @@
+"""Sandbox models: tokenizer, HF folder round trip, reproducible and atomic builds (sandbox-test)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from regionbench import sandbox
+from regionbench.data import sandbox as corpus
+
+NAME = "sandbox-test"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return cache, sandbox.ensure_sandbox_model(NAME, cache, progress=False)
+
+
+def test_folder_loads_through_auto_classes(built):
+    _, folder = built
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert isinstance(model, LlamaForCausalLM) and model.dtype == torch.float32
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    assert (tok.pad_token, tok.bos_token, tok.eos_token) == ("<pad>", "<s>", "</s>")
+    assert len(tok) == model.config.vocab_size == sandbox.SANDBOX_MODELS[NAME].vocab_size
+    meta = sandbox.read_metadata(folder)
+    assert meta["weights_sha256"] == sandbox.weights_sha256(model.state_dict())
+    assert meta["final_loss"] < meta["first_loss"] < math.log(model.config.vocab_size) + 1
+    with torch.no_grad():
+        out = model(**tok(["va tukide.", "τηθοχινω θω"], padding=True, return_tensors="pt"))
+    assert torch.isfinite(out.logits).all()
+
+
+def test_tokenizer_is_llama_like_byte_level_bpe(built):
+    _, folder = built
+    tok = AutoTokenizer.from_pretrained(folder)
+    texts = corpus.generate("eval", langs=list(corpus.LANGUAGES), n_docs=1)
+    for lang, (doc,) in texts.items():  # held-out scripts too: byte-level never needs <unk>
+        ids = tok(doc)["input_ids"]
+        assert ids[0] == tok.bos_token_id and tok.bos_token_id not in ids[1:]
+        assert tok.eos_token_id not in ids
+        assert ids[1:] == tok(doc, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids, skip_special_tokens=True) == doc, lang
+
+
+def test_rebuild_with_same_seed_reproduces_weights_and_other_seed_does_not(built):
+    cache, folder = built
+    first = sandbox.read_metadata(folder)["weights_sha256"]
+    tokenizer_json = (folder / "tokenizer.json").read_bytes()
+    again = sandbox.ensure_sandbox_model(NAME, cache, force=True, progress=False)
+    assert again == folder
+    assert sandbox.read_metadata(again)["weights_sha256"] == first
+    assert (again / "tokenizer.json").read_bytes() == tokenizer_json
+    other = sandbox.ensure_sandbox_model(NAME, cache, progress=False, seed=1)
+    assert other != folder and sandbox.read_metadata(other)["weights_sha256"] != first
+    assert (other / "tokenizer.json").read_bytes() == tokenizer_json  # one world, one tokenizer
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_cached_model_is_not_rebuilt(built, monkeypatch):
+    cache, folder = built
+
+    def boom(*args, **kwargs):
+        raise AssertionError("rebuilt a cached model")
+
+    monkeypatch.setattr(sandbox, "build_sandbox_model", boom)
+    assert sandbox.ensure_sandbox_model(NAME, cache, progress=False) == folder
+
+
+def test_folder_name_encodes_recipe_and_seed(tmp_path, monkeypatch):
+    path = sandbox.sandbox_path(NAME, tmp_path)
+    assert path.name.startswith(f"{NAME}-v{sandbox.RECIPE_VERSION}-") and path.name.endswith("seed0")
+    assert sandbox.sandbox_path(NAME, tmp_path, seed=2) != path
+    assert sandbox.sandbox_path("sandbox-s", tmp_path) != path
+    changed = replace(sandbox.SANDBOX_MODELS[NAME], lr=1e-4)
+    monkeypatch.setitem(sandbox.SANDBOX_MODELS, NAME, changed)
+    assert sandbox.sandbox_path(NAME, tmp_path) != path
+
+
+def test_interrupted_build_leaves_nothing_that_loads(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sandbox, "pretrain", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False)
+    final = sandbox.sandbox_path(NAME, tmp_path)
+    assert not final.exists()
+    assert [p.name for p in final.parent.iterdir()] == [f"{final.name}.lock"]
+    monkeypatch.undo()
+    # A killed process leaves its temporary folder behind; the next build clears it.
+    stale = final.parent / f".{final.name}.tmp-99999"
+    stale.mkdir()
+    (stale / "config.json").write_text("{}")
+    assert sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False) == final
+    assert sandbox.is_complete(final) and not stale.exists()
+
+
+def test_two_processes_build_once(tmp_path):
+    cmd = [sys.executable, "-m", "regionbench.sandbox", "build", NAME, "--quiet",
+           "--cache-dir", str(tmp_path)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    folders = {out.splitlines()[0] for out, _ in outs}
+    assert folders == {str(sandbox.sandbox_path(NAME, tmp_path))}
+    assert sum(f"built {NAME}" in err for _, err in outs) == 1
+
+
+def test_model_sizes():
+    sizes = {name: sandbox.count_parameters(name) for name in sandbox.SANDBOX_MODELS}
+    assert sizes["sandbox-test"] < 100_000
+    assert 200_000 <= sizes["sandbox-s"] <= 450_000
+    assert 1_000_000 <= sizes["sandbox-m"] <= 2_000_000
+    assert 5_000_000 <= sizes["sandbox-l"] <= 8_000_000
+
+
+def test_unknown_model_is_a_one_line_error(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown sandbox model 'sandbox-xl': did you mean"):
+        sandbox.ensure_sandbox_model("sandbox-xl", tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "regionbench.sandbox", "build", "sandbox-q",
+                           "--cache-dir", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown sandbox model 'sandbox-q'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_sample_prints_one_line_per_language():
+    lines = sandbox.sample_lines()
+    assert len(lines) == len(corpus.LANGUAGES)
+    assert [line.split()[0] for line in lines] == list(corpus.LANGUAGES)
+
+
+def test_build_leaves_torch_global_state_alone(tmp_path):
+    threads = torch.get_num_threads()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False, seed=5)
+    assert torch.equal(torch.rand(3), expected)
+    assert torch.get_num_threads() == threads and torch.is_grad_enabled()
