@@ -254,12 +254,8 @@ def pretrain(model, docs: list[list[int]], recipe: SandboxRecipe, *, seed: int,
             return torch.nn.functional.dropout(out, recipe.dropout, module.training)
 
         for layer in model.model.layers:
-            if os.environ.get("RB_DROP_AT") == "input":
-                hooks += [layer.input_layernorm.register_forward_hook(drop),
-                          layer.post_attention_layernorm.register_forward_hook(drop)]
-            else:
-                hooks += [layer.self_attn.register_forward_hook(drop),
-                          layer.mlp.register_forward_hook(drop)]
+            hooks += [layer.self_attn.register_forward_hook(drop),
+                      layer.mlp.register_forward_hook(drop)]
     model.train()
     with tqdm(total=recipe.steps, desc=desc, unit="step", disable=not progress) as bar:
         for _ in range(recipe.steps):
