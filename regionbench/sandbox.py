@@ -69,7 +69,7 @@ class SandboxRecipe:
 SANDBOX_MODELS: dict[str, SandboxRecipe] = {
     # Tiny, same code path: for tests (builds in seconds).
     "sandbox-test": SandboxRecipe(hidden=32, layers=2, heads=2, intermediate=64, steps=12,
-                                  batch_size=4, seq_len=64, warmup=3, vocab_size=300,
+                                  batch_size=4, seq_len=128, warmup=3, vocab_size=300,
                                   tokenizer_docs=40, train_docs=40),
     "sandbox-s": SandboxRecipe(hidden=64, layers=3, heads=4, intermediate=192, steps=500),
     "sandbox-m": SandboxRecipe(hidden=256, layers=2, heads=4, intermediate=512, steps=500),
