@@ -106,14 +106,14 @@ def _execute(run: RunConfig, tracker: Tracker, run_id: str, out: Path) -> dict[s
         model, tok, model_fp = _load(run)
     tracker.set_tags(run_id, {"model_fingerprint": model_fp})
 
+    data_fp = fingerprint(imp_texts) if imp_texts else ""
     with clock("importance"):
-        scores, key, hit = _importance(run, model, tok, imp_texts, model_fp)
+        scores, key, hit = _importance(run, model, tok, imp_texts, data_fp, model_fp)
     log.info("importance %s (%s)", "cache hit" if hit else "computed", key[:12])
     tracker.set_tags(run_id, {"importance_key": key, "importance_cache": "hit" if hit else "miss"})
 
     with clock("select"):
-        region = _select(run, scores, imp_langs, fingerprint(imp_texts) if imp_texts else "",
-                         model_fp)
+        region = _select(run, scores, imp_langs, data_fp, model_fp)
     metrics: dict[str, float] = {"region/params": float(region.numel),
                                  "region/fraction": float(region.fraction)}
     _log_region(tracker, run_id, run, region, out)
@@ -156,10 +156,9 @@ def _load(run: RunConfig):
     return _MODEL["model"], _MODEL["tok"], _MODEL["fp"]
 
 
-def _importance(run: RunConfig, model, tok, texts, model_fp: str):
+def _importance(run: RunConfig, model, tok, texts, data_fp: str, model_fp: str):
     """Scores from the content-addressed cache, computed and stored on a miss."""
     from regionbench.cache import ScoreCache, cache_key
-    from regionbench.cache import fingerprint_texts as fingerprint
     from regionbench.importance import compute_importance
     from regionbench.models import resolve_cache_dir
 
@@ -168,7 +167,7 @@ def _importance(run: RunConfig, model, tok, texts, model_fp: str):
     inputs = {
         "model": run.model.name, "revision": run.model.revision, "weights": model_fp,
         "dtype": str(next(model.parameters()).dtype), "metric": run.metric.name,
-        "data": fingerprint(texts), "seq_len": run.data.seq_len,
+        "data": data_fp, "seq_len": run.data.seq_len,
         "batch_size": run.importance.batch_size, "include": list(run.importance.include),
         "exclude": list(run.importance.exclude),
         "seed": run.seed if run.metric.name == "random" else None,
