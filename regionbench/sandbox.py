@@ -73,7 +73,7 @@ SANDBOX_MODELS: dict[str, SandboxRecipe] = {
                                   tokenizer_docs=40, train_docs=40),
     "sandbox-s": SandboxRecipe(hidden=64, layers=3, heads=4, intermediate=192, steps=500),
     "sandbox-m": SandboxRecipe(hidden=256, layers=2, heads=4, intermediate=512, steps=500),
-    "sandbox-l": SandboxRecipe(hidden=256, layers=6, heads=8, intermediate=768, steps=600,
+    "sandbox-l": SandboxRecipe(hidden=384, layers=3, heads=6, intermediate=1024, steps=600,
                                lr=2e-3),
 }
 
