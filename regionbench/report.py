@@ -125,6 +125,22 @@ def _is_number(value) -> bool:
         return False
 
 
+def sweep_runs(tracker: Tracker, parent: str | None = None, *, all_sweeps: bool = False) -> list:
+    """The jobs of sweep `parent` (default: the experiment's latest sweep), or with `all_sweeps`
+    every finished job of every sweep in the experiment."""
+    if all_sweeps:
+        return [r for r in tracker.client.search_runs([tracker.experiment_id], max_results=5000)
+                if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"]
+    if parent is None:
+        sweeps = tracker.client.search_runs(
+            [tracker.experiment_id], filter_string="tags.`regionbench.sweep` = 'true'",
+            max_results=1, order_by=["attributes.start_time DESC"])
+        if not sweeps:
+            raise SystemExit(f"no sweep found in experiment {tracker.experiment!r}")
+        parent = sweeps[0].info.run_id
+    return tracker.children(parent)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m regionbench.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,19 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--all-sweeps", action="store_true", help="every job in the experiment")
     args = ap.parse_args(argv)
     tracker = Tracker(args.uri, args.experiment)
-    if args.all_sweeps:
-        runs = [r for r in tracker.client.search_runs([tracker.experiment_id], max_results=5000)
-                if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"]
-    else:
-        parent = args.parent
-        if parent is None:
-            sweeps = tracker.client.search_runs(
-                [tracker.experiment_id], filter_string="tags.`regionbench.sweep` = 'true'",
-                max_results=1, order_by=["attributes.start_time DESC"])
-            if not sweeps:
-                raise SystemExit("no sweep found in this store")
-            parent = sweeps[0].info.run_id
-        runs = tracker.children(parent)
+    runs = sweep_runs(tracker, args.parent, all_sweeps=args.all_sweeps)
     metrics = args.metrics or _interesting_metrics(runs)
     params = args.params if args.params is not None else swept_params(runs)
     params = list(dict.fromkeys([*(args.group or []), *params]))
