@@ -187,7 +187,7 @@ def token_windows(tokenizer, docs: list[str], seq_len: int) -> Tensor:
     """[n, seq_len] int64 windows: ([BOS] + tokens of each doc) concatenated, tail dropped."""
     bos = _bos_id(tokenizer)
     ids: list[int] = []
-    for doc_ids in tokenizer(list(docs), add_special_tokens=False)["input_ids"]:
+    for doc_ids in tokenizer(list(docs), add_special_tokens=False, verbose=False)["input_ids"]:
         ids.append(bos)
         ids.extend(doc_ids)
     n = len(ids) // seq_len

@@ -173,7 +173,8 @@ def _frozen_sets(
 def pack_documents(tokenizer, docs: Sequence[str], seq_len: int, *, seed: int = 0) -> torch.Tensor:
     """Tokenize documents as [BOS] + tokens + [EOS], shuffle them (seeded), concatenate, and cut
     the stream into `(n, seq_len)` windows.  The incomplete tail is dropped."""
-    ids = tokenizer(list(docs), add_special_tokens=False)["input_ids"]
+    # verbose=False: documents longer than the model context are expected; they are cut below.
+    ids = tokenizer(list(docs), add_special_tokens=False, verbose=False)["input_ids"]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     # Tokenizers with one <|endoftext|> for both (GPT-2 style) separate documents once, not twice.
     head = [bos] if bos is not None and bos != eos else []
