@@ -368,6 +368,9 @@ def _freeze(run, model, tok, region, eval_texts, lm_tasks, base, tracker, run_id
                                    log_fn=log_fn, save_dir=out / "model" if iv.save_model else None)
         metrics = _evaluate(run, model, tok, eval_texts, lm_tasks, base, tracker, run_id,
                             clock)
+    if summary["saved_to"]:
+        tracker.set_tags(run_id, {"saved_model": summary["saved_to"]})
+        log.info("trained model saved to %s", summary["saved_to"])
     # forget/* and learn/* were logged per step by log_fn; the run shows the last step's value.
     history = summary["history"]
     if history:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO, SMALL, compose
 from mlflow.tracking import MlflowClient
 
@@ -156,3 +157,32 @@ def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir):
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"forgetting_curve.png", "region_summary.csv", "config.yaml"} <= arts
     assert abs(m["region/fraction"] - 0.05) < 1e-3
+    assert "saved_model" not in run.data.tags  # weights are not kept unless asked
+
+
+def test_freeze_job_saves_the_trained_model_when_asked(store, sandbox_test_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from regionbench import pipeline
+    from regionbench.regions import Region
+
+    cfg = compose(["+experiment=freeze", "frozen_set=core-5", *SMALL, f"tracking.uri={store}",
+                   "tracking.experiment=freeze-test", "intervention.steps=2",
+                   "intervention.eval_every=0", "intervention.train_docs=40",
+                   "intervention.warmup_steps=1", "intervention.batch_size=4",
+                   "intervention.seq_len=32", "intervention.save_model=true"])
+    result = run_job(cfg, name="freeze-save", output_dir=tmp_path)
+    assert result["status"] == "FINISHED", result
+    saved = tmp_path / "model"
+    run = MlflowClient(tracking_uri=store).get_run(result["run_id"])
+    assert run.data.tags["saved_model"] == str(saved)
+    assert (saved / "config.json").is_file() and (saved / "tokenizer_config.json").is_file()
+    trained = load_file(saved / "model.safetensors")
+    loaded = dict(pipeline._MODEL["model"].named_parameters())  # restored to the original
+    masks = Region.load(tmp_path / "region.safetensors").masks
+    moved = 0
+    for name, mask in masks.items():
+        before, after = loaded[name].detach(), trained[name]
+        assert torch.equal(after[mask], before[mask]), name  # the frozen set, bit-identical
+        moved += int((after[~mask] != before[~mask]).sum())
+    assert moved > 0
