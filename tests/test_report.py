@@ -8,12 +8,12 @@ from regionbench import report
 from regionbench.tracking import Tracker, resolve_uri
 
 
-def _sweep(tracker: Tracker, name: str, jobs: list[tuple[dict, dict]]) -> str:
+def _sweep(tracker: Tracker, name: str, jobs: list[tuple[dict, dict]], step: int = 0) -> str:
     parent = tracker.start_run(name, tags={"regionbench.sweep": "true"})
     for i, (params, metrics) in enumerate(jobs):
         child = tracker.start_run(f"job{i}", parent_run_id=parent)
         tracker.log_params(child, params)
-        tracker.log_metrics(child, metrics)
+        tracker.log_metrics(child, metrics, step=step)
         tracker.end_run(child)
     tracker.end_run(parent)
     return parent
@@ -60,3 +60,35 @@ def test_no_sweep_names_the_experiment(tmp_path):
     tracker = Tracker(resolve_uri(None, tmp_path), "empty")
     with pytest.raises(SystemExit, match="no sweep found in experiment 'empty'"):
         report.sweep_runs(tracker)
+
+
+def test_freeze_analysis_pairs_each_frozen_set_with_the_unfrozen_run_of_its_seed(
+        tmp_path, monkeypatch, capsys):
+    import runpy
+
+    from conftest import REPO
+
+    tracker = Tracker(resolve_uri(None, tmp_path), "freeze")
+    jobs = []
+    for seed, base in [("0", 4.0), ("1", 16.0)]:  # forget/b is 1 in every run
+        for metric, ratio, factor in [("taylor", "0.0", 1.0), ("taylor", "0.05", 0.25),
+                                      ("random", "0.05", 1.0)]:
+            params = {"metric.name": metric, "region.name": "core", "ratio": ratio,
+                      "seed": seed}
+            jobs.append((params, {"forget/a": base * factor, "forget/b": 1.0,
+                                  "forget/mean": (base * factor + 1) / 2,
+                                  "learn/t": 0.5, "ppl/t": 2.0 * factor}))
+    parent = _sweep(tracker, "freeze", jobs, step=2)  # the final metrics, after 2 steps
+    for child in tracker.children(parent):  # the curve reads the step history
+        tracker.log_metrics(child.info.run_id, {"forget/a": 1.0, "forget/b": 1.0}, step=0)
+    monkeypatch.setattr("sys.argv", ["analyze.py", "--uri", tracker.uri])
+    runpy.run_path(str(REPO / "experiments" / "freeze" / "analyze.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "target t; forgetting over a, b; 6 runs" in out
+    # forget/mean (a + b) / 2: 2.5 and 8.5 unfrozen.  Geometric mean of (a, b): 2 and 4
+    # unfrozen, 1 and 2 with the 5% core, so the paired ratio is 0.5 for both seeds.
+    assert "| none | 2 | 5.5 ± 4.2 | 3 ± 1.4 | 1 ± 0 | 2 ± 0 | 1 ± 0 |" in out
+    assert "| taylor core 5% | 2 | 1.75 ± 1.1 | 1.5 ± 0.71 | 0.5 ± 0 | 0.5 ± 0 | 0.25 ± 0 |" in out
+    assert "| random 5% | 2 | 5.5 ± 4.2 | 3 ± 1.4 | 1 ± 0 |" in out
+    assert "| frozen set | 0 | 2 |" in out  # the curve: every step logged, mean of seeds
+    assert "| none | 1 | 3 |" in out and "| taylor core 5% | 1 | 1.5 |" in out
