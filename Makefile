@@ -45,6 +45,7 @@ ui: $(STAMP)  ## open the MLflow UI on ./mlruns (http://127.0.0.1:5000)
 bench: $(STAMP)  ## benchmark scripts (ratios against baselines measured in the same run)
 	$(PY) benchmarks/bench_importance.py
 	$(PY) benchmarks/bench_perplexity.py
+	$(PY) benchmarks/bench_sweep.py
 
 clean:  ## remove Hydra outputs and caches (keeps .venv, mlruns and the model cache)
 	rm -rf outputs multirun .pytest_cache .ruff_cache
