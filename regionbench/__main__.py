@@ -53,6 +53,7 @@ def check_group_overrides(args: list[str], conf: Path) -> None:
 
 
 def main() -> None:
+    import signal
     import sys
 
     import hydra
@@ -61,7 +62,21 @@ def main() -> None:
         check_group_overrides(sys.argv[1:], conf_dir())
     except ValueError as err:
         sys.exit(f"error: {err}")
-    hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(task)()
+
+    # SIGTERM (`kill`, a scheduler's time limit) unwinds like Ctrl-C: the running job's MLflow run
+    # and the sweep's parent run end KILLED instead of staying RUNNING forever.
+    received = [signal.SIGINT]
+
+    def on_sigterm(signum, frame):
+        received[0] = signum
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(task)()
+    except KeyboardInterrupt:
+        print(f"regionbench: interrupted ({signal.Signals(received[0]).name})", file=sys.stderr)
+        sys.exit(128 + received[0])
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ gets the comparison table and plots, and the command exits non-zero naming any f
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -38,6 +39,11 @@ def _tracker(config: DictConfig) -> Tracker:
     return Tracker(tracking.get("uri"), tracking.get("experiment") or "regionbench")
 
 
+def _end_if_interrupted(tracker: Tracker, parent: str) -> None:
+    if tracker.run(parent).info.status == "RUNNING":
+        tracker.end_run(parent, "KILLED", error="interrupted")
+
+
 class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.failed: list[str] = []
@@ -55,6 +61,8 @@ class MlflowSweepCallback(Callback):
         os.environ[PARENT_ENV] = os.environ[SWEEP_ENV] = self.parent
         os.environ[SWEEP_KEYS_ENV] = ",".join(swept_keys(config, overrides))
         log.info("MLflow: sweep run %s in %s", self.parent, tracker.uri)
+        # An interrupted sweep never reaches on_multirun_end; the parent must not stay RUNNING.
+        atexit.register(_end_if_interrupted, tracker, self.parent)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         result = job_return._return_value

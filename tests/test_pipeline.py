@@ -186,3 +186,43 @@ def test_freeze_job_saves_the_trained_model_when_asked(store, sandbox_test_dir, 
         assert torch.equal(after[mask], before[mask]), name  # the frozen set, bit-identical
         moved += int((after[~mask] != before[~mask]).sum())
     assert moved > 0
+
+
+def test_sigterm_ends_the_running_job_and_the_sweep_killed(tmp_path, cache_dir, sandbox_test_dir):
+    """`kill` (or a scheduler's time limit) mid-sweep: exit 143, and no MLflow run stays RUNNING."""
+    import signal
+    import time
+
+    env = dict(os.environ, REGIONBENCH_CACHE=str(cache_dir), PYTHONPATH=str(REPO))
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "regionbench", "-m", "seed=0,1", *SMALL, "ratio=0",
+         "intervention=freeze", "intervention.steps=1000000", "intervention.eval_every=0",
+         "intervention.train_docs=20", "intervention.batch_size=2", "intervention.seq_len=32"],
+        cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        training, db, error = [], tmp_path / "mlruns" / "mlflow.db", None
+        while not training:  # wait until the first job is training
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, f"the first job never started training: {error}"
+            time.sleep(1)
+            if not db.exists():  # the command creates the store; don't race it
+                continue
+            try:
+                client, parents, children = _runs(uri)
+            except Exception as err:  # noqa: BLE001 - the experiment does not exist yet
+                error = err
+                continue
+            training = [r for r in children if "train/loss" in r.data.metrics]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "interrupted (SIGTERM)" in err
+    client, parents, children = _runs(uri)
+    assert [r.info.status for r in parents] == ["KILLED"]
+    assert [(r.info.run_name, r.info.status) for r in children] == [("seed=0", "KILLED")]
+    assert children[0].data.tags["error"] == "interrupted"
