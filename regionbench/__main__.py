@@ -58,6 +58,8 @@ def main() -> None:
 
     import hydra
 
+    from regionbench.tracking import interrupt_handler
+
     try:
         check_group_overrides(sys.argv[1:], conf_dir())
     except ValueError as err:
@@ -67,11 +69,12 @@ def main() -> None:
     # and the sweep's parent run end KILLED instead of staying RUNNING forever.
     received = [signal.SIGINT]
 
-    def on_sigterm(signum, frame):
+    def on_signal(signum, frame):
         received[0] = signum
-        raise KeyboardInterrupt
+        interrupt_handler(signum, frame)  # not in the middle of an MLflow write
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(task)()
     except KeyboardInterrupt:

@@ -9,13 +9,15 @@ that jobs, launchers and `mlflow ui` started elsewhere agree on one store:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,52 @@ def resolve_uri(uri: str | None = None, base_dir: str | os.PathLike | None = Non
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     return uri
+
+
+# ---------------------------------------------------------------- interrupts and the store
+# A KeyboardInterrupt raised in the middle of an SQLite commit leaves the store locked for the
+# rest of the process, so the KILLED status could never be written.  `python -m regionbench`
+# installs `interrupt_handler` for SIGINT and SIGTERM; it raises KeyboardInterrupt at once, except
+# during an MLflow call, where the interrupt waits until the call returns.
+_interrupts = {"depth": 0, "pending": False}
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    _interrupts["depth"] += 1
+    try:
+        yield
+    finally:
+        _interrupts["depth"] -= 1
+    if _interrupts["depth"] == 0 and _interrupts["pending"]:
+        _interrupts["pending"] = False
+        raise KeyboardInterrupt
+
+
+def interrupt_handler(signum: int, frame: Any) -> None:
+    if _interrupts["depth"]:
+        _interrupts["pending"] = True
+    else:
+        raise KeyboardInterrupt
+
+
+class _Uninterrupted:
+    """A proxy of an MlflowClient whose method calls are never cut by an interrupt."""
+
+    def __init__(self, target: Any):
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            with deferred_interrupts():
+                return attr(*args, **kwargs)
+
+        return call
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -83,7 +131,7 @@ class Tracker:
 
         self.uri = resolve_uri(uri)
         self._mlflow = mlflow
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = _Uninterrupted(MlflowClient(tracking_uri=self.uri))
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             try:

@@ -190,7 +190,9 @@ def test_freeze_job_saves_the_trained_model_when_asked(store, sandbox_test_dir, 
 
 def test_sigterm_ends_the_running_job_and_the_sweep_killed(tmp_path, cache_dir, sandbox_test_dir):
     """`kill` (or a scheduler's time limit) mid-sweep: exit 143, and no MLflow run stays RUNNING."""
+    import contextlib
     import signal
+    import sqlite3
     import time
 
     env = dict(os.environ, REGIONBENCH_CACHE=str(cache_dir), PYTHONPATH=str(REPO))
@@ -202,19 +204,18 @@ def test_sigterm_ends_the_running_job_and_the_sweep_killed(tmp_path, cache_dir, 
         cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180
-        training, db, error = [], tmp_path / "mlruns" / "mlflow.db", None
+        db, training, error = tmp_path / "mlruns" / "mlflow.db", False, None
         while not training:  # wait until the first job is training
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             assert time.monotonic() < deadline, f"the first job never started training: {error}"
             time.sleep(1)
-            if not db.exists():  # the command creates the store; don't race it
-                continue
+            # Read-only SQL: an MlflowClient here would race the command's creation of the store.
             try:
-                client, parents, children = _runs(uri)
-            except Exception as err:  # noqa: BLE001 - the experiment does not exist yet
+                with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+                    training = con.execute(
+                        "SELECT 1 FROM metrics WHERE key = 'train/loss' LIMIT 1").fetchone()
+            except sqlite3.Error as err:  # not created yet, or being written
                 error = err
-                continue
-            training = [r for r in children if "train/loss" in r.data.metrics]
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:

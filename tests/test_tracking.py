@@ -43,3 +43,38 @@ def test_runs_read_back(tmp_path):
     assert [a.path for a in art] == ["error.txt"]
     exp = client.get_experiment(tracker.experiment_id)
     assert exp.artifact_location == (tmp_path / "mlruns" / "artifacts").resolve().as_uri()
+
+
+def test_an_interrupt_waits_until_the_mlflow_call_is_done(tmp_path):
+    """Ctrl-C / SIGTERM inside an MLflow write would leave the SQLite store locked: the
+    interrupt is raised when the call returns, and at once outside MLflow calls."""
+    import pytest
+
+    from regionbench.tracking import deferred_interrupts, interrupt_handler
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupt_handler(15, None)
+
+    tracker = Tracker(resolve_uri(None, tmp_path), "exp")
+    run = tracker.start_run("job")
+    real = tracker.client._target.log_batch
+    done = []
+
+    def log_batch(*args, **kwargs):  # the signal arrives in the middle of the write
+        interrupt_handler(15, None)
+        done.append(real(*args, **kwargs))
+
+    tracker.client._target.log_batch = log_batch
+    with pytest.raises(KeyboardInterrupt):
+        tracker.log_metrics(run, {"a": 1.0})
+    assert done == [None]
+    assert MlflowClient(tracking_uri=tracker.uri).get_run(run).data.metrics == {"a": 1.0}
+
+    # nested: raised once, when the outermost call ends
+    with pytest.raises(KeyboardInterrupt), deferred_interrupts():
+        with deferred_interrupts():
+            interrupt_handler(2, None)
+        done.append("inner finished")
+    assert done[-1] == "inner finished"
+    with deferred_interrupts():  # and not again afterwards
+        pass
