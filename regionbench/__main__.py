@@ -73,7 +73,8 @@ def main() -> None:
         received[0] = signum
         interrupt_handler(signum, frame)  # not in the middle of an MLflow write
 
-    signal.signal(signal.SIGINT, on_signal)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored (nohup, &)
+        signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
         hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(task)()
