@@ -289,7 +289,7 @@ def build_sandbox_model(name: str, out_dir: str | os.PathLike, *, seed: int = 0,
     threads = torch.get_num_threads()
     torch.set_num_threads(min(BUILD_THREADS, os.cpu_count() or 1))
     try:
-        texts = corpus.generate("train", corpus.PRETRAIN_LANGS, n_docs=recipe.train_docs,
+        texts = corpus.generate("pretrain", corpus.PRETRAIN_LANGS, n_docs=recipe.train_docs,
                                 seed=CORPUS_SEED)
         tok_texts = [d for lang in texts for d in texts[lang][: recipe.tokenizer_docs]]
         tokenizer = train_tokenizer(tok_texts, recipe.vocab_size, recipe.seq_len)
