@@ -1,5 +1,7 @@
 """lm-eval on the in-memory model: our task folder, agreement with `perplexity`, the empty-context
-grammar scoring, no stale answers after an in-place intervention, and nothing left changed."""
+grammar scoring, the same scores as the `lm_eval` command line (BOS included), no stale answers
+after an in-place intervention, nothing left changed, and hub tasks whose data cannot be had
+failing before any model work."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,28 @@ PAIRS = {
     ],
 }
 MAX_LENGTH = 16
+# A multiple-choice task with a context, as MMLU's: whether the context starts with BOS matters.
+MC_DOCS = [
+    {"question": "the cat sat on the", "choices": ["mat", "house", "dog"], "answer": 0},
+    {"question": "a dog ran to the old", "choices": ["house", "mat", "cat"], "answer": 0},
+    {"question": "the old cat ran to", "choices": ["the mat", "a dog", "the house"], "answer": 2},
+    {"question": "кошка сидела на", "choices": ["коврике", "домой"], "answer": 0},
+]
+MC_TASK = """\
+task: bos_mc
+dataset_path: ""
+custom_dataset: !function rb_tasks.load_jsonl
+dataset_kwargs: {data_file: bos_mc.jsonl}
+output_type: multiple_choice
+test_split: test
+doc_to_text: question
+doc_to_choice: choices
+doc_to_target: answer
+metric_list:
+  - metric: acc
+metadata:
+  version: 1.0
+"""
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +87,22 @@ def root(tmp_path_factory):
     return harness.write_tasks(
         tmp_path_factory.mktemp("tasks"), ppl_texts=TEXTS, grammar_pairs=PAIRS
     )
+
+
+@pytest.fixture(scope="module")
+def mc_root(tmp_path_factory):
+    """Our rb_ppl tasks and `bos_mc`, a multiple-choice task in the same folder."""
+    folder = harness.write_tasks(tmp_path_factory.mktemp("mc_tasks"), ppl_texts=TEXTS)
+    rows = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in MC_DOCS)
+    (folder / "data" / "bos_mc.jsonl").write_text(rows, encoding="utf-8")
+    (folder / "bos_mc.yaml").write_text(MC_TASK)
+    return folder
+
+
+def lls(results, task):
+    """Every choice's log-likelihood, document by document."""
+    samples = sorted(results["samples"][task], key=lambda s: s["doc_id"])
+    return [resp[0][0] for s in samples for resp in s["resps"]]
 
 
 def run(model, tok, tasks, root, **kw):
@@ -127,6 +168,60 @@ def test_rb_ppl_agrees_with_perplexity(model, tok, root):
         assert flat[f"lm_eval/rb_ppl_{lang}/byte_perplexity"] == pytest.approx(2**r.bpb, rel=1e-6)
     mean_bpb = sum(r.bpb for r in ours.values()) / len(ours)
     assert flat["lm_eval/rb_ppl/bits_per_byte"] == pytest.approx(mean_bpb, rel=1e-6)
+
+
+def test_tasks_are_scored_like_the_lm_eval_command_line(model, tok, mc_root, tmp_path):
+    """MMLU-like context: BOS as `lm_eval --model hf` gives it (the tokenizer adds it here)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    loaded_tok = AutoTokenizer.from_pretrained(folder)
+    assert loaded_tok("the cat").input_ids[0] == loaded_tok.bos_token_id  # like LLaMA-2's
+
+    ours = harness.run_lm_eval(
+        loaded, loaded_tok, ["bos_mc"], include_path=mc_root, log_samples=True
+    )
+    cli = simple_evaluate(  # what the `lm_eval` command line runs (minus the built-in index)
+        model="hf",
+        model_args=f"pretrained={folder},dtype=float32",
+        tasks=["bos_mc"],
+        task_manager=TaskManager(include_path=str(mc_root), include_defaults=False),
+        device="cpu",
+        log_samples=True,
+    )
+    assert ours["results"]["bos_mc"]["acc,none"] == cli["results"]["bos_mc"]["acc,none"]
+    assert lls(ours, "bos_mc") == pytest.approx(lls(cli, "bos_mc"), abs=1e-6)
+    assert len(lls(ours, "bos_mc")) == sum(len(doc["choices"]) for doc in MC_DOCS)
+
+
+def test_rb_ppl_keeps_one_bos_next_to_other_tasks(model, tok, mc_root):
+    """rb_ppl gets add_bos_token=False in the same call as a task that gets lm-eval's default;
+    the two simple_evaluate results merge into one shaped like a single call's."""
+    tasks = ["bos_mc", "rb_ppl"]
+    mixed = run(model, tok, tasks, mc_root, log_samples=True)
+    single = run(model, tok, tasks, mc_root, log_samples=True, add_bos_token=False)
+
+    flat = harness.flatten_results(mixed)
+    ours = perplexity(model, tok, TEXTS, max_length=MAX_LENGTH, progress=False)
+    for lang, r in ours.items():
+        assert flat[f"lm_eval/rb_ppl_{lang}/bits_per_byte"] == pytest.approx(r.bpb, rel=1e-6)
+    # an explicit False reaches every task: the context loses its BOS
+    assert lls(single, "bos_mc") != pytest.approx(lls(mixed, "bos_mc"), abs=1e-6)
+
+    assert list(mixed) == list(single)
+    sections = "results groups group_subtasks configs versions n-shot higher_is_better n-samples"
+    for section in [*sections.split(), "samples"]:
+        assert set(mixed[section]) == set(single[section]), section
+    for name in ("rb_ppl", "rb_ppl_en", "rb_ppl_ru"):
+        assert mixed["configs"].get(name) == single["configs"].get(name)
+        assert mixed["n-samples"].get(name) == single["n-samples"].get(name)
+    assert mixed["groups"]["rb_ppl"] == single["groups"]["rb_ppl"]
+    assert mixed["samples"]["rb_ppl_en"] == single["samples"]["rb_ppl_en"]
 
 
 def test_grammar_scores_whole_sentences_after_the_prefix(model, tok, root):
@@ -236,6 +331,73 @@ def test_our_folder_alone_does_not_index_builtin_tasks(root, monkeypatch):
     monkeypatch.setattr(harness, "_task_manager", local_only)
     harness.check_tasks(["sandbox_grammar", "rb_ppl_ru"], root)
 
+    import lm_eval.tasks
+
+    def never(*args, **kwargs):
+        raise AssertionError("our own task built by prepare_tasks")
+
+    monkeypatch.setattr(lm_eval.tasks, "get_task_dict", never)
+    harness.prepare_tasks(["sandbox_grammar", "rb_ppl_ru"], root)
+
+
+@pytest.fixture
+def nothing_cached(tmp_path, monkeypatch):
+    """An empty datasets cache: offline, no hub dataset can be loaded (whatever this machine has
+    cached)."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+
+
+def test_hub_task_without_its_data_fails_before_model_work(
+    root, monkeypatch, tmp_path, nothing_cached
+):
+    import lm_eval.tasks
+    from lm_eval.tasks import TaskManager
+
+    # A task outside our folder whose data can be had: a `datasets` builder over a local file.
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "docs.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in MC_DOCS))
+    (hub / "json_mc.yaml").write_text(
+        MC_TASK.replace("bos_mc", "json_mc")
+        .replace('dataset_path: ""\ncustom_dataset: !function rb_tasks.load_jsonl\n', "")
+        .replace("{data_file: json_mc.jsonl}", f"{{data_files: {{test: {hub / 'docs.jsonl'}}}}}")
+        .replace("task: json_mc\n", "task: json_mc\ndataset_path: json\n")
+    )
+    # lm-eval's own arc folder stands in for its full built-in index (~10 s; slow test below)
+    arc = Path(lm_eval.tasks.__file__).parent / "arc"
+    original = harness._task_manager
+
+    def arc_only(path, defaults):
+        if not defaults:
+            return original(path, defaults=False)
+        return TaskManager(include_path=[str(path), str(arc), str(hub)], include_defaults=False)
+
+    monkeypatch.setattr(harness, "_task_manager", arc_only)
+    harness.prepare_tasks(["json_mc", "sandbox_grammar"], root)
+    assert any((tmp_path / "datasets").rglob("*.arrow")), "json_mc's dataset was not prepared"
+
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as err:
+        harness.prepare_tasks(["sandbox_grammar", "arc_easy"], root)
+    assert time.perf_counter() - start < 30  # milliseconds in fact; a download would hang
+    message = str(err.value)
+    assert message.startswith(
+        "cannot load the dataset of lm-eval task 'arc_easy' (offline? HF_DATASETS_OFFLINE is set): "
+    )
+    assert "allenai/ai2_arc" in message and "\n" not in message
+    # a tag or group names the member whose data is missing
+    with pytest.raises(ValueError, match=r"task 'arc_(easy|challenge)' \(in 'ai2_arc'\)"):
+        harness.prepare_tasks(["ai2_arc"], root)
+
+
+@pytest.mark.slow
+def test_paper_tasks_fail_offline_before_model_work(root, nothing_cached):
+    """eval=paper offline, through lm-eval's full index: MMLU's first subject names the gap."""
+    with pytest.raises(ValueError, match=r"dataset of lm-eval task 'mmlu_\w+' \(in 'mmlu'\)"):
+        harness.prepare_tasks(["mmlu", "sandbox_grammar"], root)
+
 
 @pytest.mark.slow
 def test_unknown_builtin_task_gets_close_matches(root):
@@ -320,10 +482,20 @@ def test_language_templates_expand_to_existing_tasks():
     """eval=multilingual's templates: one task per language lm-eval has (indexes lm-eval)."""
     from regionbench.evaluation.harness import expand_tasks
 
-    langs = [{"lang": "ar", "flores": "arb_Arab"}, {"lang": "vi", "flores": "vie_Latn"},
-             {"lang": "xx", "flores": "xxx_Xxxx"}]
-    tasks, skipped = expand_tasks(["mmlu", "xnli_{lang}", "belebele_{flores}",
-                                   "xstorycloze_{lang}"], langs)
-    assert tasks == ["mmlu", "xnli_ar", "xnli_vi", "belebele_arb_Arab", "belebele_vie_Latn",
-                     "xstorycloze_ar"]
+    langs = [
+        {"lang": "ar", "flores": "arb_Arab"},
+        {"lang": "vi", "flores": "vie_Latn"},
+        {"lang": "xx", "flores": "xxx_Xxxx"},
+    ]
+    tasks, skipped = expand_tasks(
+        ["mmlu", "xnli_{lang}", "belebele_{flores}", "xstorycloze_{lang}"], langs
+    )
+    assert tasks == [
+        "mmlu",
+        "xnli_ar",
+        "xnli_vi",
+        "belebele_arb_Arab",
+        "belebele_vie_Latn",
+        "xstorycloze_ar",
+    ]
     assert set(skipped) == {"xnli_xx", "belebele_xxx_Xxxx", "xstorycloze_vi", "xstorycloze_xx"}

@@ -2,14 +2,16 @@
 
     from regionbench.evaluation import harness
     root = harness.write_tasks(dir, ppl_texts=texts, grammar_pairs=pairs)  # our task folder
-    harness.check_tasks(["sandbox_grammar", "xnli"], root)                 # fails fast on typos
+    harness.prepare_tasks(["sandbox_grammar", "xnli_en"], root)  # typos, missing data: fail now
     results = harness.run_lm_eval(model, tok, ["sandbox_grammar"], include_path=root)
     harness.flatten_results(results)  # {"lm_eval/sandbox_grammar/acc": 0.93, ...}
 
 The harness is used as a library: `HFLM(pretrained=model, tokenizer=tok)` wraps the model object
 itself, so an intervention in progress is what gets evaluated. Its request cache stays off: the
 cache key is the task's requests, not the weights, so a cached answer would belong to whichever
-model filled the cache.
+model filled the cache. Every task is scored as `lm_eval --model hf` scores it, BOS included
+(see `run_lm_eval`). `prepare_tasks` fetches the hub datasets before any model work, so an
+offline run fails in seconds, not after importance and the baseline.
 
 Our tasks (`write_tasks`) are ordinary lm-eval YAML: `rb_ppl_<lang>` (group `rb_ppl`), rolling
 log-likelihood like wikitext, and `sandbox_grammar_<lang>` (group `sandbox_grammar`), minimal
@@ -23,6 +25,7 @@ import difflib
 import json
 import logging
 import math
+import os
 import random
 import re
 import shutil
@@ -39,6 +42,9 @@ SUPPORTED_LM_EVAL = ("0.4.10", "0.5")
 TEMPLATES = Path(__file__).parent / "tasks"
 PPL_TEMPLATE = "_rb_ppl_template_yaml"
 GRAMMAR_TEMPLATE = "_sandbox_grammar_template_yaml"
+PPL_GROUP = "rb_ppl"  # our rolling-perplexity tasks: rb_ppl_<lang>, scored without the BOS
+# How run_lm_eval sets add_bos_token; cached evaluations scored under another policy are stale.
+BOS_POLICY = f"{PPL_GROUP}:False,others:lm-eval-default"
 _LANG_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 # Indexing lm-eval's ~15k built-in task files takes ~10 s: once per process, not per call.
 _TASK_MANAGERS: dict[tuple, tuple] = {}  # (folder, defaults) -> (files' stamps, TaskManager)
@@ -55,7 +61,7 @@ def run_lm_eval(
     batch_size: int = 16,
     include_path=None,
     log_samples: bool = False,
-    add_bos_token: bool | None = False,
+    add_bos_token: bool | None = None,
     max_length: int | None = None,
 ) -> dict:
     """Evaluate the in-memory model on lm-eval tasks; returns lm-eval's results dict.
@@ -64,10 +70,13 @@ def run_lm_eval(
     eval mode of every module, the tokenizer's padding settings and the global random states
     (which lm-eval reseeds) are as they were.
 
-    `add_bos_token=False` (lm-eval's own default until 0.4.9.1) gives every rolling-perplexity
-    document and every empty-context choice exactly one BOS, the prefix token; with `None` a
-    tokenizer that adds BOS itself gets a second one in `loglikelihood_rolling`. Pass `None`
-    (the tokenizer decides) or `True` for models that need BOS before every context (Gemma).
+    `add_bos_token=None` scores every task as `lm_eval --model hf` does by default: the tokenizer
+    decides whether a context starts with BOS (LLaMA's does, as MMLU's protocol expects). Our
+    rolling-perplexity tasks (rb_ppl, rb_ppl_<lang>) are the exception and get False, as their
+    template's command line says: lm-eval puts its prefix token (BOS) before every document, and
+    a tokenizer that adds BOS itself would add a second one. `True` or `False` applies to every
+    task (True for models that need BOS before every context, Gemma). Tasks of the two policies
+    run as two `simple_evaluate` calls, merged into one dict shaped like a single call's.
     `max_length` defaults to lm-eval's choice (the model's context length).
     """
     _check_lm_eval_version()
@@ -81,24 +90,29 @@ def run_lm_eval(
     from lm_eval.evaluator import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
+    parts = []
     with _restored(model, tokenizer), _quiet_lm_eval():
-        lm = HFLM(
-            pretrained=model,
-            tokenizer=tokenizer,
-            batch_size=batch_size,
-            add_bos_token=add_bos_token,
-            max_length=max_length,
-        )
-        return simple_evaluate(
-            model=lm,
-            tasks=tasks,
-            num_fewshot=num_fewshot,
-            limit=limit,
-            use_cache=None,
-            cache_requests=False,  # keyed without the weights: never reuse
-            log_samples=log_samples,
-            task_manager=manager,
-        )
+        for bos, names in _bos_policies(tasks, add_bos_token):
+            lm = HFLM(
+                pretrained=model,
+                tokenizer=tokenizer,
+                batch_size=batch_size,
+                add_bos_token=bos,
+                max_length=max_length,
+            )
+            parts.append(
+                simple_evaluate(
+                    model=lm,
+                    tasks=names,
+                    num_fewshot=num_fewshot,
+                    limit=limit,
+                    use_cache=None,
+                    cache_requests=False,  # keyed without the weights: never reuse
+                    log_samples=log_samples,
+                    task_manager=manager,
+                )
+            )
+    return _merge_results(parts)
 
 
 def flatten_results(results: Mapping) -> dict[str, float]:
@@ -127,6 +141,34 @@ def check_tasks(tasks: Iterable[str], include_path=None) -> None:
     """Raise a one-line ValueError naming every unknown task, with close matches."""
     _check_lm_eval_version()
     _resolve(_task_list(tasks), include_path)
+
+
+def prepare_tasks(tasks: Iterable[str], include_path=None) -> None:
+    """`check_tasks`, then build every task lm-eval would fetch data for, so its dataset is in
+    the local cache before the model is loaded; raises a one-line ValueError naming the task.
+
+    Without this an offline run of hub tasks (MMLU) knows their names and fails only when
+    `simple_evaluate` downloads the data, after importance and the baseline. Tasks defined by
+    our folder alone are skipped: their data are files written moments ago, and the common
+    sandbox run stays as cheap as `check_tasks` (building sandbox_grammar would add ~0.1 s; with
+    lm-eval < 0.4.12, whose index `_self_contained` cannot read, ours are built too).
+    """
+    _check_lm_eval_version()
+    tasks = _task_list(tasks)
+    manager = _resolve(tasks, include_path)
+    local = _task_manager(include_path, defaults=False) if include_path is not None else None
+    if manager is local:
+        return
+    from lm_eval.tasks import get_task_dict
+
+    for task in tasks:
+        if local is not None and _self_contained(local, [task]):
+            continue
+        try:
+            with _quiet_lm_eval():
+                get_task_dict([task], manager)  # datasets.load_dataset: downloads and caches
+        except Exception as err:  # a missing dataset surfaces as many types; all mean "cannot run"
+            raise ValueError(_build_error(task, err)) from err
 
 
 def write_tasks(
@@ -172,7 +214,7 @@ def write_tasks(
     shutil.copyfile(TEMPLATES / "rb_tasks.py", out / "rb_tasks.py")
     if ppl_texts is not None:
         rows = {lang: [{"text": doc} for doc in docs if doc] for lang, docs in ppl_texts.items()}
-        _write_family(out, "rb_ppl", PPL_TEMPLATE, rows, [("bits_per_byte", False)])
+        _write_family(out, PPL_GROUP, PPL_TEMPLATE, rows, [("bits_per_byte", False)])
     if grammar_pairs is not None:
         rows = {
             lang: [{"good": p["good"], "bad": p["bad"], "kind": p["kind"]} for p in pairs]
@@ -190,8 +232,9 @@ def known_tasks(include_path=None) -> set[str]:
     return set(_task_manager(include_path, defaults=True).all_tasks)
 
 
-def expand_tasks(tasks: Iterable[str], langs: Iterable[Mapping[str, str]],
-                 include_path=None) -> tuple[list[str], list[str]]:
+def expand_tasks(
+    tasks: Iterable[str], langs: Iterable[Mapping[str, str]], include_path=None
+) -> tuple[list[str], list[str]]:
     """Templates such as `xnli_{lang}` or `belebele_{flores}` become one task per run language
     that lm-eval has; returns (tasks, skipped names). Plain names pass through unchanged."""
     tasks, langs = _task_list(tasks), list(langs)
@@ -237,6 +280,82 @@ def _write_family(
         f"group: {group}\ntask: {json.dumps(names)}\naggregate_metric_list:\n{aggregate}"
         "metadata:\n  version: 1.0\n"
     )
+
+
+def _bos_policies(tasks: list[str], add_bos_token: bool | None) -> list[tuple]:
+    """[(add_bos_token, tasks)], one per `simple_evaluate` call, in the order tasks first appear.
+
+    Our rb_ppl tasks get False, every other task lm-eval's default (None), unless the caller
+    chose one policy for all. Partitioned by the names asked for: a group of the caller's that
+    mixed rb_ppl with other tasks would be scored under one policy.
+    """
+    if add_bos_token is not None:
+        return [(add_bos_token, tasks)]
+    parts: dict[bool | None, list[str]] = {}
+    for task in tasks:
+        ours = task == PPL_GROUP or task.startswith(f"{PPL_GROUP}_")
+        parts.setdefault(False if ours else None, []).append(task)
+    return list(parts.items())
+
+
+# The per-task sections of a simple_evaluate result, in lm-eval's order; those it sorts by name.
+_SECTIONS = (
+    "results",
+    "groups",
+    "group_subtasks",
+    "configs",
+    "versions",
+    "n-shot",
+    "higher_is_better",
+    "n-samples",
+    "samples",
+)
+_SORTED_SECTIONS = ("configs", "versions", "n-shot", "higher_is_better")
+
+
+def _merge_results(parts: list[dict]) -> dict:
+    """Several `simple_evaluate` results as one: the per-task sections joined (a section no call
+    has, such as `groups` or `samples`, stays absent), the run's metadata (`config`, `date`,
+    environment) from the first call, since the calls differ only in `add_bos_token`."""
+    if len(parts) == 1:
+        return parts[0]
+    merged = {}
+    for key in dict.fromkeys([*_SECTIONS, *(k for part in parts for k in part)]):
+        if key not in _SECTIONS:
+            merged[key] = next(part[key] for part in parts if key in part)
+            continue
+        if not any(key in part for part in parts):
+            continue
+        joined = {}
+        for part in parts:
+            joined.update(part.get(key) or {})
+        merged[key] = dict(sorted(joined.items())) if key in _SORTED_SECTIONS else joined
+    return merged
+
+
+def _build_error(task: str, err: Exception) -> str:
+    """One line: which task (a group's member when a member failed) and why."""
+    from lm_eval.api.task import Task
+
+    name, in_download, tb = task, False, err.__traceback__
+    while tb is not None:  # the innermost Task being built names the member that failed
+        frame = tb.tb_frame
+        obj = frame.f_locals.get("self")
+        if isinstance(obj, Task):
+            name = getattr(getattr(obj, "config", None), "task", None) or name
+            in_download = in_download or frame.f_code.co_name == "download"
+        tb = tb.tb_next
+    where = f"lm-eval task {name!r}" + (f" (in {task!r})" if name != task else "")
+    reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+    if not in_download:
+        return f"cannot build {where}: {reason}"
+    offline = [
+        var
+        for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+    ]
+    hint = f" (offline? {offline[0]} is set)" if offline else ""
+    return f"cannot load the dataset of {where}{hint}: {reason}"
 
 
 def _check_lm_eval_version() -> None:
