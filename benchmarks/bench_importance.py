@@ -19,7 +19,8 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from regionbench.importance import compute_importance, iter_batches, scoped_params, token_windows
+from regionbench.scope import scoped_params
+from regionbench.scoring import compute_importance, importance_samples, iter_batches
 from regionbench.testing import char_tokenizer
 
 
@@ -93,7 +94,7 @@ def main() -> None:
 
     model, tok = build_model(args), char_tokenizer()
     texts = synthetic_texts(args.docs, args.langs)
-    windows = {lang: token_windows(tok, docs, args.seq_len) for lang, docs in texts.items()}
+    windows = importance_samples(tok, texts, args.seq_len)  # as many samples for every language
     batches = [b for w in windows.values() for b in iter_batches(w, args.batch_size)]
     tokens = sum(w.numel() for w in windows.values())
     params = scoped_params(model)
@@ -117,6 +118,7 @@ def main() -> None:
         sync(args.device)
         t0 = time.perf_counter()
         scores = compute_importance(model, tok, texts, "taylor", seq_len=args.seq_len,
+                                    samples=int(next(iter(windows.values())).shape[0]),
                                     batch_size=args.batch_size, progress=False,
                                     accumulate_device=args.accumulate_device)
         sync(args.device)

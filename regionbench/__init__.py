@@ -6,9 +6,9 @@ The notebook API (the same code the Hydra app runs):
     import regionbench as rb
     model, tok = rb.load_model("sandbox-m")
     texts = rb.load_texts("sandbox", split="importance")
-    scores = rb.importance(model, tok, texts, metric="taylor")
+    scores = rb.importance(model, tok, texts, metric="taylor", samples=64)
     region = rb.select(scores, ratio=0.01, region="core")
-    with rb.intervene(model, region, "remove"):
+    with rb.intervene(model, region, "remove") as applied:
         print(rb.perplexity(model, tok, rb.load_texts("sandbox", split="eval")))
 """
 
@@ -18,11 +18,12 @@ import importlib
 
 __version__ = "0.1.0"
 
-# Imported on first use, so `import regionbench` (and `--help`) stays fast and torch-free.
+# Imported on first use, so `import regionbench` (and `--help`) stays fast and torch-free. No name
+# here may be a submodule's name: importing regionbench.<name> would replace the attribute.
 _API = {
     "load_model": ("regionbench.models", "load_model"),
     "load_texts": ("regionbench.data", "load_texts"),
-    "importance": ("regionbench.importance", "compute_importance"),
+    "importance": ("regionbench.scoring", "compute_importance"),
     "select": ("regionbench.regions", "select"),
     "Region": ("regionbench.regions", "Region"),
     "intervene": ("regionbench.interventions", "intervene"),

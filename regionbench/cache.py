@@ -1,8 +1,7 @@
 """Content-addressed on-disk cache of importance scores, so a ratio sweep computes them once.
 
     key = cache_key(model_id=..., revision=..., weights=fingerprint_model(model), metric="taylor",
-                    data=fingerprint_texts(texts), seq_len=128, batch_size=8, include=[...],
-                    exclude=[], seed=0, regionbench_version=rb.__version__)
+                    samples=fingerprint_samples(windows), batch_size=8, scope="matrices", ...)
     cache = ScoreCache(cache_dir / "scores")
     scores = cache.get(key)                       # None on a miss
     if scores is None:
@@ -75,6 +74,17 @@ def fingerprint_texts(texts: Mapping[str, list[str]]) -> str:
     """sha256 of the texts: language order is irrelevant, document order is not (it decides
     the windows)."""
     return hashlib.sha256(canonical_json({k: list(v) for k, v in texts.items()}).encode()).hexdigest()
+
+
+def fingerprint_samples(samples: Mapping[str, Tensor]) -> str:
+    """sha256 of token windows {lang: [n, seq_len] int64}: what importance actually reads, so it
+    stands for the text, the tokenizer, and the number and length of samples at once."""
+    h = hashlib.sha256()
+    for lang in sorted(samples):
+        w = samples[lang].detach().to("cpu", torch.int64).contiguous()
+        h.update(f"{lang}|{tuple(w.shape)}\n".encode())
+        h.update(w.numpy().tobytes())
+    return h.hexdigest()
 
 
 def fingerprint_model(model: torch.nn.Module, *, full: bool = False, samples: int = 1024) -> str:

@@ -21,7 +21,6 @@ class ModelConfig:
     dtype: str = "auto"
     trust_remote_code: bool = False
     device_map: Any = None
-    block_pattern: str = r"layers\."
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,7 @@ class InterventionConfig:
     name: str = "remove"
     factor: float = 0.5
     std: float = 0.01
+    relative: bool = False
     target_langs: tuple[str, ...] | None = None
     train_docs: int = 2000
     steps: int = 150
@@ -63,15 +63,13 @@ class DataConfig:
     text_field: str = "text"
     importance_langs: tuple[str, ...] | None = None
     eval_langs: tuple[str, ...] | None = None
-    importance_docs: int = 64
     eval_docs: int = 200
-    seq_len: int = 128
     max_length: int | None = None
 
 
 @dataclass(frozen=True)
 class LmEvalConfig:
-    tasks: tuple[str, ...] = ()
+    tasks: tuple[str, ...] | None = None
     limit: float | None = None
     num_fewshot: int | None = None
     batch_size: int = 32
@@ -88,8 +86,11 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class ImportanceConfig:
-    include: tuple[str, ...] = (r"layers\.",)
-    exclude: tuple[str, ...] = ("norm",)
+    scope: str = "matrices"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    samples: int | None = 64
+    seq_len: int | None = None
     batch_size: int = 16
 
 
@@ -156,17 +157,19 @@ def _build(cls, tree: dict, where: str):
 
 def validate(run: RunConfig) -> RunConfig:
     """Check every choice, cheaply, before a model or dataset is touched."""
-    from regionbench import importance, interventions, regions
+    from regionbench import interventions, regions, scope, scoring
     from regionbench.data import sources
 
-    check_choice("metric", run.metric.name, importance.METRICS)
+    check_choice("metric", run.metric.name, scoring.METRICS)
     check_choice("region", run.region.name, regions.REGIONS)
     check_choice("intervention", run.intervention.name, interventions.INTERVENTIONS)
+    check_choice("importance.scope", run.importance.scope, scope.SCOPES)
     check_choice("device", run.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
     if not isinstance(run.ratio, int | float) or not 0 <= run.ratio < 1:
         raise ValueError(f"ratio {run.ratio!r} is outside [0, 1): the fraction of each matrix "
                          "to select, e.g. ratio=0.01")
     check_choice("data source", run.data.source, sources.SOURCES)
+    sources.check_config(run.data.source, run.data.config)
     imp = importance_langs(run)
     sources.check_langs(run.data.source, imp, run.data.path)
     sources.check_langs(run.data.source, eval_langs(run), run.data.path)
@@ -174,15 +177,28 @@ def validate(run: RunConfig) -> RunConfig:
         if not run.region.lang:
             raise ValueError("region=monolingual needs region.lang; choices: " + ", ".join(imp))
         check_choice("region.lang (an importance language)", run.region.lang, imp)
+        if not scoring.METRICS[run.metric.name].per_language and run.ratio > 0:
+            per_lang = sorted(n for n, m in scoring.METRICS.items() if m.per_language)
+            raise ValueError(f"region=monolingual needs a per-language metric, not "
+                             f"{run.metric.name!r} (every language gets the same scores, so the "
+                             f"region would be empty); choices: {', '.join(per_lang)}")
     if run.intervention.name == "freeze":
         sources.check_langs(run.data.source, target_langs(run), run.data.path)
         if run.intervention.train_docs < 1:
             raise ValueError(f"intervention.train_docs {run.intervention.train_docs!r} must be a "
                              "positive integer")
         freeze_config(run)  # its own checks, before any model is loaded
-    for key in ("importance_docs", "eval_docs", "seq_len"):
-        if getattr(run.data, key) < 1:
-            raise ValueError(f"data.{key} {getattr(run.data, key)!r} must be a positive integer")
+    imp_cfg = run.importance
+    if imp_cfg.samples is None and run.data.source not in ("sandbox", "local") and run.ratio > 0:
+        raise ValueError(f"importance.samples null (all the text) cannot stream all of "
+                         f"data={run.data.source}: give a number, e.g. importance.samples=10000")
+    for key, value, low in (("importance.samples", imp_cfg.samples, 1),
+                            ("importance.seq_len", imp_cfg.seq_len, 2),
+                            ("importance.batch_size", imp_cfg.batch_size, 1),
+                            ("data.eval_docs", run.data.eval_docs, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < low):
+            raise ValueError(f"{key} {value!r} must be an integer >= {low}")
     return run
 
 

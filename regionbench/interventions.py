@@ -1,31 +1,36 @@
 """In-place interventions on a loaded model's region, undone bit-exactly when the block ends.
 
-    with intervene(model, region, "remove"):             # region entries set to 0
+    with intervene(model, region, "remove") as applied:  # region entries set to 0
         ppl = perplexity(model, tok, texts)
+        applied.changed                                  # entries whose value it changed
     # here every parameter is bitwise what it was: one loaded model serves many jobs
 
 `remove` zeroes the region (the paper's removal), `scale` multiplies it by `factor`, `noise` adds
-seeded N(0, std²) noise (drawn in fp32 on CPU from a per-parameter seed, then added in fp32 and
-rounded to the parameter's dtype, so bf16 models get the same draw as fp32 ones). Only the masked
-entries are touched. The original masked values are copied aside before anything changes and
-written back on exit, also when the block raises, so restoring does not depend on inverting
-the operation (x·0 or bf16 rounding cannot be undone). `freeze` is listed because it is a value of
-the `intervention` axis, but it is a training intervention (regionbench.training.train_frozen),
-not an in-place edit.
+seeded Gaussian noise of standard deviation `std` — in weight units, or with `relative=True` in
+units of each matrix's RMS (so one setting perturbs matrices of different scales alike); it is
+drawn in fp32 on CPU from a per-parameter seed, added in fp32 and rounded to the parameter's
+dtype, so bf16 models get the same draw as fp32 ones. Only the masked entries are touched.
+The original masked values are copied aside before anything changes and written back on exit,
+also when the block raises, so restoring does not depend on inverting the operation (x·0 or bf16
+rounding cannot be undone). A removal that changes none of the region's entries (they are all
+already 0) is an error, not a result. `freeze` is listed because it is a value of the
+`intervention` axis, but it is a training intervention (regionbench.training.train_frozen), not
+an in-place edit.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from regionbench.choices import check_choice
-from regionbench.importance import stable_seed
+from regionbench.regions import param_masks
+from regionbench.scoring import stable_seed
 
 INTERVENTIONS: dict[str, str] = {
     "remove": "set the region to 0 (the paper's removal)",
@@ -35,8 +40,13 @@ INTERVENTIONS: dict[str, str] = {
 }
 
 
-def _masks(region) -> Mapping[str, Tensor]:
-    return region.masks if hasattr(region, "masks") else region
+@dataclass
+class Applied:
+    """What an intervention did: `selected` region entries, `changed` of them got a new value."""
+
+    model: nn.Module
+    selected: int
+    changed: int
 
 
 def _new_values(kind: str, old: Tensor, name: str, factor: float, std: float, seed: int
@@ -65,32 +75,32 @@ def check_intervention(kind: str, *, factor: float = 0.0, std: float = 0.0) -> s
 
 @contextlib.contextmanager
 def intervene(model: nn.Module, region, kind: str = "remove", *, factor: float = 0.0,
-              std: float = 0.0, seed: int = 0) -> Iterator[nn.Module]:
+              std: float = 0.0, seed: int = 0, relative: bool = False) -> Iterator[Applied]:
     """Apply `kind` to the entries of `region` (a Region or {param name: bool mask}) in place;
-    restore them bit-exactly on exit. Yields the model."""
+    restore them bit-exactly on exit. Yields an `Applied` with the counts."""
     kind = check_intervention(kind, factor=factor, std=std)
-    masks = _masks(region)
-    params = dict(model.named_parameters())
-    for name, mask in masks.items():  # all checks before the first write
-        if name not in params:
-            close = difflib.get_close_matches(name, list(params), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"region parameter {name!r} is not a parameter of the model{hint}")
-        if tuple(mask.shape) != tuple(params[name].shape):
-            raise ValueError(f"mask for {name!r} has shape {tuple(mask.shape)}, parameter has "
-                             f"{tuple(params[name].shape)}")
+    targets = param_masks(model, region)  # all checks before the first write
     saved: list[tuple[Tensor, Tensor, Tensor]] = []
+    selected = changed = 0
     try:
         with torch.no_grad():
-            for name, mask in masks.items():
-                p = params[name]
+            for name, p, mask in targets:
                 mask = mask.to(device=p.device, dtype=torch.bool)
                 if not bool(mask.any()):
                     continue
                 old = p[mask]  # advanced indexing copies: these bits are what we restore
+                scale = std
+                if kind == "noise" and relative:
+                    scale = std * float(p.detach().float().square().mean().sqrt())
+                new = _new_values(kind, old, name, factor, scale, seed)
                 saved.append((p, mask, old))
-                p[mask] = _new_values(kind, old, name, factor, std, seed)
-        yield model
+                p[mask] = new
+                selected += old.numel()
+                changed += int((new != old).sum())
+        if kind == "remove" and selected and not changed:
+            raise ValueError(f"removing the region changes none of its {selected} entries: they "
+                             "are all 0 already (a pruned or zero-initialised model?)")
+        yield Applied(model, selected, changed)
     finally:
         with torch.no_grad():
             # Reverse order, so parameters that share storage come back right too.

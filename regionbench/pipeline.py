@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # process, so the model stays loaded (and is restored bit-exactly after each intervention).
 _MODEL: dict[str, Any] = {}
 _BASELINES: dict[str, dict] = {}
+_SAMPLES: dict[str, tuple[dict, str]] = {}  # importance windows and their fingerprint, per input
 
 
 class Stopwatch:
@@ -86,7 +87,6 @@ def run_job(cfg: Any, *, name: str = "default", job_num: int = 0,
 
 
 def _execute(run: RunConfig, tracker: Tracker, run_id: str, out: Path) -> dict[str, float]:
-    from regionbench.cache import fingerprint_texts as fingerprint
     from regionbench.data import load_texts
 
     clock = Stopwatch()
@@ -96,19 +96,17 @@ def _execute(run: RunConfig, tracker: Tracker, run_id: str, out: Path) -> dict[s
         ev_langs += [lang for lang in C.target_langs(run) if lang not in ev_langs]
 
     with clock("data"):
-        kw = {"path": run.data.path, "text_field": run.data.text_field}
-        eval_texts = load_texts(run.data.source, "eval", ev_langs, run.data.eval_docs, **kw)
-        imp_texts = (load_texts(run.data.source, "importance", imp_langs,
-                                run.data.importance_docs, **kw) if run.ratio > 0 else {})
+        eval_texts = load_texts(run.data.source, "eval", ev_langs, run.data.eval_docs,
+                                **_data_kw(run))
         lm_tasks = _prepare_harness(run, eval_texts)  # task-name errors before model work
 
     with clock("load"):
         model, tok, model_fp = _load(run)
     tracker.set_tags(run_id, {"model_fingerprint": model_fp})
 
-    data_fp = fingerprint(imp_texts) if imp_texts else ""
     with clock("importance"):
-        scores, key, hit = _importance(run, model, tok, imp_texts, data_fp, model_fp)
+        samples, data_fp = _importance_samples(run, tok, imp_langs, model)
+        scores, key, hit = _importance(run, model, samples, data_fp, model_fp)
     log.info("importance %s (%s)", "cache hit" if hit else "computed", key[:12])
     tracker.set_tags(run_id, {"importance_key": key, "importance_cache": "hit" if hit else "miss"})
 
@@ -126,7 +124,9 @@ def _execute(run: RunConfig, tracker: Tracker, run_id: str, out: Path) -> dict[s
         from regionbench.interventions import intervene
 
         iv = run.intervention
-        with intervene(model, region, iv.name, factor=iv.factor, std=iv.std, seed=run.seed):
+        with intervene(model, region, iv.name, factor=iv.factor, std=iv.std, seed=run.seed,
+                       relative=iv.relative) as applied:
+            metrics["intervention/changed"] = float(applied.changed)
             metrics |= _evaluate(run, model, tok, eval_texts, lm_tasks, base, tracker, run_id,
                                  clock)
     metrics |= clock.times
@@ -148,6 +148,7 @@ def _load(run: RunConfig):
                       m.trust_remote_code, run.paths.cache_dir])
     if _MODEL.get("key") != key:
         _MODEL.clear()
+        _SAMPLES.clear()  # tokenized by the previous model's tokenizer
         model, tok = load_model(m.name, dtype=m.dtype, device=run.device, revision=m.revision,
                                 trust_remote_code=m.trust_remote_code, device_map=m.device_map,
                                 cache_dir=run.paths.cache_dir)
@@ -156,46 +157,98 @@ def _load(run: RunConfig):
     return _MODEL["model"], _MODEL["tok"], _MODEL["fp"]
 
 
-def _importance(run: RunConfig, model, tok, texts, data_fp: str, model_fp: str):
-    """Scores from the content-addressed cache, computed and stored on a miss."""
-    from regionbench.cache import ScoreCache, cache_key
-    from regionbench.importance import compute_importance
-    from regionbench.models import resolve_cache_dir
+def _data_kw(run: RunConfig) -> dict[str, Any]:
+    return {"path": run.data.path, "config": run.data.config, "text_field": run.data.text_field}
 
-    if run.ratio == 0:
-        return {}, "none (ratio=0)", True
+
+def importance_seq_len(run: RunConfig, model) -> int:
+    """`importance.seq_len`, or the paper's 512 capped at the model's context length."""
+    from regionbench.evaluation.perplexity import default_max_length
+
+    context = default_max_length(model, None)
+    seq_len = run.importance.seq_len or min(512, context)
+    if seq_len > context:
+        raise ValueError(f"importance.seq_len {seq_len} is longer than the model's context of "
+                         f"{context} tokens; choose importance.seq_len <= {context}")
+    return seq_len
+
+
+def _importance_samples(run: RunConfig, tok, langs: list[str], model) -> tuple[dict, str]:
+    """The same number of fixed-length token windows per importance language (equal weight)
+    and their fingerprint; none when no text is scored (ratio 0, a language-independent metric).
+    Kept for the process: the jobs of a sweep read and tokenize the text once."""
+    from regionbench.cache import fingerprint_samples
+    from regionbench.data.sources import iter_texts
+    from regionbench.scoring import METRICS, importance_samples
+
+    if run.ratio == 0 or not METRICS[run.metric.name].per_language:
+        return {}, ""
+    seq_len = importance_seq_len(run, model)
+    memo = json.dumps([_MODEL["key"], run.data.source, langs, seq_len, run.importance.samples,
+                       _data_kw(run)])
+    if memo not in _SAMPLES:
+        streams = {lang: iter_texts(run.data.source, "importance", lang, **_data_kw(run))
+                   for lang in langs}
+        samples = importance_samples(tok, streams, seq_len, run.importance.samples)
+        log.info("importance text: %d samples of %d tokens per language",
+                 *next(iter(samples.values())).shape)
+        _SAMPLES.clear()  # one text set at a time: 10k x 512 tokens x 6 languages is 250 MB
+        _SAMPLES[memo] = (samples, fingerprint_samples(samples))
+    return _SAMPLES[memo]
+
+
+def importance_key(run: RunConfig, model, data_fp: str, model_fp: str) -> tuple[str, dict]:
+    """The content address of a job's scores: every input that changes them. The token windows'
+    fingerprint stands for the text, the tokenizer and the sample count and length."""
+    from regionbench.cache import cache_key
+    from regionbench.scoring import METRICS
+
+    per_language = METRICS[run.metric.name].per_language
     inputs = {
         "model": run.model.name, "revision": run.model.revision, "weights": model_fp,
         "dtype": str(next(model.parameters()).dtype), "metric": run.metric.name,
-        "data": data_fp, "seq_len": run.data.seq_len,
-        "batch_size": run.importance.batch_size, "include": list(run.importance.include),
+        "samples": data_fp, "batch_size": run.importance.batch_size if per_language else None,
+        "scope": run.importance.scope, "include": list(run.importance.include),
         "exclude": list(run.importance.exclude),
         "seed": run.seed if run.metric.name == "random" else None,
         "version": regionbench.__version__,
     }
-    key = cache_key(**inputs)
+    return cache_key(**inputs), inputs
+
+
+def _importance(run: RunConfig, model, samples, data_fp: str, model_fp: str):
+    """Scores from the content-addressed cache, computed and stored on a miss."""
+    from regionbench.cache import ScoreCache
+    from regionbench.models import resolve_cache_dir
+    from regionbench.scoring import score_samples
+
+    if run.ratio == 0:
+        return {}, "none (ratio=0)", True
+    key, inputs = importance_key(run, model, data_fp, model_fp)
     store = ScoreCache(resolve_cache_dir(run.paths.cache_dir) / "importance")
     scores = store.get(key)
     if scores is not None:
         return scores, key, True
-    scores = compute_importance(
-        model, tok, texts, run.metric.name, seq_len=run.data.seq_len,
-        batch_size=run.importance.batch_size, include=run.importance.include,
-        exclude=run.importance.exclude, seed=run.seed)
+    imp = run.importance
+    langs = list(samples) or C.importance_langs(run)
+    scores = score_samples(
+        model, samples or dict.fromkeys(langs), run.metric.name, batch_size=imp.batch_size,
+        scope=imp.scope, include=imp.include, exclude=imp.exclude, seed=run.seed)
     store.put(key, scores, meta=inputs)
     return scores, key, False
 
 
 def _select(run: RunConfig, scores, langs: list[str], data_fp: str, model_fp: str):
-    from regionbench.importance import scoped_params
     from regionbench.regions import Region, select
+    from regionbench.scope import scoped_params
 
     meta = {"model_id": run.model.name, "revision": str(run.model.revision),
             "metric": run.metric.name, "region": run.region.name, "ratio": str(run.ratio),
             "languages": ",".join(langs), "data_fingerprint": data_fp,
             "model_fingerprint": model_fp, "regionbench_version": regionbench.__version__}
     if run.ratio == 0:
-        params = scoped_params(_MODEL["model"], run.importance.include, run.importance.exclude)
+        imp = run.importance
+        params = scoped_params(_MODEL["model"], imp.scope, imp.include, imp.exclude)
         masks = {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in params.items()}
         return Region(masks=masks, meta=meta)
     return select(scores, run.ratio, run.region.name, lang=run.region.lang, langs=langs,
@@ -216,10 +269,18 @@ def _log_region(tracker: Tracker, run_id: str, run: RunConfig, region, out: Path
         tracker.log_artifact(run_id, out / "region.safetensors")
 
 
+def lm_eval_tasks(run: RunConfig) -> tuple[str, ...]:
+    """`eval.lm_eval.tasks`, or (null) the tasks the data source brings along."""
+    from regionbench.data.sources import default_tasks
+
+    tasks = run.eval.lm_eval.tasks
+    return default_tasks(run.data.source) if tasks is None else tuple(tasks)
+
+
 def _prepare_harness(run: RunConfig, eval_texts: dict[str, list[str]]):
     """Write our lm-eval tasks for this run's data; expand per-language task templates; check
     every task name. Returns (include_path, tasks) or None when no harness task is asked for."""
-    tasks = list(run.eval.lm_eval.tasks)
+    tasks = list(lm_eval_tasks(run))
     if not tasks:
         return None
     from regionbench.evaluation import harness
@@ -241,16 +302,17 @@ def _prepare_harness(run: RunConfig, eval_texts: dict[str, list[str]]):
         with contextlib.suppress(OSError):  # another process wrote the same content first
             tmp.rename(root)
     if any("{" in t for t in tasks):
-        from regionbench.data.sources import FLORES_CODES
+        from regionbench.data.sources import FLORES200_CODES, FLORES_CODES
 
-        codes = [{"lang": lang, "flores": FLORES_CODES.get(lang, lang)} for lang in eval_texts]
+        codes = [{"lang": lang, "flores": FLORES_CODES.get(lang, lang),
+                  "flores200": FLORES200_CODES.get(lang, lang)} for lang in eval_texts]
         tasks, skipped = harness.expand_tasks(tasks, codes, root)
         if skipped:
             log.info("lm-eval has no task %s: skipped", ", ".join(skipped))
         if not tasks:
-            raise ValueError(f"no lm-eval task of {list(run.eval.lm_eval.tasks)} covers the "
+            raise ValueError(f"no lm-eval task of {list(lm_eval_tasks(run))} covers the "
                              f"languages {', '.join(eval_texts)}")
-    harness.check_tasks(tasks, root)
+    harness.prepare_tasks(tasks, root)  # names and hub datasets, before any model work
     return root, tasks
 
 
@@ -279,11 +341,12 @@ def _lm_eval(run: RunConfig, model, tok, lm_tasks) -> tuple[dict[str, float], di
 def _baseline(run: RunConfig, model, tok, eval_texts, lm_tasks, model_fp: str) -> dict:
     """The unmodified model's evaluation, once per process and cached on disk."""
     from regionbench.cache import fingerprint_texts as fingerprint
+    from regionbench.evaluation.harness import BOS_POLICY
     from regionbench.models import resolve_cache_dir
 
     parts = [model_fp, fingerprint(eval_texts), run.data.max_length, run.eval.perplexity,
              asdict(run.eval.lm_eval) if lm_tasks else None, str(lm_tasks),
-             regionbench.__version__]
+             BOS_POLICY if lm_tasks else None, regionbench.__version__]
     key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
     if key in _BASELINES:
         return _BASELINES[key]
@@ -347,8 +410,7 @@ def _freeze(run, model, tok, region, eval_texts, lm_tasks, base, tracker, run_id
 
     iv = run.intervention
     targets = C.target_langs(run)
-    train_texts = load_texts(run.data.source, "train", targets, iv.train_docs,
-                             path=run.data.path, text_field=run.data.text_field)
+    train_texts = load_texts(run.data.source, "train", targets, iv.train_docs, **_data_kw(run))
     fcfg = C.freeze_config(run)
     before = {lang: r["ppl"] for lang, r in base["ppl"].items()}
 
@@ -362,10 +424,11 @@ def _freeze(run, model, tok, region, eval_texts, lm_tasks, base, tracker, run_id
         tracker.log_metrics(run_id, metrics, step=step)
 
     frozen = region if region.numel > 0 else None
-    with restore_after(model):  # one loaded model serves every job: undo the training
+    with restore_after(model) as snapshot:  # one loaded model serves every job: undo training
         with clock("train"):
             summary = train_frozen(model, tok, train_texts, frozen, fcfg, eval_fn=eval_fn,
                                    log_fn=log_fn, save_dir=out / "model" if iv.save_model else None)
+        changed = snapshot.changed()
         metrics = _evaluate(run, model, tok, eval_texts, lm_tasks, base, tracker, run_id,
                             clock)
     if summary["saved_to"]:
@@ -377,6 +440,7 @@ def _freeze(run, model, tok, region, eval_texts, lm_tasks, base, tracker, run_id
         forgetting_curve(history, out / "forgetting_curve.png")
         tracker.log_artifact(run_id, out / "forgetting_curve.png")
     metrics |= {f"train/{k}": float(v) for k, v in summary.items() if isinstance(v, int | float)}
+    metrics["intervention/changed"] = float(changed)
     return metrics
 
 

@@ -7,9 +7,13 @@
 
 Selection is per matrix, as in the paper: each parameter tensor keeps exactly
 k = floor(ratio · numel) entries, with ratio read as the decimal the user wrote (0.29 · 100 is 29,
-not float's 28.999…). Ties at the threshold go to the lower flat index, so a selection is a pure
-function of the scores. Selection streams: one parameter's scores (all languages) are in memory
-at a time, which is what lets it read a lazy `ScoreCache` entry.
+not float's 28.999…). Ties at the threshold (all-zero scores of a pruned or zero-initialised
+matrix, say) are broken by a fixed pseudo-random order of the tied entries, seeded by the
+parameter's name: the top takes the tied entries first in that order and the bottom last, so a
+selection is a pure function of the scores, `core` and `core_bottom` never overlap while
+2k <= numel, and a tie never turns into "the first rows of the matrix". Selection streams: one
+parameter's scores (all languages) are in memory at a time, which is what lets it read a lazy
+`ScoreCache` entry.
 
 Mask files are safetensors with one packed-bit uint8 tensor per parameter (numpy.packbits,
 big-endian bit order, C order) and string metadata (shapes, model, metric, region, ratio,
@@ -34,6 +38,7 @@ from torch import Tensor
 
 import regionbench
 from regionbench.choices import check_choice
+from regionbench.scoring import stable_seed
 
 FORMAT = "regionbench-region-v1"
 
@@ -143,10 +148,11 @@ def exact_k(ratio: float, numel: int) -> int:
     return math.floor(Fraction(repr(float(ratio))) * numel)
 
 
-def topk_mask(scores: Tensor, k: int, largest: bool = True) -> Tensor:
+def topk_mask(scores: Tensor, k: int, largest: bool = True, *, name: str = "") -> Tensor:
     """Boolean mask (shape of `scores`) of exactly k entries with the largest (or smallest)
-    scores; ties at the threshold go to the lowest flat indices, so the result is deterministic
-    whatever torch.topk does with ties."""
+    scores. Tied entries at the threshold are taken in a pseudo-random order seeded by `name`
+    (the same order for largest and smallest, from opposite ends), so the result is
+    deterministic whatever torch.topk does with ties."""
     flat = scores.detach().reshape(-1).float()
     mask = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device)
     if k <= 0:
@@ -159,33 +165,41 @@ def topk_mask(scores: Tensor, k: int, largest: bool = True) -> Tensor:
     mask |= strict
     need = k - int(strict.sum())
     if need > 0:
-        mask[torch.nonzero(flat == thr).reshape(-1)[:need]] = True
+        ties = torch.nonzero(flat == thr).reshape(-1)
+        if need < ties.numel():
+            gen = torch.Generator(device="cpu").manual_seed(stable_seed(0, f"ties:{name}"))
+            priority = torch.rand(ties.numel(), generator=gen).to(flat.device)
+            ties = ties[torch.topk(priority, need, largest=largest).indices]
+        mask[ties] = True
     return mask.view(scores.shape)
 
 
-def _core(per_lang: Sequence[Tensor], k: int, lang_index: int | None) -> Tensor:
+def _total(per_lang: Sequence[Tensor]) -> Tensor:
     total = per_lang[0].float().clone()
     for s in per_lang[1:]:
         total += s.float()
-    return topk_mask(total, k, largest=True)
+    return total
 
 
-def _core_bottom(per_lang: Sequence[Tensor], k: int, lang_index: int | None) -> Tensor:
-    total = per_lang[0].float().clone()
-    for s in per_lang[1:]:
-        total += s.float()
-    return topk_mask(total, k, largest=False)
+def _core(per_lang: Sequence[Tensor], k: int, lang_index: int | None, name: str) -> Tensor:
+    return topk_mask(_total(per_lang), k, largest=True, name=name)
 
 
-def _monolingual(per_lang: Sequence[Tensor], k: int, lang_index: int | None) -> Tensor:
-    mask = topk_mask(per_lang[lang_index], k)
+def _core_bottom(per_lang: Sequence[Tensor], k: int, lang_index: int | None, name: str
+                 ) -> Tensor:
+    return topk_mask(_total(per_lang), k, largest=False, name=name)
+
+
+def _monolingual(per_lang: Sequence[Tensor], k: int, lang_index: int | None, name: str
+                 ) -> Tensor:
+    mask = topk_mask(per_lang[lang_index], k, name=name)
     for i, s in enumerate(per_lang):
         if i != lang_index:
-            mask &= ~topk_mask(s, k)
+            mask &= ~topk_mask(s, k, name=name)
     return mask
 
 
-_SELECTORS: dict[str, Callable[[Sequence[Tensor], int, int | None], Tensor]] = {
+_SELECTORS: dict[str, Callable[[Sequence[Tensor], int, int | None, str], Tensor]] = {
     "core": _core, "core_bottom": _core_bottom, "monolingual": _monolingual,
 }
 
@@ -236,7 +250,8 @@ def select(
         for lg, s in zip(langs, per_lang, strict=True):
             if torch.isnan(s).any():
                 raise ValueError(f"scores of {lg!r} for {name!r} contain NaN")
-        masks[name] = selector(per_lang, exact_k(ratio, per_lang[0].numel()), lang_index).cpu()
+        masks[name] = selector(per_lang, exact_k(ratio, per_lang[0].numel()), lang_index,
+                               name).cpu()
 
     info = {str(k): str(v) for k, v in (meta or {}).items()}
     info.update({"region": region, "ratio": repr(ratio), "languages": ",".join(langs),
@@ -245,3 +260,35 @@ def select(
         info["lang"] = lang
     info.setdefault("regionbench_version", regionbench.__version__)
     return Region(masks=masks, meta=info)
+
+
+def param_masks(model: torch.nn.Module, region, what: str = "region"
+                ) -> list[tuple[str, torch.nn.Parameter, Tensor]]:
+    """(name, parameter, bool mask) for every masked parameter of `model`, checked before any
+    change: names (with a did-you-mean), shapes and dtype. `region` is a Region or {name: mask}.
+    A mask may name either alias of a tied weight; masks on one tensor are merged (their union),
+    so every intervention and the frozen set treat tied weights alike."""
+    import difflib
+
+    masks = getattr(region, "masks", region)
+    if not isinstance(masks, Mapping):
+        raise ValueError(f"{what} {type(region).__name__} is not a Region or a dict of masks")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    merged: dict[int, tuple[str, torch.nn.Parameter, Tensor]] = {}
+    for name, mask in masks.items():
+        if name not in params:
+            close = difflib.get_close_matches(name, list(params), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{what} parameter {name!r} is not a parameter of the model{hint}")
+        param = params[name]
+        if not torch.is_tensor(mask) or mask.dtype != torch.bool:
+            raise ValueError(f"{what} mask for {name!r} is not a torch.bool tensor")
+        if tuple(mask.shape) != tuple(param.shape):
+            raise ValueError(f"{what} mask for {name!r} has shape {tuple(mask.shape)}, parameter "
+                             f"has {tuple(param.shape)}")
+        if id(param) in merged:  # two aliases of one tied weight
+            first, _, other = merged[id(param)]
+            mask = other | mask.to(other.device)
+            name = first
+        merged[id(param)] = (name, param, mask)
+    return list(merged.values())

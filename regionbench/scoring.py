@@ -1,20 +1,24 @@
 """Importance scores: how much each block weight matters to each language's causal-LM loss.
 
-    scores = compute_importance(model, tokenizer, {"ar": docs_ar, "ru": docs_ru}, metric="taylor")
+    scores = compute_importance(model, tokenizer, {"ar": docs_ar, "ru": docs_ru}, metric="taylor",
+                                samples=10_000, seq_len=512)
     scores["ar"]["model.layers.0.mlp.up_proj.weight"]      # fp32 CPU tensor, same shape
 
 Metrics are chosen by short name from `METRICS` (the paper's `taylor`, the `magnitude` and
-`random` baselines, and the cheap variants `taylor_abs` and `fisher`). Importance does not depend
-on the selection ratio, so the pipeline computes it once and caches it (`regionbench.cache`).
+`random` baselines, and the variants `taylor_abs` and `fisher`). Importance does not depend on
+the selection ratio, so the pipeline computes it once and caches it (`regionbench.cache`).
 
-Batches: every document is tokenized without special tokens and gets one [BOS] in front (so a
-tokenizer's own add_special_tokens policy cannot change the scores), the documents of a language
-are concatenated and cut into fixed `seq_len` windows (the tail shorter than a window is dropped,
-as in HF's run_clm `group_texts`), and windows are batched `batch_size` at a time. The loss of a
-batch is HF's `labels=input_ids` loss: the mean token cross-entropy over the batch's
-`batch_size * (seq_len - 1)` next-token predictions. So Σ_b ∇L(b) weighs every batch equally
-(a smaller last batch counts as much as a full one), which is what "summing gradients over
-batches" in the paper means.
+Samples: every language is scored on the same number of fixed-length samples (`samples` windows
+of `seq_len` tokens, packed by `regionbench.data.packing`: the paper's 10,000 samples of 512
+tokens), so S = Σ_ℓ score_ℓ weighs languages equally and a language with more text does not pull
+the core towards itself. `samples=None` takes as many as the language with the least text gives.
+The loss of a sample is its mean next-token cross-entropy L_s; a batch's loss is the sum of its
+samples' losses, so Σ_b ∇L(b) = Σ_s ∇L_s whatever the batching, and a partial last batch weighs by
+its size. `taylor` is then |θ · Σ_s ∇L_s| (the paper's order: gradients summed first, then θ·,
+then |·|); `taylor_abs` and `fisher` fold each batch's gradient as it comes (per-batch saliency).
+
+Scope: the parameters scored are chosen by `regionbench.scope` (default: the weight matrices of
+the transformer blocks, found from the model's own block list).
 
 Memory: gradients go into one fp32 accumulator per scored parameter through
 `register_post_accumulate_grad_hook`, and each `.grad` is freed the moment it is accumulated, so
@@ -28,21 +32,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from regionbench.choices import check_choice
-
-DEFAULT_INCLUDE: tuple[str, ...] = (r"layers\.",)
-# Norm gains are vectors, not matrices: zeroing one entry silences a whole residual channel at a
-# sublayer's input. In a 7B model they are 0.0006% of block parameters; in a sandbox model with
-# hidden size 64-256 a "random 5%" of them is no longer a small perturbation. The paper selects
-# per weight matrix, so the default scope is the blocks' matrices.
-DEFAULT_EXCLUDE: tuple[str, ...] = (r"norm",)
+from regionbench.data.packing import pack
+from regionbench.scope import scoped_params
 
 
 @dataclass(frozen=True)
@@ -134,70 +132,31 @@ METRICS: dict[str, Metric] = {
 }
 
 
-def _patterns(patterns: str | Iterable[str], what: str) -> list[re.Pattern[str]]:
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    compiled = []
-    for p in patterns:
-        try:
-            compiled.append(re.compile(p))
-        except re.error as e:
-            raise ValueError(f"{what} pattern {p!r} is not a valid regex: {e}") from None
-    return compiled
-
-
-def in_scope(
-    name: str,
-    include: str | Iterable[str] = DEFAULT_INCLUDE,
-    exclude: str | Iterable[str] = DEFAULT_EXCLUDE,
-) -> bool:
-    """True if `name` matches (re.search) any `include` regex and no `exclude` regex."""
-    inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
-    return any(p.search(name) for p in inc) and not any(p.search(name) for p in exc)
-
-
-def scoped_params(
-    model: nn.Module,
-    include: str | Iterable[str] = DEFAULT_INCLUDE,
-    exclude: str | Iterable[str] = DEFAULT_EXCLUDE,
-) -> dict[str, nn.Parameter]:
-    """The in-scope (>= 1-D, floating point) parameters, in `named_parameters` order."""
-    inc, exc = _patterns(include, "include"), _patterns(exclude, "exclude")
-    return {
-        name: p
-        for name, p in model.named_parameters()
-        if p.dim() >= 1
-        and p.is_floating_point()
-        and any(r.search(name) for r in inc)
-        and not any(r.search(name) for r in exc)
-    }
-
-
-def _bos_id(tokenizer) -> int:
-    # LLaMA-style tokenizers have a BOS; some families (Qwen, GPT-2) only an EOS, which plays the
-    # same "start of text" role for them (lm-eval's rolling loglikelihood does the same).
-    for attr in ("bos_token_id", "eos_token_id"):
-        tok = getattr(tokenizer, attr, None)
-        if tok is not None:
-            return int(tok)
-    raise ValueError("tokenizer has neither bos_token_id nor eos_token_id; cannot mark documents")
-
-
-def token_windows(tokenizer, docs: list[str], seq_len: int) -> Tensor:
-    """[n, seq_len] int64 windows: ([BOS] + tokens of each doc) concatenated, tail dropped."""
-    bos = _bos_id(tokenizer)
-    ids: list[int] = []
-    for doc_ids in tokenizer(list(docs), add_special_tokens=False, verbose=False)["input_ids"]:
-        ids.append(bos)
-        ids.extend(doc_ids)
-    n = len(ids) // seq_len
-    return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len)
-
-
 def iter_batches(windows: Tensor, batch_size: int) -> Iterator[Tensor]:
     """Consecutive `batch_size` slices of `windows` (the last one may be smaller)."""
     for start in range(0, windows.shape[0], batch_size):
         yield windows[start : start + batch_size]
+
+
+def importance_samples(
+    tokenizer, texts: Mapping[str, Iterable[str]], seq_len: int, samples: int | None = None
+) -> dict[str, Tensor]:
+    """{lang: [samples, seq_len] token windows}: the same number for every language.
+
+    `samples=None` packs all of each language's text and keeps as many windows as the language
+    with the least text has; otherwise each language must give `samples` windows (documents
+    beyond those are not read).
+    """
+    out = {}
+    for lang, docs in texts.items():
+        try:
+            out[lang] = pack(tokenizer, docs, seq_len, n_windows=samples)
+        except ValueError as err:
+            raise ValueError(f"importance text of language {lang!r}: {err}") from None
+    if samples is None and out:
+        n = min(w.shape[0] for w in out.values())
+        out = {lang: w[:n] for lang, w in out.items()}
+    return out
 
 
 def _input_device(model: nn.Module) -> torch.device:
@@ -266,7 +225,9 @@ def _gradient_scores(
     try:
         for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
             batch = batch.to(device)
-            loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+            # HF's loss is the mean over the batch's tokens; times the rows it is the sum of the
+            # samples' mean losses, so each sample weighs the same in every batch.
+            loss = model(input_ids=batch, labels=batch, use_cache=False).loss * batch.shape[0]
             loss.backward()
     finally:
         for h in handles:
@@ -277,52 +238,71 @@ def _gradient_scores(
 def compute_importance(
     model: nn.Module,
     tokenizer,
-    texts: dict[str, list[str]],
+    texts: Mapping[str, Iterable[str]],
     metric: str = "taylor",
     *,
+    samples: int | None = None,
     seq_len: int = 128,
     batch_size: int = 8,
-    include: str | Iterable[str] = DEFAULT_INCLUDE,
-    exclude: str | Iterable[str] = DEFAULT_EXCLUDE,
+    scope: str = "matrices",
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
     seed: int = 0,
     progress: bool = True,
     accumulate_device: str | torch.device | None = None,
 ) -> dict[str, dict[str, Tensor]]:
     """Score every in-scope parameter for every language: {lang: {param name: fp32 CPU tensor}}.
 
-    Language-independent metrics (`magnitude`, `random`) return the very same inner dict for
-    every language. The model's weights, requires_grad flags, `.grad` and train/eval mode are
-    the same afterwards as before.
+    `texts` {lang: documents} are packed into `samples` windows of `seq_len` tokens per language
+    (see the module docstring); static metrics (`magnitude`, `random`) read no text and return
+    the very same inner dict for every language.
     """
-    spec = METRICS[check_choice("metric", metric, METRICS)]
-    if not isinstance(texts, dict) or not texts:
+    check_choice("metric", metric, METRICS)
+    if not isinstance(texts, Mapping) or not texts:
         raise ValueError("texts must be a non-empty {language: [documents]} dict")
-    if int(seq_len) < 2:
-        raise ValueError(f"seq_len {seq_len!r} is too small: need >= 2 tokens per window")
-    if int(batch_size) < 1:
+    if METRICS[metric].per_language:
+        windows = importance_samples(tokenizer, texts, seq_len, samples)
+    else:
+        windows = dict.fromkeys(texts)
+    return score_samples(model, windows, metric, batch_size=batch_size, scope=scope,
+                         include=include, exclude=exclude, seed=seed, progress=progress,
+                         accumulate_device=accumulate_device)
+
+
+def score_samples(
+    model: nn.Module,
+    samples: Mapping[str, Tensor | None],
+    metric: str = "taylor",
+    *,
+    batch_size: int = 8,
+    scope: str = "matrices",
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    seed: int = 0,
+    progress: bool = True,
+    accumulate_device: str | torch.device | None = None,
+) -> dict[str, dict[str, Tensor]]:
+    """`compute_importance` on ready token windows {lang: [n, seq_len] int64} (None for static
+    metrics). The model's weights, requires_grad flags, `.grad` and train/eval mode are the same
+    afterwards as before."""
+    spec = METRICS[check_choice("metric", metric, METRICS)]
+    if not samples:
+        raise ValueError("samples must be a non-empty {language: token windows} dict")
+    if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise ValueError(f"batch_size {batch_size!r} must be >= 1")
-    params = scoped_params(model, include, exclude)
-    if not params:
-        raise ValueError(f"no parameter is in scope: include={include!r}, exclude={exclude!r}")
+    params = scoped_params(model, scope, include, exclude)
 
     if not spec.per_language:
         shared = {name: spec.static(name, p, seed) for name, p in params.items()}
-        return {lang: shared for lang in texts}
+        return {lang: shared for lang in samples}
 
-    # Tokenize everything before the first backward pass, so bad data fails fast.
-    windows = {}
-    for lang, docs in texts.items():
-        w = token_windows(tokenizer, docs, int(seq_len))
-        if w.shape[0] == 0:
-            raise ValueError(
-                f"language {lang!r} has fewer than seq_len={seq_len} tokens; "
-                "add documents or lower seq_len"
-            )
-        windows[lang] = w
-
+    counts = {lang: (None if w is None else int(w.shape[0])) for lang, w in samples.items()}
+    if None in counts.values() or len(set(counts.values())) != 1 or 0 in counts.values():
+        raise ValueError(f"metric {metric!r} needs the same positive number of samples for "
+                         f"every language (equal weight); got {counts}")
     scores = {}
     with _scoring_state(model, params):
-        for lang, w in windows.items():
+        for lang, w in samples.items():
             scores[lang] = _gradient_scores(
                 model,
                 params,

@@ -14,11 +14,25 @@ How the frozen set stays exact: its values are saved before training and written
 optimizer step (AdamW's decoupled weight decay would otherwise shrink them even with a zero
 gradient).  Their gradients are also zeroed before clipping, so they neither inflate the clipped
 norm nor build Adam moments; an entry whose parameter is frozen as a whole leaves the optimizer.
+
+Low-precision models (bf16/fp16, as loaded on GPU) train through fp32 master weights.  AdamW
+stepping bf16 parameters directly rounds away every update below half a bf16 ulp: at the paper's
+lr 5e-5 most entries of a real model never move, so a freeze study would silently under-train.
+Instead the optimizer steps an fp32 copy of each trainable low-precision parameter (its moments
+are fp32 too); backward still runs on the model as loaded, each low-precision gradient is added
+into its master's fp32 gradient as soon as it is accumulated and then freed, and after each step
+the masters are rounded back into the model's own parameters.  The model therefore keeps its
+dtype, and evaluation during training sees the same kind of model as the baseline evaluation.
+Frozen entries are exact in both copies (an fp32 copy of a bf16 value rounds back to itself).
+The cost, per trainable low-precision entry: 4 bytes of master, 8 of Adam moments and 4 of fp32
+gradient during a step, against 6 for pure-bf16 AdamW; a 7B bf16 model needs ~112 GB on top of
+its 14 GB of weights, before activations.  fp32 parameters train as they are (no copy), under
+CUDA bf16 autocast when the whole model is fp32.  There is no loss scaling: fp16 gradients that
+underflow are lost, as they would be without masters.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,12 +45,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from regionbench.choices import check_choice
+from regionbench.data.packing import pack
+from regionbench.regions import param_masks
 
 SCHEDULES = {
     "linear": "linear warmup, then linear decay towards 0 (the HF Trainer default)",
     "cosine": "linear warmup, then half-cosine decay towards 0",
     "constant": "linear warmup, then constant",
 }
+
+# Parameters of these dtypes train through fp32 master weights (module docstring).
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 EvalFn = Callable[[int], Mapping[str, float]]
 LogFn = Callable[[dict[str, float], int], None]
@@ -126,35 +145,13 @@ def _frozen_sets(
     model: nn.Module, frozen: object
 ) -> tuple[list[_FrozenEntries], list[nn.Parameter]]:
     """Resolve a masks dict / Region / None into partially and wholly frozen parameters."""
-    masks = getattr(frozen, "masks", frozen)
-    if masks is None:
+    if frozen is None:
         return [], []
-    if not isinstance(masks, Mapping):
-        raise ValueError(
-            f"frozen {type(frozen).__name__} is not a dict of masks, an object with .masks, or None"
-        )
-    # remove_duplicate=False so a mask named after either alias of a tied weight resolves.
-    params = dict(model.named_parameters(remove_duplicate=False))
-    merged: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
-    for name, mask in masks.items():
-        if name not in params:
-            close = difflib.get_close_matches(name, list(params), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"frozen-set parameter {name!r} is not in the model{hint}")
-        param = params[name]
-        if not torch.is_tensor(mask) or mask.dtype != torch.bool:
-            raise ValueError(f"frozen-set mask for {name!r} is not a torch.bool tensor")
-        if tuple(mask.shape) != tuple(param.shape):
-            raise ValueError(
-                f"frozen-set mask for {name!r} has shape {tuple(mask.shape)}, "
-                f"parameter has {tuple(param.shape)}"
-            )
-        if id(param) in merged:  # two aliases of one tied weight: freeze the union
-            mask = mask.cpu() | merged[id(param)][1]
-        merged[id(param)] = (param, mask.cpu())
+    # Aliases of a tied weight are merged (their union is frozen), as for every intervention.
+    merged = [(param, mask.cpu()) for _, param, mask in param_masks(model, frozen, "frozen-set")]
 
     partial, whole = [], []
-    for param, mask in merged.values():
+    for param, mask in merged:
         count = int(mask.sum())
         if count == 0:
             continue
@@ -168,27 +165,6 @@ def _frozen_sets(
 
 
 # --------------------------------------------------------------------------- data
-
-
-def pack_documents(tokenizer, docs: Sequence[str], seq_len: int, *, seed: int = 0) -> torch.Tensor:
-    """Tokenize documents as [BOS] + tokens + [EOS], shuffle them (seeded), concatenate, and cut
-    the stream into `(n, seq_len)` windows.  The incomplete tail is dropped."""
-    # verbose=False: documents longer than the model context are expected; they are cut below.
-    ids = tokenizer(list(docs), add_special_tokens=False, verbose=False)["input_ids"]
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    # Tokenizers with one <|endoftext|> for both (GPT-2 style) separate documents once, not twice.
-    head = [bos] if bos is not None and bos != eos else []
-    tail = [eos] if eos is not None else []
-    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
-    stream: list[int] = []
-    for i in order:
-        stream.extend(head)
-        stream.extend(ids[i])
-        stream.extend(tail)
-    n = len(stream) // seq_len
-    if n == 0:
-        raise ValueError(f"training text gives {len(stream)} tokens, fewer than seq_len {seq_len}")
-    return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
 def _batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -237,7 +213,8 @@ def train_frozen(
     `frozen`: {param name: bool mask shaped like the parameter}, any object with such a `.masks`
     (a `regions.Region`), or None (train everything).  All floating-point parameters train except
     the frozen entries, whatever their `requires_grad` was; the flags are restored afterwards and
-    the model is left in eval mode.
+    the model is left in eval mode.  A bf16/fp16 model keeps its dtype and trains through fp32
+    master weights (see the module docstring for why and for the memory it costs).
 
     `eval_fn(step)` runs in eval mode at step 0, every `cfg.eval_every` steps and after the last
     step; its metrics are merged with `train/loss`, `train/lr`, `train/grad_norm` (logged every
@@ -258,17 +235,32 @@ def train_frozen(
     partial, whole = _frozen_sets(model, frozen)
 
     docs = [doc for lang in cfg.target_langs for doc in train_texts[lang]]
-    windows = pack_documents(tokenizer, docs, cfg.seq_len, seed=cfg.seed)
+    try:
+        windows = pack(tokenizer, docs, cfg.seq_len, seed=cfg.seed)
+    except ValueError as err:
+        raise ValueError(f"training text: {err}") from None
     device = model.get_input_embeddings().weight.device
     batches = _batches(len(windows), cfg.batch_size, torch.Generator().manual_seed(cfg.seed))
 
     flags = {p: p.requires_grad for p in model.parameters()}
+    grads = {p: p.grad for p in model.parameters() if p.grad is not None}
     whole_ids = {id(p) for p in whole}
     trainable = [p for p in model.parameters() if p.is_floating_point() and id(p) not in whole_ids]
     if not trainable:
         raise ValueError("the frozen set covers every parameter; nothing to train")
     frozen_numel = sum(e.index.numel() for e in partial) + sum(p.numel() for p in whole)
     trainable_numel = sum(p.numel() for p in trainable) - sum(e.index.numel() for e in partial)
+    # The optimizer steps `stepped`: each fp32 parameter itself, or the fp32 master of a
+    # low-precision one (whose updates bf16 would round away).
+    masters = {
+        p: p.detach().to(torch.float32, copy=True) for p in trainable if p.dtype in LOW_PRECISION
+    }
+    stepped = [masters.get(p, p) for p in trainable]
+    # Autocast would also recast bf16/fp16 weights, so it serves fp32 models only; a
+    # low-precision model trains as loaded, like it is evaluated.
+    autocast = device.type == "cuda" and not any(
+        p.dtype in LOW_PRECISION for p in model.parameters()
+    )
 
     history: list[tuple[int, dict[str, float]]] = []
     timers = {"eval": 0.0}
@@ -285,13 +277,16 @@ def train_frozen(
         return metrics
 
     rng_devices = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    hooks = []
     try:
         for p in model.parameters():
+            p.grad = None  # a caller's stale .grad must not leak into the first update
             p.requires_grad_(id(p) not in whole_ids and p.is_floating_point())
+        hooks = [p.register_post_accumulate_grad_hook(_into(m)) for p, m in masters.items()]
         # Decay matrices and embeddings only, not norm gains or biases (as HF Trainer does).
         groups = [
-            {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+            {"params": [p for p in stepped if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for p in stepped if p.ndim < 2], "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
@@ -313,10 +308,21 @@ def train_frozen(
                 eval_before, start = timers["eval"], time.perf_counter()
                 for step in range(1, cfg.steps + 1):
                     last_loss, grad_norm, lr = _optimizer_step(
-                        model, windows, batches, cfg, device, partial, trainable, optimizer
+                        model,
+                        windows,
+                        batches,
+                        cfg,
+                        device,
+                        partial,
+                        masters,
+                        stepped,
+                        optimizer,
+                        autocast=autocast,
                     )
                     if not math.isfinite(last_loss):  # nonsense from here on: fail the job
                         raise FloatingPointError(f"training loss is {last_loss} at step {step}")
+                    if not math.isfinite(grad_norm):
+                        raise FloatingPointError(f"gradient norm is {grad_norm} at step {step}")
                     scheduler.step()
                     losses_since_log.append(last_loss)
                     metrics = {}
@@ -338,9 +344,11 @@ def train_frozen(
             finally:
                 bar.close()
     finally:
+        for hook in hooks:
+            hook.remove()
         for p, flag in flags.items():
             p.requires_grad_(flag)
-            p.grad = None
+            p.grad = grads.get(p)
         model.eval()
 
     saved_to = None
@@ -366,16 +374,34 @@ def train_frozen(
     }
 
 
-def _optimizer_step(model, windows, batches, cfg, device, partial, trainable, optimizer):
+def _into(master: torch.Tensor) -> Callable[[torch.Tensor], None]:
+    """A post-accumulate-grad hook that adds a low-precision gradient into `master.grad` in fp32
+    and frees it, so micro-batches accumulate in fp32 and no two full-model gradient copies
+    coexist."""
+
+    def hook(param: torch.Tensor) -> None:
+        if master.grad is None:
+            master.grad = param.grad.to(torch.float32)
+        else:
+            master.grad.add_(param.grad)
+        param.grad = None
+
+    return hook
+
+
+def _optimizer_step(
+    model, windows, batches, cfg, device, partial, masters, stepped, optimizer, *, autocast
+):
     """One optimizer step over `cfg.grad_accum` micro-batches; returns (loss, grad norm, lr).
 
-    A non-finite loss skips the update (the caller then fails), so NaNs never reach the weights.
+    `stepped` are the optimizer's tensors; `masters` maps a low-precision parameter to its fp32
+    master among them.  A non-finite loss or gradient norm skips the update (the caller then
+    fails), so NaNs never reach the weights.
     """
-    cuda = device.type == "cuda"
     step_loss = torch.zeros((), device=device)
     for _ in range(cfg.grad_accum):
         batch = windows[next(batches)].to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             loss = model(input_ids=batch, labels=batch, use_cache=False).loss
         (loss / cfg.grad_accum).backward()
         # .to: with a device_map the loss lives on the last GPU
@@ -388,34 +414,61 @@ def _optimizer_step(model, windows, batches, cfg, device, partial, trainable, op
 
     with torch.no_grad():  # frozen grads out of the clipped norm and out of Adam's moments
         for e in partial:
-            if e.param.grad is not None:
-                e.param.grad.view(-1).index_fill_(0, e.index, 0.0)
-    grad_norm = math.nan
-    if cfg.max_grad_norm is not None:
-        grad_norm = float(nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm))
+            grad = masters.get(e.param, e.param).grad
+            if grad is not None:
+                grad.view(-1).index_fill_(0, e.index, 0.0)
+    # Always measured (max_norm inf scales by 1): an inf/NaN gradient with a finite loss (fp16
+    # overflow) must skip the update too, or clipping would turn it into NaN weights.
+    grad_norm = float(nn.utils.clip_grad_norm_(stepped, cfg.max_grad_norm or math.inf))
+    if not math.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        return loss_value, grad_norm, lr
     optimizer.step()
-    with torch.no_grad():  # undo weight decay (and any update) on the frozen set
-        for e in partial:
+    with torch.no_grad():
+        for e in partial:  # undo weight decay (and any update) on the frozen set of a master ...
+            if e.param in masters:
+                master = masters[e.param]
+                master.view(-1).index_copy_(0, e.index, e.values.to(master.dtype))
+        for param, master in masters.items():
+            param.copy_(master)  # rounds to the model's dtype
+        for e in partial:  # ... and on the model's own parameters, which stay bit-identical
             e.param.view(-1).index_copy_(0, e.index, e.values)
     optimizer.zero_grad(set_to_none=True)
     return loss_value, grad_norm, lr
 
 
+class Snapshot:
+    """CPU copies of a model's parameters and buffers, taken by `restore_after`."""
+
+    def __init__(self, model: nn.Module):
+        self.params = list(model.parameters())
+        self.tensors = self.params + list(model.buffers())
+        self.saved = [t.detach().to("cpu", copy=True) for t in self.tensors]
+
+    def changed(self) -> int:
+        """Parameter entries whose value differs from the snapshot now (what training moved)."""
+        return sum(int((p.detach().cpu() != s).sum())
+                   for p, s in zip(self.params, self.saved, strict=False))
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for t, s in zip(self.tensors, self.saved, strict=True):
+                t.copy_(s)
+
+
 @contextmanager
-def restore_after(model: nn.Module) -> Iterator[nn.Module]:
+def restore_after(model: nn.Module) -> Iterator[Snapshot]:
     """Snapshot every parameter and buffer to CPU and write them back bit-exactly on exit (even on
     an exception), with `requires_grad` flags and train/eval mode, so that a model loaded once can
-    serve a freeze-training job and then the next job.  Costs one CPU copy of the weights."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    saved = [t.detach().to("cpu", copy=True) for t in tensors]
+    serve a freeze-training job and then the next job.  Costs one CPU copy of the weights.
+    Yields the `Snapshot` (its `changed()` counts what the block moved)."""
+    snapshot = Snapshot(model)
     flags = [p.requires_grad for p in model.parameters()]
     was_training = model.training
     try:
-        yield model
+        yield snapshot
     finally:
-        with torch.no_grad():
-            for t, s in zip(tensors, saved, strict=True):
-                t.copy_(s)
+        snapshot.restore()
         for p, flag in zip(model.parameters(), flags, strict=True):
             p.requires_grad_(flag)
             p.grad = None

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 
 # A test job: the real config, shrunk (sandbox-test builds in seconds; few documents).
-SMALL = ["model=sandbox-test", "data.importance_docs=8", "data.eval_docs=12",
+SMALL = ["model=sandbox-test", "importance.samples=8", "data.eval_docs=12",
          "eval.lm_eval.grammar_pairs=6", "importance.batch_size=4", "eval.batch_size=8"]
 
 

@@ -26,7 +26,10 @@ def test_defaults():
     run = RunConfig.from_cfg(compose([]))
     assert (run.model.name, run.ratio, run.metric.name, run.region.name, run.intervention.name,
             run.data.source) == ("sandbox-m", 0.01, "taylor", "core", "remove", "sandbox")
-    assert run.importance.include == (r"layers\.",)
+    assert (run.importance.scope, run.importance.include, run.importance.exclude) == (
+        "matrices", (), ())
+    assert (run.importance.samples, run.importance.seq_len) == (64, None)
+    assert run.eval.lm_eval.tasks is None  # the data source's own: sandbox_grammar
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
@@ -40,15 +43,30 @@ def test_every_option_composes(group, option):
     if (group, option) == ("data", "local"):
         overrides.append("data.path=/some/folder")
     run = RunConfig.from_cfg(compose(overrides))
-    assert group == "frozen_set" or getattr(run, group) is not None
+    # the option's own values reached the typed config (not just the defaults)
+    if group in ("metric", "region", "intervention"):
+        assert getattr(run, group).name == option
+    elif group == "model":
+        names = {"hf": "/some/folder", "llama2-7b": "meta-llama/Llama-2-7b-hf"}
+        expected = names.get(option, option)
+        assert run.model.name == expected or (not option.startswith("sandbox")
+                                              and "/" in run.model.name)
+    elif group == "data":
+        assert run.data.source == option
+    elif group == "frozen_set":
+        assert run.ratio == {"1": 0.01, "5": 0.05}.get(option.rsplit("-", 1)[-1], 0.0)
     if group in ("metric", "region", "intervention", "eval", "frozen_set") or option.startswith(
             "sandbox"):
         validate(run)  # cheap choices only: no hub, no files
 
 
-def test_block_pattern_follows_the_model():
-    run = RunConfig.from_cfg(compose(["model=bloom-560m"]))
-    assert run.importance.include == (r"\.h\.\d+\.",)
+def test_hub_corpora_bring_the_papers_sample_budget():
+    run = RunConfig.from_cfg(compose(["data=wikipedia"]))
+    assert (run.data.source, run.importance.samples) == ("wikipedia", 10000)
+    run = RunConfig.from_cfg(compose(["data=wikipedia", "importance.samples=100"]))
+    assert run.importance.samples == 100  # the command line still wins
+    paper = RunConfig.from_cfg(compose(["+experiment=paper_llama2_7b"]))
+    assert (paper.importance.samples, paper.importance.seq_len) == (10000, 512)
 
 
 def test_experiments_compose():
@@ -70,6 +88,13 @@ def test_experiments_compose():
     (["intervention.name=remov"], "did you mean 'remove'"),
     (["data.eval_langs=[latn,klingon]"], "unknown language for data=sandbox 'klingon'"),
     (["model.name=sandbox-xl"], "unknown sandbox model 'sandbox-xl'"),
+    (["region=monolingual", "region.lang=latn", "metric=random"],
+     "region=monolingual needs a per-language metric, not 'random'"),
+    (["importance.scope=matrix"], "unknown importance.scope 'matrix': did you mean 'matrices'"),
+    (["importance.samples=0"], "importance.samples 0 must be an integer >= 1"),
+    (["data=c4", "data.config={lang: x}"], "data.config {'lang': 'x'} is not a string"),
+    (["data=c4", "data.config='c4.{langg}'"], "unknown field in data.config 'langg'"),
+    (["data=wikipedia", "importance.samples=null"], "cannot stream all of data=wikipedia"),
 ])
 def test_bad_values_one_line(overrides, message):
     from regionbench.models import check_model
@@ -94,7 +119,7 @@ def test_unknown_key_is_an_error():
     tree["data"]["eval_doc"] = 3
     with pytest.raises(ValueError, match="did you mean 'eval_docs'"):
         RunConfig.from_cfg(tree)
-    assert cfg
+    assert set(cfg) >= {"model", "data", "importance"}
 
 
 def test_round_trip():

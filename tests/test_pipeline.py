@@ -103,6 +103,10 @@ def store(tmp_path_factory):
     (["data=wikipedia", "data.importance_langs=[ar]", "data.eval_langs=[ar]",
       "model=sandbox-test"], "cannot stream 'wikimedia/wikipedia'"),
     (["eval.lm_eval.tasks=[sandbox_gramar]"], "sandbox_gramar"),
+    (["eval.lm_eval.tasks=[arc_easy]"], "cannot load the dataset of lm-eval task 'arc_easy'"),
+    (["region=monolingual", "region.lang=latn", "metric=magnitude"],
+     "region=monolingual needs a per-language metric"),
+    (["importance.seq_len=512"], "importance.seq_len 512 is longer than the model's context"),
     (["intervention=freeze", "intervention.steps=4"], "warmup_steps 15 is more than steps 4"),
 ])
 def test_bad_input_fails_one_line_without_a_finished_run(store, overrides, message,
@@ -112,6 +116,9 @@ def test_bad_input_fails_one_line_without_a_finished_run(store, overrides, messa
     result = run_job(cfg, name="bad")
     assert result["status"] == "FAILED"
     assert message in result["error"] and "\n" not in result["error"]
+    if "dataset" in message:  # found while preparing the tasks: before the model is loaded
+        run = MlflowClient(tracking_uri=store).get_run(result["run_id"])
+        assert "model_fingerprint" not in run.data.tags
     client = MlflowClient(tracking_uri=store)
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])
@@ -227,3 +234,59 @@ def test_sigterm_ends_the_running_job_and_the_sweep_killed(tmp_path, cache_dir, 
     assert [r.info.status for r in parents] == ["KILLED"]
     assert [(r.info.run_name, r.info.status) for r in children] == [("seed=0", "KILLED")]
     assert children[0].data.tags["error"] == "interrupted"
+
+
+@pytest.fixture(scope="module")
+def local_world(tmp_path_factory, sandbox_test_dir):
+    """The README's real-model setting offline: a model folder and a folder of <lang>.txt."""
+    import shutil
+
+    from regionbench.data import sandbox
+
+    root = tmp_path_factory.mktemp("local")
+    shutil.copytree(sandbox_test_dir, root / "model")
+    (root / "texts").mkdir()
+    for lang in ("latn", "grek"):
+        docs = sandbox.generate("importance", [lang], n_docs=150)[lang]
+        (root / "texts" / f"{lang}.txt").write_text("\n\n".join(docs), encoding="utf-8")
+    return root
+
+
+def test_readme_real_model_command_runs_without_eval(store, local_world):
+    """`model=hf model.name=<folder> data=local data.path=<folder>`: no sandbox task asked for."""
+    cfg = compose(["model=hf", f"model.name={local_world / 'model'}", "data=local",
+                   f"data.path={local_world / 'texts'}", "ratio=0.05", "data.eval_docs=10",
+                   f"tracking.uri={store}", "tracking.experiment=local-readme"])
+    result = run_job(cfg, name="local")
+    assert result["status"] == "FINISHED", result
+    m = result["metrics"]
+    assert {"ppl_ratio/latn", "ppl_ratio/grek"} <= set(m)
+    assert not any(k.startswith("lm_eval") for k in m)
+    assert 0 < m["intervention/changed"] <= m["region/params"]
+
+
+def test_importance_cache_key_follows_the_tokenizer(store, local_world, tmp_path):
+    """Same weights, same text, another tokenizer: other samples, so another cache entry."""
+    import shutil
+
+    from regionbench import pipeline
+    from regionbench.testing import tiny_tokenizer
+
+    folder = tmp_path / "model"
+    shutil.copytree(local_world / "model", folder)
+    overrides = ["model=hf", f"model.name={folder}", "data=local",
+                 f"data.path={local_world / 'texts'}", "ratio=0.05", "data.eval_docs=5",
+                 "eval.perplexity=false", f"tracking.uri={store}", "tracking.experiment=tok-key"]
+    client = MlflowClient(tracking_uri=store)
+    tags = []
+    for retokenize in (False, False, True):
+        if retokenize:
+            texts = (local_world / "texts" / "latn.txt").read_text().split("\n\n")
+            tiny_tokenizer(texts, vocab_size=200, full_alphabet=True).save_pretrained(folder)
+        pipeline._MODEL.clear()  # a new process would load the folder afresh
+        result = run_job(compose(overrides), name="tok")
+        assert result["status"] == "FINISHED", result
+        run = client.get_run(result["run_id"])
+        tags.append((run.data.tags["importance_key"], run.data.tags["importance_cache"]))
+    assert tags[1] == (tags[0][0], "hit")
+    assert tags[2][0] != tags[0][0] and tags[2][1] == "miss"

@@ -92,17 +92,42 @@ def test_monolingual_set_algebra_matches_brute_force_and_is_disjoint():
     assert two.numel >= regions["aa"].numel and two.meta["languages"] == "aa,bb"
 
 
-def test_ties_are_broken_by_lowest_index():
+def test_ties_take_strict_winners_first_and_are_deterministic():
     t = torch.tensor([1.0, 3.0, 3.0, 3.0, 0.0, 3.0, 2.0])
-    assert as_set(topk_mask(t, 2)) == {1, 2}
-    assert as_set(topk_mask(t, 4)) == {1, 2, 3, 5}
-    assert as_set(topk_mask(torch.zeros(9), 3, largest=False)) == {0, 1, 2}
+    assert as_set(topk_mask(t, 4)) == {1, 2, 3, 5}  # all four 3.0s
+    two = as_set(topk_mask(t, 2, name="w"))
+    assert len(two) == 2 and two <= {1, 2, 3, 5}  # two of the tied maxima, nothing else
+    assert two == as_set(topk_mask(t, 2, name="w"))  # a pure function of scores and name
+    bottom = as_set(topk_mask(t, 5, largest=False, name="w"))
+    assert {0, 4, 6} < bottom and len(bottom - {0, 4, 6}) == 2  # 1.0, 0.0, 2.0, two of the 3.0s
+    assert not two & bottom  # top 2 + bottom 5 = 7 entries: the tied 3.0s are shared out
     assert as_set(topk_mask(t, 0)) == set() and as_set(topk_mask(t, 7)) == set(range(7))
     # language-independent scores: the random control is the same whatever the language list
     shared = make_scores(langs=("x",))["x"]
     a = select({"aa": shared, "bb": shared}, 0.2, "core")
     b = select({"aa": shared}, 0.2, "core")
     assert all(torch.equal(a.masks[n], b.masks[n]) for n in SHAPES)
+
+
+@pytest.mark.parametrize("zeros", [100, 97, 60])
+def test_core_and_bottom_stay_disjoint_on_ties(zeros):
+    """A matrix with fewer than k non-zero scores (zero-initialised biases, a pruned model):
+    core and core_bottom must still not overlap, and the core must not be the first rows."""
+    shape = (10, 10)
+    g = torch.Generator().manual_seed(1)
+    flat = torch.zeros(100)
+    flat[torch.randperm(100, generator=g)[: 100 - zeros]] = torch.rand(100 - zeros, generator=g)
+    scores = {"aa": {"m.layers.0.w": flat.view(shape)}, "bb": {"m.layers.0.w": torch.zeros(shape)}}
+    for ratio in (0.05, 0.3, 0.5):
+        core = select(scores, ratio, "core").masks["m.layers.0.w"]
+        bottom = select(scores, ratio, "core_bottom").masks["m.layers.0.w"]
+        k = exact_k(ratio, 100)
+        assert int(core.sum()) == int(bottom.sum()) == k
+        assert not (core & bottom).any(), (zeros, ratio)
+        nonzero = set(torch.nonzero(flat).reshape(-1).tolist())
+        assert as_set(core) >= (nonzero if len(nonzero) <= k else set())  # winners go first
+        if zeros == 100:
+            assert as_set(core) != set(range(k))  # not "the first rows"
 
 
 @pytest.mark.parametrize("ratio", [1, 1.0, -0.1, 1.5, float("nan"), "0.1", True])

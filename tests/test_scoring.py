@@ -1,25 +1,25 @@
-"""Importance scores against independent computations on a tiny LLaMA."""
+"""Importance scores against references written from the definition (own tokenization, own
+windows, own per-sample loss and loop) on a tiny LLaMA, and the equal-weight rule."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from regionbench.importance import (
-    METRICS,
-    compute_importance,
-    in_scope,
-    iter_batches,
-    scoped_params,
-    token_windows,
-)
+from regionbench.data.packing import pack
+from regionbench.regions import select
+from regionbench.scope import scoped_params
+from regionbench.scoring import METRICS, compute_importance, importance_samples
 from regionbench.testing import char_tokenizer, tiny_llama
 
 TEXTS = {
     "aa": ["the cat sat on the mat.", "a dog ran far, far away.", "cats and dogs."] * 3,
     "bb": ["zyx wvu tsr qpo.", "mnl kji hgf edc ba."] * 4,
 }
-SEQ, BATCH = 12, 3
+SEQ, BATCH, N = 12, 3, 7  # 7 samples in batches of 3: the last batch is partial
 
 
 @pytest.fixture(scope="module")
@@ -27,108 +27,146 @@ def tok():
     return char_tokenizer()
 
 
-def per_batch_grads(model, tok, docs):
-    """Independent reference: plain autograd, one fp32 gradient dict per batch."""
-    params = {n: p for n, p in model.named_parameters() if ".layers." in n and "norm" not in n}
+def reference_windows(tok, docs, seq_len, n):
+    """The definition: each document is [BOS] ids [EOS], concatenated, cut into windows."""
+    stream = []
+    for doc in docs:
+        stream += [tok.bos_token_id, *tok(doc, add_special_tokens=False)["input_ids"],
+                   tok.eos_token_id]
+    return [stream[i * seq_len:(i + 1) * seq_len] for i in range(n)]
+
+
+def sample_loss(model, window):
+    """Mean next-token negative log-likelihood of one window, from the logits."""
+    ids = torch.tensor([window])
+    logits = model(input_ids=ids).logits[0, :-1].float()
+    return -F.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None]).mean()
+
+
+def block_matrices(model):
+    return {n: p for n, p in model.named_parameters() if ".layers." in n and p.dim() == 2}
+
+
+def per_sample_grads(model, windows):
+    """One fp32 gradient dict per sample, each from its own forward and backward."""
+    params = block_matrices(model)
     out = []
-    for batch in iter_batches(token_windows(tok, docs, SEQ), BATCH):
+    for window in windows:
         model.zero_grad(set_to_none=True)
-        model(input_ids=batch, labels=batch).loss.backward()
+        sample_loss(model, window).backward()
         out.append({n: p.grad.float().clone() for n, p in params.items()})
     model.zero_grad(set_to_none=True)
     return params, out
 
 
-def test_windows_are_bos_prefixed_docs_packed_with_tail_dropped(tok):
-    docs = ["abc", "de", "fghij"]
-    w = token_windows(tok, docs, 4)
-    ids = [1] + tok("abc", add_special_tokens=False)["input_ids"] + [1] + \
-        tok("de", add_special_tokens=False)["input_ids"] + [1] + \
-        tok("fghij", add_special_tokens=False)["input_ids"]  # 13 tokens -> 3 windows of 4
-    assert w.shape == (3, 4) and w.dtype == torch.long
-    assert w.reshape(-1).tolist() == ids[:12]
-
-
-def test_scope_defaults_to_block_params():
+def test_taylor_is_abs_theta_times_summed_per_sample_gradients(tok):
     model = tiny_llama()
-    names = set(scoped_params(model))
-    assert all(".layers." in n for n in names)
-    assert not any("norm" in n for n in names)  # norm gains are vectors, not matrices
-    assert "model.layers.0.input_layernorm.weight" in scoped_params(model, exclude=())
-    assert not {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"} & names
-    assert in_scope("model.layers.1.mlp.up_proj.weight")
-    assert not in_scope("model.layers.1.mlp.up_proj.weight", exclude=[r"mlp\."])
-    assert in_scope("lm_head.weight", include=["lm_head"])
-    mlp_only = scoped_params(model, include=[r"layers\..*mlp"], exclude=["down"])
-    assert mlp_only and all("mlp" in n and "down" not in n for n in mlp_only)
-    with pytest.raises(ValueError, match="no parameter is in scope"):
-        compute_importance(model, None, TEXTS, "magnitude", include=["nothing_matches"])
-
-
-def test_taylor_equals_independent_autograd_and_is_sum_then_abs(tok):
-    model = tiny_llama()
-    scores = compute_importance(model, tok, TEXTS, "taylor", seq_len=SEQ, batch_size=BATCH,
-                                progress=False)
+    scores = compute_importance(model, tok, TEXTS, "taylor", samples=N, seq_len=SEQ,
+                                batch_size=BATCH, progress=False)
     assert set(scores) == set(TEXTS)
     for lang, docs in TEXTS.items():
-        params, grads = per_batch_grads(model, tok, docs)
-        assert len(grads) >= 2  # several batches, so the summation order matters
+        params, grads = per_sample_grads(model, reference_windows(tok, docs, SEQ, N))
         assert set(scores[lang]) == set(params)
         for name, p in params.items():
-            total = sum(g[name] for g in grads)
-            expected = (p.detach() * total).abs()
-            torch.testing.assert_close(scores[lang][name], expected, rtol=1e-5, atol=1e-8)
+            expected = (p.detach() * sum(g[name] for g in grads)).abs()
+            torch.testing.assert_close(scores[lang][name], expected, rtol=1e-4, atol=1e-7)
             assert scores[lang][name].dtype == torch.float32
         # abs-then-sum is a different metric (taylor_abs); taylor must not be it.
         abs_first = {n: sum((p.detach() * g[n]).abs() for g in grads) for n, p in params.items()}
-        diff = max(float((abs_first[n] - scores[lang][n]).abs().max()) for n in params)
-        assert diff > 1e-6
-    assert not torch.equal(scores["aa"]["model.layers.0.mlp.up_proj.weight"],
-                           scores["bb"]["model.layers.0.mlp.up_proj.weight"])
+        assert max(float((abs_first[n] - scores[lang][n]).abs().max()) for n in params) > 1e-6
 
 
-def test_taylor_abs_and_fisher_match_per_batch_definitions(tok):
+def test_taylor_abs_and_fisher_fold_each_batch_sum(tok):
     model = tiny_llama()
-    docs = {"aa": TEXTS["aa"]}
-    params, grads = per_batch_grads(model, tok, docs["aa"])
-    for metric, f in [("taylor_abs", lambda x: x.abs()), ("fisher", lambda x: x.square())]:
-        s = compute_importance(model, tok, docs, metric, seq_len=SEQ, batch_size=BATCH,
-                               progress=False)["aa"]
+    params, grads = per_sample_grads(model, reference_windows(tok, TEXTS["aa"], SEQ, N))
+    batches = [grads[i:i + BATCH] for i in range(0, N, BATCH)]  # 3 + 3 + 1
+    for metric, f in [("taylor_abs", torch.abs), ("fisher", torch.square)]:
+        s = compute_importance(model, tok, {"aa": TEXTS["aa"]}, metric, samples=N, seq_len=SEQ,
+                               batch_size=BATCH, progress=False)["aa"]
         for name, p in params.items():
-            expected = sum(f(p.detach() * g[name]) for g in grads)
-            torch.testing.assert_close(s[name], expected, rtol=1e-5, atol=1e-10)
+            expected = sum(f(p.detach() * sum(g[name] for g in b)) for b in batches)
+            torch.testing.assert_close(s[name], expected, rtol=1e-4, atol=1e-9)
+
+
+def test_more_text_changes_neither_the_scores_nor_the_core(tok):
+    """Equal weight: a language with three times the text is scored on the same samples."""
+    model = tiny_llama()
+    tripled = dict(TEXTS, aa=TEXTS["aa"] * 3)
+    for samples in (N, None):
+        a = compute_importance(model, tok, TEXTS, samples=samples, seq_len=SEQ,
+                               batch_size=BATCH, progress=False)
+        b = compute_importance(model, tok, tripled, samples=samples, seq_len=SEQ,
+                               batch_size=BATCH, progress=False)
+        for lang in TEXTS:
+            for name in a[lang]:
+                ratio = float(b[lang][name].sum() / a[lang][name].sum())
+                assert math.isclose(ratio, 1.0, rel_tol=1e-2), (samples, lang, name, ratio)
+        core_a, core_b = select(a, 0.05, "core"), select(b, 0.05, "core")
+        assert all(torch.equal(core_a.masks[n], core_b.masks[n]) for n in core_a.masks)
+
+
+def test_batching_does_not_change_taylor(tok):
+    """A partial last batch weighs by its size: one batch of 7 == batches of 3, 3 and 1."""
+    model = tiny_llama()
+    kw = {"samples": N, "seq_len": SEQ, "progress": False}
+    one = compute_importance(model, tok, TEXTS, batch_size=N, **kw)
+    three = compute_importance(model, tok, TEXTS, batch_size=BATCH, **kw)
+    for lang in TEXTS:
+        for name in one[lang]:
+            torch.testing.assert_close(one[lang][name], three[lang][name], rtol=1e-4, atol=1e-7)
+
+
+def test_samples_none_takes_as_many_as_the_shortest_language(tok):
+    windows = importance_samples(tok, TEXTS, SEQ, None)
+    own = {lang: pack(tok, docs, SEQ).shape[0] for lang, docs in TEXTS.items()}
+    assert own["aa"] != own["bb"]
+    assert {w.shape for w in windows.values()} == {(min(own.values()), SEQ)}
+    for lang, docs in TEXTS.items():
+        expected = reference_windows(tok, docs, SEQ, min(own.values()))
+        assert windows[lang].tolist() == expected
+
+
+def test_packing_reads_a_stream_only_as_far_as_needed(tok):
+    read = []
+
+    def endless():
+        i = 0
+        while True:
+            read.append(i)
+            yield "the cat sat on the mat."
+            i += 1
+
+    w = pack(tok, endless(), SEQ, n_windows=5)
+    assert w.tolist() == reference_windows(tok, ["the cat sat on the mat."] * 10, SEQ, 5)
+    assert len(read) <= 512  # a chunk or two, not the whole (endless) stream
 
 
 def test_bf16_model_accumulates_in_fp32(tok):
     model = tiny_llama().to(torch.bfloat16)
-    docs = {"aa": TEXTS["aa"]}
-    params, grads = per_batch_grads(model, tok, docs["aa"])
-    s = compute_importance(model, tok, docs, "taylor", seq_len=SEQ, batch_size=BATCH,
-                           progress=False)["aa"]
+    params, grads = per_sample_grads(model, reference_windows(tok, TEXTS["aa"], SEQ, N))
+    s = compute_importance(model, tok, {"aa": TEXTS["aa"]}, "taylor", samples=N, seq_len=SEQ,
+                           batch_size=N, progress=False)["aa"]
     for name, p in params.items():
         assert p.dtype == torch.bfloat16 and s[name].dtype == torch.float32
-        fp32_sum = torch.zeros(p.shape)
-        for g in grads:
-            fp32_sum += g[name]
-        torch.testing.assert_close(s[name], (p.detach().float() * fp32_sum).abs(),
-                                   rtol=1e-5, atol=1e-10)
+        reference = (p.detach().float() * sum(g[name] for g in grads)).abs()
+        # bf16 forward/backward: agree in the bulk, not to fp32 precision
+        assert float(F.cosine_similarity(s[name].flatten(), reference.flatten(), dim=0)) > 0.99
 
 
 def test_accumulate_device_cpu_gives_same_scores(tok):
     model, texts = tiny_llama(), {"bb": TEXTS["bb"]}
-    a = compute_importance(model, tok, texts, seq_len=SEQ, batch_size=BATCH, progress=False)
-    b = compute_importance(model, tok, texts, seq_len=SEQ, batch_size=BATCH, progress=False,
-                           accumulate_device="cpu")
-    for lang in texts:
-        for name in a[lang]:
-            assert torch.equal(a[lang][name], b[lang][name])
-            assert b[lang][name].device.type == "cpu"
+    kw = {"samples": N, "seq_len": SEQ, "batch_size": BATCH, "progress": False}
+    a = compute_importance(model, tok, texts, **kw)
+    b = compute_importance(model, tok, texts, accumulate_device="cpu", **kw)
+    for name in a["bb"]:
+        assert torch.equal(a["bb"][name], b["bb"][name])
+        assert b["bb"][name].device.type == "cpu"
 
 
 def test_model_state_unchanged_and_scored_in_eval_mode(tok):
     model = tiny_llama()
-    reference = compute_importance(model, tok, TEXTS, seq_len=SEQ, batch_size=BATCH,
-                                   progress=False)
+    kw = {"samples": N, "seq_len": SEQ, "batch_size": BATCH, "progress": False}
+    reference = compute_importance(model, tok, TEXTS, **kw)
     # Dropout that would change the scores if scoring ran in train mode.
     for layer in model.model.layers:
         layer.self_attn.attention_dropout = 0.5
@@ -149,10 +187,10 @@ def test_model_state_unchanged_and_scored_in_eval_mode(tok):
         assert not module.training
 
     handle = model.register_forward_pre_hook(no_grad_buffers_alive)
-    scores = compute_importance(model, tok, TEXTS, seq_len=SEQ, batch_size=BATCH, progress=False)
+    scores = compute_importance(model, tok, TEXTS, **kw)
     handle.remove()
 
-    assert len(forwards) > 4 and all(forwards)
+    assert len(forwards) == 6 and all(forwards)  # 2 languages x 3 batches
     assert model.training
     assert all(m.training for m in model.modules())
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
@@ -163,6 +201,14 @@ def test_model_state_unchanged_and_scored_in_eval_mode(tok):
         for name in reference[lang]:
             assert torch.equal(scores[lang][name], reference[lang][name])
     assert scores["aa"]["model.layers.0.mlp.up_proj.weight"].abs().sum() > 0
+
+
+def test_second_call_gives_the_same_scores(tok):
+    model = tiny_llama()
+    kw = {"samples": N, "seq_len": SEQ, "batch_size": BATCH, "progress": False}
+    a = compute_importance(model, tok, TEXTS, **kw)
+    b = compute_importance(model, tok, TEXTS, **kw)
+    assert all(torch.equal(a[lg][n], b[lg][n]) for lg in a for n in a[lg])
 
 
 def test_static_metrics_are_language_independent_and_seeded():
@@ -181,6 +227,7 @@ def test_static_metrics_are_language_independent_and_seeded():
     assert float(r0["aa"][name].min()) >= 0 and float(r0["aa"][name].max()) < 1
     # A parameter's draw does not depend on what else is in scope.
     narrow = compute_importance(model, None, TEXTS, "random", seed=0, include=["layers.1.self"])
+    assert set(narrow["aa"]) < set(r0["aa"])
     assert torch.equal(narrow["aa"][name], r0["aa"][name])
 
 
@@ -188,8 +235,10 @@ def test_bad_inputs_fail_fast_with_one_line_errors(tok):
     model = tiny_llama()
     with pytest.raises(ValueError, match="unknown metric 'tailor': did you mean 'taylor'"):
         compute_importance(model, tok, TEXTS, "tailor")
+    with pytest.raises(ValueError, match="language 'aa'.*fewer than the 500 asked for"):
+        compute_importance(model, tok, TEXTS, samples=500, seq_len=SEQ, progress=False)
     with pytest.raises(ValueError, match="fewer than seq_len"):
         compute_importance(model, tok, {"aa": ["ab"]}, seq_len=SEQ, progress=False)
     with pytest.raises(ValueError, match="non-empty"):
         compute_importance(model, tok, {}, progress=False)
-    assert {"taylor", "magnitude", "random"} <= set(METRICS)
+    assert {"taylor", "magnitude", "random", "taylor_abs", "fisher"} == set(METRICS)

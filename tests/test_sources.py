@@ -81,3 +81,74 @@ def test_flores_codes():
     assert set(PAPER_EVAL_LANGS) <= set(FLORES_CODES)
     assert FLORES_CODES["zh"] == "cmn_Hans"
     assert len(PAPER_EVAL_LANGS) == 30
+
+
+class FakeHub:
+    """Stands in for `datasets.load_dataset(..., streaming=True)`: records what was asked."""
+
+    def __init__(self, rows):
+        self.rows, self.calls = rows, []
+
+    def __call__(self, repo, name, split, streaming):
+        self.calls.append((repo, name, split, streaming))
+        return iter([{"text": r} for r in self.rows[split]])
+
+
+def test_hub_path_and_config_are_the_dataset_actually_streamed(monkeypatch):
+    import datasets
+
+    fake = FakeHub({"train": [f"document {i}" for i in range(50)]})
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    load_texts("wikipedia", "eval", ["ar"], n_docs=2)
+    load_texts("wikipedia", "eval", ["ar"], n_docs=2, path="me/wiki", config="2024.{lang}")
+    load_texts("c4", "eval", ["ko"], n_docs=1)
+    assert fake.calls == [("wikimedia/wikipedia", "20231101.ar", "train", True),
+                          ("me/wiki", "2024.ar", "train", True),
+                          ("allenai/c4", "ko", "train", True)]
+
+
+def test_flores_importance_and_training_text_never_overlap(monkeypatch):
+    import datasets
+
+    dev = [f"sentence number {i}." for i in range(400)]
+    fake = FakeHub({"dev": dev, "devtest": [f"test {i}." for i in range(30)]})
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    imp = load_texts("flores", "importance", ["ar"])["ar"]
+    train = load_texts("flores", "train", ["ar"])["ar"]
+    ev = load_texts("flores", "eval", ["ar"])["ar"]
+    assert not set(imp) & set(train) and set(imp) | set(train) == set(dev)
+    assert 150 < len(imp) < 250  # two halves, by hash
+    assert ev == [f"test {i}." for i in range(30)]
+    assert {c[1] for c in fake.calls} == {"arb_Arab"}
+
+
+def test_belebele_codes_and_source_tasks():
+    from regionbench.data.sources import FLORES200_CODES, default_tasks
+
+    assert FLORES200_CODES["zh"] == "zho_Hans" and FLORES200_CODES["ar"] == "arb_Arab"
+    assert default_tasks("sandbox") == ("sandbox_grammar",) and default_tasks("local") == ()
+
+
+def test_every_paper_language_has_its_belebele_task():
+    from pathlib import Path
+
+    import lm_eval
+
+    from regionbench.data.sources import FLORES200_CODES, PAPER_EVAL_LANGS
+
+    folder = Path(lm_eval.__file__).parent / "tasks" / "belebele"
+    missing = [lang for lang in PAPER_EVAL_LANGS
+               if not (folder / f"belebele_{FLORES200_CODES[lang]}.yaml").is_file()]
+    assert not missing
+
+
+def test_sandbox_stream_is_the_generated_corpus_read_lazily():
+    import itertools
+
+    from regionbench.data import sandbox
+
+    for split in ("importance", "eval", "train"):
+        head = list(itertools.islice(sandbox.stream(split, "grek"), 7))
+        assert head == sandbox.generate(split, ["grek"], n_docs=7)["grek"]
+    assert load_texts("sandbox", "eval", ["latn"], n_docs=3) == sandbox.generate(
+        "eval", ["latn"], n_docs=3)

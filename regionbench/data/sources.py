@@ -1,8 +1,13 @@
 """Text sources by short name: the sandbox, local files, and hub corpora through `datasets`.
 
-Hub corpora are streamed and only the first N documents of a split are read. Corpora that ship a
-single split are divided by a hash of each document (20% eval, 20% importance, 60% train), so a
-document's split never depends on how many documents a run asks for.
+    docs = iter_texts("wikipedia", "importance", "ar")     # a lazy stream of documents
+    texts = load_texts("sandbox", "eval", n_docs=200)      # {lang: [doc, ...]}
+
+Hub corpora are streamed and only the documents a run needs are read. Corpora that ship a single
+split are divided by a hash of each document (20% eval, 20% importance, 60% train), so a
+document's split never depends on how many documents a run asks for. FLORES+ ships `dev` and
+`devtest`: evaluation reads devtest (as the paper), importance and training split dev by hash
+into two disjoint halves, so further training never sees the sentences that scored importance.
 """
 
 from __future__ import annotations
@@ -32,12 +37,19 @@ FLORES_CODES = {
     "sv": "swe_Latn", "ta": "tam_Taml", "tr": "tur_Latn", "uk": "ukr_Cyrl", "vi": "vie_Latn",
 }
 
+# Belebele (and other FLORES-200 task families) still call Mandarin zho_Hans.
+FLORES200_CODES = FLORES_CODES | {"zh": "zho_Hans"}
+
+# Each hub source: (dataset repo, config name template); `data.path` / `data.config` override them.
 HUB_DATASETS = {
     "wikipedia": ("wikimedia/wikipedia", "20231101.{lang}"),
     "culturax": ("uonlp/CulturaX", "{lang}"),
     "c4": ("allenai/c4", "{lang}"),
     "flores": ("openlanguagedata/flores_plus", "{flores}"),
 }
+CONFIG_FIELDS = ("lang", "flores")
+# lm-eval tasks that come with a source (the default `eval.lm_eval.tasks`).
+SOURCE_TASKS: dict[str, tuple[str, ...]] = {"sandbox": ("sandbox_grammar",)}
 SOURCES = ("sandbox", "local", *HUB_DATASETS)
 LOCAL_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
@@ -75,6 +87,54 @@ def check_langs(source: str, langs: Iterable[str], path: str | None = None) -> l
     return langs
 
 
+def check_config(source: str, config: object) -> None:
+    """`data.config` is a hub config name template such as '20231101.{lang}' (quote it in YAML:
+    an unquoted {lang} is a mapping)."""
+    if config is None:
+        return
+    if source not in HUB_DATASETS:
+        raise ValueError(f"data.config {config!r} only applies to hub sources "
+                         f"({', '.join(HUB_DATASETS)}), not data={source}")
+    if not isinstance(config, str):
+        raise ValueError(f"data.config {config!r} is not a string: write a config name template "
+                         f"such as '20231101.{{lang}}' in quotes; fields: {', '.join(CONFIG_FIELDS)}")
+    import string
+
+    fields = [f for _, f, _, _ in string.Formatter().parse(config) if f is not None]
+    for field in fields:
+        check_choice("field in data.config", field, CONFIG_FIELDS)
+
+
+def default_tasks(source: str) -> tuple[str, ...]:
+    """The lm-eval tasks a source brings along (sandbox: its grammar pairs; others: none)."""
+    return SOURCE_TASKS.get(source, ())
+
+
+def iter_texts(
+    source: str,
+    split: str,
+    lang: str,
+    *,
+    path: str | None = None,
+    config: str | None = None,
+    text_field: str = "text",
+    seed: int = 0,
+) -> Iterator[str]:
+    """A lazy stream of one language's non-empty documents (stripped) of one split."""
+    check_choice("data source", source, SOURCES)
+    check_choice("split", split, SPLITS)
+    check_langs(source, [lang], path)
+    if source == "sandbox":
+        from regionbench.data import sandbox
+
+        docs: Iterable[str] = sandbox.stream(split, lang, seed=seed)
+    elif source == "local":
+        docs = _local_docs(_local_root(path), lang, split, text_field)
+    else:
+        docs = _hub_docs(source, lang, split, text_field, path=path, config=config)
+    return (d.strip() for d in docs if d and d.strip())
+
+
 def load_texts(
     source: str = "sandbox",
     split: str = "eval",
@@ -82,26 +142,25 @@ def load_texts(
     n_docs: int | None = None,
     *,
     path: str | None = None,
+    config: str | None = None,
     text_field: str = "text",
     seed: int = 0,
 ) -> dict[str, list[str]]:
-    """`{lang: [document, ...]}` for one split of one source (the first `n_docs` per language)."""
+    """`{lang: [document, ...]}` for one split of one source (the first `n_docs` per language;
+    the sandbox's default count when `n_docs` is None, every document for other sources)."""
     check_choice("data source", source, SOURCES)
     check_choice("split", split, SPLITS)
     langs = check_langs(source, langs or default_langs(source, split, path), path)
-    if source == "sandbox":
+    if source == "sandbox" and n_docs is None:
         from regionbench.data import sandbox
 
-        return sandbox.generate(split, langs=langs, n_docs=n_docs, seed=seed)
-    if source == "local":
-        root = _local_root(path)
-        return {lang: _take(_local_docs(root, lang, split, text_field), n_docs) for lang in langs}
-    return {lang: _take(_hub_docs(source, lang, split, text_field), n_docs) for lang in langs}
-
-
-def _take(docs: Iterator[str], n: int | None) -> list[str]:
-    docs = (d.strip() for d in docs if d and d.strip())
-    return list(docs if n is None else itertools.islice(docs, n))
+        n_docs = sandbox.DEFAULT_DOCS[split]
+    out = {}
+    for lang in langs:
+        docs = iter_texts(source, split, lang, path=path, config=config, text_field=text_field,
+                          seed=seed)
+        out[lang] = list(docs if n_docs is None else itertools.islice(docs, n_docs))
+    return out
 
 
 def _hash_split(text: str) -> str:
@@ -171,11 +230,13 @@ def _read_local(file: Path, text_field: str) -> list[str]:
 
 # --- hub corpora ---------------------------------------------------------------------------------
 
-def _hub_docs(source: str, lang: str, split: str, text_field: str) -> Iterator[str]:
+def _hub_docs(source: str, lang: str, split: str, text_field: str, *, path: str | None = None,
+              config: str | None = None) -> Iterator[str]:
     import datasets
 
-    repo, config = HUB_DATASETS[source]
-    name = config.format(lang=lang, flores=FLORES_CODES.get(lang, lang))
+    repo, template = HUB_DATASETS[source]
+    repo, template = path or repo, config or template
+    name = template.format(lang=lang, flores=FLORES_CODES.get(lang, lang))
     hub_split = "train"
     if source == "flores":  # FLORES ships dev/devtest: evaluate on devtest like the paper
         hub_split = "devtest" if split == "eval" else "dev"
@@ -189,5 +250,12 @@ def _hub_docs(source: str, lang: str, split: str, text_field: str) -> Iterator[s
             f"cannot stream {repo!r} config {name!r} for data={source} ({msg}); offline or gated? "
             "use data=local with files on disk, or data=sandbox") from None
     docs: Iterator[str] = (row[text_field] for row in itertools.chain([first], rows))
-    return docs if source == "flores" else _by_hash(docs, split)
+    if source == "flores":
+        # dev is split in two by hash: importance and further training never share a sentence.
+        return docs if split == "eval" else (d for d in docs if d and _flores_half(d) == split)
+    return _by_hash(docs, split)
+
+
+def _flores_half(text: str) -> str:
+    return "importance" if hashlib.sha256(text.strip().encode()).digest()[0] % 2 else "train"
 

@@ -6,10 +6,12 @@
 Each document is scored on its own, exactly as lm-eval's `loglikelihood_rolling` does (the
 `word_perplexity`/`bits_per_byte` tasks such as wikitext): the tokens, without special tokens,
 are preceded by one prefix token (BOS, or EOS where the tokenizer has no BOS) and cut into
-disjoint windows of at most `max_length` tokens; every token is predicted once, and a window
-after the first conditions on the `max_length` tokens before it. Unlike the harness, all
-windows of all languages are batched together (sorted by length, right-padded), which is where
-the speed comes from (see benchmarks/bench_perplexity.py).
+disjoint windows of at most `max_length` tokens (default: the model's context length, resolved
+exactly as lm-eval's HFLM does); every token is predicted once, and a window after the first
+conditions on the `max_length` tokens before it. Unlike the harness, all windows of all languages
+are batched together (sorted by length, right-padded), which is where the speed comes from (see
+benchmarks/bench_perplexity.py); a batch holds at most `batch_size` windows and at most
+`batch_size * 2048` padded tokens, so long-context models score long documents a few at a time.
 
 Why bits per byte as well as perplexity: token-level perplexity depends on the tokenizer (a
 language the vocabulary splits into many short tokens gets many easy predictions and a low
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-DEFAULT_MAX_LENGTH_CAP = 2048  # long-context models: bound the (batch, length, vocab) logits
+TOKENS_PER_ROW = 2048  # batch_size * this bounds a batch's padded tokens (and its logits)
 
 
 @dataclass(frozen=True)
@@ -42,15 +44,18 @@ class LangPerplexity:
 
 
 def default_max_length(model, tokenizer) -> int:
-    """The model's context length as lm-eval resolves it, capped at DEFAULT_MAX_LENGTH_CAP."""
-    config = getattr(model.config, "text_config", None) or model.config
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        if getattr(config, attr, None):
-            return min(int(getattr(config, attr)), DEFAULT_MAX_LENGTH_CAP)
-    limit = getattr(tokenizer, "model_max_length", None)
-    if limit and limit < 10**9:  # transformers' "no limit" is a huge sentinel
-        return min(int(limit), DEFAULT_MAX_LENGTH_CAP)
-    return DEFAULT_MAX_LENGTH_CAP
+    """The model's context length exactly as lm-eval's HFLM resolves it (config, then the
+    tokenizer's model_max_length, then 2048), so our windows are the harness's windows."""
+    try:
+        from lm_eval.models.utils import resolve_max_length
+    except ImportError:  # lm-eval < 0.4.11: the same rule, inlined in HFLM.max_length
+        config = getattr(model.config, "text_config", None) or model.config
+        for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+            if getattr(config, attr, None) is not None:
+                return int(getattr(config, attr))
+        limit = getattr(tokenizer, "model_max_length", None)
+        return int(limit) if limit is not None and limit < 10**30 else 2048
+    return resolve_max_length(model.config, tokenizer)
 
 
 def prefix_token_id(tokenizer) -> int:
@@ -94,8 +99,8 @@ def perplexity(
 ) -> dict[str, LangPerplexity]:
     """Score every language's documents; see the module docstring for the exact protocol.
 
-    `max_length` defaults to the model's context length (at most 2048); `batch_size` counts
-    windows per forward pass. The model's train/eval mode is restored afterwards.
+    `max_length` defaults to the model's context length (as lm-eval); `batch_size` counts windows
+    per forward pass. The model's train/eval mode is restored afterwards.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size!r} is not a positive integer")
@@ -141,6 +146,7 @@ def _score_windows(model, windows, n_groups: int, batch_size: int, progress: boo
     # shows up on the first batch rather than after minutes.
     order = sorted(range(len(windows)), key=lambda k: -len(windows[k][1]))
     totals = torch.zeros(n_groups, dtype=torch.float64)
+    batches = _token_budget_batches(order, [len(w[1]) - 1 for w in windows], batch_size)
     modes = {module: module.training for module in model.modules()}
     model.eval()
     bar = tqdm(
@@ -148,8 +154,8 @@ def _score_windows(model, windows, n_groups: int, batch_size: int, progress: boo
     )
     try:
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                batch = [windows[k] for k in order[start : start + batch_size]]
+            for members in batches:
+                batch = [windows[k] for k in members]
                 ids, mask, labels = (t.to(device) for t in _pad(batch))
                 logits = model(input_ids=ids, attention_mask=mask).logits
                 # Row by row keeps the fp32 copy of the logits to one (length, vocab) matrix.
@@ -167,6 +173,21 @@ def _score_windows(model, windows, n_groups: int, batch_size: int, progress: boo
         for module, training in modes.items():
             module.train(training)
     return totals.tolist()
+
+
+def _token_budget_batches(order: list[int], lengths: list[int], batch_size: int
+                          ) -> list[list[int]]:
+    """Consecutive runs of `order` (longest first) with at most `batch_size` windows and at most
+    `batch_size * TOKENS_PER_ROW` padded tokens (the first window sets a batch's width)."""
+    batches: list[list[int]] = []
+    budget = batch_size * TOKENS_PER_ROW
+    for k in order:
+        if batches and len(batches[-1]) < batch_size and \
+                lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= budget:
+            batches[-1].append(k)
+        else:
+            batches.append([k])
+    return batches
 
 
 def _pad(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
