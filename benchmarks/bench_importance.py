@@ -28,19 +28,33 @@ def synthetic_texts(n_docs: int, langs: int, seed: int = 0) -> dict[str, list[st
     rng = random.Random(seed)
     out = {}
     for i in range(langs):
-        letters = "abcdefghijklmnopqrstuvwxyz"[i * 5 % 26:] + "abcde"
-        out[f"l{i}"] = [" ".join("".join(rng.choice(letters[:8]) for _ in range(rng.randint(2, 7)))
-                                 for _ in range(rng.randint(20, 60))) + "." for _ in range(n_docs)]
+        letters = "abcdefghijklmnopqrstuvwxyz"[i * 5 % 26 :] + "abcde"
+        out[f"l{i}"] = [
+            " ".join(
+                "".join(rng.choice(letters[:8]) for _ in range(rng.randint(2, 7)))
+                for _ in range(rng.randint(20, 60))
+            )
+            + "."
+            for _ in range(n_docs)
+        ]
     return out
 
 
 def build_model(args) -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden,
-                      intermediate_size=int(args.hidden * 8 / 3) // 8 * 8,
-                      num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                      num_key_value_heads=args.heads, max_position_embeddings=args.seq_len,
-                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=int(args.hidden * 8 / 3) // 8 * 8,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=args.seq_len,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     return LlamaForCausalLM(cfg).to(device=args.device, dtype=getattr(torch, args.dtype)).eval()
 
 
@@ -100,9 +114,11 @@ def main() -> None:
     params = scoped_params(model)
     n_scope = sum(p.numel() for p in params.values())
     n_all = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_all / 1e6:.2f}M params ({n_scope / 1e6:.2f}M in scope), {args.dtype} on "
-          f"{args.device}; {args.langs} langs, {tokens} tokens, {len(batches)} batches of "
-          f"{args.batch_size}x{args.seq_len}; torch threads {torch.get_num_threads()}")
+    print(
+        f"model: {n_all / 1e6:.2f}M params ({n_scope / 1e6:.2f}M in scope), {args.dtype} on "
+        f"{args.device}; {args.langs} langs, {tokens} tokens, {len(batches)} batches of "
+        f"{args.batch_size}x{args.seq_len}; torch threads {torch.get_num_threads()}"
+    )
 
     plain_loop(model, batches[:1], args.device)  # warm-up (allocator, kernels)
     plain_t, scope_t, imp_t = [], [], []
@@ -117,26 +133,38 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         sync(args.device)
         t0 = time.perf_counter()
-        scores = compute_importance(model, tok, texts, "taylor", seq_len=args.seq_len,
-                                    samples=int(next(iter(windows.values())).shape[0]),
-                                    batch_size=args.batch_size, progress=False,
-                                    accumulate_device=args.accumulate_device)
+        scores = compute_importance(
+            model,
+            tok,
+            texts,
+            "taylor",
+            seq_len=args.seq_len,
+            samples=int(next(iter(windows.values())).shape[0]),
+            batch_size=args.batch_size,
+            progress=False,
+            accumulate_device=args.accumulate_device,
+        )
         sync(args.device)
         imp_t.append(time.perf_counter() - t0)
         imp_peak = peak(args.device)
         del scores
 
     p, q, i = min(plain_t), min(scope_t), min(imp_t)
-    print(f"plain fwd+bwd, all grads   : {tokens / p:9.0f} tokens/s  ({p:.3f} s, best of "
-          f"{args.repeats})")
+    print(
+        f"plain fwd+bwd, all grads   : {tokens / p:9.0f} tokens/s  ({p:.3f} s, best of "
+        f"{args.repeats})"
+    )
     print(f"plain fwd+bwd, scope grads : {tokens / q:9.0f} tokens/s  ({q:.3f} s)")
-    print(f"importance (taylor)        : {tokens / i:9.0f} tokens/s  ({i:.3f} s, incl. "
-          "tokenization)")
+    print(
+        f"importance (taylor)        : {tokens / i:9.0f} tokens/s  ({i:.3f} s, incl. tokenization)"
+    )
     print(f"ratio importance/plain tokens/s: {p / i:.3f} (all grads), {q / i:.3f} (scope grads)")
     elem = torch.finfo(getattr(torch, args.dtype)).bits // 8
-    print(f"memory: fp32 accumulators {4 * n_scope / 2**20:.1f} MiB (one language at a time, "
-          f"on {args.accumulate_device or args.device}); plain loop .grad {elem * n_all / 2**20:.1f}"
-          f" MiB; weights {elem * n_all / 2**20:.1f} MiB")
+    print(
+        f"memory: fp32 accumulators {4 * n_scope / 2**20:.1f} MiB (one language at a time, "
+        f"on {args.accumulate_device or args.device}); plain loop .grad {elem * n_all / 2**20:.1f}"
+        f" MiB; weights {elem * n_all / 2**20:.1f} MiB"
+    )
     if plain_peak is not None:
         print(f"peak CUDA memory: plain {plain_peak:.1f} MiB, importance {imp_peak:.1f} MiB")
     else:

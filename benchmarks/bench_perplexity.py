@@ -98,8 +98,9 @@ def main() -> None:
     raw = sandbox.generate("eval", n_docs=args.docs * args.repeat_docs)
     k = args.repeat_docs
     texts = {lang: [" ".join(d[i : i + k]) for i in range(0, len(d), k)] for lang, d in raw.items()}
-    tok = tiny_tokenizer([doc for docs in texts.values() for doc in docs], args.vocab,
-                         full_alphabet=True)
+    tok = tiny_tokenizer(
+        [doc for docs in texts.values() for doc in docs], args.vocab, full_alphabet=True
+    )
     model = build_model(args, len(tok))
 
     from lm_eval.models.huggingface import HFLM

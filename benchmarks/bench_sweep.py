@@ -36,8 +36,13 @@ from regionbench.sandbox import ensure_sandbox_model, sandbox_path
 def run_cli(args: list[str], cwd: Path, cache: Path) -> float:
     env = dict(os.environ, REGIONBENCH_CACHE=str(cache))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "regionbench", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "regionbench", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"regionbench {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return time.perf_counter() - start
@@ -55,14 +60,17 @@ def fresh_cache(root: Path, model: str, built: Path) -> Path:
 def logged(uri: str) -> dict[str, float]:
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("regionbench")
-    return {r.data.params["ratio"]: r.data.metrics["ppl_ratio/mean"]
-            for r in client.search_runs([exp.experiment_id], max_results=1000)
-            if "ratio" in r.data.params and r.info.status == "FINISHED"}
+    return {
+        r.data.params["ratio"]: r.data.metrics["ppl_ratio/mean"]
+        for r in client.search_runs([exp.experiment_id], max_results=1000)
+        if "ratio" in r.data.params and r.info.status == "FINISHED"
+    }
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--ratios", nargs="+", default=["0.01", "0.03", "0.05"])
     ap.add_argument("--model", default="sandbox-m", help="a sandbox model")
     ap.add_argument("--args", nargs="*", default=[], help="more overrides for every job")
@@ -79,33 +87,44 @@ def main() -> None:
 
         cwd = root / "sweep"
         cwd.mkdir()
-        times["sweep"] = run_cli(overrides("sweep", "-m", "ratio=" + ",".join(args.ratios)),
-                                 cwd, fresh_cache(root, args.model, built))
+        times["sweep"] = run_cli(
+            overrides("sweep", "-m", "ratio=" + ",".join(args.ratios)),
+            cwd,
+            fresh_cache(root, args.model, built),
+        )
         print(f"sweep        {times['sweep']:7.1f} s", flush=True)
 
         times["independent"] = 0.0
         for ratio in args.ratios:
-            times["independent"] += run_cli(overrides("independent", f"ratio={ratio}"), cwd,
-                                            fresh_cache(root, args.model, built))
+            times["independent"] += run_cli(
+                overrides("independent", f"ratio={ratio}"),
+                cwd,
+                fresh_cache(root, args.model, built),
+            )
         print(f"independent  {times['independent']:7.1f} s", flush=True)
 
         shared = fresh_cache(root, args.model, built)
-        times["separate"] = sum(run_cli(overrides("separate", f"ratio={ratio}"), cwd, shared)
-                                for ratio in args.ratios)
+        times["separate"] = sum(
+            run_cli(overrides("separate", f"ratio={ratio}"), cwd, shared) for ratio in args.ratios
+        )
         print(f"separate     {times['separate']:7.1f} s", flush=True)
 
         for mode in times:
             values[mode] = logged(f"sqlite:///{root}/{mode}.db")
 
     k = len(args.ratios)
-    print(f"\n{k} ratios on {args.model}: "
-          f"sweep {times['independent'] / times['sweep']:.2f}x faster than {k} independent runs, "
-          f"separate processes with a shared cache {times['independent'] / times['separate']:.2f}x")
+    print(
+        f"\n{k} ratios on {args.model}: "
+        f"sweep {times['independent'] / times['sweep']:.2f}x faster than {k} independent runs, "
+        f"separate processes with a shared cache {times['independent'] / times['separate']:.2f}x"
+    )
     for ratio in args.ratios:
         got = {mode: values[mode].get(ratio) for mode in times}
         same = len(set(got.values())) == 1 and None not in got.values()
-        print(f"ratio {ratio}: ppl_ratio/mean {got['sweep']:.6g} "
-              f"({'identical in all modes' if same else f'DIFFERS: {got}'})")
+        print(
+            f"ratio {ratio}: ppl_ratio/mean {got['sweep']:.6g} "
+            f"({'identical in all modes' if same else f'DIFFERS: {got}'})"
+        )
         if not same:
             raise SystemExit(1)
 

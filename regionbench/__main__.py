@@ -1,8 +1,8 @@
 """`python -m regionbench [overrides]`: the Hydra entry point, a shim over `pipeline.run_job`.
 
-    python -m regionbench                                 # one job, default config
-    python -m regionbench -m ratio=0.01,0.03,0.05         # a sweep, one MLflow run per job
-    python -m regionbench --help                          # config groups and their options
+python -m regionbench                                 # one job, default config
+python -m regionbench -m ratio=0.01,0.03,0.05         # a sweep, one MLflow run per job
+python -m regionbench --help                          # config groups and their options
 """
 
 from __future__ import annotations

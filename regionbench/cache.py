@@ -60,8 +60,7 @@ def _canonical(value):
 
 def canonical_json(inputs: Mapping) -> str:
     """The canonical JSON text of `inputs`: sorted keys, no whitespace, lists kept in order."""
-    return json.dumps(_canonical(inputs), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=False)
+    return json.dumps(_canonical(inputs), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def cache_key(**inputs) -> str:
@@ -73,7 +72,9 @@ def cache_key(**inputs) -> str:
 def fingerprint_texts(texts: Mapping[str, list[str]]) -> str:
     """sha256 of the texts: language order is irrelevant, document order is not (it decides
     the windows)."""
-    return hashlib.sha256(canonical_json({k: list(v) for k, v in texts.items()}).encode()).hexdigest()
+    return hashlib.sha256(
+        canonical_json({k: list(v) for k, v in texts.items()}).encode()
+    ).hexdigest()
 
 
 def fingerprint_samples(samples: Mapping[str, Tensor]) -> str:
@@ -173,8 +174,12 @@ class ScoreCache:
             return None
         return json.loads((self.path(key) / "manifest.json").read_text(encoding="utf-8"))["meta"]
 
-    def put(self, key: str, scores: Mapping[str, Mapping[str, Tensor]], meta: dict | None = None,
-            ) -> None:
+    def put(
+        self,
+        key: str,
+        scores: Mapping[str, Mapping[str, Tensor]],
+        meta: dict | None = None,
+    ) -> None:
         """Store `scores` atomically; a no-op if a complete entry for `key` already exists."""
         from filelock import FileLock
         from safetensors.torch import save_file
@@ -199,17 +204,25 @@ class ScoreCache:
                     if fname is None:
                         fname = f"scores_{len(written)}.safetensors"
                         path = tmp / fname
-                        save_file({n: t.detach().to("cpu").contiguous() for n, t in tensors.items()},
-                                  str(path))
+                        save_file(
+                            {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()},
+                            str(path),
+                        )
                         _fsync(path)
                         written[id(tensors)] = fname
                         files[fname] = {"bytes": path.stat().st_size, "tensors": list(tensors)}
                     languages[str(lang)] = fname
-                manifest = {"format": FORMAT, "key": key, "languages": languages, "files": files,
-                            "meta": json.loads(json.dumps(meta or {}, default=str))}
+                manifest = {
+                    "format": FORMAT,
+                    "key": key,
+                    "languages": languages,
+                    "files": files,
+                    "meta": json.loads(json.dumps(meta or {}, default=str)),
+                }
                 mpath = tmp / "manifest.json"
-                mpath.write_text(json.dumps(manifest, indent=1, ensure_ascii=False),
-                                 encoding="utf-8")
+                mpath.write_text(
+                    json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8"
+                )
                 _fsync(mpath)
                 if entry.exists():
                     shutil.rmtree(entry)  # an incomplete entry (get() said miss)

@@ -52,12 +52,20 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         tracker = _tracker(config)
         overrides = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
-        self.parent = tracker.start_run("sweep " + " ".join(overrides), tags={
-            "git_sha": git_sha(), "regionbench_version": regionbench.__version__,
-            "regionbench.sweep": "true", "model_id": config.model.name})
+        self.parent = tracker.start_run(
+            "sweep " + " ".join(overrides),
+            tags={
+                "git_sha": git_sha(),
+                "regionbench_version": regionbench.__version__,
+                "regionbench.sweep": "true",
+                "model_id": config.model.name,
+            },
+        )
         tracker.set_tags(self.parent, {"sweep_id": self.parent})
-        tracker.log_params(self.parent, {"overrides": " ".join(overrides),
-                                         "sweep_dir": str(config.hydra.sweep.dir)})
+        tracker.log_params(
+            self.parent,
+            {"overrides": " ".join(overrides), "sweep_dir": str(config.hydra.sweep.dir)},
+        )
         os.environ[PARENT_ENV] = os.environ[SWEEP_ENV] = self.parent
         os.environ[SWEEP_KEYS_ENV] = ",".join(swept_keys(config, overrides))
         log.info("MLflow: sweep run %s in %s", self.parent, tracker.uri)
@@ -90,6 +98,8 @@ class MlflowSweepCallback(Callback):
                 os.environ.pop(var, None)
         print(f"MLflow: mlflow ui --backend-store-uri {tracker.uri}")
         if failed:
-            print(f"{len(failed)} of {len(children)} jobs failed: {', '.join(failed)}",
-                  file=sys.stderr)
+            print(
+                f"{len(failed)} of {len(children)} jobs failed: {', '.join(failed)}",
+                file=sys.stderr,
+            )
             sys.exit(1)

@@ -146,8 +146,9 @@ def _build(cls, tree: dict, where: str):
         if name not in tree:
             continue
         value = tree[name]
-        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not
-                                    dataclasses.MISSING else None):
+        if dataclasses.is_dataclass(
+            f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        ):
             value = _build(f.default_factory, value, f"{where}{name}.")
         elif isinstance(value, list):
             value = tuple(value)
@@ -166,8 +167,10 @@ def validate(run: RunConfig) -> RunConfig:
     check_choice("importance.scope", run.importance.scope, scope.SCOPES)
     check_choice("device", run.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
     if not isinstance(run.ratio, int | float) or not 0 <= run.ratio < 1:
-        raise ValueError(f"ratio {run.ratio!r} is outside [0, 1): the fraction of each matrix "
-                         "to select, e.g. ratio=0.01")
+        raise ValueError(
+            f"ratio {run.ratio!r} is outside [0, 1): the fraction of each matrix "
+            "to select, e.g. ratio=0.01"
+        )
     check_choice("data source", run.data.source, sources.SOURCES)
     sources.check_config(run.data.source, run.data.config)
     imp = importance_langs(run)
@@ -179,25 +182,34 @@ def validate(run: RunConfig) -> RunConfig:
         check_choice("region.lang (an importance language)", run.region.lang, imp)
         if not scoring.METRICS[run.metric.name].per_language and run.ratio > 0:
             per_lang = sorted(n for n, m in scoring.METRICS.items() if m.per_language)
-            raise ValueError(f"region=monolingual needs a per-language metric, not "
-                             f"{run.metric.name!r} (every language gets the same scores, so the "
-                             f"region would be empty); choices: {', '.join(per_lang)}")
+            raise ValueError(
+                f"region=monolingual needs a per-language metric, not "
+                f"{run.metric.name!r} (every language gets the same scores, so the "
+                f"region would be empty); choices: {', '.join(per_lang)}"
+            )
     if run.intervention.name == "freeze":
         sources.check_langs(run.data.source, target_langs(run), run.data.path)
         if run.intervention.train_docs < 1:
-            raise ValueError(f"intervention.train_docs {run.intervention.train_docs!r} must be a "
-                             "positive integer")
+            raise ValueError(
+                f"intervention.train_docs {run.intervention.train_docs!r} must be a "
+                "positive integer"
+            )
         freeze_config(run)  # its own checks, before any model is loaded
     imp_cfg = run.importance
     if imp_cfg.samples is None and run.data.source not in ("sandbox", "local") and run.ratio > 0:
-        raise ValueError(f"importance.samples null (all the text) cannot stream all of "
-                         f"data={run.data.source}: give a number, e.g. importance.samples=10000")
-    for key, value, low in (("importance.samples", imp_cfg.samples, 1),
-                            ("importance.seq_len", imp_cfg.seq_len, 2),
-                            ("importance.batch_size", imp_cfg.batch_size, 1),
-                            ("data.eval_docs", run.data.eval_docs, 1)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < low):
+        raise ValueError(
+            f"importance.samples null (all the text) cannot stream all of "
+            f"data={run.data.source}: give a number, e.g. importance.samples=10000"
+        )
+    for key, value, low in (
+        ("importance.samples", imp_cfg.samples, 1),
+        ("importance.seq_len", imp_cfg.seq_len, 2),
+        ("importance.batch_size", imp_cfg.batch_size, 1),
+        ("data.eval_docs", run.data.eval_docs, 1),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < low
+        ):
             raise ValueError(f"{key} {value!r} must be an integer >= {low}")
     return run
 
@@ -207,25 +219,38 @@ def freeze_config(run: RunConfig):
     from regionbench.training import FreezeConfig
 
     iv = run.intervention
-    return FreezeConfig(target_langs=target_langs(run), steps=iv.steps, lr=iv.lr,
-                        weight_decay=iv.weight_decay, warmup_steps=iv.warmup_steps,
-                        batch_size=iv.batch_size, grad_accum=iv.grad_accum, seq_len=iv.seq_len,
-                        eval_every=iv.eval_every, seed=run.seed, save_model=iv.save_model,
-                        max_grad_norm=iv.max_grad_norm, schedule=iv.schedule)
+    return FreezeConfig(
+        target_langs=target_langs(run),
+        steps=iv.steps,
+        lr=iv.lr,
+        weight_decay=iv.weight_decay,
+        warmup_steps=iv.warmup_steps,
+        batch_size=iv.batch_size,
+        grad_accum=iv.grad_accum,
+        seq_len=iv.seq_len,
+        eval_every=iv.eval_every,
+        seed=run.seed,
+        save_model=iv.save_model,
+        max_grad_norm=iv.max_grad_norm,
+        schedule=iv.schedule,
+    )
 
 
 def importance_langs(run: RunConfig) -> list[str]:
     from regionbench.data import sources
 
-    return list(run.data.importance_langs or
-                sources.default_langs(run.data.source, "importance", run.data.path))
+    return list(
+        run.data.importance_langs
+        or sources.default_langs(run.data.source, "importance", run.data.path)
+    )
 
 
 def eval_langs(run: RunConfig) -> list[str]:
     from regionbench.data import sources
 
-    return list(run.data.eval_langs or
-                sources.default_langs(run.data.source, "eval", run.data.path))
+    return list(
+        run.data.eval_langs or sources.default_langs(run.data.source, "eval", run.data.path)
+    )
 
 
 def target_langs(run: RunConfig) -> list[str]:

@@ -49,8 +49,7 @@ class Applied:
     changed: int
 
 
-def _new_values(kind: str, old: Tensor, name: str, factor: float, std: float, seed: int
-                ) -> Tensor:
+def _new_values(kind: str, old: Tensor, name: str, factor: float, std: float, seed: int) -> Tensor:
     if kind == "remove":
         return torch.zeros_like(old)
     if kind == "scale":
@@ -64,8 +63,10 @@ def check_intervention(kind: str, *, factor: float = 0.0, std: float = 0.0) -> s
     """Validate an in-place intervention's name and arguments (one-line ValueError)."""
     kind = check_choice("intervention", kind, INTERVENTIONS)
     if kind == "freeze":
-        raise ValueError("intervention 'freeze' is a training intervention, not an in-place edit: "
-                         "intervention=freeze runs training (regionbench.training.train_frozen)")
+        raise ValueError(
+            "intervention 'freeze' is a training intervention, not an in-place edit: "
+            "intervention=freeze runs training (regionbench.training.train_frozen)"
+        )
     if kind == "scale" and not math.isfinite(factor):
         raise ValueError(f"factor {factor!r} must be a finite number for intervention 'scale'")
     if kind == "noise" and not (math.isfinite(std) and std >= 0):
@@ -74,8 +75,16 @@ def check_intervention(kind: str, *, factor: float = 0.0, std: float = 0.0) -> s
 
 
 @contextlib.contextmanager
-def intervene(model: nn.Module, region, kind: str = "remove", *, factor: float = 0.0,
-              std: float = 0.0, seed: int = 0, relative: bool = False) -> Iterator[Applied]:
+def intervene(
+    model: nn.Module,
+    region,
+    kind: str = "remove",
+    *,
+    factor: float = 0.0,
+    std: float = 0.0,
+    seed: int = 0,
+    relative: bool = False,
+) -> Iterator[Applied]:
     """Apply `kind` to the entries of `region` (a Region or {param name: bool mask}) in place;
     restore them bit-exactly on exit. Yields an `Applied` with the counts."""
     kind = check_intervention(kind, factor=factor, std=std)
@@ -98,8 +107,10 @@ def intervene(model: nn.Module, region, kind: str = "remove", *, factor: float =
                 selected += old.numel()
                 changed += int((new != old).sum())
         if kind == "remove" and selected and not changed:
-            raise ValueError(f"removing the region changes none of its {selected} entries: they "
-                             "are all 0 already (a pruned or zero-initialised model?)")
+            raise ValueError(
+                f"removing the region changes none of its {selected} entries: they "
+                "are all 0 already (a pruned or zero-initialised model?)"
+            )
         yield Applied(model, selected, changed)
     finally:
         with torch.no_grad():

@@ -1,8 +1,8 @@
 """Loading models: sandbox names, Hugging Face ids and local folders, all through `from_pretrained`.
 
-    model, tok = load_model("sandbox-m")                 # built on first use, then cached
-    model, tok = load_model("meta-llama/Llama-2-7b-hf")  # hub id (bf16 on GPU)
-    model, tok = load_model("/path/to/hf-folder")        # local folder
+model, tok = load_model("sandbox-m")                 # built on first use, then cached
+model, tok = load_model("meta-llama/Llama-2-7b-hf")  # hub id (bf16 on GPU)
+model, tok = load_model("/path/to/hf-folder")        # local folder
 """
 
 from __future__ import annotations
@@ -15,9 +15,15 @@ import torch
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"auto": None, "float32": torch.float32, "fp32": torch.float32,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "auto": None,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -63,8 +69,10 @@ def check_model(name: str, *, revision: str | None = None, trust_remote_code: bo
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ValueError(f"model folder {str(path)!r} has no config.json: not a Hugging Face "
-                             "model folder (save one with model.save_pretrained(folder))")
+            raise ValueError(
+                f"model folder {str(path)!r} has no config.json: not a Hugging Face "
+                "model folder (save one with model.save_pretrained(folder))"
+            )
         return "local"
     if name.startswith((".", "/", "~")):
         raise ValueError(f"model folder {name!r} does not exist")
@@ -101,7 +109,8 @@ def load_model(
         from regionbench import sandbox
 
         source = sandbox.ensure_sandbox_model(
-            name_or_path, resolve_cache_dir(cache_dir), progress=progress)
+            name_or_path, resolve_cache_dir(cache_dir), progress=progress
+        )
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, "dtype": torch_dtype}
@@ -112,10 +121,16 @@ def load_model(
         model.to(dev)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(
-        source, revision=revision, trust_remote_code=trust_remote_code)
+        source, revision=revision, trust_remote_code=trust_remote_code
+    )
     if tokenizer.pad_token is None:
         # Batched evaluation needs a pad id; padded positions are masked out of every loss.
         tokenizer.pad_token = tokenizer.eos_token
-    log.info("loaded %s (%s, %s, %.2fM parameters)", name_or_path, torch_dtype, dev,
-             sum(p.numel() for p in model.parameters()) / 1e6)
+    log.info(
+        "loaded %s (%s, %s, %.2fM parameters)",
+        name_or_path,
+        torch_dtype,
+        dev,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
     return model, tokenizer

@@ -52,8 +52,13 @@ class Stopwatch:
             self.times[f"time/{stage}_s"] = time.perf_counter() - start
 
 
-def run_job(cfg: Any, *, name: str = "default", job_num: int = 0,
-            output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+def run_job(
+    cfg: Any,
+    *,
+    name: str = "default",
+    job_num: int = 0,
+    output_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
     """Run one job and record it as one MLflow run; never raises for a failed job (the run is
     marked FAILED with its error and the result says so), so the other jobs of a sweep go on."""
     from omegaconf import DictConfig, OmegaConf
@@ -63,10 +68,17 @@ def run_job(cfg: Any, *, name: str = "default", job_num: int = 0,
     tracking = raw.get("tracking") or {}
     tracker = Tracker(tracking.get("uri"), tracking.get("experiment") or "regionbench")
     parent = os.environ.get(PARENT_ENV)
-    run_id = tracker.start_run(name, parent_run_id=parent, tags={
-        "sweep_id": os.environ.get(SWEEP_ENV, ""), "job_num": job_num, "git_sha": git_sha(),
-        "regionbench_version": regionbench.__version__,
-        "model_id": (raw.get("model") or {}).get("name", "")})
+    run_id = tracker.start_run(
+        name,
+        parent_run_id=parent,
+        tags={
+            "sweep_id": os.environ.get(SWEEP_ENV, ""),
+            "job_num": job_num,
+            "git_sha": git_sha(),
+            "regionbench_version": regionbench.__version__,
+            "model_id": (raw.get("model") or {}).get("name", ""),
+        },
+    )
     output_dir = Path(output_dir or tempfile.mkdtemp(prefix="regionbench-"))
     try:
         tracker.log_params(run_id, flatten(raw))
@@ -96,8 +108,9 @@ def _execute(run: RunConfig, tracker: Tracker, run_id: str, out: Path) -> dict[s
         ev_langs += [lang for lang in C.target_langs(run) if lang not in ev_langs]
 
     with clock("data"):
-        eval_texts = load_texts(run.data.source, "eval", ev_langs, run.data.eval_docs,
-                                **_data_kw(run))
+        eval_texts = load_texts(
+            run.data.source, "eval", ev_langs, run.data.eval_docs, **_data_kw(run)
+        )
         lm_tasks = _prepare_harness(run, eval_texts)  # task-name errors before model work
 
     with clock("load"):
@@ -112,48 +125,84 @@ def _execute(run: RunConfig, tracker: Tracker, run_id: str, out: Path) -> dict[s
 
     with clock("select"):
         region = _select(run, scores, imp_langs, data_fp, model_fp)
-    metrics: dict[str, float] = {"region/params": float(region.numel),
-                                 "region/fraction": float(region.fraction)}
+    metrics: dict[str, float] = {
+        "region/params": float(region.numel),
+        "region/fraction": float(region.fraction),
+    }
     _log_region(tracker, run_id, run, region, out)
 
     base = _baseline(run, model, tok, eval_texts, lm_tasks, model_fp)
     if freeze:
-        metrics |= _freeze(run, model, tok, region, eval_texts, lm_tasks, base, tracker, run_id,
-                           out, clock)
+        metrics |= _freeze(
+            run, model, tok, region, eval_texts, lm_tasks, base, tracker, run_id, out, clock
+        )
     else:
         from regionbench.interventions import intervene
 
         iv = run.intervention
-        with intervene(model, region, iv.name, factor=iv.factor, std=iv.std, seed=run.seed,
-                       relative=iv.relative) as applied:
+        with intervene(
+            model,
+            region,
+            iv.name,
+            factor=iv.factor,
+            std=iv.std,
+            seed=run.seed,
+            relative=iv.relative,
+        ) as applied:
             metrics["intervention/changed"] = float(applied.changed)
-            metrics |= _evaluate(run, model, tok, eval_texts, lm_tasks, base, tracker, run_id,
-                                 clock)
+            metrics |= _evaluate(
+                run, model, tok, eval_texts, lm_tasks, base, tracker, run_id, clock
+            )
     metrics |= clock.times
     tracker.log_metrics(run_id, metrics)
-    log.info("ppl/mean %.3f  ppl_ratio/mean %.4f  region/fraction %.4f",
-             metrics.get("ppl/mean", float("nan")), metrics.get("ppl_ratio/mean", float("nan")),
-             metrics["region/fraction"])
+    log.info(
+        "ppl/mean %.3f  ppl_ratio/mean %.4f  region/fraction %.4f",
+        metrics.get("ppl/mean", float("nan")),
+        metrics.get("ppl_ratio/mean", float("nan")),
+        metrics["region/fraction"],
+    )
     return metrics
 
 
 # --- stages --------------------------------------------------------------------------------------
+
 
 def _load(run: RunConfig):
     from regionbench.cache import fingerprint_model
     from regionbench.models import load_model
 
     m = run.model
-    key = json.dumps([m.name, m.revision, m.dtype, str(m.device_map), run.device,
-                      m.trust_remote_code, run.paths.cache_dir])
+    key = json.dumps(
+        [
+            m.name,
+            m.revision,
+            m.dtype,
+            str(m.device_map),
+            run.device,
+            m.trust_remote_code,
+            run.paths.cache_dir,
+        ]
+    )
     if _MODEL.get("key") != key:
         _MODEL.clear()
         _SAMPLES.clear()  # tokenized by the previous model's tokenizer
-        model, tok = load_model(m.name, dtype=m.dtype, device=run.device, revision=m.revision,
-                                trust_remote_code=m.trust_remote_code, device_map=m.device_map,
-                                cache_dir=run.paths.cache_dir)
-        _MODEL.update(key=key, model=model, tok=tok, fp=fingerprint_model(
-            model, full=sum(p.numel() for p in model.parameters()) < 100_000_000))
+        model, tok = load_model(
+            m.name,
+            dtype=m.dtype,
+            device=run.device,
+            revision=m.revision,
+            trust_remote_code=m.trust_remote_code,
+            device_map=m.device_map,
+            cache_dir=run.paths.cache_dir,
+        )
+        _MODEL.update(
+            key=key,
+            model=model,
+            tok=tok,
+            fp=fingerprint_model(
+                model, full=sum(p.numel() for p in model.parameters()) < 100_000_000
+            ),
+        )
     return _MODEL["model"], _MODEL["tok"], _MODEL["fp"]
 
 
@@ -168,8 +217,10 @@ def importance_seq_len(run: RunConfig, model) -> int:
     context = default_max_length(model, None)
     seq_len = run.importance.seq_len or min(512, context)
     if seq_len > context:
-        raise ValueError(f"importance.seq_len {seq_len} is longer than the model's context of "
-                         f"{context} tokens; choose importance.seq_len <= {context}")
+        raise ValueError(
+            f"importance.seq_len {seq_len} is longer than the model's context of "
+            f"{context} tokens; choose importance.seq_len <= {context}"
+        )
     return seq_len
 
 
@@ -184,14 +235,18 @@ def _importance_samples(run: RunConfig, tok, langs: list[str], model) -> tuple[d
     if run.ratio == 0 or not METRICS[run.metric.name].per_language:
         return {}, ""
     seq_len = importance_seq_len(run, model)
-    memo = json.dumps([_MODEL["key"], run.data.source, langs, seq_len, run.importance.samples,
-                       _data_kw(run)])
+    memo = json.dumps(
+        [_MODEL["key"], run.data.source, langs, seq_len, run.importance.samples, _data_kw(run)]
+    )
     if memo not in _SAMPLES:
-        streams = {lang: iter_texts(run.data.source, "importance", lang, **_data_kw(run))
-                   for lang in langs}
+        streams = {
+            lang: iter_texts(run.data.source, "importance", lang, **_data_kw(run)) for lang in langs
+        }
         samples = importance_samples(tok, streams, seq_len, run.importance.samples)
-        log.info("importance text: %d samples of %d tokens per language",
-                 *next(iter(samples.values())).shape)
+        log.info(
+            "importance text: %d samples of %d tokens per language",
+            *next(iter(samples.values())).shape,
+        )
         _SAMPLES.clear()  # one text set at a time: 10k x 512 tokens x 6 languages is 250 MB
         _SAMPLES[memo] = (samples, fingerprint_samples(samples))
     return _SAMPLES[memo]
@@ -205,10 +260,15 @@ def importance_key(run: RunConfig, model, data_fp: str, model_fp: str) -> tuple[
 
     per_language = METRICS[run.metric.name].per_language
     inputs = {
-        "model": run.model.name, "revision": run.model.revision, "weights": model_fp,
-        "dtype": str(next(model.parameters()).dtype), "metric": run.metric.name,
-        "samples": data_fp, "batch_size": run.importance.batch_size if per_language else None,
-        "scope": run.importance.scope, "include": list(run.importance.include),
+        "model": run.model.name,
+        "revision": run.model.revision,
+        "weights": model_fp,
+        "dtype": str(next(model.parameters()).dtype),
+        "metric": run.metric.name,
+        "samples": data_fp,
+        "batch_size": run.importance.batch_size if per_language else None,
+        "scope": run.importance.scope,
+        "include": list(run.importance.include),
         "exclude": list(run.importance.exclude),
         "seed": run.seed if run.metric.name == "random" else None,
         "version": regionbench.__version__,
@@ -232,8 +292,15 @@ def _importance(run: RunConfig, model, samples, data_fp: str, model_fp: str):
     imp = run.importance
     langs = list(samples) or C.importance_langs(run)
     scores = score_samples(
-        model, samples or dict.fromkeys(langs), run.metric.name, batch_size=imp.batch_size,
-        scope=imp.scope, include=imp.include, exclude=imp.exclude, seed=run.seed)
+        model,
+        samples or dict.fromkeys(langs),
+        run.metric.name,
+        batch_size=imp.batch_size,
+        scope=imp.scope,
+        include=imp.include,
+        exclude=imp.exclude,
+        seed=run.seed,
+    )
     store.put(key, scores, meta=inputs)
     return scores, key, False
 
@@ -242,17 +309,23 @@ def _select(run: RunConfig, scores, langs: list[str], data_fp: str, model_fp: st
     from regionbench.regions import Region, select
     from regionbench.scope import scoped_params
 
-    meta = {"model_id": run.model.name, "revision": str(run.model.revision),
-            "metric": run.metric.name, "region": run.region.name, "ratio": str(run.ratio),
-            "languages": ",".join(langs), "data_fingerprint": data_fp,
-            "model_fingerprint": model_fp, "regionbench_version": regionbench.__version__}
+    meta = {
+        "model_id": run.model.name,
+        "revision": str(run.model.revision),
+        "metric": run.metric.name,
+        "region": run.region.name,
+        "ratio": str(run.ratio),
+        "languages": ",".join(langs),
+        "data_fingerprint": data_fp,
+        "model_fingerprint": model_fp,
+        "regionbench_version": regionbench.__version__,
+    }
     if run.ratio == 0:
         imp = run.importance
         params = scoped_params(_MODEL["model"], imp.scope, imp.include, imp.exclude)
         masks = {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in params.items()}
         return Region(masks=masks, meta=meta)
-    return select(scores, run.ratio, run.region.name, lang=run.region.lang, langs=langs,
-                  meta=meta)
+    return select(scores, run.ratio, run.region.name, lang=run.region.lang, langs=langs, meta=meta)
 
 
 def _log_region(tracker: Tracker, run_id: str, run: RunConfig, region, out: Path) -> None:
@@ -291,8 +364,9 @@ def _prepare_harness(run: RunConfig, eval_texts: dict[str, list[str]]):
         from regionbench.data import sandbox
 
         langs = [lang for lang in eval_texts if lang in sandbox.PRETRAIN_LANGS]
-        pairs = {lang: sandbox.minimal_pairs(lang, run.eval.lm_eval.grammar_pairs)
-                 for lang in langs}
+        pairs = {
+            lang: sandbox.minimal_pairs(lang, run.eval.lm_eval.grammar_pairs) for lang in langs
+        }
     blob = json.dumps([eval_texts, pairs], ensure_ascii=False, sort_keys=True).encode()
     root = resolve_cache_dir(run.paths.cache_dir) / "tasks" / hashlib.sha256(blob).hexdigest()[:16]
     if not root.exists():
@@ -304,14 +378,22 @@ def _prepare_harness(run: RunConfig, eval_texts: dict[str, list[str]]):
     if any("{" in t for t in tasks):
         from regionbench.data.sources import FLORES200_CODES, FLORES_CODES
 
-        codes = [{"lang": lang, "flores": FLORES_CODES.get(lang, lang),
-                  "flores200": FLORES200_CODES.get(lang, lang)} for lang in eval_texts]
+        codes = [
+            {
+                "lang": lang,
+                "flores": FLORES_CODES.get(lang, lang),
+                "flores200": FLORES200_CODES.get(lang, lang),
+            }
+            for lang in eval_texts
+        ]
         tasks, skipped = harness.expand_tasks(tasks, codes, root)
         if skipped:
             log.info("lm-eval has no task %s: skipped", ", ".join(skipped))
         if not tasks:
-            raise ValueError(f"no lm-eval task of {list(lm_eval_tasks(run))} covers the "
-                             f"languages {', '.join(eval_texts)}")
+            raise ValueError(
+                f"no lm-eval task of {list(lm_eval_tasks(run))} covers the "
+                f"languages {', '.join(eval_texts)}"
+            )
     harness.prepare_tasks(tasks, root)  # names and hub datasets, before any model work
     return root, tasks
 
@@ -319,8 +401,9 @@ def _prepare_harness(run: RunConfig, eval_texts: dict[str, list[str]]):
 def _ppl(run: RunConfig, model, tok, texts) -> dict[str, dict[str, float]]:
     from regionbench.evaluation.perplexity import perplexity
 
-    res = perplexity(model, tok, texts, max_length=run.data.max_length,
-                     batch_size=run.eval.batch_size)
+    res = perplexity(
+        model, tok, texts, max_length=run.data.max_length, batch_size=run.eval.batch_size
+    )
     return {lang: asdict(r) for lang, r in res.items()}
 
 
@@ -331,10 +414,17 @@ def _lm_eval(run: RunConfig, model, tok, lm_tasks) -> tuple[dict[str, float], di
 
     harness_dir, tasks = lm_tasks
     le = run.eval.lm_eval
-    results = run_lm_eval(model, tok, tasks, limit=le.limit,
-                                  num_fewshot=le.num_fewshot, batch_size=le.batch_size,
-                                  include_path=harness_dir, log_samples=le.log_samples,
-                                  max_length=run.data.max_length)
+    results = run_lm_eval(
+        model,
+        tok,
+        tasks,
+        limit=le.limit,
+        num_fewshot=le.num_fewshot,
+        batch_size=le.batch_size,
+        include_path=harness_dir,
+        log_samples=le.log_samples,
+        max_length=run.data.max_length,
+    )
     return flatten_results(results), results
 
 
@@ -344,9 +434,16 @@ def _baseline(run: RunConfig, model, tok, eval_texts, lm_tasks, model_fp: str) -
     from regionbench.evaluation.harness import BOS_POLICY
     from regionbench.models import resolve_cache_dir
 
-    parts = [model_fp, fingerprint(eval_texts), run.data.max_length, run.eval.perplexity,
-             asdict(run.eval.lm_eval) if lm_tasks else None, str(lm_tasks),
-             BOS_POLICY if lm_tasks else None, regionbench.__version__]
+    parts = [
+        model_fp,
+        fingerprint(eval_texts),
+        run.data.max_length,
+        run.eval.perplexity,
+        asdict(run.eval.lm_eval) if lm_tasks else None,
+        str(lm_tasks),
+        BOS_POLICY if lm_tasks else None,
+        regionbench.__version__,
+    ]
     key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
     if key in _BASELINES:
         return _BASELINES[key]
@@ -384,8 +481,11 @@ def ppl_metrics(ppl: dict[str, dict], base: dict[str, dict]) -> dict[str, float]
 
 
 def lm_eval_ratios(lm: dict[str, float], base: dict[str, float]) -> dict[str, float]:
-    return {k.replace("lm_eval/", "lm_eval_ratio/", 1): v / base[k] for k, v in lm.items()
-            if not k.endswith("_stderr") and base.get(k)}
+    return {
+        k.replace("lm_eval/", "lm_eval_ratio/", 1): v / base[k]
+        for k, v in lm.items()
+        if not k.endswith("_stderr") and base.get(k)
+    }
 
 
 def _evaluate(run, model, tok, eval_texts, lm_tasks, base, tracker, run_id, clock) -> dict:
@@ -401,8 +501,9 @@ def _evaluate(run, model, tok, eval_texts, lm_tasks, base, tracker, run_id, cloc
     return metrics
 
 
-def _freeze(run, model, tok, region, eval_texts, lm_tasks, base, tracker, run_id, out,
-            clock) -> dict:
+def _freeze(
+    run, model, tok, region, eval_texts, lm_tasks, base, tracker, run_id, out, clock
+) -> dict:
     """Further pre-training with the region frozen; the loaded model is restored afterwards."""
     from regionbench.data import load_texts
     from regionbench.plots import forgetting_curve
@@ -416,8 +517,11 @@ def _freeze(run, model, tok, region, eval_texts, lm_tasks, base, tracker, run_id
 
     def eval_fn(step: int) -> dict[str, float]:
         # Step 0 is the unmodified model, whose evaluation is already cached.
-        ppl = before if step == 0 else {
-            lang: r["ppl"] for lang, r in _ppl(run, model, tok, eval_texts).items()}
+        ppl = (
+            before
+            if step == 0
+            else {lang: r["ppl"] for lang, r in _ppl(run, model, tok, eval_texts).items()}
+        )
         return forgetting_metrics(before, ppl, targets)
 
     def log_fn(metrics: dict[str, float], step: int) -> None:
@@ -426,11 +530,18 @@ def _freeze(run, model, tok, region, eval_texts, lm_tasks, base, tracker, run_id
     frozen = region if region.numel > 0 else None
     with restore_after(model) as snapshot:  # one loaded model serves every job: undo training
         with clock("train"):
-            summary = train_frozen(model, tok, train_texts, frozen, fcfg, eval_fn=eval_fn,
-                                   log_fn=log_fn, save_dir=out / "model" if iv.save_model else None)
+            summary = train_frozen(
+                model,
+                tok,
+                train_texts,
+                frozen,
+                fcfg,
+                eval_fn=eval_fn,
+                log_fn=log_fn,
+                save_dir=out / "model" if iv.save_model else None,
+            )
         changed = snapshot.changed()
-        metrics = _evaluate(run, model, tok, eval_texts, lm_tasks, base, tracker, run_id,
-                            clock)
+        metrics = _evaluate(run, model, tok, eval_texts, lm_tasks, base, tracker, run_id, clock)
     if summary["saved_to"]:
         tracker.set_tags(run_id, {"saved_model": summary["saved_to"]})
         log.info("trained model saved to %s", summary["saved_to"])

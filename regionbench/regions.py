@@ -78,8 +78,9 @@ class Region:
         rows: dict[tuple, dict] = {}
         for name, mask in self.masks.items():
             layer, module = split_name(name)
-            row = rows.setdefault((layer, module), {"layer": layer, "module": module,
-                                                    "selected": 0, "numel": 0})
+            row = rows.setdefault(
+                (layer, module), {"layer": layer, "module": module, "selected": 0, "numel": 0}
+            )
             row["selected"] += int(mask.sum())
             row["numel"] += mask.numel()
         out = sorted(rows.values(), key=lambda r: (r["layer"] is None, r["layer"] or 0))
@@ -98,8 +99,9 @@ class Region:
             tensors[name] = torch.from_numpy(np.packbits(bits))
             shapes[name] = list(mask.shape)
         metadata = {str(k): str(v) for k, v in self.meta.items()}
-        metadata.update({"format": FORMAT, "encoding": "numpy.packbits",
-                         "shapes": json.dumps(shapes)})
+        metadata.update(
+            {"format": FORMAT, "encoding": "numpy.packbits", "shapes": json.dumps(shapes)}
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
@@ -117,8 +119,10 @@ class Region:
         with safe_open(str(path), framework="np") as f:
             metadata = dict(f.metadata() or {})
             if metadata.get("format") != FORMAT:
-                raise ValueError(f"{str(path)!r} is not a regionbench region file "
-                                 f"(format {metadata.get('format')!r}, expected {FORMAT!r})")
+                raise ValueError(
+                    f"{str(path)!r} is not a regionbench region file "
+                    f"(format {metadata.get('format')!r}, expected {FORMAT!r})"
+                )
             shapes = json.loads(metadata.pop("shapes"))
             masks = {}
             for name, shape in shapes.items():
@@ -139,7 +143,7 @@ def split_name(name: str) -> tuple[int | None, str]:
     m = _LAYER.search(module + ".")
     if m is None:
         return None, module
-    rest = module[m.end():]
+    rest = module[m.end() :]
     return int(m.group(1)), rest or module
 
 
@@ -185,13 +189,11 @@ def _core(per_lang: Sequence[Tensor], k: int, lang_index: int | None, name: str)
     return topk_mask(_total(per_lang), k, largest=True, name=name)
 
 
-def _core_bottom(per_lang: Sequence[Tensor], k: int, lang_index: int | None, name: str
-                 ) -> Tensor:
+def _core_bottom(per_lang: Sequence[Tensor], k: int, lang_index: int | None, name: str) -> Tensor:
     return topk_mask(_total(per_lang), k, largest=False, name=name)
 
 
-def _monolingual(per_lang: Sequence[Tensor], k: int, lang_index: int | None, name: str
-                 ) -> Tensor:
+def _monolingual(per_lang: Sequence[Tensor], k: int, lang_index: int | None, name: str) -> Tensor:
     mask = topk_mask(per_lang[lang_index], k, name=name)
     for i, s in enumerate(per_lang):
         if i != lang_index:
@@ -200,21 +202,29 @@ def _monolingual(per_lang: Sequence[Tensor], k: int, lang_index: int | None, nam
 
 
 _SELECTORS: dict[str, Callable[[Sequence[Tensor], int, int | None, str], Tensor]] = {
-    "core": _core, "core_bottom": _core_bottom, "monolingual": _monolingual,
+    "core": _core,
+    "core_bottom": _core_bottom,
+    "monolingual": _monolingual,
 }
 
 
 def check_ratio(ratio) -> float:
     """`ratio` as a float in [0, 1), else a one-line ValueError naming it."""
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1:
-        raise ValueError(f"ratio {ratio!r} is not in [0, 1): it is the fraction of each matrix "
-                         "to select, e.g. 0.01")
+        raise ValueError(
+            f"ratio {ratio!r} is not in [0, 1): it is the fraction of each matrix "
+            "to select, e.g. 0.01"
+        )
     return float(ratio)
 
 
 def select(
-    scores: Mapping[str, Mapping[str, Tensor]], ratio: float, region: str = "core",
-    lang: str | None = None, langs: Sequence[str] | None = None, meta: dict | None = None,
+    scores: Mapping[str, Mapping[str, Tensor]],
+    ratio: float,
+    region: str = "core",
+    lang: str | None = None,
+    langs: Sequence[str] | None = None,
+    meta: dict | None = None,
 ) -> Region:
     """Select `region` at `ratio` from {lang: {param: score}}; `langs` restricts the importance
     languages (default: all of `scores`), `lang` names the language of a monolingual region."""
@@ -250,20 +260,28 @@ def select(
         for lg, s in zip(langs, per_lang, strict=True):
             if torch.isnan(s).any():
                 raise ValueError(f"scores of {lg!r} for {name!r} contain NaN")
-        masks[name] = selector(per_lang, exact_k(ratio, per_lang[0].numel()), lang_index,
-                               name).cpu()
+        masks[name] = selector(
+            per_lang, exact_k(ratio, per_lang[0].numel()), lang_index, name
+        ).cpu()
 
     info = {str(k): str(v) for k, v in (meta or {}).items()}
-    info.update({"region": region, "ratio": repr(ratio), "languages": ",".join(langs),
-                 "selection": "per_matrix"})
+    info.update(
+        {
+            "region": region,
+            "ratio": repr(ratio),
+            "languages": ",".join(langs),
+            "selection": "per_matrix",
+        }
+    )
     if lang is not None:
         info["lang"] = lang
     info.setdefault("regionbench_version", regionbench.__version__)
     return Region(masks=masks, meta=info)
 
 
-def param_masks(model: torch.nn.Module, region, what: str = "region"
-                ) -> list[tuple[str, torch.nn.Parameter, Tensor]]:
+def param_masks(
+    model: torch.nn.Module, region, what: str = "region"
+) -> list[tuple[str, torch.nn.Parameter, Tensor]]:
     """(name, parameter, bool mask) for every masked parameter of `model`, checked before any
     change: names (with a did-you-mean), shapes and dtype. `region` is a Region or {name: mask}.
     A mask may name either alias of a tied weight; masks on one tensor are merged (their union),
@@ -284,8 +302,10 @@ def param_masks(model: torch.nn.Module, region, what: str = "region"
         if not torch.is_tensor(mask) or mask.dtype != torch.bool:
             raise ValueError(f"{what} mask for {name!r} is not a torch.bool tensor")
         if tuple(mask.shape) != tuple(param.shape):
-            raise ValueError(f"{what} mask for {name!r} has shape {tuple(mask.shape)}, parameter "
-                             f"has {tuple(param.shape)}")
+            raise ValueError(
+                f"{what} mask for {name!r} has shape {tuple(mask.shape)}, parameter "
+                f"has {tuple(param.shape)}"
+            )
         if id(param) in merged:  # two aliases of one tied weight
             first, _, other = merged[id(param)]
             mask = other | mask.to(other.device)

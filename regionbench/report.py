@@ -27,14 +27,23 @@ _IGNORED_PARAMS = ("paths.", "tracking.")
 def swept_params(runs: Sequence) -> list[str]:
     """Params whose values differ between the runs: the sweep's axes."""
     keys = sorted({k for r in runs for k in r.data.params})
-    return [k for k in keys if not k.startswith(_IGNORED_PARAMS)
-            and len({r.data.params.get(k) for r in runs}) > 1]
+    return [
+        k
+        for k in keys
+        if not k.startswith(_IGNORED_PARAMS) and len({r.data.params.get(k) for r in runs}) > 1
+    ]
 
 
 def rows_of(runs: Sequence, params: Sequence[str], metrics: Sequence[str]) -> list[dict]:
-    return [{"run": r.info.run_name, "status": r.info.status,
-             **{p: r.data.params.get(p, "") for p in params},
-             **{m: r.data.metrics.get(m, math.nan) for m in metrics}} for r in runs]
+    return [
+        {
+            "run": r.info.run_name,
+            "status": r.info.status,
+            **{p: r.data.params.get(p, "") for p in params},
+            **{m: r.data.metrics.get(m, math.nan) for m in metrics},
+        }
+        for r in runs
+    ]
 
 
 def aggregate(rows: list[dict], group: Sequence[str], metrics: Sequence[str]) -> list[dict]:
@@ -61,14 +70,18 @@ def markdown(rows: list[dict]) -> str:
     fmt = [(f"{v:.4g}" if isinstance(v, float) else str(v)) for r in rows for v in r.values()]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for i in range(len(rows)):
-        lines.append("| " + " | ".join(fmt[i * len(cols):(i + 1) * len(cols)]) + " |")
+        lines.append("| " + " | ".join(fmt[i * len(cols) : (i + 1) * len(cols)]) + " |")
     return "\n".join(lines)
 
 
 def _interesting_metrics(runs: Sequence) -> list[str]:
     names = sorted({k for r in runs for k in r.data.metrics})
-    extra = [n for n in names if n in ("forget/mean", "learn/mean")
-             or (n.startswith("lm_eval/") and n.endswith("/acc") and n.count("/") == 2)]
+    extra = [
+        n
+        for n in names
+        if n in ("forget/mean", "learn/mean")
+        or (n.startswith("lm_eval/") and n.endswith("/acc") and n.count("/") == 2)
+    ]
     return [m for m in DEFAULT_METRICS if m in names] + extra[:4]
 
 
@@ -97,23 +110,50 @@ def sweep_plots(runs: Sequence, params: Sequence[str], out: Path) -> list[Path]:
     from regionbench.plots import sweep_plot
 
     done = [r for r in runs if r.info.status == "FINISHED"]
-    langs = sorted({k.split("/", 1)[1] for r in done for k in r.data.metrics
-                    if k.startswith("ppl_ratio/") and k != "ppl_ratio/mean"})
+    langs = sorted(
+        {
+            k.split("/", 1)[1]
+            for r in done
+            for k in r.data.metrics
+            if k.startswith("ppl_ratio/") and k != "ppl_ratio/mean"
+        }
+    )
     paths = []
     if done and langs:
-        rows = [{"language": lang, "job": r.info.run_name,
-                 "ppl_ratio": r.data.metrics.get(f"ppl_ratio/{lang}", math.nan)}
-                for r in done for lang in langs]
-        paths.append(sweep_plot(rows, "language", ["ppl_ratio"],
-                                out / "ppl_ratio_by_language.png", group="job"))
+        rows = [
+            {
+                "language": lang,
+                "job": r.info.run_name,
+                "ppl_ratio": r.data.metrics.get(f"ppl_ratio/{lang}", math.nan),
+            }
+            for r in done
+            for lang in langs
+        ]
+        paths.append(
+            sweep_plot(
+                rows, "language", ["ppl_ratio"], out / "ppl_ratio_by_language.png", group="job"
+            )
+        )
     numeric = [p for p in params if all(_is_number(r.data.params.get(p)) for r in done)]
     if done and numeric:
         axis, others = numeric[0], [p for p in params if p != numeric[0]]
-        rows = [{axis: float(r.data.params[axis]),
-                 "job": " ".join(f"{p}={r.data.params.get(p)}" for p in others) or "sweep",
-                 "ppl_ratio/mean": r.data.metrics.get("ppl_ratio/mean", math.nan)} for r in done]
-        paths.append(sweep_plot(rows, axis, ["ppl_ratio/mean"],
-                                out / f"ppl_ratio_vs_{axis.replace('.', '_')}.png", group="job"))
+        rows = [
+            {
+                axis: float(r.data.params[axis]),
+                "job": " ".join(f"{p}={r.data.params.get(p)}" for p in others) or "sweep",
+                "ppl_ratio/mean": r.data.metrics.get("ppl_ratio/mean", math.nan),
+            }
+            for r in done
+        ]
+        paths.append(
+            sweep_plot(
+                rows,
+                axis,
+                ["ppl_ratio/mean"],
+                out / f"ppl_ratio_vs_{axis.replace('.', '_')}.png",
+                group="job",
+            )
+        )
     return paths
 
 
@@ -129,12 +169,18 @@ def sweep_runs(tracker: Tracker, parent: str | None = None, *, all_sweeps: bool 
     """The jobs of sweep `parent` (default: the experiment's latest sweep), or with `all_sweeps`
     every finished job of every sweep in the experiment."""
     if all_sweeps:
-        return [r for r in tracker.client.search_runs([tracker.experiment_id], max_results=5000)
-                if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"]
+        return [
+            r
+            for r in tracker.client.search_runs([tracker.experiment_id], max_results=5000)
+            if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"
+        ]
     if parent is None:
         sweeps = tracker.client.search_runs(
-            [tracker.experiment_id], filter_string="tags.`regionbench.sweep` = 'true'",
-            max_results=1, order_by=["attributes.start_time DESC"])
+            [tracker.experiment_id],
+            filter_string="tags.`regionbench.sweep` = 'true'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
         if not sweeps:
             raise SystemExit(f"no sweep found in experiment {tracker.experiment!r}")
         parent = sweeps[0].info.run_id
@@ -142,16 +188,23 @@ def sweep_runs(tracker: Tracker, parent: str | None = None, *, all_sweeps: bool 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m regionbench.report", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m regionbench.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--uri", default=None, help="tracking URI (default ./mlruns/mlflow.db)")
     ap.add_argument("--experiment", default="regionbench")
     ap.add_argument("--parent", default=None, help="sweep run id (default: the latest sweep)")
     ap.add_argument("--metrics", nargs="*", default=None)
     ap.add_argument("--params", nargs="*", default=None, help="columns (default: swept params)")
     ap.add_argument("--group", nargs="*", default=None, help="aggregate over runs sharing these")
-    ap.add_argument("--over", nargs="*", default=None,
-                    help="aggregate over these params (e.g. seed), grouping by the rest")
+    ap.add_argument(
+        "--over",
+        nargs="*",
+        default=None,
+        help="aggregate over these params (e.g. seed), grouping by the rest",
+    )
     ap.add_argument("--all-sweeps", action="store_true", help="every job in the experiment")
     args = ap.parse_args(argv)
     tracker = Tracker(args.uri, args.experiment)

@@ -264,9 +264,18 @@ def compute_importance(
         windows = importance_samples(tokenizer, texts, seq_len, samples)
     else:
         windows = dict.fromkeys(texts)
-    return score_samples(model, windows, metric, batch_size=batch_size, scope=scope,
-                         include=include, exclude=exclude, seed=seed, progress=progress,
-                         accumulate_device=accumulate_device)
+    return score_samples(
+        model,
+        windows,
+        metric,
+        batch_size=batch_size,
+        scope=scope,
+        include=include,
+        exclude=exclude,
+        seed=seed,
+        progress=progress,
+        accumulate_device=accumulate_device,
+    )
 
 
 def score_samples(
@@ -298,8 +307,10 @@ def score_samples(
 
     counts = {lang: (None if w is None else int(w.shape[0])) for lang, w in samples.items()}
     if None in counts.values() or len(set(counts.values())) != 1 or 0 in counts.values():
-        raise ValueError(f"metric {metric!r} needs the same positive number of samples for "
-                         f"every language (equal weight); got {counts}")
+        raise ValueError(
+            f"metric {metric!r} needs the same positive number of samples for "
+            f"every language (equal weight); got {counts}"
+        )
     scores = {}
     with _scoring_state(model, params):
         for lang, w in samples.items():

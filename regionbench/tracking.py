@@ -35,12 +35,12 @@ def resolve_uri(uri: str | None = None, base_dir: str | os.PathLike | None = Non
     if not uri:
         uri = f"sqlite:///{base / 'mlruns' / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = Path(uri[len("sqlite:///"):])
+        path = Path(uri[len("sqlite:///") :])
         uri = f"sqlite:///{path if path.is_absolute() else (base / path).resolve()}"
     elif "://" not in uri:
         uri = (base / uri).resolve().as_uri()
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     return uri
 
 
@@ -92,7 +92,7 @@ class _Uninterrupted:
 
 def _artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+        return (Path(uri[len("sqlite:///") :]).parent / "artifacts").as_uri()
     return None
 
 
@@ -100,10 +100,21 @@ def git_sha() -> str:
     """The source checkout's commit (with +dirty), or 'unknown' for an installed package."""
     src = Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=src, text=True,
-                             capture_output=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
-                               text=True, capture_output=True, timeout=5).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            cwd=src,
+            text=True,
+            capture_output=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=src,
+            text=True,
+            capture_output=True,
+            timeout=5,
+        ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -136,15 +147,17 @@ class Tracker:
         if found is None:
             try:
                 self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=_artifact_root(self.uri))
+                    experiment, artifact_location=_artifact_root(self.uri)
+                )
             except Exception:  # noqa: BLE001 - another process created it first
                 self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
         else:
             self.experiment_id = found.experiment_id
         self.experiment = experiment
 
-    def start_run(self, name: str, *, parent_run_id: str | None = None,
-                  tags: Mapping[str, Any] | None = None) -> str:
+    def start_run(
+        self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None
+    ) -> str:
         tags = {k: str(v) for k, v in (tags or {}).items()}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
@@ -156,16 +169,19 @@ class Tracker:
 
         items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
         for i in range(0, len(items), _BATCH):
-            self.client.log_batch(run_id, params=items[i:i + _BATCH])
+            self.client.log_batch(run_id, params=items[i : i + _BATCH])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        items = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if v is not None and not (isinstance(v, float) and math.isnan(v))
+        ]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -195,8 +211,11 @@ class Tracker:
     def children(self, parent_run_id: str) -> list:
         """The nested runs of a sweep, oldest first."""
         runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-            max_results=5000, order_by=["attributes.start_time ASC"])
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+            max_results=5000,
+            order_by=["attributes.start_time ASC"],
+        )
         return list(runs)
 
     def run(self, run_id: str):

@@ -447,8 +447,10 @@ class Snapshot:
 
     def changed(self) -> int:
         """Parameter entries whose value differs from the snapshot now (what training moved)."""
-        return sum(int((p.detach().cpu() != s).sum())
-                   for p, s in zip(self.params, self.saved, strict=False))
+        return sum(
+            int((p.detach().cpu() != s).sum())
+            for p, s in zip(self.params, self.saved, strict=False)
+        )
 
     def restore(self) -> None:
         with torch.no_grad():

@@ -12,8 +12,14 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 
 # A test job: the real config, shrunk (sandbox-test builds in seconds; few documents).
-SMALL = ["model=sandbox-test", "importance.samples=8", "data.eval_docs=12",
-         "eval.lm_eval.grammar_pairs=6", "importance.batch_size=4", "eval.batch_size=8"]
+SMALL = [
+    "model=sandbox-test",
+    "importance.samples=8",
+    "data.eval_docs=12",
+    "eval.lm_eval.grammar_pairs=6",
+    "importance.batch_size=4",
+    "eval.batch_size=8",
+]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -21,9 +27,16 @@ def _isolated_env(tmp_path_factory):
     """Never touch the user's cache or the network from a test."""
     cache = tmp_path_factory.mktemp("rbcache")
     saved = dict(os.environ)
-    os.environ.update({"REGIONBENCH_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
-                       "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                       "TOKENIZERS_PARALLELISM": "false", "MLFLOW_ENABLE_ASYNC_LOGGING": "false"})
+    os.environ.update(
+        {
+            "REGIONBENCH_CACHE": str(cache),
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
+        }
+    )
     import torch
 
     threads = torch.get_num_threads()

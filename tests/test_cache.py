@@ -19,21 +19,44 @@ from regionbench.cache import (
 from regionbench.testing import tiny_llama
 
 BASE = dict(
-    model_id="sandbox-s", revision="abc123", weights="f" * 64, metric="taylor", data="d" * 64,
-    seq_len=128, batch_size=8, include=[r"layers\."], exclude=[], seed=0,
-    regionbench_version="0.1.0", dtype="float32",
+    model_id="sandbox-s",
+    revision="abc123",
+    weights="f" * 64,
+    metric="taylor",
+    data="d" * 64,
+    seq_len=128,
+    batch_size=8,
+    include=[r"layers\."],
+    exclude=[],
+    seed=0,
+    regionbench_version="0.1.0",
+    dtype="float32",
 )
 CHANGED = dict(
-    model_id="sandbox-m", revision="abc124", weights="e" * 64, metric="magnitude", data="c" * 64,
-    seq_len=256, batch_size=4, include=[r"layers\.", "lm_head"], exclude=["norm"], seed=1,
-    regionbench_version="0.2.0", dtype="bfloat16",
+    model_id="sandbox-m",
+    revision="abc124",
+    weights="e" * 64,
+    metric="magnitude",
+    data="c" * 64,
+    seq_len=256,
+    batch_size=4,
+    include=[r"layers\.", "lm_head"],
+    exclude=["norm"],
+    seed=1,
+    regionbench_version="0.2.0",
+    dtype="bfloat16",
 )
 
 
 def scores(langs=("aa", "bb"), seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {lang: {"model.layers.0.w": torch.rand(5, 3, generator=g),
-                   "model.layers.0.n": torch.rand(7, generator=g)} for lang in langs}
+    return {
+        lang: {
+            "model.layers.0.w": torch.rand(5, 3, generator=g),
+            "model.layers.0.n": torch.rand(7, generator=g),
+        }
+        for lang in langs
+    }
 
 
 def assert_same(got, want):
@@ -70,7 +93,10 @@ def test_put_get_roundtrip_miss_and_meta(tmp_path):
     assert cache.meta(key) == {"model_id": "sandbox-s", "seconds": 1.5}
     assert ScoreCache(tmp_path).get(cache_key(**{**BASE, "seed": 1})) is None
     assert sorted(p.name for p in (tmp_path / key).iterdir()) == [
-        "manifest.json", "scores_0.safetensors", "scores_1.safetensors"]
+        "manifest.json",
+        "scores_0.safetensors",
+        "scores_1.safetensors",
+    ]
     assert not list(tmp_path.glob(".tmp-*"))
     with pytest.raises(ValueError, match="not a sha256"):
         cache.get("../etc")

@@ -8,8 +8,11 @@ from conftest import CONF, compose
 
 from regionbench.config import RunConfig, validate
 
-GROUPS = {g.name: sorted(p.stem for p in g.glob("*.yaml"))
-          for g in CONF.iterdir() if g.is_dir() and g.name not in ("hydra", "experiment")}
+GROUPS = {
+    g.name: sorted(p.stem for p in g.glob("*.yaml"))
+    for g in CONF.iterdir()
+    if g.is_dir() and g.name not in ("hydra", "experiment")
+}
 OPTIONS = [(g, o) for g, opts in GROUPS.items() for o in opts]
 
 
@@ -17,17 +20,36 @@ def test_groups_are_the_sweep_axes():
     assert {"model", "metric", "region", "intervention", "data", "eval"} <= set(GROUPS)
     assert {"taylor", "magnitude", "random"} <= set(GROUPS["metric"])
     assert {"core", "core_bottom", "monolingual"} <= set(GROUPS["region"])
-    assert {"sandbox-s", "sandbox-m", "sandbox-l", "llama2-7b", "llama2-13b", "llama-3.1-8b",
-            "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "bloom-560m",
-            "xglm-564m"} <= set(GROUPS["model"])
+    assert {
+        "sandbox-s",
+        "sandbox-m",
+        "sandbox-l",
+        "llama2-7b",
+        "llama2-13b",
+        "llama-3.1-8b",
+        "qwen2.5-0.5b",
+        "qwen2.5-1.5b",
+        "qwen2.5-7b",
+        "bloom-560m",
+        "xglm-564m",
+    } <= set(GROUPS["model"])
 
 
 def test_defaults():
     run = RunConfig.from_cfg(compose([]))
-    assert (run.model.name, run.ratio, run.metric.name, run.region.name, run.intervention.name,
-            run.data.source) == ("sandbox-m", 0.01, "taylor", "core", "remove", "sandbox")
+    assert (
+        run.model.name,
+        run.ratio,
+        run.metric.name,
+        run.region.name,
+        run.intervention.name,
+        run.data.source,
+    ) == ("sandbox-m", 0.01, "taylor", "core", "remove", "sandbox")
     assert (run.importance.scope, run.importance.include, run.importance.exclude) == (
-        "matrices", (), ())
+        "matrices",
+        (),
+        (),
+    )
     assert (run.importance.samples, run.importance.seq_len) == (64, None)
     assert run.eval.lm_eval.tasks is None  # the data source's own: sandbox_grammar
 
@@ -49,14 +71,16 @@ def test_every_option_composes(group, option):
     elif group == "model":
         names = {"hf": "/some/folder", "llama2-7b": "meta-llama/Llama-2-7b-hf"}
         expected = names.get(option, option)
-        assert run.model.name == expected or (not option.startswith("sandbox")
-                                              and "/" in run.model.name)
+        assert run.model.name == expected or (
+            not option.startswith("sandbox") and "/" in run.model.name
+        )
     elif group == "data":
         assert run.data.source == option
     elif group == "frozen_set":
         assert run.ratio == {"1": 0.01, "5": 0.05}.get(option.rsplit("-", 1)[-1], 0.0)
     if group in ("metric", "region", "intervention", "eval", "frozen_set") or option.startswith(
-            "sandbox"):
+        "sandbox"
+    ):
         validate(run)  # cheap choices only: no hub, no files
 
 
@@ -77,25 +101,30 @@ def test_experiments_compose():
         assert "python -m regionbench" in path.read_text(), f"{path.name} has no command header"
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["ratio=1.0"], "ratio 1.0 is outside [0, 1)"),
-    (["ratio=-0.1"], "ratio -0.1 is outside [0, 1)"),
-    (["ratio=1.5"], "ratio 1.5 is outside [0, 1)"),
-    (["region=monolingual"], "region=monolingual needs region.lang; choices: latn"),
-    (["region=monolingual", "region.lang=xx"], "unknown region.lang"),
-    (["metric.name=taylr"], "unknown metric 'taylr': did you mean 'taylor'"),
-    (["region.name=cor"], "unknown region 'cor': did you mean 'core'"),
-    (["intervention.name=remov"], "did you mean 'remove'"),
-    (["data.eval_langs=[latn,klingon]"], "unknown language for data=sandbox 'klingon'"),
-    (["model.name=sandbox-xl"], "unknown sandbox model 'sandbox-xl'"),
-    (["region=monolingual", "region.lang=latn", "metric=random"],
-     "region=monolingual needs a per-language metric, not 'random'"),
-    (["importance.scope=matrix"], "unknown importance.scope 'matrix': did you mean 'matrices'"),
-    (["importance.samples=0"], "importance.samples 0 must be an integer >= 1"),
-    (["data=c4", "data.config={lang: x}"], "data.config {'lang': 'x'} is not a string"),
-    (["data=c4", "data.config='c4.{langg}'"], "unknown field in data.config 'langg'"),
-    (["data=wikipedia", "importance.samples=null"], "cannot stream all of data=wikipedia"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["ratio=1.0"], "ratio 1.0 is outside [0, 1)"),
+        (["ratio=-0.1"], "ratio -0.1 is outside [0, 1)"),
+        (["ratio=1.5"], "ratio 1.5 is outside [0, 1)"),
+        (["region=monolingual"], "region=monolingual needs region.lang; choices: latn"),
+        (["region=monolingual", "region.lang=xx"], "unknown region.lang"),
+        (["metric.name=taylr"], "unknown metric 'taylr': did you mean 'taylor'"),
+        (["region.name=cor"], "unknown region 'cor': did you mean 'core'"),
+        (["intervention.name=remov"], "did you mean 'remove'"),
+        (["data.eval_langs=[latn,klingon]"], "unknown language for data=sandbox 'klingon'"),
+        (["model.name=sandbox-xl"], "unknown sandbox model 'sandbox-xl'"),
+        (
+            ["region=monolingual", "region.lang=latn", "metric=random"],
+            "region=monolingual needs a per-language metric, not 'random'",
+        ),
+        (["importance.scope=matrix"], "unknown importance.scope 'matrix': did you mean 'matrices'"),
+        (["importance.samples=0"], "importance.samples 0 must be an integer >= 1"),
+        (["data=c4", "data.config={lang: x}"], "data.config {'lang': 'x'} is not a string"),
+        (["data=c4", "data.config='c4.{langg}'"], "unknown field in data.config 'langg'"),
+        (["data=wikipedia", "importance.samples=null"], "cannot stream all of data=wikipedia"),
+    ],
+)
 def test_bad_values_one_line(overrides, message):
     from regionbench.models import check_model
 

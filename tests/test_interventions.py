@@ -23,10 +23,10 @@ def snapshot(model):
 def assert_bit_identical(model, before):
     for n, p in model.named_parameters():
         # view as integers: torch.equal on floats would call -0.0 == 0.0 and NaN != NaN
-        assert torch.equal(p.detach().view(torch.int16 if p.dtype == torch.bfloat16
-                                            else torch.int32),
-                           before[n].view(torch.int16 if p.dtype == torch.bfloat16
-                                          else torch.int32)), n
+        assert torch.equal(
+            p.detach().view(torch.int16 if p.dtype == torch.bfloat16 else torch.int32),
+            before[n].view(torch.int16 if p.dtype == torch.bfloat16 else torch.int32),
+        ), n
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -36,8 +36,11 @@ def test_remove_zeroes_exactly_the_mask_and_restores(dtype):
     before = snapshot(model)
     with intervene(model, region, "remove") as applied:
         assert applied.model is model
-        nonzero = sum(int((p.detach()[region.masks[n]] != 0).sum())
-                      for n, p in before.items() if n in region.masks)
+        nonzero = sum(
+            int((p.detach()[region.masks[n]] != 0).sum())
+            for n, p in before.items()
+            if n in region.masks
+        )
         assert applied.selected == region.numel and applied.changed == nonzero > 0
         for n, p in model.named_parameters():
             mask = region.masks.get(n)
@@ -98,8 +101,10 @@ def test_empty_region_is_a_no_op():
 def test_nested_interventions_unwind_exactly():
     model = tiny_llama()
     before = snapshot(model)
-    with intervene(model, region_for(model, 0.3, seed=0), "noise", std=1.0, seed=4), \
-            intervene(model, region_for(model, 0.3, seed=1), "remove"):
+    with (
+        intervene(model, region_for(model, 0.3, seed=0), "noise", std=1.0, seed=4),
+        intervene(model, region_for(model, 0.3, seed=1), "remove"),
+    ):
         pass
     assert_bit_identical(model, before)
 
@@ -108,18 +113,28 @@ def test_bad_input_errors_before_any_write():
     model = tiny_llama()
     region = region_for(model)
     before = snapshot(model)
-    with pytest.raises(ValueError, match="training intervention.*intervention=freeze runs"), \
-            intervene(model, region, "freeze"):
+    with (
+        pytest.raises(ValueError, match="training intervention.*intervention=freeze runs"),
+        intervene(model, region, "freeze"),
+    ):
         pass
-    with pytest.raises(ValueError, match="unknown intervention 'remov': did you mean 'remove'"), \
-            intervene(model, region, "remov"):
+    with (
+        pytest.raises(ValueError, match="unknown intervention 'remov': did you mean 'remove'"),
+        intervene(model, region, "remov"),
+    ):
         pass
     with pytest.raises(ValueError, match="std -1.0"), intervene(model, region, "noise", std=-1.0):
         pass
-    bad = Region(masks={**region.masks, "model.layers.9.mlp.up_proj.weight":
-                        torch.ones(32, 16, dtype=torch.bool)})
-    with pytest.raises(ValueError, match="not a parameter of the model"), \
-            intervene(model, bad, "remove"):
+    bad = Region(
+        masks={
+            **region.masks,
+            "model.layers.9.mlp.up_proj.weight": torch.ones(32, 16, dtype=torch.bool),
+        }
+    )
+    with (
+        pytest.raises(ValueError, match="not a parameter of the model"),
+        intervene(model, bad, "remove"),
+    ):
         pass
     wrong = Region(masks={"model.layers.0.mlp.up_proj.weight": torch.ones(3, dtype=torch.bool)})
     with pytest.raises(ValueError, match="has shape"), intervene(model, wrong, "remove"):
@@ -136,8 +151,10 @@ def test_removing_entries_that_are_already_zero_is_an_error():
         model.get_parameter(name)[region.masks[name]] = 0.0
     before = snapshot(model)
     only = Region(masks={name: region.masks[name]})
-    with pytest.raises(ValueError, match=r"changes none of its \d+ entries: they are all 0"), \
-            intervene(model, only, "remove"):
+    with (
+        pytest.raises(ValueError, match=r"changes none of its \d+ entries: they are all 0"),
+        intervene(model, only, "remove"),
+    ):
         pass
     assert_bit_identical(model, before)
     # partly zero: a result, with the honest count
@@ -159,8 +176,11 @@ def test_relative_noise_is_in_units_of_each_matrix_rms():
     deltas = {}
     for relative in (False, True):
         with intervene(model, region, "noise", std=0.1, seed=3, relative=relative):
-            deltas[relative] = {n: (p.detach() - big[n])[region.masks[n]]
-                                for n, p in model.named_parameters() if n in region.masks}
+            deltas[relative] = {
+                n: (p.detach() - big[n])[region.masks[n]]
+                for n, p in model.named_parameters()
+                if n in region.masks
+            }
     for n, d in deltas[True].items():
         rms = float(big[n].float().square().mean().sqrt())
         assert abs(float(d.std()) / (0.1 * rms) - 1) < 0.25, n
@@ -177,9 +197,16 @@ def test_a_mask_on_either_alias_of_a_tied_weight_is_applied_once():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=8, intermediate_size=16,
-                                         num_hidden_layers=1, num_attention_heads=2,
-                                         tie_word_embeddings=True)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32,
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            tie_word_embeddings=True,
+        )
+    ).eval()
     assert model.lm_head.weight is model.model.embed_tokens.weight
     before = snapshot(model)
     a = torch.zeros(32, 8, dtype=torch.bool)

@@ -142,20 +142,31 @@ def test_default_window_is_the_models_context_as_lm_eval_resolves_it(tok):
     from regionbench.evaluation import perplexity as P
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=3000, bos_token_id=1, eos_token_id=2,
-        pad_token_id=0)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=3000,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    ).eval()
     assert P.default_max_length(model, tok) == 3000
     assert HFLM(pretrained=model, tokenizer=tok, batch_size=1).max_length == 3000
     doc = " ".join(TEXTS["en"] * 40)
     n = len(tok(doc, add_special_tokens=False).input_ids)
     assert 2048 < n < 3000
     shapes = []
-    hook = model.register_forward_pre_hook(lambda m, args, kw: shapes.append(
-        kw["input_ids"].shape), with_kwargs=True)
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kw: shapes.append(kw["input_ids"].shape), with_kwargs=True
+    )
     res = perplexity(model, tok, {"en": [doc, doc[:1000]]}, batch_size=2, progress=False)
     hook.remove()
     assert shapes[0] == (1, n)  # whole document, alone: 2 * n tokens exceed 2 * 2048
     assert res["en"].nll == pytest.approx(
-        reference_nll(model, tok, [doc, doc[:1000]], 10**6), rel=1e-5)
+        reference_nll(model, tok, [doc, doc[:1000]], 10**6), rel=1e-5
+    )

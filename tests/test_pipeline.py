@@ -17,8 +17,14 @@ from regionbench.pipeline import run_job
 
 def _run(args, cwd, cache_dir, timeout=600):
     env = dict(os.environ, REGIONBENCH_CACHE=str(cache_dir), PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "regionbench", *args], cwd=cwd, env=env,
-                          text=True, capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "regionbench", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
 
 
 def _runs(uri):
@@ -56,17 +62,27 @@ def test_multirun_logs_one_parent_and_nested_jobs(sweep):
         for lang in sandbox.PRETRAIN_LANGS:
             assert {f"ppl/{lang}", f"bpb/{lang}", f"ppl_ratio/{lang}"} <= set(m)
         assert abs(m["region/fraction"] - ratio) < 1e-3
-        assert {"sweep_id", "job_num", "git_sha", "regionbench_version", "importance_key",
-                "model_id"} <= set(run.data.tags)
+        assert {
+            "sweep_id",
+            "job_num",
+            "git_sha",
+            "regionbench_version",
+            "importance_key",
+            "model_id",
+        } <= set(run.data.tags)
         assert run.data.params["model.name"] == "sandbox-test"
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "region_summary.csv", "lm_eval_results.json"} <= arts
         assert any(k.startswith("lm_eval/sandbox_grammar") for k in m)
     # ratio 0 is the unmodified model: every ratio is exactly 1
-    assert all(v == 1.0 for k, v in by_ratio[0.0].data.metrics.items()
-               if k.startswith("ppl_ratio/"))
-    assert by_ratio[0.2].data.metrics["ppl_ratio/mean"] > by_ratio[0.05].data.metrics[
-        "ppl_ratio/mean"] > 1.0
+    assert all(
+        v == 1.0 for k, v in by_ratio[0.0].data.metrics.items() if k.startswith("ppl_ratio/")
+    )
+    assert (
+        by_ratio[0.2].data.metrics["ppl_ratio/mean"]
+        > by_ratio[0.05].data.metrics["ppl_ratio/mean"]
+        > 1.0
+    )
     # importance is computed once: the second scored job hits the cache
     tags = [by_ratio[r].data.tags["importance_cache"] for r in (0.05, 0.2)]
     assert tags == ["miss", "hit"]
@@ -92,27 +108,42 @@ def store(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["model.name=sandbox-xxl"], "unknown sandbox model 'sandbox-xxl'"),
-    (["model.name=no-such-org/no-such-model"], "unknown model 'no-such-org/no-such-model'"),
-    (["metric.name=magnitud"], "unknown metric 'magnitud': did you mean 'magnitude'"),
-    (["region.name=core_botom"], "did you mean 'core_bottom'"),
-    (["data.eval_langs=[latn,xx]"], "unknown language for data=sandbox 'xx'"),
-    (["ratio=1.0"], "ratio 1.0 is outside [0, 1)"),
-    (["data=local", "data.path=/no/such/dir"], "data.path '/no/such/dir' is not a readable"),
-    (["data=wikipedia", "data.importance_langs=[ar]", "data.eval_langs=[ar]",
-      "model=sandbox-test"], "cannot stream 'wikimedia/wikipedia'"),
-    (["eval.lm_eval.tasks=[sandbox_gramar]"], "sandbox_gramar"),
-    (["eval.lm_eval.tasks=[arc_easy]"], "cannot load the dataset of lm-eval task 'arc_easy'"),
-    (["region=monolingual", "region.lang=latn", "metric=magnitude"],
-     "region=monolingual needs a per-language metric"),
-    (["importance.seq_len=512"], "importance.seq_len 512 is longer than the model's context"),
-    (["intervention=freeze", "intervention.steps=4"], "warmup_steps 15 is more than steps 4"),
-])
-def test_bad_input_fails_one_line_without_a_finished_run(store, overrides, message,
-                                                         sandbox_test_dir):
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.name=sandbox-xxl"], "unknown sandbox model 'sandbox-xxl'"),
+        (["model.name=no-such-org/no-such-model"], "unknown model 'no-such-org/no-such-model'"),
+        (["metric.name=magnitud"], "unknown metric 'magnitud': did you mean 'magnitude'"),
+        (["region.name=core_botom"], "did you mean 'core_bottom'"),
+        (["data.eval_langs=[latn,xx]"], "unknown language for data=sandbox 'xx'"),
+        (["ratio=1.0"], "ratio 1.0 is outside [0, 1)"),
+        (["data=local", "data.path=/no/such/dir"], "data.path '/no/such/dir' is not a readable"),
+        (
+            [
+                "data=wikipedia",
+                "data.importance_langs=[ar]",
+                "data.eval_langs=[ar]",
+                "model=sandbox-test",
+            ],
+            "cannot stream 'wikimedia/wikipedia'",
+        ),
+        (["eval.lm_eval.tasks=[sandbox_gramar]"], "sandbox_gramar"),
+        (["eval.lm_eval.tasks=[arc_easy]"], "cannot load the dataset of lm-eval task 'arc_easy'"),
+        (
+            ["region=monolingual", "region.lang=latn", "metric=magnitude"],
+            "region=monolingual needs a per-language metric",
+        ),
+        (["importance.seq_len=512"], "importance.seq_len 512 is longer than the model's context"),
+        (["intervention=freeze", "intervention.steps=4"], "warmup_steps 15 is more than steps 4"),
+    ],
+)
+def test_bad_input_fails_one_line_without_a_finished_run(
+    store, overrides, message, sandbox_test_dir
+):
     experiment = f"bad-{abs(hash(tuple(overrides)))}"
-    cfg = compose([*SMALL, *overrides, f"tracking.uri={store}", f"tracking.experiment={experiment}"])
+    cfg = compose(
+        [*SMALL, *overrides, f"tracking.uri={store}", f"tracking.experiment={experiment}"]
+    )
     result = run_job(cfg, name="bad")
     assert result["status"] == "FAILED"
     assert message in result["error"] and "\n" not in result["error"]
@@ -128,9 +159,11 @@ def test_bad_input_fails_one_line_without_a_finished_run(store, overrides, messa
 def test_cli_group_typo_is_one_line(tmp_path, cache_dir):
     proc = _run(["metric=taylr"], tmp_path, cache_dir, timeout=60)
     assert proc.returncode != 0
-    assert proc.stderr.strip() == ("error: unknown metric option 'taylr': did you mean 'taylor' "
-                                   "or 'taylor_abs'? choices: fisher, magnitude, random, taylor, "
-                                   "taylor_abs")
+    assert proc.stderr.strip() == (
+        "error: unknown metric option 'taylr': did you mean 'taylor' "
+        "or 'taylor_abs'? choices: fisher, magnitude, random, taylor, "
+        "taylor_abs"
+    )
     assert not (tmp_path / "mlruns").exists()
 
 
@@ -145,10 +178,21 @@ def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir):
     from regionbench import pipeline
     from regionbench.cache import fingerprint_model
 
-    cfg = compose(["+experiment=freeze", "frozen_set=core-5", *SMALL, f"tracking.uri={store}",
-                   "tracking.experiment=freeze-test", "intervention.steps=4",
-                   "intervention.eval_every=2", "intervention.train_docs=60", "intervention.warmup_steps=1",
-                   "intervention.batch_size=4", "intervention.seq_len=32"])
+    cfg = compose(
+        [
+            "+experiment=freeze",
+            "frozen_set=core-5",
+            *SMALL,
+            f"tracking.uri={store}",
+            "tracking.experiment=freeze-test",
+            "intervention.steps=4",
+            "intervention.eval_every=2",
+            "intervention.train_docs=60",
+            "intervention.warmup_steps=1",
+            "intervention.batch_size=4",
+            "intervention.seq_len=32",
+        ]
+    )
     assert cfg.model.name == "sandbox-test" and cfg.ratio == 0.05
     result = run_job(cfg, name="freeze")
     assert result["status"] == "FINISHED", result
@@ -173,11 +217,22 @@ def test_freeze_job_saves_the_trained_model_when_asked(store, sandbox_test_dir, 
     from regionbench import pipeline
     from regionbench.regions import Region
 
-    cfg = compose(["+experiment=freeze", "frozen_set=core-5", *SMALL, f"tracking.uri={store}",
-                   "tracking.experiment=freeze-test", "intervention.steps=2",
-                   "intervention.eval_every=0", "intervention.train_docs=40",
-                   "intervention.warmup_steps=1", "intervention.batch_size=4",
-                   "intervention.seq_len=32", "intervention.save_model=true"])
+    cfg = compose(
+        [
+            "+experiment=freeze",
+            "frozen_set=core-5",
+            *SMALL,
+            f"tracking.uri={store}",
+            "tracking.experiment=freeze-test",
+            "intervention.steps=2",
+            "intervention.eval_every=0",
+            "intervention.train_docs=40",
+            "intervention.warmup_steps=1",
+            "intervention.batch_size=4",
+            "intervention.seq_len=32",
+            "intervention.save_model=true",
+        ]
+    )
     result = run_job(cfg, name="freeze-save", output_dir=tmp_path)
     assert result["status"] == "FINISHED", result
     saved = tmp_path / "model"
@@ -205,10 +260,27 @@ def test_sigterm_ends_the_running_job_and_the_sweep_killed(tmp_path, cache_dir, 
     env = dict(os.environ, REGIONBENCH_CACHE=str(cache_dir), PYTHONPATH=str(REPO))
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "regionbench", "-m", "seed=0,1", *SMALL, "ratio=0",
-         "intervention=freeze", "intervention.steps=1000000", "intervention.eval_every=0",
-         "intervention.train_docs=20", "intervention.batch_size=2", "intervention.seq_len=32"],
-        cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "regionbench",
+            "-m",
+            "seed=0,1",
+            *SMALL,
+            "ratio=0",
+            "intervention=freeze",
+            "intervention.steps=1000000",
+            "intervention.eval_every=0",
+            "intervention.train_docs=20",
+            "intervention.batch_size=2",
+            "intervention.seq_len=32",
+        ],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 180
         db, training, error = tmp_path / "mlruns" / "mlflow.db", False, None
@@ -220,7 +292,8 @@ def test_sigterm_ends_the_running_job_and_the_sweep_killed(tmp_path, cache_dir, 
             try:
                 with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
                     training = con.execute(
-                        "SELECT 1 FROM metrics WHERE key = 'train/loss' LIMIT 1").fetchone()
+                        "SELECT 1 FROM metrics WHERE key = 'train/loss' LIMIT 1"
+                    ).fetchone()
             except sqlite3.Error as err:  # not created yet, or being written
                 error = err
         proc.send_signal(signal.SIGTERM)
@@ -254,9 +327,18 @@ def local_world(tmp_path_factory, sandbox_test_dir):
 
 def test_readme_real_model_command_runs_without_eval(store, local_world):
     """`model=hf model.name=<folder> data=local data.path=<folder>`: no sandbox task asked for."""
-    cfg = compose(["model=hf", f"model.name={local_world / 'model'}", "data=local",
-                   f"data.path={local_world / 'texts'}", "ratio=0.05", "data.eval_docs=10",
-                   f"tracking.uri={store}", "tracking.experiment=local-readme"])
+    cfg = compose(
+        [
+            "model=hf",
+            f"model.name={local_world / 'model'}",
+            "data=local",
+            f"data.path={local_world / 'texts'}",
+            "ratio=0.05",
+            "data.eval_docs=10",
+            f"tracking.uri={store}",
+            "tracking.experiment=local-readme",
+        ]
+    )
     result = run_job(cfg, name="local")
     assert result["status"] == "FINISHED", result
     m = result["metrics"]
@@ -274,9 +356,17 @@ def test_importance_cache_key_follows_the_tokenizer(store, local_world, tmp_path
 
     folder = tmp_path / "model"
     shutil.copytree(local_world / "model", folder)
-    overrides = ["model=hf", f"model.name={folder}", "data=local",
-                 f"data.path={local_world / 'texts'}", "ratio=0.05", "data.eval_docs=5",
-                 "eval.perplexity=false", f"tracking.uri={store}", "tracking.experiment=tok-key"]
+    overrides = [
+        "model=hf",
+        f"model.name={folder}",
+        "data=local",
+        f"data.path={local_world / 'texts'}",
+        "ratio=0.05",
+        "data.eval_docs=5",
+        "eval.perplexity=false",
+        f"tracking.uri={store}",
+        "tracking.experiment=tok-key",
+    ]
     client = MlflowClient(tracking_uri=store)
     tags = []
     for retokenize in (False, False, True):

@@ -10,7 +10,7 @@ import torch
 from regionbench.regions import REGIONS, Region, exact_k, select, split_name, topk_mask
 
 SHAPES = {
-    "model.layers.0.self_attn.q_proj.weight": (7, 13),   # odd numel 91
+    "model.layers.0.self_attn.q_proj.weight": (7, 13),  # odd numel 91
     "model.layers.0.input_layernorm.weight": (11,),
     "model.layers.1.mlp.down_proj.weight": (10, 10),
     "model.layers.1.mlp.down_proj.bias": (10,),
@@ -25,8 +25,10 @@ def make_scores(seed=0, langs=LANGS):
 
 def topset(t, k, largest=True):
     """Brute force: flat indices of the k largest (smallest), ties to lower index."""
-    order = sorted(range(t.numel()), key=lambda i: (-t.reshape(-1)[i].item() if largest
-                                                    else t.reshape(-1)[i].item(), i))
+    order = sorted(
+        range(t.numel()),
+        key=lambda i: (-t.reshape(-1)[i].item() if largest else t.reshape(-1)[i].item(), i),
+    )
     return set(order[:k])
 
 
@@ -161,18 +163,28 @@ def test_summary_rows_per_layer_and_module():
     r = select(make_scores(), 0.5, "core", meta={"model_id": "m"})
     rows = r.summary()
     assert [(row["layer"], row["module"]) for row in rows] == [
-        (0, "self_attn.q_proj"), (0, "input_layernorm"), (1, "mlp.down_proj")]
+        (0, "self_attn.q_proj"),
+        (0, "input_layernorm"),
+        (1, "mlp.down_proj"),
+    ]
     down = rows[2]
     assert down["numel"] == 110 and down["selected"] == 50 + 5
     assert down["fraction"] == pytest.approx(55 / 110)
     assert sum(row["selected"] for row in rows) == r.numel
     assert split_name("model.norm.weight") == (None, "model.norm")
-    assert split_name("model.layers.12.mlp.experts.3.up_proj.weight") == (12, "mlp.experts.3.up_proj")
+    assert split_name("model.layers.12.mlp.experts.3.up_proj.weight") == (
+        12,
+        "mlp.experts.3.up_proj",
+    )
 
 
 def test_save_load_roundtrip_is_bit_exact(tmp_path):
-    meta = {"model_id": "sandbox-s", "revision": "r1", "metric": "taylor",
-            "data_fingerprint": "ab" * 32}
+    meta = {
+        "model_id": "sandbox-s",
+        "revision": "r1",
+        "metric": "taylor",
+        "data_fingerprint": "ab" * 32,
+    }
     r = select(make_scores(), 0.37, "monolingual", lang="bb", meta=meta)
     path = r.save(tmp_path / "sub" / "region.safetensors")
     back = Region.load(path)
@@ -180,8 +192,16 @@ def test_save_load_roundtrip_is_bit_exact(tmp_path):
     for name, mask in r.masks.items():
         assert back.masks[name].dtype == torch.bool and torch.equal(back.masks[name], mask)
     assert back.meta == r.meta
-    for field in ("model_id", "revision", "metric", "region", "ratio", "languages",
-                  "data_fingerprint", "regionbench_version"):
+    for field in (
+        "model_id",
+        "revision",
+        "metric",
+        "region",
+        "ratio",
+        "languages",
+        "data_fingerprint",
+        "regionbench_version",
+    ):
         assert field in back.meta
     # packed: about one bit per entry, not one byte
     assert path.stat().st_size < r.total // 8 + 2000

@@ -23,18 +23,38 @@ def _sweep(tracker: Tracker, name: str, jobs: list[tuple[dict, dict]], step: int
 def store(tmp_path):
     tracker = Tracker(resolve_uri(None, tmp_path), "freeze")
     old = _sweep(tracker, "old", [({"ratio": "0.5", "seed": "0"}, {"forget/mean": 100.0})])
-    _sweep(tracker, "new", [
-        ({"ratio": r, "seed": s, "model.name": "m"}, {"forget/mean": v})
-        for r, s, v in [("0.0", "0", 2.0), ("0.0", "1", 4.0), ("0.0", "2", 6.0),
-                        ("0.05", "0", 1.0), ("0.05", "1", 1.5), ("0.05", "2", 2.0)]
-    ])
+    _sweep(
+        tracker,
+        "new",
+        [
+            ({"ratio": r, "seed": s, "model.name": "m"}, {"forget/mean": v})
+            for r, s, v in [
+                ("0.0", "0", 2.0),
+                ("0.0", "1", 4.0),
+                ("0.0", "2", 6.0),
+                ("0.05", "0", 1.0),
+                ("0.05", "1", 1.5),
+                ("0.05", "2", 2.0),
+            ]
+        ],
+    )
     return tracker, old
 
 
 def test_groups_give_mean_and_sample_std_over_seeds(store, capsys):
     tracker, _ = store
-    report.main(["--uri", tracker.uri, "--experiment", "freeze", "--group", "ratio",
-                 "--metrics", "forget/mean"])
+    report.main(
+        [
+            "--uri",
+            tracker.uri,
+            "--experiment",
+            "freeze",
+            "--group",
+            "ratio",
+            "--metrics",
+            "forget/mean",
+        ]
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "| ratio | n | forget/mean |"
     # latest sweep only: the old sweep's ratio 0.5 is not in it; std is the sample std (n-1)
@@ -43,8 +63,18 @@ def test_groups_give_mean_and_sample_std_over_seeds(store, capsys):
 
 def test_over_groups_by_the_remaining_swept_params(store, capsys):
     tracker, _ = store
-    report.main(["--uri", tracker.uri, "--experiment", "freeze", "--over", "seed",
-                 "--metrics", "forget/mean"])
+    report.main(
+        [
+            "--uri",
+            tracker.uri,
+            "--experiment",
+            "freeze",
+            "--over",
+            "seed",
+            "--metrics",
+            "forget/mean",
+        ]
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "| ratio | n | forget/mean |"  # model.name does not vary: not a column
     assert lines[2] == "| 0.0 | 3 | 4 ± 2 |"
@@ -63,7 +93,8 @@ def test_no_sweep_names_the_experiment(tmp_path):
 
 
 def test_freeze_analysis_pairs_each_frozen_set_with_the_unfrozen_run_of_its_seed(
-        tmp_path, monkeypatch, capsys):
+    tmp_path, monkeypatch, capsys
+):
     import runpy
 
     from conftest import REPO
@@ -71,13 +102,24 @@ def test_freeze_analysis_pairs_each_frozen_set_with_the_unfrozen_run_of_its_seed
     tracker = Tracker(resolve_uri(None, tmp_path), "freeze")
     jobs = []
     for seed, base in [("0", 4.0), ("1", 16.0)]:  # forget/b is 1 in every run
-        for metric, ratio, factor in [("taylor", "0.0", 1.0), ("taylor", "0.05", 0.25),
-                                      ("random", "0.05", 1.0)]:
-            params = {"metric.name": metric, "region.name": "core", "ratio": ratio,
-                      "seed": seed}
-            jobs.append((params, {"forget/a": base * factor, "forget/b": 1.0,
-                                  "forget/mean": (base * factor + 1) / 2,
-                                  "learn/t": 0.5, "ppl/t": 2.0 * factor}))
+        for metric, ratio, factor in [
+            ("taylor", "0.0", 1.0),
+            ("taylor", "0.05", 0.25),
+            ("random", "0.05", 1.0),
+        ]:
+            params = {"metric.name": metric, "region.name": "core", "ratio": ratio, "seed": seed}
+            jobs.append(
+                (
+                    params,
+                    {
+                        "forget/a": base * factor,
+                        "forget/b": 1.0,
+                        "forget/mean": (base * factor + 1) / 2,
+                        "learn/t": 0.5,
+                        "ppl/t": 2.0 * factor,
+                    },
+                )
+            )
     parent = _sweep(tracker, "freeze", jobs, step=2)  # the final metrics, after 2 steps
     for child in tracker.children(parent):  # the curve reads the step history
         tracker.log_metrics(child.info.run_id, {"forget/a": 1.0, "forget/b": 1.0}, step=0)

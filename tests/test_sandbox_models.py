@@ -78,7 +78,9 @@ def test_cached_model_is_not_rebuilt(built, monkeypatch):
 
 def test_folder_name_encodes_recipe_and_seed(tmp_path, monkeypatch):
     path = sandbox.sandbox_path(NAME, tmp_path)
-    assert path.name.startswith(f"{NAME}-v{sandbox.RECIPE_VERSION}-") and path.name.endswith("seed0")
+    assert path.name.startswith(f"{NAME}-v{sandbox.RECIPE_VERSION}-") and path.name.endswith(
+        "seed0"
+    )
     assert sandbox.sandbox_path(NAME, tmp_path, seed=2) != path
     assert sandbox.sandbox_path("sandbox-s", tmp_path) != path
     changed = replace(sandbox.SANDBOX_MODELS[NAME], lr=1e-4)
@@ -106,11 +108,21 @@ def test_interrupted_build_leaves_nothing_that_loads(tmp_path, monkeypatch):
 
 
 def test_two_processes_build_once(tmp_path):
-    cmd = [sys.executable, "-m", "regionbench.sandbox", "build", NAME, "--quiet",
-           "--cache-dir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "regionbench.sandbox",
+        "build",
+        NAME,
+        "--quiet",
+        "--cache-dir",
+        str(tmp_path),
+    ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     folders = {out.splitlines()[0] for out, _ in outs}
@@ -129,8 +141,19 @@ def test_model_sizes():
 def test_unknown_model_is_a_one_line_error(tmp_path):
     with pytest.raises(ValueError, match=r"unknown sandbox model 'sandbox-xl': did you mean"):
         sandbox.ensure_sandbox_model("sandbox-xl", tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "regionbench.sandbox", "build", "sandbox-q",
-                           "--cache-dir", str(tmp_path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "regionbench.sandbox",
+            "build",
+            "sandbox-q",
+            "--cache-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "unknown sandbox model 'sandbox-q'" in proc.stderr
     assert "Traceback" not in proc.stderr
 

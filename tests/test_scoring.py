@@ -31,9 +31,12 @@ def reference_windows(tok, docs, seq_len, n):
     """The definition: each document is [BOS] ids [EOS], concatenated, cut into windows."""
     stream = []
     for doc in docs:
-        stream += [tok.bos_token_id, *tok(doc, add_special_tokens=False)["input_ids"],
-                   tok.eos_token_id]
-    return [stream[i * seq_len:(i + 1) * seq_len] for i in range(n)]
+        stream += [
+            tok.bos_token_id,
+            *tok(doc, add_special_tokens=False)["input_ids"],
+            tok.eos_token_id,
+        ]
+    return [stream[i * seq_len : (i + 1) * seq_len] for i in range(n)]
 
 
 def sample_loss(model, window):
@@ -61,8 +64,9 @@ def per_sample_grads(model, windows):
 
 def test_taylor_is_abs_theta_times_summed_per_sample_gradients(tok):
     model = tiny_llama()
-    scores = compute_importance(model, tok, TEXTS, "taylor", samples=N, seq_len=SEQ,
-                                batch_size=BATCH, progress=False)
+    scores = compute_importance(
+        model, tok, TEXTS, "taylor", samples=N, seq_len=SEQ, batch_size=BATCH, progress=False
+    )
     assert set(scores) == set(TEXTS)
     for lang, docs in TEXTS.items():
         params, grads = per_sample_grads(model, reference_windows(tok, docs, SEQ, N))
@@ -79,10 +83,18 @@ def test_taylor_is_abs_theta_times_summed_per_sample_gradients(tok):
 def test_taylor_abs_and_fisher_fold_each_batch_sum(tok):
     model = tiny_llama()
     params, grads = per_sample_grads(model, reference_windows(tok, TEXTS["aa"], SEQ, N))
-    batches = [grads[i:i + BATCH] for i in range(0, N, BATCH)]  # 3 + 3 + 1
+    batches = [grads[i : i + BATCH] for i in range(0, N, BATCH)]  # 3 + 3 + 1
     for metric, f in [("taylor_abs", torch.abs), ("fisher", torch.square)]:
-        s = compute_importance(model, tok, {"aa": TEXTS["aa"]}, metric, samples=N, seq_len=SEQ,
-                               batch_size=BATCH, progress=False)["aa"]
+        s = compute_importance(
+            model,
+            tok,
+            {"aa": TEXTS["aa"]},
+            metric,
+            samples=N,
+            seq_len=SEQ,
+            batch_size=BATCH,
+            progress=False,
+        )["aa"]
         for name, p in params.items():
             expected = sum(f(p.detach() * sum(g[name] for g in b)) for b in batches)
             torch.testing.assert_close(s[name], expected, rtol=1e-4, atol=1e-9)
@@ -93,10 +105,12 @@ def test_more_text_changes_neither_the_scores_nor_the_core(tok):
     model = tiny_llama()
     tripled = dict(TEXTS, aa=TEXTS["aa"] * 3)
     for samples in (N, None):
-        a = compute_importance(model, tok, TEXTS, samples=samples, seq_len=SEQ,
-                               batch_size=BATCH, progress=False)
-        b = compute_importance(model, tok, tripled, samples=samples, seq_len=SEQ,
-                               batch_size=BATCH, progress=False)
+        a = compute_importance(
+            model, tok, TEXTS, samples=samples, seq_len=SEQ, batch_size=BATCH, progress=False
+        )
+        b = compute_importance(
+            model, tok, tripled, samples=samples, seq_len=SEQ, batch_size=BATCH, progress=False
+        )
         for lang in TEXTS:
             for name in a[lang]:
                 ratio = float(b[lang][name].sum() / a[lang][name].sum())
@@ -144,8 +158,16 @@ def test_packing_reads_a_stream_only_as_far_as_needed(tok):
 def test_bf16_model_accumulates_in_fp32(tok):
     model = tiny_llama().to(torch.bfloat16)
     params, grads = per_sample_grads(model, reference_windows(tok, TEXTS["aa"], SEQ, N))
-    s = compute_importance(model, tok, {"aa": TEXTS["aa"]}, "taylor", samples=N, seq_len=SEQ,
-                           batch_size=N, progress=False)["aa"]
+    s = compute_importance(
+        model,
+        tok,
+        {"aa": TEXTS["aa"]},
+        "taylor",
+        samples=N,
+        seq_len=SEQ,
+        batch_size=N,
+        progress=False,
+    )["aa"]
     for name, p in params.items():
         assert p.dtype == torch.bfloat16 and s[name].dtype == torch.float32
         reference = (p.detach().float() * sum(g[name] for g in grads)).abs()

@@ -22,7 +22,8 @@ def folder(tmp_path):
     import datasets
 
     datasets.Dataset.from_dict({"text": ["fr " + d for d in DOCS]}).to_parquet(
-        str(tmp_path / "fr.parquet"))
+        str(tmp_path / "fr.parquet")
+    )
     return tmp_path
 
 
@@ -102,9 +103,11 @@ def test_hub_path_and_config_are_the_dataset_actually_streamed(monkeypatch):
     load_texts("wikipedia", "eval", ["ar"], n_docs=2)
     load_texts("wikipedia", "eval", ["ar"], n_docs=2, path="me/wiki", config="2024.{lang}")
     load_texts("c4", "eval", ["ko"], n_docs=1)
-    assert fake.calls == [("wikimedia/wikipedia", "20231101.ar", "train", True),
-                          ("me/wiki", "2024.ar", "train", True),
-                          ("allenai/c4", "ko", "train", True)]
+    assert fake.calls == [
+        ("wikimedia/wikipedia", "20231101.ar", "train", True),
+        ("me/wiki", "2024.ar", "train", True),
+        ("allenai/c4", "ko", "train", True),
+    ]
 
 
 def test_flores_importance_and_training_text_never_overlap(monkeypatch):
@@ -137,8 +140,11 @@ def test_every_paper_language_has_its_belebele_task():
     from regionbench.data.sources import FLORES200_CODES, PAPER_EVAL_LANGS
 
     folder = Path(lm_eval.__file__).parent / "tasks" / "belebele"
-    missing = [lang for lang in PAPER_EVAL_LANGS
-               if not (folder / f"belebele_{FLORES200_CODES[lang]}.yaml").is_file()]
+    missing = [
+        lang
+        for lang in PAPER_EVAL_LANGS
+        if not (folder / f"belebele_{FLORES200_CODES[lang]}.yaml").is_file()
+    ]
     assert not missing
 
 
@@ -151,4 +157,5 @@ def test_sandbox_stream_is_the_generated_corpus_read_lazily():
         head = list(itertools.islice(sandbox.stream(split, "grek"), 7))
         assert head == sandbox.generate(split, ["grek"], n_docs=7)["grek"]
     assert load_texts("sandbox", "eval", ["latn"], n_docs=3) == sandbox.generate(
-        "eval", ["latn"], n_docs=3)
+        "eval", ["latn"], n_docs=3
+    )

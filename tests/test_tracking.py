@@ -17,7 +17,10 @@ def test_default_uri_is_absolute_sqlite(tmp_path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {
-        "a.b": 1, "a.c.d": [1, 2], "e": None}
+        "a.b": 1,
+        "a.c.d": [1, 2],
+        "e": None,
+    }
 
 
 def test_runs_read_back(tmp_path):

@@ -180,7 +180,8 @@ def test_restore_after_puts_weights_back(tokenizer):
         moved = sum(int((p != before[n]).sum()) for n, p in model.named_parameters())
         assert snap.changed() == moved > 0
         assert moved <= sum(p.numel() for p in model.parameters()) - sum(
-            int(m.sum()) for m in masks.values())  # the frozen set never moves
+            int(m.sum()) for m in masks.values()
+        )  # the frozen set never moves
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
@@ -208,8 +209,10 @@ def test_pack_shuffles_bos_doc_eos_documents(tokenizer):
     assert windows.shape == (3, 3)  # 4 + 5 tokens -> three windows, tail dropped
     flat = windows.flatten().tolist()
     assert flat[0] == 1 and flat.count(1) == 2 and flat.count(2) == 2
-    orders = {tuple(pack(tokenizer, ["ab", "cde", "f", "gh"], 2, seed=s).flatten().tolist())
-              for s in range(8)}
+    orders = {
+        tuple(pack(tokenizer, ["ab", "cde", "f", "gh"], 2, seed=s).flatten().tolist())
+        for s in range(8)
+    }
     assert len(orders) > 1  # the seed shuffles the documents
     with pytest.raises(ValueError, match="fewer than seq_len 64"):
         pack(tokenizer, ["ab"], seq_len=64)
@@ -483,11 +486,11 @@ def test_infinite_gradient_with_a_finite_loss_never_reaches_the_weights(tokenize
     """fp16 overflow looks like this: the loss is fine, one gradient is not."""
     model = tiny_llama()
     before = snapshot(model)
-    handle = model.model.layers[0].mlp.up_proj.weight.register_hook(
-        lambda g: g * float("inf"))
+    handle = model.model.layers[0].mlp.up_proj.weight.register_hook(lambda g: g * float("inf"))
     with pytest.raises(FloatingPointError, match="gradient norm is (inf|nan) at step 1"):
-        train_frozen(model, tokenizer, TEXTS, None, config(max_grad_norm=max_grad_norm),
-                     progress=False)
+        train_frozen(
+            model, tokenizer, TEXTS, None, config(max_grad_norm=max_grad_norm), progress=False
+        )
     handle.remove()
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]), name

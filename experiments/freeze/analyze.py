@@ -36,13 +36,15 @@ def geomean(values: list[float]) -> float:
 
 
 def langs_of(metrics: dict, kind: str) -> list[str]:
-    return sorted(k.split("/", 1)[1] for k in metrics if k.startswith(f"{kind}/")
-                  and k != f"{kind}/mean")
+    return sorted(
+        k.split("/", 1)[1] for k in metrics if k.startswith(f"{kind}/") and k != f"{kind}/mean"
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--uri", default=None, help="tracking URI (default ./mlruns/mlflow.db)")
     ap.add_argument("--experiment", default="freeze")
     ap.add_argument("--parent", default=None, help="sweep run id (default: the latest sweep)")
@@ -58,24 +60,38 @@ def main() -> None:
     rows = []
     for r in runs:
         m = r.data.metrics
-        rows.append({
-            "frozen set": frozen_set(r.data.params), "seed": r.data.params["seed"],
-            "forget/mean": m["forget/mean"],
-            "forget (geo)": geomean([m[f"forget/{lang}"] for lang in others]),
-            **{f"ppl/{lang}": m[f"ppl/{lang}"] for lang in targets},
-            "run_id": r.info.run_id,
-        })
+        rows.append(
+            {
+                "frozen set": frozen_set(r.data.params),
+                "seed": r.data.params["seed"],
+                "forget/mean": m["forget/mean"],
+                "forget (geo)": geomean([m[f"forget/{lang}"] for lang in others]),
+                **{f"ppl/{lang}": m[f"ppl/{lang}"] for lang in targets},
+                "run_id": r.info.run_id,
+            }
+        )
     baseline = {row["seed"]: row for row in rows if row["frozen set"] == "none"}
     for row in rows:
         base = baseline.get(row["seed"])
-        row["forget (geo) / none"] = row["forget (geo)"] / base["forget (geo)"] if base else math.nan
+        row["forget (geo) / none"] = (
+            row["forget (geo)"] / base["forget (geo)"] if base else math.nan
+        )
         for lang in targets:
-            row[f"ppl/{lang} / none"] = row[f"ppl/{lang}"] / base[f"ppl/{lang}"] if base else math.nan
+            row[f"ppl/{lang} / none"] = (
+                row[f"ppl/{lang}"] / base[f"ppl/{lang}"] if base else math.nan
+            )
 
-    metrics = ["forget/mean", "forget (geo)", "forget (geo) / none",
-               *[f"ppl/{lang}" for lang in targets], *[f"ppl/{lang} / none" for lang in targets]]
-    print(f"target {', '.join(targets)}; forgetting over {', '.join(others)}; "
-          f"{len(runs)} runs, mean ± std across seeds\n")
+    metrics = [
+        "forget/mean",
+        "forget (geo)",
+        "forget (geo) / none",
+        *[f"ppl/{lang}" for lang in targets],
+        *[f"ppl/{lang} / none" for lang in targets],
+    ]
+    print(
+        f"target {', '.join(targets)}; forgetting over {', '.join(others)}; "
+        f"{len(runs)} runs, mean ± std across seeds\n"
+    )
     print(markdown(aggregate(rows, ["frozen set"], metrics)))
 
     # Forgetting curve: the step history of every forget/<lang> metric.
@@ -89,9 +105,17 @@ def main() -> None:
             if len(values) == len(others):
                 curves[row["frozen set"]][step].append(geomean(values))
     steps = sorted({s for c in curves.values() for s in c})
-    print("\nforgetting curve: geometric-mean forgetting after each number of steps, mean of seeds\n")
-    print(markdown([{"frozen set": name, **{str(s): statistics.fmean(c[s]) for s in steps if c[s]}}
-                    for name, c in curves.items()]))
+    print(
+        "\nforgetting curve: geometric-mean forgetting after each number of steps, mean of seeds\n"
+    )
+    print(
+        markdown(
+            [
+                {"frozen set": name, **{str(s): statistics.fmean(c[s]) for s in steps if c[s]}}
+                for name, c in curves.items()
+            ]
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ from regionbench.data.sources import (
 )
 
 __all__ = [
-    "PAPER_EVAL_LANGS", "PAPER_IMPORTANCE_LANGS", "SOURCES", "SPLITS", "default_langs",
+    "PAPER_EVAL_LANGS",
+    "PAPER_IMPORTANCE_LANGS",
+    "SOURCES",
+    "SPLITS",
+    "default_langs",
     "load_texts",
 ]
-

@@ -23,18 +23,71 @@ SPLITS = ("train", "importance", "eval")
 
 # The paper's importance languages and its 30 perplexity languages (ISO 639-1).
 PAPER_IMPORTANCE_LANGS = ("ar", "es", "ru", "zh", "ko", "vi")
-PAPER_EVAL_LANGS = ("ar", "zh", "cs", "da", "nl", "en", "fi", "fr", "de", "el", "hu", "id", "it",
-                    "ja", "ko", "ms", "ml", "no", "fa", "pl", "pt", "ro", "ru", "es", "sw", "sv",
-                    "ta", "tr", "uk", "vi")
+PAPER_EVAL_LANGS = (
+    "ar",
+    "zh",
+    "cs",
+    "da",
+    "nl",
+    "en",
+    "fi",
+    "fr",
+    "de",
+    "el",
+    "hu",
+    "id",
+    "it",
+    "ja",
+    "ko",
+    "ms",
+    "ml",
+    "no",
+    "fa",
+    "pl",
+    "pt",
+    "ro",
+    "ru",
+    "es",
+    "sw",
+    "sv",
+    "ta",
+    "tr",
+    "uk",
+    "vi",
+)
 
 # FLORES+ names languages by ISO 639-3 + script; note Mandarin is cmn_Hans (not zho_Hans).
 FLORES_CODES = {
-    "ar": "arb_Arab", "zh": "cmn_Hans", "cs": "ces_Latn", "da": "dan_Latn", "nl": "nld_Latn",
-    "en": "eng_Latn", "fi": "fin_Latn", "fr": "fra_Latn", "de": "deu_Latn", "el": "ell_Grek",
-    "hu": "hun_Latn", "id": "ind_Latn", "it": "ita_Latn", "ja": "jpn_Jpan", "ko": "kor_Hang",
-    "ms": "zsm_Latn", "ml": "mal_Mlym", "no": "nob_Latn", "fa": "pes_Arab", "pl": "pol_Latn",
-    "pt": "por_Latn", "ro": "ron_Latn", "ru": "rus_Cyrl", "es": "spa_Latn", "sw": "swh_Latn",
-    "sv": "swe_Latn", "ta": "tam_Taml", "tr": "tur_Latn", "uk": "ukr_Cyrl", "vi": "vie_Latn",
+    "ar": "arb_Arab",
+    "zh": "cmn_Hans",
+    "cs": "ces_Latn",
+    "da": "dan_Latn",
+    "nl": "nld_Latn",
+    "en": "eng_Latn",
+    "fi": "fin_Latn",
+    "fr": "fra_Latn",
+    "de": "deu_Latn",
+    "el": "ell_Grek",
+    "hu": "hun_Latn",
+    "id": "ind_Latn",
+    "it": "ita_Latn",
+    "ja": "jpn_Jpan",
+    "ko": "kor_Hang",
+    "ms": "zsm_Latn",
+    "ml": "mal_Mlym",
+    "no": "nob_Latn",
+    "fa": "pes_Arab",
+    "pl": "pol_Latn",
+    "pt": "por_Latn",
+    "ro": "ron_Latn",
+    "ru": "rus_Cyrl",
+    "es": "spa_Latn",
+    "sw": "swh_Latn",
+    "sv": "swe_Latn",
+    "ta": "tam_Taml",
+    "tr": "tur_Latn",
+    "uk": "ukr_Cyrl",
+    "vi": "vie_Latn",
 }
 
 # Belebele (and other FLORES-200 task families) still call Mandarin zho_Hans.
@@ -93,11 +146,15 @@ def check_config(source: str, config: object) -> None:
     if config is None:
         return
     if source not in HUB_DATASETS:
-        raise ValueError(f"data.config {config!r} only applies to hub sources "
-                         f"({', '.join(HUB_DATASETS)}), not data={source}")
+        raise ValueError(
+            f"data.config {config!r} only applies to hub sources "
+            f"({', '.join(HUB_DATASETS)}), not data={source}"
+        )
     if not isinstance(config, str):
-        raise ValueError(f"data.config {config!r} is not a string: write a config name template "
-                         f"such as '20231101.{{lang}}' in quotes; fields: {', '.join(CONFIG_FIELDS)}")
+        raise ValueError(
+            f"data.config {config!r} is not a string: write a config name template "
+            f"such as '20231101.{{lang}}' in quotes; fields: {', '.join(CONFIG_FIELDS)}"
+        )
     import string
 
     fields = [f for _, f, _, _ in string.Formatter().parse(config) if f is not None]
@@ -157,8 +214,9 @@ def load_texts(
         n_docs = sandbox.DEFAULT_DOCS[split]
     out = {}
     for lang in langs:
-        docs = iter_texts(source, split, lang, path=path, config=config, text_field=text_field,
-                          seed=seed)
+        docs = iter_texts(
+            source, split, lang, path=path, config=config, text_field=text_field, seed=seed
+        )
         out[lang] = list(docs if n_docs is None else itertools.islice(docs, n_docs))
     return out
 
@@ -174,6 +232,7 @@ def _by_hash(docs: Iterable[str], split: str) -> Iterator[str]:
 
 # --- local folders -------------------------------------------------------------------------------
 
+
 def _local_root(path: str | None) -> Path:
     if not path:
         raise ValueError("data=local needs data.path: a folder of <lang>.txt/.jsonl/.parquet files")
@@ -181,8 +240,10 @@ def _local_root(path: str | None) -> Path:
     if not root.is_dir():
         raise ValueError(f"data.path {str(root)!r} is not a readable folder")
     if not _local_langs(root):
-        raise ValueError(f"data.path {str(root)!r} has no <lang>.txt, .jsonl, .json or .parquet "
-                         "files (optionally in train/, importance/, eval/ sub-folders)")
+        raise ValueError(
+            f"data.path {str(root)!r} has no <lang>.txt, .jsonl, .json or .parquet "
+            "files (optionally in train/, importance/, eval/ sub-folders)"
+        )
     return root
 
 
@@ -220,18 +281,29 @@ def _read_local(file: Path, text_field: str) -> list[str]:
     try:
         ds = datasets.load_dataset(builder, data_files=str(file), split="train", **kwargs)
     except Exception as err:  # noqa: BLE001 - report any parse failure in one line
-        raise ValueError(f"cannot read {str(file)!r} as {builder}: {str(err).splitlines()[0]}")\
-            from None
+        raise ValueError(
+            f"cannot read {str(file)!r} as {builder}: {str(err).splitlines()[0]}"
+        ) from None
     if text_field not in ds.column_names:
-        raise ValueError(f"{str(file)!r} has no {text_field!r} column; columns: "
-                         f"{', '.join(sorted(ds.column_names))} (set data.text_field)")
+        raise ValueError(
+            f"{str(file)!r} has no {text_field!r} column; columns: "
+            f"{', '.join(sorted(ds.column_names))} (set data.text_field)"
+        )
     return [str(t) for t in ds[text_field]]
 
 
 # --- hub corpora ---------------------------------------------------------------------------------
 
-def _hub_docs(source: str, lang: str, split: str, text_field: str, *, path: str | None = None,
-              config: str | None = None) -> Iterator[str]:
+
+def _hub_docs(
+    source: str,
+    lang: str,
+    split: str,
+    text_field: str,
+    *,
+    path: str | None = None,
+    config: str | None = None,
+) -> Iterator[str]:
     import datasets
 
     repo, template = HUB_DATASETS[source]
@@ -248,7 +320,8 @@ def _hub_docs(source: str, lang: str, split: str, text_field: str, *, path: str 
         msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"cannot stream {repo!r} config {name!r} for data={source} ({msg}); offline or gated? "
-            "use data=local with files on disk, or data=sandbox") from None
+            "use data=local with files on disk, or data=sandbox"
+        ) from None
     docs: Iterator[str] = (row[text_field] for row in itertools.chain([first], rows))
     if source == "flores":
         # dev is split in two by hash: importance and further training never share a sentence.
@@ -258,4 +331,3 @@ def _hub_docs(source: str, lang: str, split: str, text_field: str, *, path: str 
 
 def _flores_half(text: str) -> str:
     return "importance" if hashlib.sha256(text.strip().encode()).digest()[0] % 2 else "train"
-

@@ -175,15 +175,17 @@ def _score_windows(model, windows, n_groups: int, batch_size: int, progress: boo
     return totals.tolist()
 
 
-def _token_budget_batches(order: list[int], lengths: list[int], batch_size: int
-                          ) -> list[list[int]]:
+def _token_budget_batches(order: list[int], lengths: list[int], batch_size: int) -> list[list[int]]:
     """Consecutive runs of `order` (longest first) with at most `batch_size` windows and at most
     `batch_size * TOKENS_PER_ROW` padded tokens (the first window sets a batch's width)."""
     batches: list[list[int]] = []
     budget = batch_size * TOKENS_PER_ROW
     for k in order:
-        if batches and len(batches[-1]) < batch_size and \
-                lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= budget:
+        if (
+            batches
+            and len(batches[-1]) < batch_size
+            and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= budget
+        ):
             batches[-1].append(k)
         else:
             batches.append([k])
