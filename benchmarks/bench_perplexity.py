@@ -23,7 +23,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from regionbench.data import sandbox
+from regionbench import sandbox
 from regionbench.evaluation.perplexity import perplexity
 from regionbench.testing import tiny_tokenizer
 

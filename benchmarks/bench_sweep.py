@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from regionbench.models import resolve_cache_dir
+from regionbench.cache import cache_root
 from regionbench.sandbox import ensure_sandbox_model, sandbox_path
 
 
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--args", nargs="*", default=[], help="more overrides for every job")
     args = ap.parse_args()
 
-    built = ensure_sandbox_model(args.model, resolve_cache_dir())
+    built = ensure_sandbox_model(args.model, cache_root())
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         root = Path(tmp)
         times, values = {}, {}

@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 # here may be a submodule's name: importing regionbench.<name> would replace the attribute.
 _API = {
     "load_model": ("regionbench.models", "load_model"),
-    "load_texts": ("regionbench.data", "load_texts"),
+    "load_texts": ("regionbench.texts", "load_texts"),
     "importance": ("regionbench.scoring", "compute_importance"),
     "select": ("regionbench.regions", "select"),
     "Region": ("regionbench.regions", "Region"),

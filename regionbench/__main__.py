@@ -58,8 +58,10 @@ def main() -> None:
 
     import hydra
 
+    from regionbench.config import register
     from regionbench.tracking import interrupt_handler
 
+    register()  # the typed schema conf/config.yaml builds on
     try:
         check_group_overrides(sys.argv[1:], conf_dir())
     except ValueError as err:

@@ -1,20 +1,16 @@
-"""Content-addressed on-disk cache of importance scores, so a ratio sweep computes them once.
+"""Every on-disk cache of regionbench, with one key rule and one atomic write.
 
-    key = cache_key(model_id=..., revision=..., weights=fingerprint_model(model), metric="taylor",
-                    samples=fingerprint_samples(windows), batch_size=8, scope="matrices", ...)
-    cache = ScoreCache(cache_dir / "scores")
-    scores = cache.get(key)                       # None on a miss
-    if scores is None:
-        scores = compute_importance(...)
-        cache.put(key, scores, meta={...})
+    key = cache_key(model=..., weights=fingerprint_model(model), samples=fingerprint_samples(w))
+    scores = ScoreCache(root / "importance").get(key)      # importance scores (safetensors)
+    JsonCache(root / "baselines").put(key, {"ppl": ...})   # the unmodified model's evaluation
+    publish_dir(root / "tasks" / key, write_folder)        # a folder built once (tasks, models)
 
 The key is the sha256 of a canonical JSON of *every* input the caller passes; the cache never
-guesses identity from paths or names. An entry is a folder `<root>/<key>/` holding one
-safetensors file per language (a language-independent metric, whose languages share one dict, is
-stored once) and `manifest.json`, written last. Writers build the entry in a private temporary
-folder and `os.replace` it into place under a file lock, so readers see either nothing or a
-complete entry; anything else (no manifest, a file of the wrong size or with a bad header) is a
-miss, never an error. Only safetensors and JSON are read back: nothing is unpickled.
+guesses identity from paths or names, and a float, a tuple or an object without a canonical form
+can never collide with another value. Writers build an entry privately and `os.replace` it into
+place (fsynced, under a file lock for folders), so readers see either nothing or a complete
+entry; anything else is a miss, never an error. Only safetensors and JSON are read back: nothing
+is unpickled.
 """
 
 from __future__ import annotations
@@ -23,18 +19,20 @@ import contextlib
 import enum
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-FORMAT = "regionbench-scores-v1"
+FORMAT = "regionbench-scores-v1"  # the layout of a ScoreCache entry
 _KEY = re.compile(r"^[0-9a-f]{64}$")
+log = logging.getLogger(__name__)
 
 
 def _canonical(value):
@@ -65,8 +63,14 @@ def canonical_json(inputs: Mapping) -> str:
 
 def cache_key(**inputs) -> str:
     """sha256 hex of the canonical JSON of every input (keyword order does not matter)."""
-    text = canonical_json({"__format__": FORMAT, **inputs})
+    text = canonical_json({"__format__": "regionbench-cache-v1", **inputs})
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _checked(key: str) -> str:
+    if not isinstance(key, str) or not _KEY.match(key):
+        raise ValueError(f"cache key {key!r} is not a sha256 hex digest from cache_key()")
+    return key
 
 
 def fingerprint_texts(texts: Mapping[str, list[str]]) -> str:
@@ -140,9 +144,7 @@ class ScoreCache:
         self.root = Path(root)
 
     def path(self, key: str) -> Path:
-        if not isinstance(key, str) or not _KEY.match(key):
-            raise ValueError(f"cache key {key!r} is not a sha256 hex digest from cache_key()")
-        return self.root / key
+        return self.root / _checked(key)
 
     def get(self, key: str) -> dict[str, LazyTensors] | None:
         """{lang: lazy {param: Tensor}} for a complete entry, else None."""
@@ -181,57 +183,135 @@ class ScoreCache:
         meta: dict | None = None,
     ) -> None:
         """Store `scores` atomically; a no-op if a complete entry for `key` already exists."""
-        from filelock import FileLock
         from safetensors.torch import save_file
 
-        entry = self.path(key)
         if not scores:
             raise ValueError("scores is empty: nothing to cache")
-        self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.root / f".{key}.lock")):
-            if self.get(key) is not None:
-                return  # another writer finished first; entries are immutable
-            # Holding the key's lock, no live writer can own these: leftovers of crashed ones.
-            for stale in self.root.glob(f".tmp-{key}-*"):
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp = self.root / f".tmp-{key}-{uuid.uuid4().hex}"
-            tmp.mkdir()
-            try:
-                files, languages, written = {}, {}, {}
-                for lang, tensors in scores.items():
-                    # Languages that share one dict (magnitude, random) share one file.
-                    fname = written.get(id(tensors))
-                    if fname is None:
-                        fname = f"scores_{len(written)}.safetensors"
-                        path = tmp / fname
-                        save_file(
-                            {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()},
-                            str(path),
-                        )
-                        _fsync(path)
-                        written[id(tensors)] = fname
-                        files[fname] = {"bytes": path.stat().st_size, "tensors": list(tensors)}
-                    languages[str(lang)] = fname
-                manifest = {
-                    "format": FORMAT,
-                    "key": key,
-                    "languages": languages,
-                    "files": files,
-                    "meta": json.loads(json.dumps(meta or {}, default=str)),
-                }
-                mpath = tmp / "manifest.json"
-                mpath.write_text(
-                    json.dumps(manifest, indent=1, ensure_ascii=False), encoding="utf-8"
-                )
-                _fsync(mpath)
-                if entry.exists():
-                    shutil.rmtree(entry)  # an incomplete entry (get() said miss)
-                os.replace(tmp, entry)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+
+        def write(tmp: Path) -> None:
+            files, languages, written = {}, {}, {}
+            for lang, tensors in scores.items():
+                # Languages that share one dict (magnitude, random) share one file.
+                fname = written.get(id(tensors))
+                if fname is None:
+                    fname = f"scores_{len(written)}.safetensors"
+                    path = tmp / fname
+                    save_file(
+                        {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()},
+                        str(path),
+                    )
+                    fsync(path)
+                    written[id(tensors)] = fname
+                    files[fname] = {"bytes": path.stat().st_size, "tensors": list(tensors)}
+                languages[str(lang)] = fname
+            manifest = {
+                "format": FORMAT,
+                "key": key,
+                "languages": languages,
+                "files": files,
+                "meta": json.loads(json.dumps(meta or {}, default=str)),
+            }
+            with atomic_file(tmp / "manifest.json") as mpath:  # written last
+                mpath.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), "utf-8")
+
+        publish_dir(self.path(key), write, ready=lambda _: self.get(key) is not None)
 
 
-def _fsync(path: Path) -> None:
-    # Without it a power loss after the rename could leave a manifest pointing at empty files.
+class JsonCache:
+    """Small JSON results (the unmodified model's evaluation) under `root`, by `cache_key`."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{_checked(key)}.json"
+
+    def get(self, key: str) -> dict | None:
+        try:
+            return json.loads(self.path(key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # absent, or damaged: recompute
+
+    def put(self, key: str, value: dict) -> None:
+        with atomic_file(self.path(key)) as tmp:
+            tmp.write_text(json.dumps(value), encoding="utf-8")
+
+
+# --- atomic writes ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a private temporary path beside `path`; once the block has written it, it is fsynced
+    and renamed onto `path` (readers see the old file or the new one, never half of it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def publish_dir(
+    final: str | os.PathLike,
+    build: Callable[[Path], None],
+    *,
+    ready: Callable[[Path], bool],
+    force: bool = False,
+) -> Path:
+    """Build the folder `final` once: `build(tmp)` fills a private folder beside it, which is
+    renamed into place under a file lock (`<final>.lock`). A concurrent builder waits for the lock
+    and then finds `ready(final)` true; leftovers of a killed build are removed; `force` (or a
+    damaged folder) replaces an existing one atomically."""
+    from filelock import FileLock, Timeout
+
+    final = Path(final)
+    if ready(final) and not force:
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{final}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("another process is writing %s; waiting for it", final.name)
+        lock.acquire()
+    try:
+        if ready(final) and not force:  # written by the process we waited for
+            return final
+        # Only the lock holder builds, so any temporary folder now is from a killed build.
+        for stale in final.parent.glob(f".{final.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            build(tmp)
+            if final.exists():  # forced, or damaged: swap it out atomically
+                old = final.parent / f".{final.name}.tmp-old-{uuid.uuid4().hex}"
+                final.rename(old)
+                tmp.rename(final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    finally:
+        lock.release()
+    return final
+
+
+def fsync(path: Path) -> None:
+    """Flush a written file to disk: without it a power loss after the rename could leave a
+    complete-looking entry of empty files."""
     with contextlib.suppress(OSError), open(path, "rb") as f:
         os.fsync(f.fileno())
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The regionbench cache: the argument, else $REGIONBENCH_CACHE, else ~/.cache/regionbench."""
+    root = cache_dir or os.environ.get("REGIONBENCH_CACHE") or "~/.cache/regionbench"
+    path = Path(root).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path

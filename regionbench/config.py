@@ -1,8 +1,12 @@
-"""Typed run configuration: the Hydra config, checked and frozen into dataclasses before any work.
+"""The run configuration: typed schemas that hold every default once, registered with Hydra so the
+YAML files under conf/ carry only what differs, and turned into dataclasses before any work.
 
-`RunConfig.from_cfg(cfg)` turns the composed Hydra config into dataclasses (unknown keys are
-errors) and `validate(run)` checks every choice against the component tables, each bad value
-giving one line that names it and the valid choices.
+    register()                        # the schema as Hydra's `regionbench_schema` base config
+    run = RunConfig.from_cfg(cfg)     # composed config -> RunConfig (an unknown key is an error)
+
+This is the bottom of the layer order: it knows shapes and defaults, not stages. Each stage
+checks its own options (`texts.check`, `scoring.check`, `regions.check`, ...), called in order by
+the pipeline before any model or dataset is touched.
 """
 
 from __future__ import annotations
@@ -13,100 +17,108 @@ from typing import Any
 
 from regionbench.choices import check_choice
 
+SCHEMA = "regionbench_schema"
 
-@dataclass(frozen=True)
+
+@dataclass
 class ModelConfig:
-    name: str = "sandbox-m"
+    name: str = "sandbox-m"  # a sandbox model, a Hugging Face id or a local model folder
     revision: str | None = None
-    dtype: str = "auto"
+    dtype: str = "auto"  # auto = bf16 on GPU, fp32 on CPU
     trust_remote_code: bool = False
-    device_map: Any = None
+    device_map: Any = None  # e.g. auto, to shard across GPUs
 
 
-@dataclass(frozen=True)
+@dataclass
 class MetricConfig:
     name: str = "taylor"
 
 
-@dataclass(frozen=True)
+@dataclass
 class RegionConfig:
     name: str = "core"
-    lang: str | None = None
+    lang: str | None = None  # region=monolingual: whose region
 
 
-@dataclass(frozen=True)
+@dataclass
 class InterventionConfig:
+    """The intervention axis: an in-place edit of the region, or (`freeze`) further pre-training
+    with the region held bit-identical. The freeze settings' defaults are the sandbox study's; the
+    paper's are lr 5e-5, weight decay 0.001, seq_len 512."""
+
     name: str = "remove"
-    factor: float = 0.5
-    std: float = 0.01
-    relative: bool = False
-    target_langs: tuple[str, ...] | None = None
-    train_docs: int = 2000
+    factor: float = 0.5  # scale: the region is multiplied by it
+    std: float = 0.01  # noise: standard deviation, in weight units...
+    relative: bool = False  # ...or in units of each matrix's RMS
+    # freeze:
+    target_langs: list[str] | None = None  # null = the data's first held-out/eval language
+    train_docs: int = 2000  # target-language documents per language
     steps: int = 150
     lr: float = 1e-3
     weight_decay: float = 0.001
     warmup_steps: int = 15
-    batch_size: int = 16
+    batch_size: int = 16  # windows per forward pass; a step sees batch_size * grad_accum
     grad_accum: int = 1
     seq_len: int = 128
-    max_grad_norm: float | None = 1.0
-    schedule: str = "linear"
-    eval_every: int = 25
-    save_model: bool = False
+    max_grad_norm: float | None = 1.0  # null: no clipping
+    schedule: str = "linear"  # linear | cosine | constant, after linear warmup
+    eval_every: int = 25  # 0: only before and after training
+    log_every: int = 1
+    save_model: bool = False  # write the trained model as an HF folder into the run's output
 
 
-@dataclass(frozen=True)
+@dataclass
 class DataConfig:
     source: str = "sandbox"
-    path: str | None = None
-    config: str | None = None
+    path: str | None = None  # data=local: the folder; hub sources: another dataset repo
+    config: str | None = None  # hub sources: a config name template, e.g. '20231101.{lang}'
     text_field: str = "text"
-    importance_langs: tuple[str, ...] | None = None
-    eval_langs: tuple[str, ...] | None = None
-    eval_docs: int = 200
-    max_length: int | None = None
+    importance_langs: list[str] | None = None  # null = the source's defaults
+    eval_langs: list[str] | None = None
+    eval_docs: int = 200  # documents per language for the perplexity task
 
 
-@dataclass(frozen=True)
+@dataclass
 class LmEvalConfig:
-    tasks: tuple[str, ...] | None = None
+    tasks: list[str] | None = None  # null = the data source's own tasks
     limit: float | None = None
     num_fewshot: int | None = None
     batch_size: int = 32
     log_samples: bool = False
-    grammar_pairs: int = 90
+    grammar_pairs: int = 90  # sandbox minimal pairs per language
 
 
-@dataclass(frozen=True)
+@dataclass
 class EvalConfig:
     perplexity: bool = True
     batch_size: int = 32
+    max_length: int | None = None  # perplexity window: null = the model's context, as lm-eval
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ImportanceConfig:
-    scope: str = "matrices"
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    samples: int | None = 64
-    seq_len: int | None = None
+    scope: str = "matrices"  # matrices | paper | all (README, "Scope")
+    include: list[str] = field(default_factory=list)  # keep names matching one of these regexes
+    exclude: list[str] = field(default_factory=list)  # drop names matching any
+    samples: int | None = 64  # per language (equal weight); null = as many as all languages have
+    seq_len: int | None = None  # null = 512 (the paper's), or the model's context if shorter
     batch_size: int = 16
 
 
-@dataclass(frozen=True)
+@dataclass
 class TrackingConfig:
-    uri: str | None = None
+    uri: str | None = None  # null = sqlite:///<launch dir>/mlruns/mlflow.db
     experiment: str = "regionbench"
-    save_region: bool = True
+    save_region: bool = True  # the region mask file as a run artifact
 
 
-@dataclass(frozen=True)
+@dataclass
 class PathsConfig:
-    cache_dir: str = "~/.cache/regionbench"
+    cache_dir: str | None = None  # null = $REGIONBENCH_CACHE, else ~/.cache/regionbench
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     metric: MetricConfig = field(default_factory=MetricConfig)
@@ -117,9 +129,9 @@ class RunConfig:
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
-    ratio: float = 0.01
-    seed: int = 0
-    device: str = "auto"
+    ratio: float = 0.01  # fraction of each matrix in the region; 0 = the unmodified baseline
+    seed: int = 0  # the random metric, noise, freeze training
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> RunConfig:
@@ -134,6 +146,13 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+def register() -> None:
+    """Store the schema as Hydra's base config (`conf/config.yaml` lists it first)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA, node=RunConfig)
+
+
 def _build(cls, tree: dict, where: str):
     if not isinstance(tree, dict):
         raise ValueError(f"config {where.rstrip('.') or 'root'!r} must be a mapping, got {tree!r}")
@@ -146,119 +165,10 @@ def _build(cls, tree: dict, where: str):
         if name not in tree:
             continue
         value = tree[name]
-        if dataclasses.is_dataclass(
-            f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        ):
-            value = _build(f.default_factory, value, f"{where}{name}.")
-        elif isinstance(value, list):
-            value = tuple(value)
+        factory = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(factory):
+            value = _build(factory, value, f"{where}{name}.")
+        elif isinstance(value, tuple):
+            value = list(value)
         kwargs[name] = value
     return cls(**kwargs)
-
-
-def validate(run: RunConfig) -> RunConfig:
-    """Check every choice, cheaply, before a model or dataset is touched."""
-    from regionbench import interventions, regions, scope, scoring
-    from regionbench.data import sources
-
-    check_choice("metric", run.metric.name, scoring.METRICS)
-    check_choice("region", run.region.name, regions.REGIONS)
-    check_choice("intervention", run.intervention.name, interventions.INTERVENTIONS)
-    check_choice("importance.scope", run.importance.scope, scope.SCOPES)
-    check_choice("device", run.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
-    if not isinstance(run.ratio, int | float) or not 0 <= run.ratio < 1:
-        raise ValueError(
-            f"ratio {run.ratio!r} is outside [0, 1): the fraction of each matrix "
-            "to select, e.g. ratio=0.01"
-        )
-    check_choice("data source", run.data.source, sources.SOURCES)
-    sources.check_config(run.data.source, run.data.config)
-    imp = importance_langs(run)
-    sources.check_langs(run.data.source, imp, run.data.path)
-    sources.check_langs(run.data.source, eval_langs(run), run.data.path)
-    if run.region.name == "monolingual":
-        if not run.region.lang:
-            raise ValueError("region=monolingual needs region.lang; choices: " + ", ".join(imp))
-        check_choice("region.lang (an importance language)", run.region.lang, imp)
-        if not scoring.METRICS[run.metric.name].per_language and run.ratio > 0:
-            per_lang = sorted(n for n, m in scoring.METRICS.items() if m.per_language)
-            raise ValueError(
-                f"region=monolingual needs a per-language metric, not "
-                f"{run.metric.name!r} (every language gets the same scores, so the "
-                f"region would be empty); choices: {', '.join(per_lang)}"
-            )
-    if run.intervention.name == "freeze":
-        sources.check_langs(run.data.source, target_langs(run), run.data.path)
-        if run.intervention.train_docs < 1:
-            raise ValueError(
-                f"intervention.train_docs {run.intervention.train_docs!r} must be a "
-                "positive integer"
-            )
-        freeze_config(run)  # its own checks, before any model is loaded
-    imp_cfg = run.importance
-    if imp_cfg.samples is None and run.data.source not in ("sandbox", "local") and run.ratio > 0:
-        raise ValueError(
-            f"importance.samples null (all the text) cannot stream all of "
-            f"data={run.data.source}: give a number, e.g. importance.samples=10000"
-        )
-    for key, value, low in (
-        ("importance.samples", imp_cfg.samples, 1),
-        ("importance.seq_len", imp_cfg.seq_len, 2),
-        ("importance.batch_size", imp_cfg.batch_size, 1),
-        ("data.eval_docs", run.data.eval_docs, 1),
-    ):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < low
-        ):
-            raise ValueError(f"{key} {value!r} must be an integer >= {low}")
-    return run
-
-
-def freeze_config(run: RunConfig):
-    """The training settings of `intervention=freeze` (validated on construction)."""
-    from regionbench.training import FreezeConfig
-
-    iv = run.intervention
-    return FreezeConfig(
-        target_langs=target_langs(run),
-        steps=iv.steps,
-        lr=iv.lr,
-        weight_decay=iv.weight_decay,
-        warmup_steps=iv.warmup_steps,
-        batch_size=iv.batch_size,
-        grad_accum=iv.grad_accum,
-        seq_len=iv.seq_len,
-        eval_every=iv.eval_every,
-        seed=run.seed,
-        save_model=iv.save_model,
-        max_grad_norm=iv.max_grad_norm,
-        schedule=iv.schedule,
-    )
-
-
-def importance_langs(run: RunConfig) -> list[str]:
-    from regionbench.data import sources
-
-    return list(
-        run.data.importance_langs
-        or sources.default_langs(run.data.source, "importance", run.data.path)
-    )
-
-
-def eval_langs(run: RunConfig) -> list[str]:
-    from regionbench.data import sources
-
-    return list(
-        run.data.eval_langs or sources.default_langs(run.data.source, "eval", run.data.path)
-    )
-
-
-def target_langs(run: RunConfig) -> list[str]:
-    """Freeze-training languages: as set, else the sandbox's held-out languages' first one."""
-    if run.intervention.target_langs:
-        return list(run.intervention.target_langs)
-    if run.data.source == "sandbox":
-        from regionbench.data import sandbox
-
-        return [sandbox.HELDOUT_LANGS[0]]
-    return [eval_langs(run)[0]]

@@ -15,22 +15,22 @@ also when the block raises, so restoring does not depend on inverting the operat
 rounding cannot be undone). A removal that changes none of the region's entries (they are all
 already 0) is an error, not a result. `freeze` is listed because it is a value of the
 `intervention` axis, but it is a training intervention (regionbench.training.train_frozen), not
-an in-place edit.
+an in-place edit; `restore_after` undoes it (and any change) from a CPU snapshot of the model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from regionbench.choices import check_choice
-from regionbench.regions import param_masks
-from regionbench.scoring import stable_seed
+from regionbench.config import RunConfig
+from regionbench.torchtools import modes_kept, seeded_generator
 
 INTERVENTIONS: dict[str, str] = {
     "remove": "set the region to 0 (the paper's removal)",
@@ -49,12 +49,47 @@ class Applied:
     changed: int
 
 
+def param_masks(
+    model: torch.nn.Module, region, what: str = "region"
+) -> list[tuple[str, torch.nn.Parameter, Tensor]]:
+    """(name, parameter, bool mask) for every masked parameter of `model`, checked before any
+    change: names (with a did-you-mean), shapes and dtype. `region` is a Region or {name: mask}.
+    A mask may name either alias of a tied weight; masks on one tensor are merged (their union),
+    so every intervention and the frozen set treat tied weights alike."""
+    import difflib
+
+    masks = getattr(region, "masks", region)
+    if not isinstance(masks, Mapping):
+        raise ValueError(f"{what} {type(region).__name__} is not a Region or a dict of masks")
+    params = dict(model.named_parameters(remove_duplicate=False))
+    merged: dict[int, tuple[str, torch.nn.Parameter, Tensor]] = {}
+    for name, mask in masks.items():
+        if name not in params:
+            close = difflib.get_close_matches(name, list(params), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{what} parameter {name!r} is not a parameter of the model{hint}")
+        param = params[name]
+        if not torch.is_tensor(mask) or mask.dtype != torch.bool:
+            raise ValueError(f"{what} mask for {name!r} is not a torch.bool tensor")
+        if tuple(mask.shape) != tuple(param.shape):
+            raise ValueError(
+                f"{what} mask for {name!r} has shape {tuple(mask.shape)}, parameter "
+                f"has {tuple(param.shape)}"
+            )
+        if id(param) in merged:  # two aliases of one tied weight
+            first, _, other = merged[id(param)]
+            mask = other | mask.to(other.device)
+            name = first
+        merged[id(param)] = (name, param, mask)
+    return list(merged.values())
+
+
 def _new_values(kind: str, old: Tensor, name: str, factor: float, std: float, seed: int) -> Tensor:
     if kind == "remove":
         return torch.zeros_like(old)
     if kind == "scale":
         return (old.float() * factor).to(old.dtype)
-    gen = torch.Generator(device="cpu").manual_seed(stable_seed(seed, name))
+    gen = seeded_generator(seed, name)
     noise = torch.randn(old.shape, generator=gen, dtype=torch.float32) * std
     return (old.float() + noise.to(old.device)).to(old.dtype)
 
@@ -117,3 +152,50 @@ def intervene(
             # Reverse order, so parameters that share storage come back right too.
             for p, mask, old in reversed(saved):
                 p[mask] = old
+
+
+def check(run: RunConfig) -> None:
+    """`intervention.*` of an in-place intervention, up front (freeze: `training.check`)."""
+    iv = run.intervention
+    if check_choice("intervention", iv.name, INTERVENTIONS) != "freeze":
+        check_intervention(iv.name, factor=iv.factor, std=iv.std)
+
+
+class Snapshot:
+    """CPU copies of a model's parameters and buffers, taken by `restore_after`: what undoes a
+    change nobody can invert (training)."""
+
+    def __init__(self, model: nn.Module):
+        self.params = list(model.parameters())
+        self.tensors = self.params + list(model.buffers())
+        self.saved = [t.detach().to("cpu", copy=True) for t in self.tensors]
+
+    def changed(self) -> int:
+        """Parameter entries whose value differs from the snapshot now (what training moved)."""
+        return sum(
+            int((p.detach().cpu() != s).sum())
+            for p, s in zip(self.params, self.saved, strict=False)
+        )
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for t, s in zip(self.tensors, self.saved, strict=True):
+                t.copy_(s)
+
+
+@contextlib.contextmanager
+def restore_after(model: nn.Module) -> Iterator[Snapshot]:
+    """Snapshot every parameter and buffer to CPU and write them back bit-exactly on exit (even on
+    an exception), with `requires_grad` flags and train/eval mode, so that a model loaded once can
+    serve a freeze-training job and then the next job.  Costs one CPU copy of the weights.
+    Yields the `Snapshot` (its `changed()` counts what the block moved)."""
+    snapshot = Snapshot(model)
+    flags = [p.requires_grad for p in model.parameters()]
+    with modes_kept(model):
+        try:
+            yield snapshot
+        finally:
+            snapshot.restore()
+            for p, flag in zip(model.parameters(), flags, strict=True):
+                p.requires_grad_(flag)
+                p.grad = None

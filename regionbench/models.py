@@ -13,6 +13,11 @@ from pathlib import Path
 
 import torch
 
+from regionbench import sandbox
+from regionbench.cache import cache_root
+from regionbench.choices import check_choice
+from regionbench.config import RunConfig
+
 log = logging.getLogger(__name__)
 
 DTYPES = {
@@ -26,14 +31,6 @@ DTYPES = {
 }
 
 
-def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The regionbench cache: the argument, else $REGIONBENCH_CACHE, else ~/.cache/regionbench."""
-    root = cache_dir or os.environ.get("REGIONBENCH_CACHE") or "~/.cache/regionbench"
-    path = Path(root).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -45,8 +42,6 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """Explicit dtypes: bf16 on GPU and fp32 on CPU unless the user names one."""
-    from regionbench.choices import check_choice
-
     check_choice("dtype", dtype, DTYPES)
     if DTYPES[dtype] is not None:
         return DTYPES[dtype]
@@ -59,11 +54,7 @@ def is_sandbox(name: str) -> bool:
 
 def check_model(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> str:
     """Fail fast, before any heavy work, on a model that cannot be loaded; returns its kind."""
-    from regionbench import sandbox
-
     if is_sandbox(name):
-        from regionbench.choices import check_choice
-
         check_choice("sandbox model", name, sandbox.SANDBOX_MODELS)
         return "sandbox"
     path = Path(name).expanduser()
@@ -106,10 +97,8 @@ def load_model(
     kind = check_model(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     source: str | Path = name_or_path
     if kind == "sandbox":
-        from regionbench import sandbox
-
         source = sandbox.ensure_sandbox_model(
-            name_or_path, resolve_cache_dir(cache_dir), progress=progress
+            name_or_path, cache_root(cache_dir), progress=progress
         )
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
@@ -134,3 +123,11 @@ def load_model(
         sum(p.numel() for p in model.parameters()) / 1e6,
     )
     return model, tokenizer
+
+
+def check(run: RunConfig) -> None:
+    """`model.*` and `device` before anything is loaded (a hub id is looked up, not fetched)."""
+    check_choice("device", run.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+    check_choice("model.dtype", run.model.dtype, DTYPES)
+    m = run.model
+    check_model(m.name, revision=m.revision, trust_remote_code=m.trust_remote_code)

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -37,8 +36,10 @@ import torch
 from torch import Tensor
 
 import regionbench
+from regionbench.cache import atomic_file
 from regionbench.choices import check_choice
-from regionbench.scoring import stable_seed
+from regionbench.config import RunConfig
+from regionbench.torchtools import seeded_generator
 
 FORMAT = "regionbench-region-v1"
 
@@ -102,13 +103,8 @@ class Region:
         metadata.update(
             {"format": FORMAT, "encoding": "numpy.packbits", "shapes": json.dumps(shapes)}
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
+        with atomic_file(path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -171,7 +167,7 @@ def topk_mask(scores: Tensor, k: int, largest: bool = True, *, name: str = "") -
     if need > 0:
         ties = torch.nonzero(flat == thr).reshape(-1)
         if need < ties.numel():
-            gen = torch.Generator(device="cpu").manual_seed(stable_seed(0, f"ties:{name}"))
+            gen = seeded_generator(0, f"ties:{name}")
             priority = torch.rand(ties.numel(), generator=gen).to(flat.device)
             ties = ties[torch.topk(priority, need, largest=largest).indices]
         mask[ties] = True
@@ -212,10 +208,36 @@ def check_ratio(ratio) -> float:
     """`ratio` as a float in [0, 1), else a one-line ValueError naming it."""
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1:
         raise ValueError(
-            f"ratio {ratio!r} is not in [0, 1): it is the fraction of each matrix "
-            "to select, e.g. 0.01"
+            f"ratio {ratio!r} is outside [0, 1): the fraction of each matrix to select, "
+            "e.g. ratio=0.01"
         )
     return float(ratio)
+
+
+def check(run: RunConfig, langs: Sequence[str]) -> None:
+    """`ratio` and `region.*` against the run's importance languages `langs`, up front."""
+    from regionbench.scoring import METRICS
+
+    check_ratio(run.ratio)
+    check_choice("region", run.region.name, REGIONS)
+    if run.region.name != "monolingual":
+        return
+    if not run.region.lang:
+        raise ValueError("region=monolingual needs region.lang; choices: " + ", ".join(langs))
+    check_choice("region.lang (an importance language)", run.region.lang, langs)
+    if not METRICS[run.metric.name].per_language and run.ratio > 0:
+        per_lang = sorted(n for n, m in METRICS.items() if m.per_language)
+        raise ValueError(
+            f"region=monolingual needs a per-language metric, not {run.metric.name!r} (every "
+            f"language gets the same scores, so the region would be empty); choices: "
+            f"{', '.join(per_lang)}"
+        )
+
+
+def empty(params: Mapping[str, torch.nn.Parameter], meta: dict | None = None) -> Region:
+    """The empty region over `params` (ratio 0: the unmodified baseline)."""
+    masks = {n: torch.zeros(p.shape, dtype=torch.bool) for n, p in params.items()}
+    return Region(masks=masks, meta={str(k): str(v) for k, v in (meta or {}).items()})
 
 
 def select(
@@ -279,36 +301,25 @@ def select(
     return Region(masks=masks, meta=info)
 
 
-def param_masks(
-    model: torch.nn.Module, region, what: str = "region"
-) -> list[tuple[str, torch.nn.Parameter, Tensor]]:
-    """(name, parameter, bool mask) for every masked parameter of `model`, checked before any
-    change: names (with a did-you-mean), shapes and dtype. `region` is a Region or {name: mask}.
-    A mask may name either alias of a tied weight; masks on one tensor are merged (their union),
-    so every intervention and the frozen set treat tied weights alike."""
-    import difflib
+def for_run(
+    run: RunConfig, scores, langs: Sequence[str], model, fingerprints: tuple[str, str]
+) -> Region:
+    """The run's region: `region.name` at `ratio` from `scores` (the empty region over the
+    scope's parameters at ratio 0), described by its origin for the mask file."""
+    from regionbench.scope import scoped_params
 
-    masks = getattr(region, "masks", region)
-    if not isinstance(masks, Mapping):
-        raise ValueError(f"{what} {type(region).__name__} is not a Region or a dict of masks")
-    params = dict(model.named_parameters(remove_duplicate=False))
-    merged: dict[int, tuple[str, torch.nn.Parameter, Tensor]] = {}
-    for name, mask in masks.items():
-        if name not in params:
-            close = difflib.get_close_matches(name, list(params), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"{what} parameter {name!r} is not a parameter of the model{hint}")
-        param = params[name]
-        if not torch.is_tensor(mask) or mask.dtype != torch.bool:
-            raise ValueError(f"{what} mask for {name!r} is not a torch.bool tensor")
-        if tuple(mask.shape) != tuple(param.shape):
-            raise ValueError(
-                f"{what} mask for {name!r} has shape {tuple(mask.shape)}, parameter "
-                f"has {tuple(param.shape)}"
-            )
-        if id(param) in merged:  # two aliases of one tied weight
-            first, _, other = merged[id(param)]
-            mask = other | mask.to(other.device)
-            name = first
-        merged[id(param)] = (name, param, mask)
-    return list(merged.values())
+    samples_fp, model_fp = fingerprints
+    meta = {
+        "model_id": run.model.name,
+        "revision": str(run.model.revision),
+        "metric": run.metric.name,
+        "languages": ",".join(langs),
+        "data_fingerprint": samples_fp,
+        "model_fingerprint": model_fp,
+        "regionbench_version": regionbench.__version__,
+    }
+    if run.ratio == 0:
+        imp = run.importance
+        return empty(scoped_params(model, imp.scope, imp.include, imp.exclude), meta)
+    lang = run.region.lang
+    return select(scores, run.ratio, run.region.name, lang=lang, langs=langs, meta=meta)

@@ -18,9 +18,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from regionbench import names
 from regionbench.tracking import Tracker
 
-DEFAULT_METRICS = ("region/fraction", "ppl/mean", "ppl_ratio/mean")
+DEFAULT_METRICS = (names.REGION_FRACTION, names.PPL_MEAN, names.PPL_RATIO_MEAN)
 _IGNORED_PARAMS = ("paths.", "tracking.")
 
 
@@ -75,14 +76,14 @@ def markdown(rows: list[dict]) -> str:
 
 
 def _interesting_metrics(runs: Sequence) -> list[str]:
-    names = sorted({k for r in runs for k in r.data.metrics})
+    logged = sorted({k for r in runs for k in r.data.metrics})
     extra = [
         n
-        for n in names
-        if n in ("forget/mean", "learn/mean")
+        for n in logged
+        if n in (names.FORGET_MEAN, names.LEARN_MEAN)
         or (n.startswith("lm_eval/") and n.endswith("/acc") and n.count("/") == 2)
     ]
-    return [m for m in DEFAULT_METRICS if m in names] + extra[:4]
+    return [m for m in DEFAULT_METRICS if m in logged] + extra[:4]
 
 
 def summarize_sweep(tracker: Tracker, parent_id: str, runs: Sequence) -> str:

@@ -17,9 +17,11 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from regionbench import names
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,21 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class Stopwatch:
+    """Collects `time/<stage>_s`: the wall-clock seconds of each stage of a job."""
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[names.time(stage)] = time.perf_counter() - start
+
+
 class Tracker:
     """A thin handle on one MLflow store and experiment, used by explicit run id (no global
     active run), so one process can serve many jobs and a parent run at once."""
@@ -199,6 +216,32 @@ class Tracker:
 
     def log_figure(self, run_id: str, figure, name: str) -> None:
         self.client.log_figure(run_id, figure, name)
+
+    def log_rows(self, run_id: str, rows: list[dict], name: str) -> None:
+        """A list of dicts as a CSV artifact `name`."""
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["empty"])
+        writer.writeheader()
+        writer.writerows(rows)
+        self.log_text(run_id, buf.getvalue(), name)
+
+    def log_file(self, run_id: str, write: Callable[[Path], Any], name: str) -> None:
+        """The artifact `name`, written by `write(path)` into a private temporary folder (a
+        plot, a mask file)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            write(path)
+            self.log_artifact(run_id, path)
+
+    def log_region(self, run_id: str, region, *, mask: bool = True) -> None:
+        """`region_summary.csv` (selected entries per layer x module) and, with `mask`, the
+        mask file `region.safetensors` (loadable with `rb.Region.load`)."""
+        self.log_rows(run_id, region.summary(), "region_summary.csv")
+        if mask and region.numel:
+            self.log_file(run_id, region.save, "region.safetensors")
 
     def end_run(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
         if error:

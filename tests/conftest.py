@@ -11,15 +11,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 
-# A test job: the real config, shrunk (sandbox-test builds in seconds; few documents).
-SMALL = [
-    "model=sandbox-test",
-    "importance.samples=8",
-    "data.eval_docs=12",
-    "eval.lm_eval.grammar_pairs=6",
-    "importance.batch_size=4",
-    "eval.batch_size=8",
-]
+# A test job: the real config at the size of the debug preset (conf/debug/default.yaml).
+SMALL = ["+debug=default"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,6 +57,10 @@ def compose(overrides: list[str]):
     """The real Hydra config with `overrides` (what `python -m regionbench ...` would build)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
+    from regionbench.config import register
+
+    register()
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)

@@ -97,7 +97,7 @@ def test_put_get_roundtrip_miss_and_meta(tmp_path):
         "scores_0.safetensors",
         "scores_1.safetensors",
     ]
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".*tmp*"))
     with pytest.raises(ValueError, match="not a sha256"):
         cache.get("../etc")
 
@@ -134,10 +134,10 @@ def test_half_written_entries_are_misses_and_get_rewritten(tmp_path):
     (entry / "scores_1.safetensors").unlink()
     assert cache.get(key) is None
 
-    (tmp_path / f".tmp-{key}-deadbeef").mkdir()  # leftover of a crashed writer
+    (tmp_path / f".{key}.tmp-deadbeef").mkdir()  # leftover of a crashed writer
     cache.put(key, s)  # repairs the entry
     assert_same(cache.get(key), s)
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".*tmp*"))
 
 
 def test_entries_are_immutable_first_writer_wins(tmp_path):
@@ -166,7 +166,7 @@ def test_concurrent_puts_leave_one_complete_entry(tmp_path):
         t.join()
     assert not errors
     assert_same(ScoreCache(tmp_path).get(key), want)
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert not list(tmp_path.glob(".*tmp*"))
     assert json.loads((tmp_path / key / "manifest.json").read_text())["key"] == key
 
 

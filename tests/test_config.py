@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from conftest import CONF, compose
 
-from regionbench.config import RunConfig, validate
+from regionbench.config import RunConfig
+from regionbench.pipeline import validate
 
 GROUPS = {
     g.name: sorted(p.stem for p in g.glob("*.yaml"))
@@ -47,8 +48,8 @@ def test_defaults():
     ) == ("sandbox-m", 0.01, "taylor", "core", "remove", "sandbox")
     assert (run.importance.scope, run.importance.include, run.importance.exclude) == (
         "matrices",
-        (),
-        (),
+        [],
+        [],
     )
     assert (run.importance.samples, run.importance.seq_len) == (64, None)
     assert run.eval.lm_eval.tasks is None  # the data source's own: sandbox_grammar
@@ -56,7 +57,7 @@ def test_defaults():
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_every_option_composes(group, option):
-    plus = "+" if group == "frozen_set" else ""  # an optional group, not in the defaults
+    plus = "+" if group in ("frozen_set", "debug") else ""  # optional groups, not in the defaults
     overrides = [f"{plus}{group}={option}"]
     if (group, option) == ("region", "monolingual"):
         overrides.append("region.lang=latn")
@@ -78,9 +79,20 @@ def test_every_option_composes(group, option):
         assert run.data.source == option
     elif group == "frozen_set":
         assert run.ratio == {"1": 0.01, "5": 0.05}.get(option.rsplit("-", 1)[-1], 0.0)
-    if group in ("metric", "region", "intervention", "eval", "frozen_set") or option.startswith(
-        "sandbox"
-    ):
+    elif group == "debug":
+        assert (run.model.name, run.importance.samples, run.intervention.steps) == (
+            "sandbox-test",
+            8,
+            4,
+        )
+    if group in (
+        "metric",
+        "region",
+        "intervention",
+        "eval",
+        "frozen_set",
+        "debug",
+    ) or option.startswith("sandbox"):
         validate(run)  # cheap choices only: no hub, no files
 
 
@@ -120,7 +132,6 @@ def test_experiments_compose():
         ),
         (["importance.scope=matrix"], "unknown importance.scope 'matrix': did you mean 'matrices'"),
         (["importance.samples=0"], "importance.samples 0 must be an integer >= 1"),
-        (["data=c4", "data.config={lang: x}"], "data.config {'lang': 'x'} is not a string"),
         (["data=c4", "data.config='c4.{langg}'"], "unknown field in data.config 'langg'"),
         (["data=wikipedia", "importance.samples=null"], "cannot stream all of data=wikipedia"),
     ],
@@ -154,3 +165,50 @@ def test_unknown_key_is_an_error():
 def test_round_trip():
     run = RunConfig.from_cfg(compose(["ratio=0.05", "metric=magnitude"]))
     assert RunConfig.from_cfg(run.to_dict()) == run
+
+
+def test_an_unquoted_config_template_is_refused():
+    """`data.config={lang}` unquoted is a YAML mapping, not a template."""
+    from omegaconf import OmegaConf
+
+    with pytest.raises(Exception, match="data.config"):  # the typed schema, at composition
+        compose(["data=c4", "data.config={lang: x}"])
+    tree = OmegaConf.to_container(compose(["data=c4"]), resolve=True)
+    tree["data"]["config"] = {"lang": "x"}  # the Python API has no schema in front of it
+    with pytest.raises(ValueError, match="data.config {'lang': 'x'} is not a string"):
+        validate(RunConfig.from_cfg(tree))
+
+
+def test_every_default_is_written_once():
+    """The schema holds the defaults; no YAML repeats a value the schema already has."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    schema = OmegaConf.to_container(OmegaConf.structured(RunConfig))
+    repeats = []
+    for path in sorted(CONF.glob("*/*.yaml")):
+        if path.parent.name in ("hydra", "experiment", "frozen_set", "debug"):  # override studies
+            continue
+        tree = yaml.safe_load(path.read_text()) or {}
+        tree.pop("defaults", None)
+        if not path.read_text().startswith("# @package _global_"):
+            tree = {path.parent.name: tree}
+        stack = [((), tree)]
+        while stack:
+            where, node = stack.pop()
+            for key, value in node.items():
+                here = (*where, key)
+                if isinstance(value, dict):
+                    stack.append((here, value))
+                    continue
+                default = schema
+                for part in here:
+                    default = default.get(part, {}) if isinstance(default, dict) else {}
+                identity = here[-1] in ("name", "source")  # what the option is, not a setting
+                if (
+                    default == value
+                    and not identity
+                    and not (here[-1] == "tasks" and value is None)
+                ):
+                    repeats.append(f"{path.relative_to(CONF)}: {'.'.join(here)}")
+    assert not repeats

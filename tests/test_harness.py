@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from regionbench.evaluation import harness
+from regionbench.evaluation import catalog, harness, task_files
 from regionbench.evaluation.perplexity import perplexity
 from regionbench.evaluation.tasks.rb_tasks import KINDS
+from regionbench.names import lm_eval_metrics
 from regionbench.testing import tiny_llama, tiny_tokenizer
 
 VOCAB = 96
@@ -84,7 +85,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return harness.write_tasks(
+    return task_files.write_tasks(
         tmp_path_factory.mktemp("tasks"), ppl_texts=TEXTS, grammar_pairs=PAIRS
     )
 
@@ -92,7 +93,7 @@ def root(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mc_root(tmp_path_factory):
     """Our rb_ppl tasks and `bos_mc`, a multiple-choice task in the same folder."""
-    folder = harness.write_tasks(tmp_path_factory.mktemp("mc_tasks"), ppl_texts=TEXTS)
+    folder = task_files.write_tasks(tmp_path_factory.mktemp("mc_tasks"), ppl_texts=TEXTS)
     rows = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in MC_DOCS)
     (folder / "data" / "bos_mc.jsonl").write_text(rows, encoding="utf-8")
     (folder / "bos_mc.yaml").write_text(MC_TASK)
@@ -136,8 +137,8 @@ def test_task_folder_layout(root):
 
 
 def test_rewriting_replaces_the_family(tmp_path):
-    harness.write_tasks(tmp_path, ppl_texts={"aa": ["x"], "bb": ["y"]})
-    harness.write_tasks(tmp_path, ppl_texts={"cc": ["z", ""]})
+    task_files.write_tasks(tmp_path, ppl_texts={"aa": ["x"], "bb": ["y"]})
+    task_files.write_tasks(tmp_path, ppl_texts={"cc": ["z", ""]})
     assert sorted(p.name for p in tmp_path.glob("rb_ppl*.yaml")) == [
         "rb_ppl.yaml",
         "rb_ppl_cc.yaml",
@@ -157,11 +158,11 @@ def test_rewriting_replaces_the_family(tmp_path):
 )
 def test_write_tasks_rejects_bad_input(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):
-        harness.write_tasks(tmp_path, **kw)
+        task_files.write_tasks(tmp_path, **kw)
 
 
 def test_rb_ppl_agrees_with_perplexity(model, tok, root):
-    flat = harness.flatten_results(run(model, tok, ["rb_ppl"], root))
+    flat = lm_eval_metrics(run(model, tok, ["rb_ppl"], root))
     ours = perplexity(model, tok, TEXTS, max_length=MAX_LENGTH, progress=False)
     for lang, r in ours.items():
         assert flat[f"lm_eval/rb_ppl_{lang}/bits_per_byte"] == pytest.approx(r.bpb, rel=1e-6)
@@ -206,7 +207,7 @@ def test_rb_ppl_keeps_one_bos_next_to_other_tasks(model, tok, mc_root):
     mixed = run(model, tok, tasks, mc_root, log_samples=True)
     single = run(model, tok, tasks, mc_root, log_samples=True, add_bos_token=False)
 
-    flat = harness.flatten_results(mixed)
+    flat = lm_eval_metrics(mixed)
     ours = perplexity(model, tok, TEXTS, max_length=MAX_LENGTH, progress=False)
     for lang, r in ours.items():
         assert flat[f"lm_eval/rb_ppl_{lang}/bits_per_byte"] == pytest.approx(r.bpb, rel=1e-6)
@@ -226,7 +227,7 @@ def test_rb_ppl_keeps_one_bos_next_to_other_tasks(model, tok, mc_root):
 
 def test_grammar_scores_whole_sentences_after_the_prefix(model, tok, root):
     results = run(model, tok, ["sandbox_grammar"], root, log_samples=True)
-    flat = harness.flatten_results(results)
+    flat = lm_eval_metrics(results)
     scores = []
     for lang, pairs in PAIRS.items():
         samples = sorted(results["samples"][f"sandbox_grammar_{lang}"], key=lambda s: s["doc_id"])
@@ -287,7 +288,7 @@ def test_in_place_change_is_evaluated_and_nothing_is_left_changed(model, tok, ro
     again = checked_run()
 
     flat = {
-        name: harness.flatten_results(r)
+        name: lm_eval_metrics(r)
         for name, r in (("base", base), ("changed", changed), ("again", again))
     }
     key = "lm_eval/rb_ppl_en/bits_per_byte"
@@ -307,9 +308,9 @@ class Untouchable:
 
 def test_unknown_task_fails_before_model_work(tok, root, monkeypatch):
     # Pretend lm-eval has no built-in tasks: indexing its ~15k files takes ~10 s (slow test below).
-    original = harness._task_manager
+    original = catalog._task_manager
     monkeypatch.setattr(
-        harness, "_task_manager", lambda path, defaults: original(path, defaults=False)
+        catalog, "_task_manager", lambda path, defaults: original(path, defaults=False)
     )
     with pytest.raises(ValueError) as err:
         harness.run_lm_eval(Untouchable(), tok, ["sandbox_gramar", "rb_ppl"], include_path=root)
@@ -317,19 +318,19 @@ def test_unknown_task_fails_before_model_work(tok, root, monkeypatch):
     assert "'sandbox_gramar' (did you mean 'sandbox_grammar' or" in message
     assert "\n" not in message and "rb_ppl" not in message.split(":")[0]
     with pytest.raises(ValueError, match="is not a directory"):
-        harness.check_tasks(["rb_ppl"], root / "missing")
+        catalog.check_tasks(["rb_ppl"], root / "missing")
 
 
 def test_our_folder_alone_does_not_index_builtin_tasks(root, monkeypatch):
     pytest.importorskip("lm_eval.tasks._index", reason="lm-eval < 0.4.12 always indexes all")
-    original = harness._task_manager
+    original = catalog._task_manager
 
     def local_only(path, defaults):
         assert not defaults, "built-in task index requested"
         return original(path, defaults=False)
 
-    monkeypatch.setattr(harness, "_task_manager", local_only)
-    harness.check_tasks(["sandbox_grammar", "rb_ppl_ru"], root)
+    monkeypatch.setattr(catalog, "_task_manager", local_only)
+    catalog.check_tasks(["sandbox_grammar", "rb_ppl_ru"], root)
 
     import lm_eval.tasks
 
@@ -337,7 +338,7 @@ def test_our_folder_alone_does_not_index_builtin_tasks(root, monkeypatch):
         raise AssertionError("our own task built by prepare_tasks")
 
     monkeypatch.setattr(lm_eval.tasks, "get_task_dict", never)
-    harness.prepare_tasks(["sandbox_grammar", "rb_ppl_ru"], root)
+    catalog.prepare_tasks(["sandbox_grammar", "rb_ppl_ru"], root)
 
 
 @pytest.fixture
@@ -367,20 +368,20 @@ def test_hub_task_without_its_data_fails_before_model_work(
     )
     # lm-eval's own arc folder stands in for its full built-in index (~10 s; slow test below)
     arc = Path(lm_eval.tasks.__file__).parent / "arc"
-    original = harness._task_manager
+    original = catalog._task_manager
 
     def arc_only(path, defaults):
         if not defaults:
             return original(path, defaults=False)
         return TaskManager(include_path=[str(path), str(arc), str(hub)], include_defaults=False)
 
-    monkeypatch.setattr(harness, "_task_manager", arc_only)
-    harness.prepare_tasks(["json_mc", "sandbox_grammar"], root)
+    monkeypatch.setattr(catalog, "_task_manager", arc_only)
+    catalog.prepare_tasks(["json_mc", "sandbox_grammar"], root)
     assert any((tmp_path / "datasets").rglob("*.arrow")), "json_mc's dataset was not prepared"
 
     start = time.perf_counter()
     with pytest.raises(ValueError) as err:
-        harness.prepare_tasks(["sandbox_grammar", "arc_easy"], root)
+        catalog.prepare_tasks(["sandbox_grammar", "arc_easy"], root)
     assert time.perf_counter() - start < 30  # milliseconds in fact; a download would hang
     message = str(err.value)
     assert message.startswith(
@@ -389,21 +390,21 @@ def test_hub_task_without_its_data_fails_before_model_work(
     assert "allenai/ai2_arc" in message and "\n" not in message
     # a tag or group names the member whose data is missing
     with pytest.raises(ValueError, match=r"task 'arc_(easy|challenge)' \(in 'ai2_arc'\)"):
-        harness.prepare_tasks(["ai2_arc"], root)
+        catalog.prepare_tasks(["ai2_arc"], root)
 
 
 @pytest.mark.slow
 def test_paper_tasks_fail_offline_before_model_work(root, nothing_cached):
     """eval=paper offline, through lm-eval's full index: MMLU's first subject names the gap."""
     with pytest.raises(ValueError, match=r"dataset of lm-eval task 'mmlu_\w+' \(in 'mmlu'\)"):
-        harness.prepare_tasks(["mmlu", "sandbox_grammar"], root)
+        catalog.prepare_tasks(["mmlu", "sandbox_grammar"], root)
 
 
 @pytest.mark.slow
 def test_unknown_builtin_task_gets_close_matches(root):
-    harness.check_tasks(["hellaswag", "rb_ppl"], root)  # built-in and ours together
+    catalog.check_tasks(["hellaswag", "rb_ppl"], root)  # built-in and ours together
     with pytest.raises(ValueError, match=r"'hellaswg' \(did you mean 'hellaswag'"):
-        harness.check_tasks(["hellaswg"])
+        catalog.check_tasks(["hellaswg"])
 
 
 def test_flatten_results_names():
@@ -425,7 +426,7 @@ def test_flatten_results_names():
         },
         "groups": {"grp": {"acc,none": 0.75, "acc_k,none": float("nan")}},
     }
-    assert harness.flatten_results(results) == {
+    assert lm_eval_metrics(results) == {
         "lm_eval/xnli_en/acc": 0.5,
         "lm_eval/xnli_en/acc_stderr": 0.1,
         "lm_eval/gsm8k/exact_match/strict-match": 0.25,
@@ -471,8 +472,8 @@ def test_folder_runs_with_the_lm_eval_command_line(model, tok, root, tmp_path):
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
     )
     [out] = (tmp_path / "out").rglob("results*.json")
-    cli = harness.flatten_results(json.loads(out.read_text()))
-    ours = harness.flatten_results(run(model, tok, ["sandbox_grammar", "rb_ppl"], root))
+    cli = lm_eval_metrics(json.loads(out.read_text()))
+    ours = lm_eval_metrics(run(model, tok, ["sandbox_grammar", "rb_ppl"], root))
     assert cli.keys() == ours.keys()
     assert all(cli[k] == pytest.approx(ours[k], rel=1e-5) for k in ours)
 
@@ -480,7 +481,7 @@ def test_folder_runs_with_the_lm_eval_command_line(model, tok, root, tmp_path):
 @pytest.mark.slow
 def test_language_templates_expand_to_existing_tasks():
     """eval=multilingual's templates: one task per language lm-eval has (indexes lm-eval)."""
-    from regionbench.evaluation.harness import expand_tasks
+    from regionbench.evaluation.catalog import expand_tasks
 
     langs = [
         {"lang": "ar", "flores": "arb_Arab"},

@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from regionbench.models import check_model, load_model, resolve_cache_dir, resolve_dtype
+from regionbench.cache import cache_root
+from regionbench.models import check_model, load_model, resolve_dtype
 
 
 def test_local_folder_loads_like_the_sandbox_name(sandbox_test_dir, cache_dir, tmp_path):
@@ -48,8 +49,8 @@ def test_bad_models_fail_in_one_line(tmp_path, monkeypatch):
 
 def test_cache_dir_resolution(tmp_path, monkeypatch):
     monkeypatch.setenv("REGIONBENCH_CACHE", str(tmp_path / "env"))
-    assert resolve_cache_dir() == (tmp_path / "env").resolve()
-    assert resolve_cache_dir(tmp_path / "arg") == (tmp_path / "arg").resolve()
+    assert cache_root() == (tmp_path / "env").resolve()
+    assert cache_root(tmp_path / "arg") == (tmp_path / "arg").resolve()
     monkeypatch.delenv("REGIONBENCH_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert resolve_cache_dir() == (tmp_path / ".cache" / "regionbench").resolve()
+    assert cache_root() == (tmp_path / ".cache" / "regionbench").resolve()

@@ -13,6 +13,7 @@ from conftest import REPO, SMALL, compose
 from mlflow.tracking import MlflowClient
 
 from regionbench.pipeline import run_job
+from regionbench.session import Session
 
 
 def _run(args, cwd, cache_dir, timeout=600):
@@ -40,13 +41,12 @@ def _runs(uri):
 def sweep(tmp_path_factory, cache_dir, sandbox_test_dir):
     cwd = tmp_path_factory.mktemp("sweep")
     # ratio=1.5 is bad input: that job fails, the others still run, the command exits non-zero
-    proc = _run(["-m", "ratio=0,0.05,0.2,1.5", *SMALL], cwd, cache_dir)
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return cwd, proc
+    return cwd, _run(["-m", "ratio=0,0.05,0.2,1.5", *SMALL], cwd, cache_dir)
 
 
 def test_multirun_logs_one_parent_and_nested_jobs(sweep):
     cwd, proc = sweep
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     uri = f"sqlite:///{cwd}/mlruns/mlflow.db"
     client, parents, all_children = _runs(uri)
     assert len(parents) == 1 and len(all_children) == 4
@@ -55,7 +55,7 @@ def test_multirun_logs_one_parent_and_nested_jobs(sweep):
     assert sorted(c.info.run_name for c in children) == ["ratio=0", "ratio=0.05", "ratio=0.2"]
     by_ratio = {float(c.data.params["ratio"]): c for c in children}
     assert set(by_ratio) == {0.0, 0.05, 0.2}
-    from regionbench.data import sandbox
+    from regionbench import sandbox
 
     for ratio, run in by_ratio.items():
         m = run.data.metrics
@@ -86,7 +86,8 @@ def test_multirun_logs_one_parent_and_nested_jobs(sweep):
     # importance is computed once: the second scored job hits the cache
     tags = [by_ratio[r].data.tags["importance_cache"] for r in (0.05, 0.2)]
     assert tags == ["miss", "hit"]
-    assert by_ratio[0.2].data.metrics["time/importance_s"] < 1.0
+    keys = {by_ratio[r].data.tags["importance_key"] for r in (0.05, 0.2)}
+    assert len(keys) == 1  # one entry serves every ratio
     arts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"sweep_comparison.csv", "sweep_comparison.md", "ppl_ratio_by_language.png"} <= arts
 
@@ -134,7 +135,10 @@ def store(tmp_path_factory):
             "region=monolingual needs a per-language metric",
         ),
         (["importance.seq_len=512"], "importance.seq_len 512 is longer than the model's context"),
-        (["intervention=freeze", "intervention.steps=4"], "warmup_steps 15 is more than steps 4"),
+        (
+            ["intervention=freeze", "intervention.warmup_steps=9"],
+            "warmup_steps 9 is more than steps 4",
+        ),
     ],
 )
 def test_bad_input_fails_one_line_without_a_finished_run(
@@ -175,7 +179,6 @@ def test_help_lists_groups(tmp_path, cache_dir):
 
 
 def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir):
-    from regionbench import pipeline
     from regionbench.cache import fingerprint_model
 
     cfg = compose(
@@ -185,19 +188,15 @@ def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir):
             *SMALL,
             f"tracking.uri={store}",
             "tracking.experiment=freeze-test",
-            "intervention.steps=4",
-            "intervention.eval_every=2",
             "intervention.train_docs=60",
-            "intervention.warmup_steps=1",
-            "intervention.batch_size=4",
-            "intervention.seq_len=32",
         ]
     )
     assert cfg.model.name == "sandbox-test" and cfg.ratio == 0.05
-    result = run_job(cfg, name="freeze")
+    session = Session()
+    result = run_job(cfg, name="freeze", session=session)
     assert result["status"] == "FINISHED", result
-    model = pipeline._MODEL["model"]
-    assert fingerprint_model(model, full=True) == pipeline._MODEL["fp"]  # training undone
+    loaded = session.loaded
+    assert fingerprint_model(loaded.model, full=True) == loaded.fingerprint  # training undone
     client = MlflowClient(tracking_uri=store)
     run = client.get_run(result["run_id"])
     m = run.data.metrics
@@ -214,7 +213,6 @@ def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir):
 def test_freeze_job_saves_the_trained_model_when_asked(store, sandbox_test_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from regionbench import pipeline
     from regionbench.regions import Region
 
     cfg = compose(
@@ -226,22 +224,21 @@ def test_freeze_job_saves_the_trained_model_when_asked(store, sandbox_test_dir, 
             "tracking.experiment=freeze-test",
             "intervention.steps=2",
             "intervention.eval_every=0",
-            "intervention.train_docs=40",
-            "intervention.warmup_steps=1",
-            "intervention.batch_size=4",
-            "intervention.seq_len=32",
             "intervention.save_model=true",
         ]
     )
-    result = run_job(cfg, name="freeze-save", output_dir=tmp_path)
+    session = Session()
+    result = run_job(cfg, name="freeze-save", output_dir=tmp_path, session=session)
     assert result["status"] == "FINISHED", result
     saved = tmp_path / "model"
-    run = MlflowClient(tracking_uri=store).get_run(result["run_id"])
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(result["run_id"])
     assert run.data.tags["saved_model"] == str(saved)
     assert (saved / "config.json").is_file() and (saved / "tokenizer_config.json").is_file()
     trained = load_file(saved / "model.safetensors")
-    loaded = dict(pipeline._MODEL["model"].named_parameters())  # restored to the original
-    masks = Region.load(tmp_path / "region.safetensors").masks
+    loaded = dict(session.loaded.model.named_parameters())  # restored to the original
+    mask_file = client.download_artifacts(run.info.run_id, "region.safetensors", str(tmp_path))
+    masks = Region.load(mask_file).masks
     moved = 0
     for name, mask in masks.items():
         before, after = loaded[name].detach(), trained[name]
@@ -314,7 +311,7 @@ def local_world(tmp_path_factory, sandbox_test_dir):
     """The README's real-model setting offline: a model folder and a folder of <lang>.txt."""
     import shutil
 
-    from regionbench.data import sandbox
+    from regionbench import sandbox
 
     root = tmp_path_factory.mktemp("local")
     shutil.copytree(sandbox_test_dir, root / "model")
@@ -351,7 +348,6 @@ def test_importance_cache_key_follows_the_tokenizer(store, local_world, tmp_path
     """Same weights, same text, another tokenizer: other samples, so another cache entry."""
     import shutil
 
-    from regionbench import pipeline
     from regionbench.testing import tiny_tokenizer
 
     folder = tmp_path / "model"
@@ -373,8 +369,8 @@ def test_importance_cache_key_follows_the_tokenizer(store, local_world, tmp_path
         if retokenize:
             texts = (local_world / "texts" / "latn.txt").read_text().split("\n\n")
             tiny_tokenizer(texts, vocab_size=200, full_alphabet=True).save_pretrained(folder)
-        pipeline._MODEL.clear()  # a new process would load the folder afresh
-        result = run_job(compose(overrides), name="tok")
+        # a new session, as a new process would load the folder afresh
+        result = run_job(compose(overrides), name="tok", session=Session())
         assert result["status"] == "FINISHED", result
         run = client.get_run(result["run_id"])
         tags.append((run.data.tags["importance_key"], run.data.tags["importance_cache"]))

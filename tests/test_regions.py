@@ -134,7 +134,7 @@ def test_core_and_bottom_stay_disjoint_on_ties(zeros):
 
 @pytest.mark.parametrize("ratio", [1, 1.0, -0.1, 1.5, float("nan"), "0.1", True])
 def test_bad_ratio_is_a_one_line_error(ratio):
-    with pytest.raises(ValueError, match=r"ratio .* is not in \[0, 1\)") as e:
+    with pytest.raises(ValueError, match=r"ratio .* is outside \[0, 1\)") as e:
         select(make_scores(), ratio)
     assert "\n" not in str(e.value)
 

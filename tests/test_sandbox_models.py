@@ -13,7 +13,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from regionbench import sandbox
-from regionbench.data import sandbox as corpus
+from regionbench.cache import fingerprint_model
+from regionbench.sandbox import corpus, languages, models
+from regionbench.sandbox.__main__ import sample_lines
 
 NAME = "sandbox-test"
 
@@ -33,7 +35,7 @@ def test_folder_loads_through_auto_classes(built):
     assert (tok.pad_token, tok.bos_token, tok.eos_token) == ("<pad>", "<s>", "</s>")
     assert len(tok) == model.config.vocab_size == sandbox.SANDBOX_MODELS[NAME].vocab_size
     meta = sandbox.read_metadata(folder)
-    assert meta["weights_sha256"] == sandbox.weights_sha256(model.state_dict())
+    assert meta["weights_sha256"] == fingerprint_model(model, full=True)
     assert meta["final_loss"] < meta["first_loss"] < math.log(model.config.vocab_size) + 1
     with torch.no_grad():
         out = model(**tok(["va tukide.", "τηθοχινω θω"], padding=True, return_tensors="pt"))
@@ -43,7 +45,7 @@ def test_folder_loads_through_auto_classes(built):
 def test_tokenizer_is_llama_like_byte_level_bpe(built):
     _, folder = built
     tok = AutoTokenizer.from_pretrained(folder)
-    texts = corpus.generate("eval", langs=list(corpus.LANGUAGES), n_docs=1)
+    texts = corpus.generate("eval", langs=list(languages.LANGUAGES), n_docs=1)
     for lang, (doc,) in texts.items():  # held-out scripts too: byte-level never needs <unk>
         ids = tok(doc)["input_ids"]
         assert ids[0] == tok.bos_token_id and tok.bos_token_id not in ids[1:]
@@ -72,15 +74,13 @@ def test_cached_model_is_not_rebuilt(built, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("rebuilt a cached model")
 
-    monkeypatch.setattr(sandbox, "build_sandbox_model", boom)
+    monkeypatch.setattr(models, "build_sandbox_model", boom)
     assert sandbox.ensure_sandbox_model(NAME, cache, progress=False) == folder
 
 
 def test_folder_name_encodes_recipe_and_seed(tmp_path, monkeypatch):
     path = sandbox.sandbox_path(NAME, tmp_path)
-    assert path.name.startswith(f"{NAME}-v{sandbox.RECIPE_VERSION}-") and path.name.endswith(
-        "seed0"
-    )
+    assert path.name.startswith(f"{NAME}-v{models.RECIPE_VERSION}-") and path.name.endswith("seed0")
     assert sandbox.sandbox_path(NAME, tmp_path, seed=2) != path
     assert sandbox.sandbox_path("sandbox-s", tmp_path) != path
     changed = replace(sandbox.SANDBOX_MODELS[NAME], lr=1e-4)
@@ -92,7 +92,7 @@ def test_interrupted_build_leaves_nothing_that_loads(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sandbox, "pretrain", interrupted)
+    monkeypatch.setattr(models, "pretrain", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False)
     final = sandbox.sandbox_path(NAME, tmp_path)
@@ -131,7 +131,7 @@ def test_two_processes_build_once(tmp_path):
 
 
 def test_model_sizes():
-    sizes = {name: sandbox.count_parameters(name) for name in sandbox.SANDBOX_MODELS}
+    sizes = {name: models.count_parameters(name) for name in sandbox.SANDBOX_MODELS}
     assert sizes["sandbox-test"] < 100_000
     assert 200_000 <= sizes["sandbox-s"] <= 450_000
     assert 1_000_000 <= sizes["sandbox-m"] <= 2_000_000
@@ -159,9 +159,9 @@ def test_unknown_model_is_a_one_line_error(tmp_path):
 
 
 def test_sample_prints_one_line_per_language():
-    lines = sandbox.sample_lines()
-    assert len(lines) == len(corpus.LANGUAGES)
-    assert [line.split()[0] for line in lines] == list(corpus.LANGUAGES)
+    lines = sample_lines()
+    assert len(lines) == len(languages.LANGUAGES)
+    assert [line.split()[0] for line in lines] == list(languages.LANGUAGES)
 
 
 def test_build_leaves_torch_global_state_alone(tmp_path):

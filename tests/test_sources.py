@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from regionbench.data import load_texts
-from regionbench.data.sources import _hash_split
+from regionbench.data.local import hash_split as _hash_split
+from regionbench.texts import load_texts
 
 DOCS = [f"document number {i} about the sea and the mountains." for i in range(60)]
 
@@ -77,7 +77,7 @@ def test_hub_offline_is_one_line(monkeypatch):
 
 
 def test_flores_codes():
-    from regionbench.data.sources import FLORES_CODES, PAPER_EVAL_LANGS
+    from regionbench.data.languages import FLORES_CODES, PAPER_EVAL_LANGS
 
     assert set(PAPER_EVAL_LANGS) <= set(FLORES_CODES)
     assert FLORES_CODES["zh"] == "cmn_Hans"
@@ -126,7 +126,8 @@ def test_flores_importance_and_training_text_never_overlap(monkeypatch):
 
 
 def test_belebele_codes_and_source_tasks():
-    from regionbench.data.sources import FLORES200_CODES, default_tasks
+    from regionbench.data.languages import FLORES200_CODES
+    from regionbench.texts import default_tasks
 
     assert FLORES200_CODES["zh"] == "zho_Hans" and FLORES200_CODES["ar"] == "arb_Arab"
     assert default_tasks("sandbox") == ("sandbox_grammar",) and default_tasks("local") == ()
@@ -137,7 +138,7 @@ def test_every_paper_language_has_its_belebele_task():
 
     import lm_eval
 
-    from regionbench.data.sources import FLORES200_CODES, PAPER_EVAL_LANGS
+    from regionbench.data.languages import FLORES200_CODES, PAPER_EVAL_LANGS
 
     folder = Path(lm_eval.__file__).parent / "tasks" / "belebele"
     missing = [
@@ -151,7 +152,7 @@ def test_every_paper_language_has_its_belebele_task():
 def test_sandbox_stream_is_the_generated_corpus_read_lazily():
     import itertools
 
-    from regionbench.data import sandbox
+    from regionbench import sandbox
 
     for split in ("importance", "eval", "train"):
         head = list(itertools.islice(sandbox.stream(split, "grek"), 7))

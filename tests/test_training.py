@@ -12,15 +12,13 @@ import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from regionbench.config import InterventionConfig
 from regionbench.data.packing import pack
+from regionbench.interventions import restore_after
+from regionbench.names import forgetting_metrics
 from regionbench.plots import forgetting_curve, sweep_plot
 from regionbench.testing import tiny_llama
-from regionbench.training import (
-    FreezeConfig,
-    forgetting_metrics,
-    restore_after,
-    train_frozen,
-)
+from regionbench.training import check, train_frozen
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -47,18 +45,19 @@ TEXTS = {
 }
 
 
-def config(**kw) -> FreezeConfig:
+def config(**kw) -> InterventionConfig:
     base = dict(
+        name="freeze",
         target_langs=["xx"],
+        warmup_steps=0,
         steps=4,
         lr=1e-2,
         weight_decay=0.1,
         batch_size=2,
         seq_len=16,
         eval_every=2,
-        seed=0,
     )
-    return FreezeConfig(**(base | kw))
+    return InterventionConfig(**(base | kw))
 
 
 def random_masks(model, fraction=0.3, seed=0) -> dict[str, torch.Tensor]:
@@ -121,8 +120,8 @@ def test_region_object_and_none(tokenizer):
 def test_same_seed_same_weights_other_seed_differs(tokenizer):
     def run(seed):
         model = tiny_llama()
-        cfg = config(steps=3, seed=seed, grad_accum=2, warmup_steps=1, schedule="cosine")
-        train_frozen(model, tokenizer, TEXTS, random_masks(model), cfg, progress=False)
+        cfg = config(steps=3, grad_accum=2, warmup_steps=1, schedule="cosine")
+        train_frozen(model, tokenizer, TEXTS, random_masks(model), cfg, seed=seed, progress=False)
         return snapshot(model)
 
     a, b, c = run(0), run(0), run(1)
@@ -229,18 +228,28 @@ def test_pack_shuffles_bos_doc_eos_documents(tokenizer):
         ({"warmup_steps": 9}, "warmup_steps 9 is more than steps 4"),
         ({"eval_every": True}, "eval_every True is not an integer >= 0"),
         ({"target_langs": []}, "target_langs .* is empty"),
-        ({"schedule": "cosin"}, "did you mean 'cosine'"),
+        ({"schedule": "cosin"}, "schedule 'cosin': did you mean 'cosine'"),
         ({"max_grad_norm": float("nan")}, "max_grad_norm nan"),
     ],
 )
 def test_config_validation(change, message):
-    with pytest.raises(ValueError, match=message):
-        config(**change)
+    with pytest.raises(ValueError, match=f"intervention\\.{message}"):
+        check(config(**change))
 
 
-def test_config_accepts_one_language_string():
-    assert config(target_langs="xx").target_langs == ["xx"]
-    assert dataclasses.asdict(config())["lr"] == 1e-2
+def test_a_mapping_config_is_the_freeze_intervention_with_those_settings(tokenizer):
+    model = tiny_llama()
+    summary = train_frozen(
+        model,
+        tokenizer,
+        TEXTS,
+        None,
+        {"steps": 2, "warmup_steps": 0, "seq_len": 16},
+        progress=False,
+    )
+    assert summary["steps"] == 2.0 and dataclasses.asdict(config())["lr"] == 1e-2
+    with pytest.raises(ValueError, match="intervention.steps 0 is not a positive integer"):
+        train_frozen(model, tokenizer, TEXTS, None, {"steps": 0}, progress=False)
 
 
 def test_bad_inputs_fail_before_training(tokenizer):

@@ -25,6 +25,16 @@ import torch
 _CHUNK = 256  # documents tokenized per call: fast batch encoding, little over-reading
 
 
+def prefix_token_id(tokenizer) -> int:
+    """The token a document is conditioned on when scored alone: BOS, else EOS (some families,
+    GPT-2 and Qwen among them, only have an EOS, which plays the "start of text" role for them;
+    lm-eval's HFLM makes the same choice)."""
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if token is None:
+        raise ValueError("tokenizer has neither a BOS nor an EOS token to condition on")
+    return token
+
+
 def separators(tokenizer) -> tuple[list[int], list[int]]:
     """(ids before, ids after) each document: [BOS] and [EOS], once where they are one token."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -74,10 +84,7 @@ def pack(
     need = None if n_windows is None else int(n_windows) * seq_len
     stream: list[int] = []
     for chunk in chunks:
-        for doc in chunk:
-            stream.extend(head)
-            stream.extend(doc)
-            stream.extend(tail)
+        _extend(stream, chunk, head, tail)
         if need is not None and len(stream) >= need:
             break
     n = len(stream) // seq_len
@@ -89,6 +96,23 @@ def pack(
         raise ValueError(f"the text gives {len(stream)} tokens, fewer than seq_len {seq_len}")
     n = n if n_windows is None else int(n_windows)
     return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def pack_ids(
+    docs: Iterable[list[int]], seq_len: int, *, head: list[int], tail: list[int]
+) -> torch.Tensor:
+    """`pack` for documents that are token ids already (the sandbox pre-training loop)."""
+    stream: list[int] = []
+    _extend(stream, docs, head, tail)
+    n = len(stream) // seq_len
+    return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def _extend(stream: list[int], docs: Iterable[list[int]], head: list[int], tail: list[int]) -> None:
+    for doc in docs:
+        stream.extend(head)
+        stream.extend(doc)
+        stream.extend(tail)
 
 
 def _chunked(items: Iterable[str], size: int) -> Iterator[list[str]]:

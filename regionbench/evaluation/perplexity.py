@@ -29,6 +29,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from regionbench.data.packing import prefix_token_id
+from regionbench.torchtools import modes_kept
+
 TOKENS_PER_ROW = 2048  # batch_size * this bounds a batch's padded tokens (and its logits)
 
 
@@ -56,16 +59,6 @@ def default_max_length(model, tokenizer) -> int:
         limit = getattr(tokenizer, "model_max_length", None)
         return int(limit) if limit is not None and limit < 10**30 else 2048
     return resolve_max_length(model.config, tokenizer)
-
-
-def prefix_token_id(tokenizer) -> int:
-    """The token every document is conditioned on: BOS, else EOS (lm-eval HFLM's choice)."""
-    token = (
-        tokenizer.bos_token_id if tokenizer.bos_token_id is not None else (tokenizer.eos_token_id)
-    )
-    if token is None:
-        raise ValueError("tokenizer has neither a BOS nor an EOS token to condition on")
-    return token
 
 
 def document_windows(
@@ -147,13 +140,11 @@ def _score_windows(model, windows, n_groups: int, batch_size: int, progress: boo
     order = sorted(range(len(windows)), key=lambda k: -len(windows[k][1]))
     totals = torch.zeros(n_groups, dtype=torch.float64)
     batches = _token_budget_batches(order, [len(w[1]) - 1 for w in windows], batch_size)
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
     bar = tqdm(
         total=sum(w[2] for w in windows), desc="perplexity", unit="tok", disable=not progress
     )
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), modes_kept(model, training=False):
             for members in batches:
                 batch = [windows[k] for k in members]
                 ids, mask, labels = (t.to(device) for t in _pad(batch))
@@ -170,8 +161,6 @@ def _score_windows(model, windows, n_groups: int, batch_size: int, progress: boo
                 bar.update(sum(n_pred for _, _, n_pred in batch))
     finally:
         bar.close()
-        for module, training in modes.items():
-            module.train(training)
     return totals.tolist()
 
 

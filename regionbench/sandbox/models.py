@@ -1,4 +1,4 @@
-"""Sandbox models: a byte-level BPE tokenizer and small LLaMA models pre-trained on the sandbox corpus.
+"""Sandbox models: small LLaMA models pre-trained by regionbench on the sandbox corpus.
 
 No model hub is reachable where regionbench is built and tested, so it trains its own models on
 first use (seeded, CPU-friendly, a few minutes) and caches them as ordinary Hugging Face folders
@@ -6,31 +6,30 @@ that `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` lo
 
     folder = ensure_sandbox_model("sandbox-m", cache_dir)    # builds once, then returns at once
 
-    python -m regionbench.sandbox build sandbox-m [--force] [--cache-dir DIR] [--seed N]
-    python -m regionbench.sandbox sample                     # one sentence per language
-
 A folder's name carries the recipe version, a hash of the recipe and the seed, so editing a recipe
-(or the corpus) never loads a stale model.  Builds are atomic: a temporary folder beside the final
-one, renamed at the end, under a file lock; a second process waits for the first and loads its
-model, and an interrupted build leaves nothing that looks complete.
+(or the corpus) never loads a stale model. Builds go through `cache.publish_dir`: atomic, under a
+file lock; a second process waits for the first and loads its model, and an interrupted build
+leaves nothing that looks complete.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import math
 import os
-import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from regionbench.cache import fingerprint_model, publish_dir
 from regionbench.choices import check_choice
-from regionbench.data import sandbox as corpus
+from regionbench.data.packing import pack_ids
+from regionbench.sandbox import corpus
+from regionbench.sandbox.languages import PRETRAIN_LANGS
+from regionbench.sandbox.meaning import CORPUS_VERSION
+from regionbench.sandbox.tokenizer import train_tokenizer
+from regionbench.torchtools import lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,6 @@ RECIPE_VERSION = 1
 # The training text is one fixed world; the model seed varies initialisation and data order only,
 # so models of every size and seed share one tokenizer and their perplexities compare.
 CORPUS_SEED = 0
-SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2 as in LLaMA-style configs
 METADATA = "regionbench_sandbox.json"  # written last: its presence marks a complete folder
 BUILD_THREADS = 2  # fixed, so a rebuild on the same machine reproduces the weights bit for bit
 
@@ -98,9 +96,9 @@ def recipe_digest(name: str) -> str:
     ident = {
         "recipe": asdict(_recipe(name)),
         "recipe_version": RECIPE_VERSION,
-        "corpus_version": corpus.CORPUS_VERSION,
+        "corpus_version": CORPUS_VERSION,
         "corpus_seed": CORPUS_SEED,
-        "langs": corpus.PRETRAIN_LANGS,
+        "langs": PRETRAIN_LANGS,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -124,80 +122,12 @@ def ensure_sandbox_model(
     seed: int = 0,
 ) -> Path:
     """Return the folder of a sandbox model, building it first if it is missing (or `force`)."""
-    from filelock import FileLock, Timeout
-
-    final = sandbox_path(name, cache_dir, seed)
-    if is_complete(final) and not force:
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(f"{final}.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.warning("another process is building %s; waiting for it", final.name)
-        lock.acquire()
-    try:
-        if is_complete(final) and not force:  # built by the process we waited for
-            return final
-        _remove_leftovers(final)
-        tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-        try:
-            build_sandbox_model(name, tmp, seed=seed, progress=progress)
-            if final.exists():  # --force, or a folder damaged by hand: swap it out atomically
-                old = final.parent / f".{final.name}.old-{os.getpid()}"
-                final.rename(old)
-                tmp.rename(final)
-                shutil.rmtree(old)
-            else:
-                tmp.rename(final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        lock.release()
-    return final
-
-
-def _remove_leftovers(final: Path) -> None:
-    # Only the lock holder builds, so any temporary folder now is from a killed build.
-    for path in final.parent.glob(f".{final.name}.*-*"):
-        shutil.rmtree(path, ignore_errors=True)
-
-
-# --- tokenizer -----------------------------------------------------------------------------------
-
-
-def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int):
-    """Byte-level BPE as a `PreTrainedTokenizerFast` that prepends <s> like LLaMA's."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    # GPT-2's split regex cuts words at combining marks (Devanagari vowel signs are \p{M}), which
-    # would keep BPE from ever merging a Devanagari syllable; split at spaces and punctuation only.
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r" ?[\p{L}\p{M}]+| ?[^\s\p{L}\p{M}]+|\s+"), "isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL_TOKENS),
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(texts, trainer)
-    bos = SPECIAL_TOKENS[1]
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, 1)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token=SPECIAL_TOKENS[0],
-        bos_token=SPECIAL_TOKENS[1],
-        eos_token=SPECIAL_TOKENS[2],
-        model_max_length=model_max_length,
+    _recipe(name)  # a bad name fails before any lock or folder
+    return publish_dir(
+        sandbox_path(name, cache_dir, seed),
+        lambda tmp: build_sandbox_model(name, tmp, seed=seed, progress=progress),
+        ready=is_complete,
+        force=force,
     )
 
 
@@ -234,40 +164,31 @@ def count_parameters(name: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def weights_sha256(state_dict) -> str:
-    """Hash of every tensor's name, dtype, shape and bytes, in name order."""
-    import torch
-
-    h = hashlib.sha256()
-    for key in sorted(state_dict):
-        t = state_dict[key].detach().cpu().contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(-1).view(dtype=torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def _packed_batches(docs: list[list[int]], recipe: SandboxRecipe, seed: int):
     """Endless [B, T] batches: documents as [BOS] doc [EOS], shuffled each epoch, packed."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
-    window = recipe.batch_size * recipe.seq_len
     while True:
         order = torch.randperm(len(docs), generator=gen).tolist()
-        stream = torch.tensor([t for i in order for t in (1, *docs[i], 2)], dtype=torch.long)
-        n = len(stream) // window * window
+        windows = pack_ids([docs[i] for i in order], recipe.seq_len, head=[1], tail=[2])
+        n = len(windows) // recipe.batch_size * recipe.batch_size
         if n == 0:
-            raise ValueError(f"too little sandbox text for one batch of {window} tokens")
-        yield from stream[:n].view(-1, recipe.batch_size, recipe.seq_len)
+            raise ValueError(
+                f"too little sandbox text for one batch of {recipe.batch_size * recipe.seq_len}"
+                " tokens"
+            )
+        yield from windows[:n].view(-1, recipe.batch_size, recipe.seq_len)
 
 
 def _lr_lambda(recipe: SandboxRecipe):
     def factor(step: int) -> float:
-        if step < recipe.warmup:
-            return (step + 1) / recipe.warmup
-        done = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
-        return recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (
-            1 + math.cos(math.pi * done)
+        return lr_factor(
+            step,
+            warmup=recipe.warmup,
+            total=recipe.steps,
+            schedule="cosine",
+            min_ratio=recipe.min_lr_ratio,
         )
 
     return factor
@@ -351,7 +272,7 @@ def build_sandbox_model(
     torch.set_num_threads(min(BUILD_THREADS, os.cpu_count() or 1))
     try:
         texts = corpus.generate(
-            "pretrain", corpus.PRETRAIN_LANGS, n_docs=recipe.train_docs, seed=CORPUS_SEED
+            "pretrain", PRETRAIN_LANGS, n_docs=recipe.train_docs, seed=CORPUS_SEED
         )
         tok_texts = [d for lang in texts for d in texts[lang][: recipe.tokenizer_docs]]
         tokenizer = train_tokenizer(tok_texts, recipe.vocab_size, recipe.seq_len)
@@ -376,11 +297,11 @@ def build_sandbox_model(
             "recipe": asdict(recipe),
             "recipe_version": RECIPE_VERSION,
             "recipe_digest": recipe_digest(name),
-            "corpus_version": corpus.CORPUS_VERSION,
+            "corpus_version": CORPUS_VERSION,
             "corpus_seed": CORPUS_SEED,
-            "languages": list(corpus.PRETRAIN_LANGS),
+            "languages": list(PRETRAIN_LANGS),
             "parameters": sum(p.numel() for p in model.parameters()),
-            "weights_sha256": weights_sha256(model.state_dict()),
+            "weights_sha256": fingerprint_model(model, full=True),
             "first_loss": losses[0],
             "final_loss": sum(losses[-20:]) / len(losses[-20:]),
             "build_seconds": round(time.perf_counter() - start, 1),
@@ -399,67 +320,3 @@ def build_sandbox_model(
 
 def read_metadata(folder: str | os.PathLike) -> dict:
     return json.loads((Path(folder) / METADATA).read_text())
-
-
-# --- command line --------------------------------------------------------------------------------
-
-
-def sample_lines(split: str = "eval", seed: int = 0) -> list[str]:
-    """One sentence per language (the same meaning in each), with its grammar."""
-    sentence = corpus.documents(split, 1, seed, lang=corpus.PRETRAIN_LANGS[0])[0][0]
-    lines = []
-    for code, spec in corpus.LANGUAGES.items():
-        held = "held-out" if code in corpus.HELDOUT_LANGS else "pretrain"
-        lines.append(
-            f"{code}  {spec.script.title():<10} {spec.order} adj-{spec.adj:<4} {held:<8}  "
-            f"{corpus.render_sentence(sentence, code)}"
-        )
-    return lines
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m regionbench.sandbox",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    build = sub.add_parser("build", help="build (pre-train) a sandbox model into the cache")
-    build.add_argument("name", help=", ".join(SANDBOX_MODELS))
-    build.add_argument("--force", action="store_true", help="rebuild even if cached")
-    build.add_argument(
-        "--cache-dir", default=None, help="default: $REGIONBENCH_CACHE or ~/.cache/regionbench"
-    )
-    build.add_argument("--seed", type=int, default=0)
-    build.add_argument("--quiet", action="store_true", help="no progress bar")
-    sample = sub.add_parser("sample", help="print one sentence per sandbox language")
-    sample.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    if args.command == "sample":
-        print("\n".join(sample_lines(seed=args.seed)))
-        return 0
-    from regionbench.models import resolve_cache_dir
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        _recipe(args.name)
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
-    folder = ensure_sandbox_model(
-        args.name,
-        resolve_cache_dir(args.cache_dir),
-        force=args.force,
-        progress=not args.quiet,
-        seed=args.seed,
-    )
-    meta = read_metadata(folder)
-    print(
-        f"{folder}\n{meta['parameters']:,} parameters, final loss {meta['final_loss']:.3f}, "
-        f"built in {meta['build_seconds']} s, weights sha256 {meta['weights_sha256'][:16]}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

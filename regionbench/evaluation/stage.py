@@ -1,0 +1,183 @@
+"""Evaluation as a pipeline stage: the lm-eval tasks a run asks for, prepared before any model
+work; the unmodified model's evaluation (the baseline every ratio is taken against), cached on
+disk; and each evaluation of a (modified) model as named metrics.
+
+    tasks = prepare(run, eval_texts, cache_dir)       # None when no lm-eval task is asked for
+    base = baseline(run, model, tok, eval_texts, tasks, model_fp, cache_dir, memo)
+    metrics, results = evaluate(run, model, tok, eval_texts, tasks, base)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from regionbench import names, sandbox
+from regionbench.cache import JsonCache, cache_key, fingerprint_texts, publish_dir
+from regionbench.config import RunConfig
+from regionbench.data.languages import FLORES200_CODES, FLORES_CODES
+from regionbench.texts import default_tasks
+
+log = logging.getLogger(__name__)
+# Bump when the same inputs would give another baseline (the task files or the BOS policy).
+BASELINE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Tasks:
+    """lm-eval tasks ready to run: our task folder (`include_path`) and the task names."""
+
+    root: Path
+    names: tuple[str, ...]
+
+
+def lm_eval_tasks(run: RunConfig) -> tuple[str, ...]:
+    """`eval.lm_eval.tasks`, or (null) the tasks the data source brings along."""
+    tasks = run.eval.lm_eval.tasks
+    return default_tasks(run.data.source) if tasks is None else tuple(tasks)
+
+
+def check(run: RunConfig) -> None:
+    """`eval.*` values, before any data or model work (task names: `prepare`)."""
+    ev, le = run.eval, run.eval.lm_eval
+    for key, value in (
+        ("eval.batch_size", ev.batch_size),
+        ("eval.lm_eval.batch_size", le.batch_size),
+        ("eval.lm_eval.grammar_pairs", le.grammar_pairs),
+        ("eval.max_length", ev.max_length),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(f"{key} {value!r} must be an integer >= 1")
+
+
+def prepare(run: RunConfig, eval_texts: dict[str, list[str]], cache_dir: Path) -> Tasks | None:
+    """Write our lm-eval tasks for this run's data (a cached folder, by content), expand
+    per-language task templates, and check every task name and hub dataset."""
+    from regionbench.evaluation import catalog, task_files
+
+    tasks = list(lm_eval_tasks(run))
+    if not tasks:
+        return None
+    pairs = None
+    if run.data.source == "sandbox":
+        langs = [lang for lang in eval_texts if lang in sandbox.PRETRAIN_LANGS]
+        n = run.eval.lm_eval.grammar_pairs
+        pairs = {lang: sandbox.minimal_pairs(lang, n) for lang in langs}
+    key = cache_key(kind="lm-eval tasks", ppl_texts=eval_texts, grammar_pairs=pairs)
+    root = publish_dir(
+        cache_dir / "tasks" / key,
+        lambda tmp: task_files.write_tasks(tmp, ppl_texts=eval_texts, grammar_pairs=pairs),
+        ready=lambda folder: (folder / "rb_tasks.py").is_file(),
+    )
+    if any("{" in t for t in tasks):
+        codes = [
+            {
+                "lang": lang,
+                "flores": FLORES_CODES.get(lang, lang),
+                "flores200": FLORES200_CODES.get(lang, lang),
+            }
+            for lang in eval_texts
+        ]
+        tasks, skipped = catalog.expand_tasks(tasks, codes, root)
+        if skipped:
+            log.info("lm-eval has no task %s: skipped", ", ".join(skipped))
+        if not tasks:
+            raise ValueError(
+                f"no lm-eval task of {list(lm_eval_tasks(run))} covers the "
+                f"languages {', '.join(eval_texts)}"
+            )
+    catalog.prepare_tasks(tasks, root)  # names and hub datasets, before any model work
+    return Tasks(root, tuple(tasks))
+
+
+def perplexities(run: RunConfig, model, tok, texts) -> dict[str, dict[str, float]]:
+    from regionbench.evaluation.perplexity import perplexity
+
+    res = perplexity(
+        model, tok, texts, max_length=run.eval.max_length, batch_size=run.eval.batch_size
+    )
+    return {lang: asdict(r) for lang, r in res.items()}
+
+
+def lm_eval(run: RunConfig, model, tok, tasks: Tasks | None) -> tuple[dict[str, float], dict]:
+    """(`lm_eval/<task>/<metric>` metrics, lm-eval's results dict)."""
+    if tasks is None:
+        return {}, {}
+    from regionbench.evaluation.harness import run_lm_eval
+
+    le = run.eval.lm_eval
+    results = run_lm_eval(
+        model,
+        tok,
+        list(tasks.names),
+        limit=le.limit,
+        num_fewshot=le.num_fewshot,
+        batch_size=le.batch_size,
+        include_path=tasks.root,
+        log_samples=le.log_samples,
+        max_length=run.eval.max_length,
+    )
+    return names.lm_eval_metrics(results), json.loads(json.dumps(results, default=str))
+
+
+def baseline(
+    run: RunConfig,
+    model,
+    tok,
+    eval_texts,
+    tasks: Tasks | None,
+    model_fp: str,
+    cache_dir: Path,
+    memo: dict,
+) -> dict:
+    """The unmodified model's evaluation: from `memo` (this process), else from the disk cache,
+    else computed once and stored in both."""
+    from regionbench.evaluation.harness import BOS_POLICY
+
+    key = cache_key(
+        kind="baseline",
+        model=model_fp,
+        texts=fingerprint_texts(eval_texts),
+        max_length=run.eval.max_length,
+        perplexity=run.eval.perplexity,
+        lm_eval=asdict(run.eval.lm_eval) if tasks else None,
+        tasks=list(tasks.names) if tasks else None,
+        bos=BOS_POLICY if tasks else None,
+        format=BASELINE_FORMAT,
+    )
+    if key in memo:
+        return memo[key]
+    store = JsonCache(cache_dir / "baselines")
+    base = store.get(key)
+    if base is not None:
+        log.info("baseline evaluation: cache hit")
+    else:
+        log.info("evaluating the unmodified model (once; cached)")
+        ppl = perplexities(run, model, tok, eval_texts) if run.eval.perplexity else {}
+        base = {"ppl": ppl, "lm_eval": lm_eval(run, model, tok, tasks)[0]}
+        store.put(key, base)
+    memo[key] = base
+    return base
+
+
+def evaluate(
+    run: RunConfig, model, tok, eval_texts, tasks: Tasks | None, base: dict, clock
+) -> tuple[dict[str, float], dict]:
+    """Every evaluation of the model as it is now, as metrics against `base`; and lm-eval's
+    results (for the run's artifact)."""
+    metrics: dict[str, float] = {}
+    if run.eval.perplexity:
+        with clock("eval"):
+            metrics |= names.perplexity_metrics(
+                perplexities(run, model, tok, eval_texts), base["ppl"]
+            )
+    results: dict = {}
+    if tasks is not None:
+        with clock("lm_eval"):
+            lm, results = lm_eval(run, model, tok, tasks)
+        metrics |= lm | names.lm_eval_ratios(lm, base["lm_eval"])
+    return metrics, results

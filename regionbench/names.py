@@ -1,0 +1,113 @@
+"""The names of everything regionbench logs to MLflow, built here and nowhere else.
+
+    perplexity_metrics({"latn": {"ppl": 5.2, "bpb": 1.1}}, base)  # ppl/latn, bpb/latn, ppl_ratio/...
+    lm_eval_metrics(results)                                      # lm_eval/<task>/<metric>
+    forgetting_metrics(before, after, ["armn"])                   # forget/<lang>, learn/<lang>
+
+A user's dashboards, the report and the experiment scripts read these names; DESIGN.md §4 lists
+them. Every `*/mean` is the arithmetic mean over the languages present.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+REGION_PARAMS = "region/params"
+REGION_FRACTION = "region/fraction"
+CHANGED = "intervention/changed"  # entries whose value the intervention changed
+PPL_RATIO_MEAN = "ppl_ratio/mean"
+PPL_MEAN = "ppl/mean"
+FORGET_MEAN = "forget/mean"
+LEARN_MEAN = "learn/mean"
+
+
+def time(stage: str) -> str:
+    """Wall-clock seconds of one pipeline stage."""
+    return f"time/{stage}_s"
+
+
+def train(key: str) -> str:
+    """A freeze-training quantity: loss, lr, grad_norm, tokens..."""
+    return f"train/{key}"
+
+
+def _with_means(out: dict[str, float], stems: Sequence[str]) -> dict[str, float]:
+    for stem in stems:
+        vals = [v for k, v in out.items() if k.startswith(f"{stem}/")]
+        if vals:
+            out[f"{stem}/mean"] = sum(vals) / len(vals)
+    return out
+
+
+def perplexity_metrics(ppl: Mapping[str, Mapping], base: Mapping[str, Mapping]) -> dict[str, float]:
+    """`ppl/<lang>`, `bpb/<lang>`, `ppl_ratio/<lang>` (to the unmodified model `base`, where it has
+    the language) and their means."""
+    out: dict[str, float] = {}
+    for lang, r in ppl.items():
+        out[f"ppl/{lang}"] = r["ppl"]
+        out[f"bpb/{lang}"] = r["bpb"]
+        if lang in base:
+            out[f"ppl_ratio/{lang}"] = r["ppl"] / base[lang]["ppl"]
+    return _with_means(out, ("ppl", "bpb", "ppl_ratio"))
+
+
+def lm_eval_metrics(results: Mapping) -> dict[str, float]:
+    """`{"lm_eval/<task>/<metric>": value}` for every numeric task and group metric of an
+    lm-eval results dict.
+
+    lm-eval's "<metric>,<filter>" keys lose the default filter ("acc,none" -> "acc",
+    "acc_stderr,none" -> "acc_stderr") and keep any other one after a slash
+    ("exact_match,strict-match" -> "exact_match/strict-match"). "N/A", None and non-finite
+    values (a kind no pair of a language has) are left out.
+    """
+    flat: dict[str, float] = {}
+    for section in ("results", "groups"):
+        for task, metrics in (results.get(section) or {}).items():
+            for key, value in metrics.items():
+                if "," not in key or isinstance(value, bool):
+                    continue
+                if not isinstance(value, int | float) or not math.isfinite(value):
+                    continue
+                metric, filt = key.split(",", 1)
+                name = metric if filt == "none" else f"{metric}/{filt}"
+                flat[f"lm_eval/{task}/{name}"] = float(value)
+    return flat
+
+
+def lm_eval_ratios(lm: Mapping[str, float], base: Mapping[str, float]) -> dict[str, float]:
+    """`lm_eval_ratio/<task>/<metric>`: each lm-eval metric over the unmodified model's."""
+    return {
+        k.replace("lm_eval/", "lm_eval_ratio/", 1): v / base[k]
+        for k, v in lm.items()
+        if not k.endswith("_stderr") and base.get(k)
+    }
+
+
+def forgetting_metrics(
+    before: Mapping[str, object], after: Mapping[str, object], target_langs: Sequence[str]
+) -> dict[str, float]:
+    """Perplexity ratios after / before training: `learn/<lang>` for target languages (below 1:
+    learned), `forget/<lang>` for the others (above 1: forgotten), plus `learn/mean` and
+    `forget/mean`. Values are floats or objects with `.ppl` (`LangPerplexity`)."""
+    if set(before) != set(after):
+        raise ValueError(
+            f"languages before {sorted(before)} and after {sorted(after)} training differ"
+        )
+    targets = set(target_langs)
+    out: dict[str, dict[str, float]] = {"learn": {}, "forget": {}}
+    for lang in after:
+        old, new = (
+            float(getattr(before[lang], "ppl", before[lang])),
+            float(getattr(after[lang], "ppl", after[lang])),
+        )
+        if not (math.isfinite(old) and old > 0):
+            raise ValueError(f"perplexity before training {old!r} for {lang!r} is not finite > 0")
+        out["learn" if lang in targets else "forget"][lang] = new / old
+    metrics: dict[str, float] = {}
+    for kind in ("forget", "learn"):
+        for lang, ratio in out[kind].items():
+            metrics[f"{kind}/{lang}"] = ratio
+        if out[kind]:
+            metrics[f"{kind}/mean"] = sum(out[kind].values()) / len(out[kind])
+    return metrics

@@ -1,0 +1,51 @@
+"""Importance scores: how much each block weight matters to each language's causal-LM loss.
+
+    scores = compute_importance(model, tokenizer, {"ar": docs_ar, "ru": docs_ru}, metric="taylor",
+                                samples=10_000, seq_len=512)
+    scores["ar"]["model.layers.0.mlp.up_proj.weight"]      # fp32 CPU tensor, same shape
+
+Metrics are chosen by short name from `METRICS` (the paper's `taylor`, the `magnitude` and
+`random` baselines, and the variants `taylor_abs` and `fisher`). Importance does not depend on
+the selection ratio, so the pipeline computes it once and caches it (`regionbench.cache`).
+
+Samples: every language is scored on the same number of fixed-length samples (`samples` windows
+of `seq_len` tokens, packed by `regionbench.data.packing`: the paper's 10,000 samples of 512
+tokens), so S = Σ_ℓ score_ℓ weighs languages equally and a language with more text does not pull
+the core towards itself. `samples=None` takes as many as the language with the least text gives.
+The loss of a sample is its mean next-token cross-entropy L_s; a batch's loss is the sum of its
+samples' losses, so Σ_b ∇L(b) = Σ_s ∇L_s whatever the batching, and a partial last batch weighs by
+its size. `taylor` is then |θ · Σ_s ∇L_s| (the paper's order: gradients summed first, then θ·,
+then |·|); `taylor_abs` and `fisher` fold each batch's gradient as it comes (per-batch saliency).
+
+Scope: the parameters scored are chosen by `regionbench.scope` (default: the weight matrices of
+the transformer blocks, found from the model's own block list).
+
+Memory: gradients go into one fp32 accumulator per scored parameter through
+`register_post_accumulate_grad_hook`, and each `.grad` is freed the moment it is accumulated, so
+peak memory is about weights + one fp32 accumulator + activations, and a bf16 model still sums in
+fp32. `accumulate_device="cpu"` moves the accumulators off the GPU for models whose fp32
+accumulator does not fit next to the weights. Finished scores are moved to CPU after each
+language, so the GPU holds at most one language's accumulators.
+"""
+
+from regionbench.scoring.compute import (
+    compute_importance,
+    importance_samples,
+    iter_batches,
+    score_samples,
+)
+from regionbench.scoring.metrics import ALGORITHM, METRICS, Metric
+from regionbench.scoring.stage import cached_scores, check, seq_len_for
+
+__all__ = [
+    "ALGORITHM",
+    "METRICS",
+    "Metric",
+    "cached_scores",
+    "check",
+    "compute_importance",
+    "importance_samples",
+    "iter_batches",
+    "score_samples",
+    "seq_len_for",
+]

@@ -1,0 +1,97 @@
+"""Importance as a pipeline stage: its options checked up front, and scores from the
+content-addressed cache (computed and stored on a miss)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from regionbench.choices import check_choice
+from regionbench.config import RunConfig
+from regionbench.scoring.compute import score_samples
+from regionbench.scoring.metrics import ALGORITHM, METRICS
+
+
+def check(run: RunConfig) -> None:
+    """`metric`, `importance.*`, before any model or text is read."""
+    from regionbench.scope import SCOPES
+
+    check_choice("metric", run.metric.name, METRICS)
+    imp = run.importance
+    check_choice("importance.scope", imp.scope, SCOPES)
+    streamed = run.data.source not in ("sandbox", "local")
+    if imp.samples is None and streamed and run.ratio > 0 and METRICS[run.metric.name].per_language:
+        raise ValueError(
+            f"importance.samples null (all the text) cannot stream all of data={run.data.source}: "
+            "give a number, e.g. importance.samples=10000"
+        )
+    for key, value, low in (
+        ("importance.samples", imp.samples, 1),
+        ("importance.seq_len", imp.seq_len, 2),
+        ("importance.batch_size", imp.batch_size, 1),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < low
+        ):
+            raise ValueError(f"{key} {value!r} must be an integer >= {low}")
+
+
+def seq_len_for(run: RunConfig, context: int) -> int:
+    """`importance.seq_len`, or the paper's 512 capped at the model's `context` length."""
+    seq_len = run.importance.seq_len or min(512, context)
+    if seq_len > context:
+        raise ValueError(
+            f"importance.seq_len {seq_len} is longer than the model's context of {context} "
+            f"tokens; choose importance.seq_len <= {context}"
+        )
+    return seq_len
+
+
+def cached_scores(
+    run: RunConfig,
+    model: nn.Module,
+    samples: dict,
+    langs: list[str],
+    fingerprints: tuple[str, str],
+    root: Path,
+) -> tuple[dict, str, bool]:
+    """(scores, cache key, hit): from the content-addressed cache under `root`, computed and
+    stored on a miss. The key holds every input that changes the scores; `fingerprints` are the
+    token windows' (they stand for the text, the tokenizer and the samples' count and length)
+    and the model's."""
+    from regionbench.cache import ScoreCache, cache_key
+
+    samples_fp, model_fp = fingerprints
+    imp, per_language = run.importance, METRICS[run.metric.name].per_language
+    inputs = {
+        "model": run.model.name,
+        "revision": run.model.revision,
+        "weights": model_fp,
+        "dtype": str(next(model.parameters()).dtype),
+        "metric": run.metric.name,
+        "samples": samples_fp,
+        "batch_size": imp.batch_size if per_language else None,
+        "scope": imp.scope,
+        "include": list(imp.include),
+        "exclude": list(imp.exclude),
+        "seed": run.seed if run.metric.name == "random" else None,
+        "algorithm": ALGORITHM,
+    }
+    key = cache_key(**inputs)
+    store = ScoreCache(root)
+    scores = store.get(key)
+    if scores is not None:
+        return scores, key, True
+    scores = score_samples(
+        model,
+        samples or dict.fromkeys(langs),
+        run.metric.name,
+        batch_size=imp.batch_size,
+        scope=imp.scope,
+        include=imp.include,
+        exclude=imp.exclude,
+        seed=run.seed,
+    )
+    store.put(key, scores, meta=inputs)
+    return scores, key, False

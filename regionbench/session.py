@@ -1,0 +1,119 @@
+"""What one process keeps between the jobs of a sweep: the loaded model, the importance samples
+last read, and the unmodified model's evaluations.
+
+Hydra's basic launcher runs a sweep's jobs one after another in one process, so the model stays
+loaded (each intervention is undone bit-exactly), and a ratio sweep reads and tokenizes its
+importance text once. `pipeline.run_job` uses one process-wide session unless given another.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from regionbench.cache import cache_root, fingerprint_model, fingerprint_samples
+from regionbench.config import RunConfig
+from regionbench.models import load_model
+from regionbench.scoring import importance_samples, seq_len_for
+from regionbench.texts import iter_texts, reading
+
+log = logging.getLogger(__name__)
+
+FULL_FINGERPRINT_BELOW = 100_000_000  # parameters: hash every byte of smaller models
+
+
+@dataclass
+class Loaded:
+    """A model as a job sees it: the model, its tokenizer and the fingerprint of its weights."""
+
+    model: Any
+    tokenizer: Any
+    fingerprint: str
+
+    @property
+    def context(self) -> int:
+        """The model's context length, as lm-eval resolves it."""
+        from regionbench.evaluation.perplexity import default_max_length
+
+        return default_max_length(self.model, self.tokenizer)
+
+
+@dataclass
+class Session:
+    loaded: Loaded | None = None
+    baselines: dict[str, dict] = field(default_factory=dict)  # by baseline cache key
+    _model_key: str | None = None
+    _samples: tuple[str, dict, str] | None = None  # (what was read, windows, fingerprint)
+
+    def cache_dir(self, run: RunConfig) -> Path:
+        return cache_root(run.paths.cache_dir)
+
+    def load(self, run: RunConfig) -> Loaded:
+        """The run's model, loaded once for every job that names the same one."""
+        m = run.model
+        key = json.dumps(
+            [
+                m.name,
+                m.revision,
+                m.dtype,
+                str(m.device_map),
+                run.device,
+                m.trust_remote_code,
+                run.paths.cache_dir,
+            ]
+        )
+        if self._model_key != key or self.loaded is None:
+            self.loaded, self._samples = None, None  # the samples were the old tokenizer's
+            model, tok = load_model(
+                m.name,
+                dtype=m.dtype,
+                device=run.device,
+                revision=m.revision,
+                trust_remote_code=m.trust_remote_code,
+                device_map=m.device_map,
+                cache_dir=run.paths.cache_dir,
+            )
+            full = sum(p.numel() for p in model.parameters()) < FULL_FINGERPRINT_BELOW
+            self.loaded = Loaded(model, tok, fingerprint_model(model, full=full))
+            self._model_key = key
+        return self.loaded
+
+    def importance_samples(self, run: RunConfig, langs: list[str]) -> tuple[dict, str]:
+        """The same number of fixed-length token windows per importance language (equal weight)
+        and their fingerprint, read and tokenized once for the jobs that share them."""
+        loaded = self.load(run)
+        seq_len = seq_len_for(run, loaded.context)
+        what = json.dumps(
+            [run.data.source, langs, seq_len, run.importance.samples, reading(run.data)]
+        )
+        if self._samples is None or self._samples[0] != what:
+            self._samples = None  # one text set at a time: 10k x 512 x 6 languages is 250 MB
+            streams = {
+                lang: iter_texts(run.data.source, "importance", lang, **reading(run.data))
+                for lang in langs
+            }
+            samples = importance_samples(loaded.tokenizer, streams, seq_len, run.importance.samples)
+            log.info(
+                "importance text: %d samples of %d tokens per language",
+                *next(iter(samples.values())).shape,
+            )
+            self._samples = (what, samples, fingerprint_samples(samples))
+        return self._samples[1], self._samples[2]
+
+    def scores(self, run: RunConfig, langs: list[str]) -> tuple[dict, str, str, bool]:
+        """(scores, samples fingerprint, cache key, cache hit) of the run's metric on `langs`:
+        nothing to score at ratio 0; no text read for a language-independent metric."""
+        from regionbench.scoring import METRICS, cached_scores
+
+        if run.ratio == 0:
+            return {}, "", "none (ratio=0)", True
+        loaded = self.load(run)
+        per_language = METRICS[run.metric.name].per_language
+        samples, samples_fp = self.importance_samples(run, langs) if per_language else ({}, "")
+        root = self.cache_dir(run) / "importance"
+        fingerprints = (samples_fp, loaded.fingerprint)
+        scores, key, hit = cached_scores(run, loaded.model, samples, langs, fingerprints, root)
+        return scores, samples_fp, key, hit
