@@ -5,11 +5,12 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch>=2.4
 SWEEP ?= ratio=0.01,0.03,0.05
+SRC := regionbench tests benchmarks experiments
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint format ui bench clean
+.PHONY: help install run test test-slow lint format hooks ui bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,15 +30,20 @@ run: $(STAMP)  ## the main job: a ratio sweep on the sandbox, logged to ./mlruns
 test: $(STAMP)  ## the fast test suite
 	$(PY) -m pytest
 
-test-slow: $(STAMP)  ## the slow tests too (minutes)
-	$(PY) -m pytest -m ""
+test-slow: $(STAMP)  ## the slow tests (minutes): every study at debug size, lm-eval's index
+	$(PY) -m pytest -m slow
 
-lint: $(STAMP)  ## ruff
-	$(VENV)/bin/ruff check regionbench tests benchmarks experiments
+lint: $(STAMP)  ## ruff check, ruff format --check and the layer contract (CI runs it)
+	$(VENV)/bin/ruff check $(SRC)
+	$(VENV)/bin/ruff format --check $(SRC)
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)  ## ruff format + autofix
-	$(VENV)/bin/ruff check --fix regionbench tests benchmarks experiments
-	$(VENV)/bin/ruff format regionbench tests benchmarks experiments
+	$(VENV)/bin/ruff check --fix $(SRC)
+	$(VENV)/bin/ruff format $(SRC)
+
+hooks: $(STAMP)  ## install the pre-commit hooks (the lint checks on every commit)
+	$(VENV)/bin/pre-commit install
 
 ui: $(STAMP)  ## open the MLflow UI on ./mlruns (http://127.0.0.1:5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
