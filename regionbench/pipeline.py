@@ -11,6 +11,7 @@ import logging
 import os
 import tempfile
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def run_job(
         tracker.log_params(run_id, flatten(raw))
         run = validate(RunConfig.from_cfg(raw))
         tracker.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(raw)), "config.yaml")
-        metrics = _execute(run, session or SESSION, tracker, run_id, output_dir)
+        metrics = _execute(Job(run, tracker, run_id, output_dir), session or SESSION)
     except KeyboardInterrupt:
         tracker.end_run(run_id, "KILLED", error="interrupted")
         raise
@@ -81,10 +82,20 @@ def run_job(
     return {"status": "FINISHED", "run_id": run_id, "name": name, "metrics": metrics}
 
 
-def _execute(
-    run: RunConfig, session: Session, tracker: Tracker, run_id: str, out: Path
-) -> dict[str, float]:
-    clock, cache_dir = Stopwatch(), session.cache_dir(run)
+@dataclass
+class Job:
+    """One job's config, its MLflow run, its output folder and its stage clock."""
+
+    run: RunConfig
+    tracker: Tracker
+    run_id: str
+    out: Path
+    clock: Stopwatch = field(default_factory=Stopwatch)
+
+
+def _execute(job: Job, session: Session) -> dict[str, float]:
+    run, tracker, run_id, clock = job.run, job.tracker, job.run_id, job.clock
+    cache_dir = session.cache_dir(run)
     imp_langs, ev_langs = texts.importance_langs(run), texts.eval_langs(run)
     freeze = run.intervention.name == "freeze"
     if freeze:
@@ -115,8 +126,7 @@ def _execute(
         run, model, tok, eval_texts, tasks, model_fp, cache_dir, session.baselines
     )
     if freeze:
-        job = _freeze(run, loaded, region, eval_texts, tasks, base, tracker, run_id, out, clock)
-        metrics |= job
+        metrics |= _freeze(job, loaded, region, eval_texts, tasks, base)
     else:
         iv = run.intervention
         kw = {"factor": iv.factor, "std": iv.std, "seed": run.seed, "relative": iv.relative}
@@ -139,12 +149,11 @@ def _execute(
     return metrics
 
 
-def _freeze(
-    run, loaded: Loaded, region, eval_texts, tasks, base, tracker, run_id, out, clock
-) -> dict:
+def _freeze(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> dict:
     """Further pre-training with the region frozen; the loaded model is restored afterwards."""
     from regionbench.plots import forgetting_curve
 
+    run, tracker, run_id, clock = job.run, job.tracker, job.run_id, job.clock
     model, tok, iv = loaded.model, loaded.tokenizer, run.intervention
     targets = texts.target_langs(run)
     train_texts = texts.load_texts(
@@ -162,7 +171,7 @@ def _freeze(
         tracker.log_metrics(run_id, metrics, step=step)
 
     frozen = region if region.numel > 0 else None
-    save_dir = out / "model" if iv.save_model else None
+    save_dir = job.out / "model" if iv.save_model else None
     with interventions.restore_after(model) as snapshot:  # one model serves every job
         with clock("train"):
             summary = training.train_frozen(
