@@ -38,6 +38,23 @@ class MetricConfig:
 class RegionConfig:
     name: str = "core"
     lang: str | None = None  # region=monolingual: whose region
+    # region=dimension: hidden dimensions of the residual stream, given or chosen by the run
+    dims: list[int] | None = None
+    top_dims: int | None = None  # the d dimensions holding most of the core at `ratio`
+    random_dims: int | None = None  # d random dimensions (seeded by `seed`)
+    layers: list[int] | None = None  # only these blocks (dimension)
+    modules: list[str] | None = None  # only modules ending with these names (dimension)
+    # region=coordinates: 'param.name[row, col]' entries, or a file of them
+    coordinates: list[str] | None = None
+    file: str | None = None
+
+
+@dataclass
+class OutliersConfig:
+    """The massive-activation detector every run consults (paper §3.3; Sun et al. 2024)."""
+
+    factor: float = 100.0  # massive: largest |activation| >= factor x the layer's median
+    docs: int = 16  # evaluation documents per language the detector reads
 
 
 @dataclass
@@ -127,6 +144,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     importance: ImportanceConfig = field(default_factory=ImportanceConfig)
+    outliers: OutliersConfig = field(default_factory=OutliersConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     ratio: float = 0.01  # fraction of each matrix in the region; 0 = the unmodified baseline

@@ -16,10 +16,19 @@ from collections.abc import Mapping, Sequence
 REGION_PARAMS = "region/params"
 REGION_FRACTION = "region/fraction"
 CHANGED = "intervention/changed"  # entries whose value the intervention changed
+OUTLIER_SHARE = "region/outlier_share"  # of the region's stream entries, on outlier dims
+SUPER_WEIGHTS = "region/super_weights"  # super weights the region contains
+OUTLIER_DIMS = "model/outlier_dims"  # massive-activation dimensions the detector found
 PPL_RATIO_MEAN = "ppl_ratio/mean"
 PPL_MEAN = "ppl/mean"
 FORGET_MEAN = "forget/mean"
 LEARN_MEAN = "learn/mean"
+
+
+def dim_share(d: int) -> str:
+    """Share of the region's entries (on the residual stream's matrices) in its top-d hidden
+    dimensions; an evenly spread region has d / hidden."""
+    return f"region/top{d}_dim_share"
 
 
 def time(stage: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import regionbench
-from regionbench import interventions, models, names, regions, scoring, texts, training
+from regionbench import dimensions, interventions, models, names, regions, scoring, texts, training
 from regionbench.config import RunConfig
 from regionbench.evaluation import stage as evaluation
 from regionbench.session import Loaded, Session
@@ -117,10 +117,13 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
     log.info("importance %s (%s)", "cache hit" if hit else "computed", key[:12])
     tracker.set_tags(run_id, {"importance_key": key, "importance_cache": "hit" if hit else "miss"})
 
+    with clock("outliers"):
+        found = session.outliers(run, eval_texts)
     with clock("select"):
-        region = regions.for_run(run, scores, imp_langs, model, (samples_fp, model_fp))
+        fps = (samples_fp, model_fp)
+        region = dimensions.for_run(run, scores, imp_langs, model, fps, found["dims"])
     metrics = {names.REGION_PARAMS: float(region.numel), names.REGION_FRACTION: region.fraction}
-    tracker.log_region(run_id, region, mask=run.tracking.save_region)
+    metrics |= _where_it_lives(job, model, region, found)
 
     base = evaluation.baseline(
         run, model, tok, eval_texts, tasks, model_fp, cache_dir, session.baselines
@@ -140,12 +143,8 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
             tracker.log_dict(run_id, results, "lm_eval_results.json")
     metrics |= clock.times
     tracker.log_metrics(run_id, metrics)
-    log.info(
-        "ppl/mean %.3f  ppl_ratio/mean %.4f  region/fraction %.4f",
-        metrics.get(names.PPL_MEAN, float("nan")),
-        metrics.get(names.PPL_RATIO_MEAN, float("nan")),
-        metrics[names.REGION_FRACTION],
-    )
+    shown = (names.PPL_MEAN, names.PPL_RATIO_MEAN, names.REGION_FRACTION)
+    log.info("  ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics))
     return metrics
 
 
@@ -198,4 +197,14 @@ def _freeze(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> 
         tracker.log_file(run_id, draw, "forgetting_curve.png")
     metrics |= {names.train(k): float(v) for k, v in summary.items() if isinstance(v, int | float)}
     metrics[names.CHANGED] = float(changed)
+    return metrics
+
+
+def _where_it_lives(job: Job, model, region, found: dict) -> dict[str, float]:
+    """The region's summary and dimension profile as artifacts; its concentration, its share on
+    the model's massive-activation dimensions and the super weights it contains as metrics."""
+    job.tracker.log_region(job.run_id, region, mask=job.run.tracking.save_region)
+    metrics, rows, per_dim = dimensions.where_it_lives(model, region, found)
+    title = f"{job.run.region.name} of {job.run.model.name}: entries per hidden dimension"
+    job.tracker.log_profile(job.run_id, rows, per_dim, title=title, marked=found["dims"])
     return metrics

@@ -150,3 +150,39 @@ def sweep_plot(
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def dimension_profile(
+    per_dim: Sequence[int], path: str | Path, *, title: str = "", marked: Sequence[int] = ()
+) -> Path:
+    """Where a region lives: its entries per hidden dimension of the residual stream (left;
+    `marked` dimensions, e.g. massive-activation ones, in red) and the share of the region in its
+    top-d dimensions against an evenly spread region (right, log d axis)."""
+    counts = [int(c) for c in per_dim]
+    total, hidden = sum(counts), len(counts)
+    if not hidden or not total:
+        raise ValueError("dimension_profile needs a region with entries on the residual stream")
+    fig, (left, right) = _figure(2)
+    left.bar(range(hidden), counts, width=1.0, color="tab:blue")
+    for d in marked:
+        left.bar([d], [counts[d]], width=1.0, color="tab:red")
+    left.axhline(total / hidden, color="grey", linestyle=":", linewidth=1, label="evenly spread")
+    left.set_xlabel("hidden dimension of the residual stream")
+    left.set_ylabel("region entries (rows of writers + columns of readers)")
+    left.legend(fontsize="small", loc="upper right")
+    ranked = sorted(counts, reverse=True)
+    shares, running = [], 0
+    for c in ranked:
+        running += c
+        shares.append(running / total)
+    ds = list(range(1, hidden + 1))
+    right.plot(ds, shares, color="tab:blue", label="this region")
+    right.plot(ds, [d / hidden for d in ds], color="grey", linestyle=":", label="evenly spread")
+    right.set_xscale("log")
+    right.set_xlabel("top-d dimensions (d)")
+    right.set_ylabel("share of the region's entries")
+    right.set_ylim(0, 1.02)
+    right.grid(True, which="major", alpha=0.3)
+    right.legend(fontsize="small", loc="lower right")
+    fig.suptitle(title or "region entries per hidden dimension")
+    return _save(fig, path)

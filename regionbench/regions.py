@@ -47,7 +47,15 @@ REGIONS: dict[str, str] = {
     "core": "top ⌊ratio·numel⌋ of S = Σ_ℓ score_ℓ in each matrix",
     "core_bottom": "bottom ⌊ratio·numel⌋ of S in each matrix (the paper's control)",
     "monolingual": "top-k of score_lang and of no other language's score (needs lang)",
+    "dimension": "every entry reading or writing the residual-stream dimensions region.dims, "
+    "region.top_dims (of the core at ratio) or region.random_dims",
+    "coordinates": "exactly the param[row, col] entries of region.coordinates or region.file",
+    "core_minus_outliers": "the core without its entries on massive-activation dimensions, "
+    "refilled from the next-ranked ones to equal size",
+    "outliers": "the core's ranking restricted to massive-activation dimensions (up to its size)",
 }
+# Regions that rank entries by importance scores (the others are given by position).
+SCORED = ("core", "core_bottom", "monolingual", "core_minus_outliers", "outliers")
 
 
 @dataclass
@@ -219,12 +227,33 @@ def check(run: RunConfig, langs: Sequence[str]) -> None:
     from regionbench.scoring import METRICS
 
     check_ratio(run.ratio)
-    check_choice("region", run.region.name, REGIONS)
-    if run.region.name != "monolingual":
+    r = run.region
+    check_choice("region", r.name, REGIONS)
+    if r.name == "dimension":
+        given = [k for k in ("dims", "top_dims", "random_dims") if getattr(r, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"region=dimension needs exactly one of region.dims=[...], region.top_dims=<d> or "
+                f"region.random_dims=<d>; got {', '.join(given) or 'none'}"
+            )
+        for key in ("top_dims", "random_dims"):
+            value = getattr(r, key)
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ValueError(f"region.{key} {value!r} must be an integer >= 1")
+        if r.top_dims is not None and run.ratio == 0:
+            raise ValueError("region.top_dims ranks the dimensions of the core at `ratio`: ratio=0")
+    if r.name == "coordinates" and not (r.coordinates or r.file):
+        raise ValueError(
+            "region=coordinates needs region.coordinates=['<param>[row, col]', ...] "
+            "or region.file=<path>"
+        )
+    if r.name == "coordinates" and r.file and not Path(r.file).expanduser().is_file():
+        raise ValueError(f"region.file {r.file!r} is not a readable file")
+    if r.name != "monolingual":
         return
-    if not run.region.lang:
+    if not r.lang:
         raise ValueError("region=monolingual needs region.lang; choices: " + ", ".join(langs))
-    check_choice("region.lang (an importance language)", run.region.lang, langs)
+    check_choice("region.lang (an importance language)", r.lang, langs)
     if not METRICS[run.metric.name].per_language and run.ratio > 0:
         per_lang = sorted(n for n, m in METRICS.items() if m.per_language)
         raise ValueError(
@@ -251,7 +280,7 @@ def select(
     """Select `region` at `ratio` from {lang: {param: score}}; `langs` restricts the importance
     languages (default: all of `scores`), `lang` names the language of a monolingual region."""
     ratio = check_ratio(ratio)
-    region = check_choice("region", region, REGIONS)
+    region = check_choice("region", region, _SELECTORS)
     if not scores:
         raise ValueError("scores is empty: need {language: {param: score}}")
     langs = list(scores) if langs is None else list(langs)
@@ -299,27 +328,3 @@ def select(
         info["lang"] = lang
     info.setdefault("regionbench_version", regionbench.__version__)
     return Region(masks=masks, meta=info)
-
-
-def for_run(
-    run: RunConfig, scores, langs: Sequence[str], model, fingerprints: tuple[str, str]
-) -> Region:
-    """The run's region: `region.name` at `ratio` from `scores` (the empty region over the
-    scope's parameters at ratio 0), described by its origin for the mask file."""
-    from regionbench.scope import scoped_params
-
-    samples_fp, model_fp = fingerprints
-    meta = {
-        "model_id": run.model.name,
-        "revision": str(run.model.revision),
-        "metric": run.metric.name,
-        "languages": ",".join(langs),
-        "data_fingerprint": samples_fp,
-        "model_fingerprint": model_fp,
-        "regionbench_version": regionbench.__version__,
-    }
-    if run.ratio == 0:
-        imp = run.importance
-        return empty(scoped_params(model, imp.scope, imp.include, imp.exclude), meta)
-    lang = run.region.lang
-    return select(scores, run.ratio, run.region.name, lang=lang, langs=langs, meta=meta)

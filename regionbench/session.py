@@ -105,11 +105,13 @@ class Session:
 
     def scores(self, run: RunConfig, langs: list[str]) -> tuple[dict, str, str, bool]:
         """(scores, samples fingerprint, cache key, cache hit) of the run's metric on `langs`:
-        nothing to score at ratio 0; no text read for a language-independent metric."""
+        nothing to score at ratio 0 or for a region given by position; no text read for a
+        language-independent metric."""
+        from regionbench.dimensions import needs_scores
         from regionbench.scoring import METRICS, cached_scores
 
-        if run.ratio == 0:
-            return {}, "", "none (ratio=0)", True
+        if not needs_scores(run):
+            return {}, "", "none (no ranking)" if run.ratio else "none (ratio=0)", True
         loaded = self.load(run)
         per_language = METRICS[run.metric.name].per_language
         samples, samples_fp = self.importance_samples(run, langs) if per_language else ({}, "")
@@ -117,3 +119,21 @@ class Session:
         fingerprints = (samples_fp, loaded.fingerprint)
         scores, key, hit = cached_scores(run, loaded.model, samples, langs, fingerprints, root)
         return scores, samples_fp, key, hit
+
+    def outliers(self, run: RunConfig, eval_texts: dict[str, list[str]]) -> dict:
+        """The model's massive-activation dimensions and super weights, found on the first
+        `outliers.docs` evaluation documents of every language (once per model and text: the
+        result is cached on disk)."""
+        from regionbench.outliers import detect
+
+        loaded = self.load(run)
+        docs = [d for lang in sorted(eval_texts) for d in eval_texts[lang][: run.outliers.docs]]
+        root = self.cache_dir(run)
+        return detect(
+            loaded.model,
+            loaded.tokenizer,
+            docs,
+            loaded.fingerprint,
+            root,
+            factor=run.outliers.factor,
+        )

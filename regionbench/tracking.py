@@ -243,6 +243,17 @@ class Tracker:
         if mask and region.numel:
             self.log_file(run_id, region.save, "region.safetensors")
 
+    def log_profile(
+        self, run_id: str, rows: list[dict], per_dim: list[int], *, title: str, marked=()
+    ) -> None:
+        """`region_dims.csv` (entries per hidden dimension) and its plot `region_dims.png`."""
+        from regionbench.plots import dimension_profile
+
+        if rows:
+            self.log_rows(run_id, rows, "region_dims.csv")
+            draw = lambda path: dimension_profile(per_dim, path, title=title, marked=marked)  # noqa: E731
+            self.log_file(run_id, draw, "region_dims.png")
+
     def end_run(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
         if error:
             self.set_tags(run_id, {"error": error.strip().splitlines()[-1][:500]})

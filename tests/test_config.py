@@ -61,6 +61,10 @@ def test_every_option_composes(group, option):
     overrides = [f"{plus}{group}={option}"]
     if (group, option) == ("region", "monolingual"):
         overrides.append("region.lang=latn")
+    if (group, option) == ("region", "dimension"):
+        overrides.append("region.dims=[0,3]")
+    if (group, option) == ("region", "coordinates"):
+        overrides.append("region.coordinates=['model.layers.0.mlp.down_proj.weight[0, 1]']")
     if (group, option) == ("model", "hf"):
         overrides.append("model.name=/some/folder")
     if (group, option) == ("data", "local"):
@@ -68,7 +72,8 @@ def test_every_option_composes(group, option):
     run = RunConfig.from_cfg(compose(overrides))
     # the option's own values reached the typed config (not just the defaults)
     if group in ("metric", "region", "intervention"):
-        assert getattr(run, group).name == option
+        named = {"top-dims": "dimension", "random-dims": "dimension"}  # presets of one region
+        assert getattr(run, group).name == named.get(option, option)
     elif group == "model":
         names = {"hf": "/some/folder", "llama2-7b": "meta-llama/Llama-2-7b-hf"}
         expected = names.get(option, option)

@@ -175,7 +175,10 @@ def test_help_lists_groups(tmp_path, cache_dir):
     proc = _run(["--help"], tmp_path, cache_dir, timeout=60)
     assert proc.returncode == 0
     assert "metric: fisher, magnitude, random, taylor, taylor_abs" in proc.stdout
-    assert "region: core, core_bottom, monolingual" in proc.stdout
+    assert (
+        "region: coordinates, core, core_bottom, core_minus_outliers, dimension, monolingual, "
+        "outliers, random-dims, top-dims" in proc.stdout
+    )
 
 
 def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir):
@@ -376,3 +379,42 @@ def test_importance_cache_key_follows_the_tokenizer(store, local_world, tmp_path
         tags.append((run.data.tags["importance_key"], run.data.tags["importance_cache"]))
     assert tags[1] == (tags[0][0], "hit")
     assert tags[2][0] != tags[0][0] and tags[2][1] == "miss"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "top1"),
+    [
+        (["region=dimension", "region.dims=[0,5]"], 0.5),
+        (["region=top-dims", "ratio=0.05"], 0.25),
+        (["region=random-dims", "seed=1"], 0.25),
+        (
+            [
+                "region=coordinates",
+                "region.coordinates=['model.layers.1.mlp.down_proj.weight[3, 7]']",
+            ],
+            1.0,
+        ),
+    ],
+)
+def test_dimension_and_coordinate_regions_run_and_say_where_they_live(store, overrides, top1):
+    cfg = compose(
+        [
+            *SMALL,
+            *overrides,
+            "intervention=scale",
+            "intervention.factor=0",
+            f"tracking.uri={store}",
+            "tracking.experiment=dims",
+        ]
+    )
+    result = run_job(cfg, name="dims")
+    assert result["status"] == "FINISHED", result
+    m = result["metrics"]
+    assert m["region/top1_dim_share"] == pytest.approx(top1)
+    assert m["region/top4_dim_share"] == pytest.approx(1.0)
+    assert m["intervention/changed"] == m["region/params"] > 0
+    assert m["model/outlier_dims"] == 0 and m["region/super_weights"] == 0
+    assert m["ppl_ratio/mean"] != 1.0  # scaled by 0: removed, the model changed
+    client = MlflowClient(tracking_uri=store)
+    arts = {a.path for a in client.list_artifacts(result["run_id"])}
+    assert {"region_dims.csv", "region_dims.png", "region.safetensors"} <= arts

@@ -1,0 +1,282 @@
+"""Regions made of residual-stream dimensions or of single coordinates, and where a region lives.
+
+    dimension_region(model, [2100], layers=[1])           # every entry reading or writing dim 2100
+    coordinates_region(model, ["model.layers.1.mlp.down_proj.weight[2100, 3]"])
+    profile(region, residual_sides(model), hidden_size(model))   # entries per hidden dimension
+
+The paper's §3.3: the core region is not spread evenly over the hidden dimensions but
+concentrates on a few, and perturbing one parameter there can destroy a model. A dimension d of
+the residual stream is the column d of every matrix that reads the stream and the row d of every
+matrix that writes it (`regionbench.residual`); `profile` counts a region's entries per
+dimension, so "is the core concentrated?" becomes the share of the region in its top-d
+dimensions against the d / hidden share an evenly spread region would have. Outlier-aware
+selections (`around_dims`) take the core with given dimensions left out (refilled from the
+next-ranked entries, at equal size) or only on them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+import regionbench
+from regionbench import names
+from regionbench.config import RunConfig
+from regionbench.regions import SCORED, Region, empty, exact_k, select, topk_mask
+from regionbench.residual import Side, hidden_size, residual_sides
+from regionbench.scope import scoped_params
+from regionbench.torchtools import seeded_generator
+
+_COORD = re.compile(r"^\s*([\w.]+)\s*\[\s*(\d+)\s*(?:,\s*(\d+)\s*)?\]\s*$")
+
+
+def _dim_slice(shape: torch.Size, side: Side, dims: Sequence[int]) -> Tensor:
+    """Bool mask of the entries of a `shape` weight on hidden dimensions `dims` (its `side`)."""
+    mask = torch.zeros(shape, dtype=torch.bool)
+    index = torch.tensor(sorted(set(dims)), dtype=torch.long)
+    mask.index_fill_(side.axis, index, True)
+    return mask
+
+
+def dimension_region(
+    model: nn.Module,
+    sides: Mapping[str, Side],
+    dims: Iterable[int],
+    *,
+    layers: Iterable[int] | None = None,
+    modules: Iterable[str] | None = None,
+    meta: dict | None = None,
+) -> Region:
+    """Every entry of the stream's readers and writers on hidden dimensions `dims`, optionally in
+    blocks `layers` only and in modules whose name ends with one of `modules` only."""
+    dims, hidden = sorted(set(int(d) for d in dims)), hidden_size(model)
+    if not dims:
+        raise ValueError("region.dims is empty: name the hidden dimensions, e.g. [2100]")
+    bad = [d for d in dims if not 0 <= d < hidden]
+    if bad:
+        raise ValueError(f"region.dims {bad} are outside the {hidden} hidden dimensions")
+    layers = None if layers is None else set(layers)
+    modules = None if modules is None else tuple(modules)
+    params = dict(model.named_parameters())
+    masks = {}
+    for name, side in sides.items():
+        chosen = (layers is None or side.layer in layers) and (
+            modules is None or side.module.endswith(modules)
+        )
+        shape = params[name].shape
+        masks[name] = _dim_slice(shape, side, dims) if chosen else torch.zeros(shape, dtype=bool)
+    if not any(m.any() for m in masks.values()):
+        raise ValueError(
+            f"region.layers {sorted(layers or [])} / region.modules {list(modules or [])} leave "
+            f"no matrix; modules look like {sorted({s.module for s in sides.values()})}"
+        )
+    return Region(
+        masks=masks, meta={"region": "dimension", "dims": json.dumps(dims)} | (meta or {})
+    )
+
+
+def parse_coordinates(entries: Iterable[str] | str | Path) -> list[tuple[str, tuple[int, ...]]]:
+    """`["name[i, j]", ...]`, or a file with one per line (or a JSON list of them)."""
+    if isinstance(entries, str | Path) and Path(entries).is_file():
+        text = Path(entries).read_text(encoding="utf-8")
+        entries = json.loads(text) if text.lstrip().startswith("[") else text.splitlines()
+    out = []
+    for entry in entries:
+        if not str(entry).strip() or str(entry).lstrip().startswith("#"):
+            continue
+        m = _COORD.match(str(entry))
+        if m is None:
+            raise ValueError(f"coordinate {entry!r} is not 'param.name[row, col]' (or [index])")
+        out.append((m.group(1), tuple(int(g) for g in m.groups()[1:] if g is not None)))
+    if not out:
+        raise ValueError("no coordinates given: region.coordinates=['<param>[row, col]', ...]")
+    return out
+
+
+def coordinates_region(model: nn.Module, entries, *, meta: dict | None = None) -> Region:
+    """Exactly the listed `param[i, j]` entries (checked against the model's names and shapes)."""
+    import difflib
+
+    params = dict(model.named_parameters())
+    masks: dict[str, Tensor] = {}
+    for name, index in parse_coordinates(entries):
+        if name not in params:
+            close = difflib.get_close_matches(name, list(params), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"coordinate parameter {name!r} is not in the model{hint}")
+        shape = tuple(params[name].shape)
+        if len(index) != len(shape) or any(
+            not 0 <= i < n for i, n in zip(index, shape, strict=False)
+        ):
+            raise ValueError(f"coordinate {name}{list(index)} is outside its shape {list(shape)}")
+        masks.setdefault(name, torch.zeros(shape, dtype=torch.bool))[index] = True
+    return Region(masks=masks, meta={"region": "coordinates"} | (meta or {}))
+
+
+def around_dims(
+    scores: Mapping[str, Mapping[str, Tensor]],
+    ratio: float,
+    langs: Sequence[str],
+    sides: Mapping[str, Side],
+    dims: Iterable[int],
+    *,
+    only: bool,
+    meta: dict | None = None,
+) -> Region:
+    """The core's selection (top ⌊ratio·numel⌋ of S per matrix) with the entries on hidden
+    dimensions `dims` left out and refilled from the next-ranked ones (`only=False`:
+    core_minus_outliers), or restricted to them, as many as there are up to the core's size
+    (`only=True`: outliers)."""
+    dims = sorted(set(dims))
+    masks = {}
+    for name in scores[langs[0]]:
+        total = sum(scores[lang][name].float() for lang in langs)
+        k = exact_k(ratio, total.numel())
+        on = _dim_slice(total.shape, sides[name], dims) if name in sides and dims else None
+        if on is None:
+            masks[name] = (
+                torch.zeros(total.shape, dtype=torch.bool)
+                if only
+                else topk_mask(total, k, name=name)
+            )
+            continue
+        if only:
+            k = min(k, int(on.sum()))
+            total = total.masked_fill(~on, float("-inf"))
+        else:
+            k = min(k, int((~on).sum()))
+            total = total.masked_fill(on, float("-inf"))
+        masks[name] = topk_mask(total, k, name=name)
+    kind = "outliers" if only else "core_minus_outliers"
+    return Region(masks=masks, meta={"region": kind, "dims": json.dumps(dims)} | (meta or {}))
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A region's entries per hidden dimension (on the matrices that read or write the stream)."""
+
+    per_dim: Tensor  # [hidden] int64
+    on_stream: int  # the region's entries on those matrices
+
+    def top_dims(self, d: int) -> list[int]:
+        """The d dimensions holding most of the region (ties: lower dimension first)."""
+        order = sorted(range(len(self.per_dim)), key=lambda i: (-int(self.per_dim[i]), i))
+        return order[:d]
+
+    def top_share(self, d: int) -> float:
+        """Share of the region's stream entries in its top-d dimensions; an evenly spread region
+        has d / hidden."""
+        if not self.on_stream:
+            return 0.0
+        return float(self.per_dim[self.top_dims(d)].sum()) / self.on_stream
+
+    def rows(self) -> list[dict]:
+        """{dim, entries, share} for every dimension the region touches, most entries first."""
+        total = max(self.on_stream, 1)
+        return [
+            {"dim": d, "entries": int(self.per_dim[d]), "share": int(self.per_dim[d]) / total}
+            for d in self.top_dims(len(self.per_dim))
+            if self.per_dim[d] > 0
+        ]
+
+    def share_on(self, dims: Iterable[int]) -> float:
+        dims = list(dims)
+        return float(self.per_dim[dims].sum()) / self.on_stream if self.on_stream and dims else 0.0
+
+
+def profile_of(model: nn.Module, region: Region) -> Profile | None:
+    """The region's profile over the model's hidden dimensions; None for a model whose residual
+    stream regionbench cannot find."""
+    try:
+        sides = residual_sides(model)
+    except ValueError:
+        return None
+    return profile(region, sides, hidden_size(model))
+
+
+def profile(region: Region, sides: Mapping[str, Side], hidden: int) -> Profile:
+    per_dim = torch.zeros(hidden, dtype=torch.long)
+    for name, mask in region.masks.items():
+        side = sides.get(name)
+        if side is None:
+            continue
+        other = 1 - side.axis
+        per_dim += mask.to(torch.long).sum(dim=other)
+    return Profile(per_dim=per_dim, on_stream=int(per_dim.sum()))
+
+
+def needs_scores(run: RunConfig) -> bool:
+    """Whether the run's region ranks entries by importance (else no text is scored)."""
+    r = run.region
+    if run.ratio == 0 or r.name == "coordinates":
+        return False
+    return r.name in SCORED or (r.name == "dimension" and r.top_dims is not None)
+
+
+def for_run(
+    run: RunConfig,
+    scores,
+    langs: Sequence[str],
+    model: nn.Module,
+    fingerprints: tuple[str, str],
+    outlier_dims: Sequence[int] = (),
+) -> Region:
+    """The run's region, described by its origin for the mask file: a ranking of `scores` at
+    `ratio` (the empty region over the scope's parameters at ratio 0), dimensions of the
+    residual stream, or given coordinates; `outlier_dims` are the model's massive-activation
+    dimensions (core_minus_outliers, outliers)."""
+    samples_fp, model_fp = fingerprints
+    meta = {
+        "model_id": run.model.name,
+        "revision": str(run.model.revision),
+        "metric": run.metric.name,
+        "languages": ",".join(langs),
+        "data_fingerprint": samples_fp,
+        "model_fingerprint": model_fp,
+        "regionbench_version": regionbench.__version__,
+    }
+    r = run.region
+    if r.name == "coordinates":
+        return coordinates_region(model, r.coordinates or r.file, meta=meta)
+    if r.name == "dimension":
+        sides = residual_sides(model)
+        if r.dims is not None:
+            dims = r.dims
+        elif r.random_dims is not None:
+            gen = seeded_generator(run.seed, "random dimensions")
+            dims = torch.randperm(hidden_size(model), generator=gen)[: r.random_dims].tolist()
+        else:
+            core = select(scores, run.ratio, "core", langs=langs)
+            dims = profile(core, sides, hidden_size(model)).top_dims(r.top_dims)
+        return dimension_region(model, sides, dims, layers=r.layers, modules=r.modules, meta=meta)
+    if run.ratio == 0:
+        imp = run.importance
+        return empty(scoped_params(model, imp.scope, imp.include, imp.exclude), meta)
+    if r.name in ("core_minus_outliers", "outliers"):
+        only = r.name == "outliers"
+        sides = residual_sides(model)
+        return around_dims(scores, run.ratio, langs, sides, outlier_dims, only=only, meta=meta)
+    return select(scores, run.ratio, r.name, lang=r.lang, langs=langs, meta=meta)
+
+
+def where_it_lives(model: nn.Module, region: Region, found: dict) -> tuple[dict, list, list]:
+    """(metrics, `region_dims.csv` rows, entries per hidden dimension) of a region on a model
+    whose massive-activation dimensions and super weights are `found` (`outliers.detect`)."""
+    prof = profile_of(model, region) if region.numel else None
+    contained = sum(
+        bool(region.masks[w["param"]][tuple(w["index"])])
+        for w in found["super_weights"]
+        if w["param"] in region.masks
+    )
+    metrics = {names.OUTLIER_DIMS: float(len(found["dims"])), names.SUPER_WEIGHTS: float(contained)}
+    if prof is None or not prof.on_stream:
+        return metrics, [], []
+    metrics |= {names.dim_share(d): prof.top_share(d) for d in (1, 4, 16)}
+    metrics[names.OUTLIER_SHARE] = prof.share_on(found["dims"])
+    return metrics, prof.rows(), prof.per_dim.tolist()
