@@ -205,6 +205,8 @@ def _where_it_lives(job: Job, model, region, found: dict) -> dict[str, float]:
     the model's massive-activation dimensions and the super weights it contains as metrics."""
     job.tracker.log_region(job.run_id, region, mask=job.run.tracking.save_region)
     metrics, rows, per_dim = dimensions.where_it_lives(model, region, found)
-    title = f"{job.run.region.name} of {job.run.model.name}: entries per hidden dimension"
+    run = job.run
+    what = f"{run.metric.name} {run.region.name} {run.ratio:.0%}" if run.ratio else run.region.name
+    title = f"{what} of {Path(run.model.name).name}: entries per hidden dimension"
     job.tracker.log_profile(job.run_id, rows, per_dim, title=title, marked=found["dims"])
     return metrics

@@ -164,8 +164,9 @@ def dimension_profile(
         raise ValueError("dimension_profile needs a region with entries on the residual stream")
     fig, (left, right) = _figure(2)
     left.bar(range(hidden), counts, width=1.0, color="tab:blue")
-    for d in marked:
-        left.bar([d], [counts[d]], width=1.0, color="tab:red")
+    for i, d in enumerate(marked):
+        label = "massive-activation dimension" if i == 0 else None
+        left.bar([d], [counts[d]], width=1.0, color="tab:red", label=label)
     left.axhline(total / hidden, color="grey", linestyle=":", linewidth=1, label="evenly spread")
     left.set_xlabel("hidden dimension of the residual stream")
     left.set_ylabel("region entries (rows of writers + columns of readers)")

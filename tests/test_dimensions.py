@@ -179,3 +179,12 @@ def test_core_minus_outliers_and_outliers():
             assert total[only.masks[name]].min() >= total[rest].max()
             ranked += 1
     assert ranked == len(sides)  # in every matrix the core's size is below the dims' entries
+
+
+def test_dimension_profile_plot_is_a_png_and_refuses_an_empty_region(tmp_path):
+    from regionbench.plots import dimension_profile
+
+    path = dimension_profile([3, 0, 9, 1], tmp_path / "p.png", title="t", marked=[2])
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="needs a region with entries"):
+        dimension_profile([0, 0], tmp_path / "q.png")
