@@ -3,7 +3,9 @@ own loglikelihood_rolling, and a brute-force check of the windows of long docume
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -62,6 +64,8 @@ def test_uniform_logits_give_the_vocabulary_size(tok):
         n_bytes = sum(len(d.encode("utf-8")) for d in docs)
         r = res[lang]
         assert (r.tokens, r.bytes) == (tokens, n_bytes)
+        assert r.doc_tokens == tuple(len(tok(d, add_special_tokens=False).input_ids) for d in docs)
+        assert r.doc_bytes == tuple(len(d.encode("utf-8")) for d in docs)
         assert r.ppl == pytest.approx(VOCAB, rel=1e-6)
         assert r.nll == pytest.approx(tokens * math.log(VOCAB), rel=1e-6)
         assert r.bpb == pytest.approx(tokens * math.log2(VOCAB) / n_bytes, rel=1e-6)
@@ -75,6 +79,28 @@ def test_matches_a_plain_per_document_loop(model, tok):
         assert res[lang].nll == pytest.approx(nll, rel=1e-5)
         assert res[lang].ppl == pytest.approx(math.exp(nll / res[lang].tokens), rel=1e-5)
         assert res[lang].bpb == pytest.approx(nll / math.log(2) / res[lang].bytes, rel=1e-5)
+        per_doc = [reference_nll(model, tok, [doc], max_length=10**6) for doc in docs]
+        assert res[lang].doc_nll == pytest.approx(per_doc, rel=1e-5)
+
+
+def test_documents_keep_their_own_totals_in_input_order(model, tok):
+    """Several windows per document, documents of two languages in one batch, empty documents
+    (accepted: no tokens, no windows, nll 0) among them; the totals are the documents' sums."""
+    docs = {"en": ["", LONG["en"][0], TEXTS["en"][2], ""], "ko": [TEXTS["ko"][0], LONG["ko"][0]]}
+    res = perplexity(model, tok, docs, max_length=7, batch_size=4, progress=False)
+    for lang, texts in docs.items():
+        r = res[lang]
+        assert len(r.doc_nll) == len(r.doc_tokens) == len(r.doc_bytes) == len(texts)
+        assert r.doc_nll == pytest.approx([reference_nll(model, tok, [t], 7) for t in texts])
+        assert r.doc_tokens == tuple(len(tok(t, add_special_tokens=False).input_ids) for t in texts)
+        assert r.doc_bytes == tuple(len(t.encode("utf-8")) for t in texts)
+        assert (sum(r.doc_nll), sum(r.doc_tokens), sum(r.doc_bytes)) == (r.nll, r.tokens, r.bytes)
+    en = res["en"]
+    for empty in (0, 3):
+        assert (en.doc_nll[empty], en.doc_tokens[empty], en.doc_bytes[empty]) == (0.0, 0, 0)
+    assert en.doc_tokens[1] > 3 * 7  # the long document really was split
+    cached = json.loads(json.dumps(asdict(en)))  # how the pipeline caches a baseline
+    assert cached["doc_nll"] == list(en.doc_nll) and cached["doc_bytes"] == list(en.doc_bytes)
 
 
 @pytest.mark.parametrize("max_length", [1, 7, 32])

@@ -18,6 +18,11 @@ language the vocabulary splits into many short tokens gets many easy predictions
 perplexity), so it cannot compare languages, scripts or model families. The summed negative
 log-likelihood of a document is tokenizer-independent, and dividing it by the document's UTF-8
 bytes gives a cost per unit of raw text that can be compared across all of them.
+
+Each result also keeps its documents' own totals (`doc_nll`, `doc_tokens`, `doc_bytes`), because
+documents, not tokens, are the independent units of the evaluation set: a bootstrap over them
+(`regionbench.uncertainty`) says how far a ratio to the unmodified model could move on other
+documents of the same kind.
 """
 
 from __future__ import annotations
@@ -37,13 +42,21 @@ TOKENS_PER_ROW = 2048  # batch_size * this bounds a batch's padded tokens (and i
 
 @dataclass(frozen=True)
 class LangPerplexity:
-    """One language's result. `nll` is summed over every predicted token, in nats."""
+    """One language's result. `nll` is summed over every predicted token, in nats.
+
+    The `doc_*` tuples hold the same three totals per document, in input order (a document with
+    no tokens has nll 0.0); the language totals are their sums. Tuples of numbers, so
+    `dataclasses.asdict` of a result is JSON.
+    """
 
     ppl: float  # exp(nll / tokens): token-level perplexity
     bpb: float  # nll / (ln 2 * bytes): bits per UTF-8 byte
     nll: float
     tokens: int  # predicted tokens (all tokens of all documents; the prefix token is not one)
     bytes: int  # UTF-8 bytes of all documents
+    doc_nll: tuple[float, ...]
+    doc_tokens: tuple[int, ...]
+    doc_bytes: tuple[int, ...]
 
 
 def default_max_length(model, tokenizer) -> int:
@@ -103,33 +116,43 @@ def perplexity(
     prefix = prefix_token_id(tokenizer)
     langs = list(texts)
 
-    # (language index, window ids, predicted count) for every window of every document
+    # (document index over all languages, window ids, predicted count) for every window
     windows: list[tuple[int, list[int], int]] = []
-    n_tokens = [0] * len(langs)
-    n_bytes = [0] * len(langs)
-    for i, lang in enumerate(langs):
+    doc_tokens: list[int] = []
+    doc_bytes: list[int] = []
+    spans: dict[str, slice] = {}  # each language's document indices
+    for lang in langs:
         docs = list(texts[lang])
         encoded = (
             tokenizer(docs, add_special_tokens=False, verbose=False)["input_ids"] if docs else []
         )
+        start = len(doc_tokens)
         for doc, ids in zip(docs, encoded, strict=True):
-            n_bytes[i] += len(doc.encode("utf-8"))
-            n_tokens[i] += len(ids)
-            windows.extend((i, inp, n) for inp, n in document_windows(ids, prefix, max_length))
-        if n_tokens[i] == 0:
+            windows.extend(
+                (len(doc_tokens), inp, n) for inp, n in document_windows(ids, prefix, max_length)
+            )
+            doc_tokens.append(len(ids))
+            doc_bytes.append(len(doc.encode("utf-8")))
+        spans[lang] = slice(start, len(doc_tokens))
+        if sum(doc_tokens[start:]) == 0:
             raise ValueError(f"texts for language {lang!r} contain no tokens")
 
-    nll = _score_windows(model, windows, len(langs), batch_size, progress)
-    return {
-        lang: LangPerplexity(
-            ppl=math.exp(nll[i] / n_tokens[i]),
-            bpb=nll[i] / (math.log(2) * n_bytes[i]),
-            nll=nll[i],
-            tokens=n_tokens[i],
-            bytes=n_bytes[i],
+    doc_nll = _score_windows(model, windows, len(doc_tokens), batch_size, progress)
+    out = {}
+    for lang, span in spans.items():
+        nlls, toks, byts = tuple(doc_nll[span]), tuple(doc_tokens[span]), tuple(doc_bytes[span])
+        nll, n_tokens, n_bytes = sum(nlls), sum(toks), sum(byts)
+        out[lang] = LangPerplexity(
+            ppl=math.exp(nll / n_tokens),
+            bpb=nll / (math.log(2) * n_bytes),
+            nll=nll,
+            tokens=n_tokens,
+            bytes=n_bytes,
+            doc_nll=nlls,
+            doc_tokens=toks,
+            doc_bytes=byts,
         )
-        for i, lang in enumerate(langs)
-    }
+    return out
 
 
 def _score_windows(model, windows, n_groups: int, batch_size: int, progress: bool) -> list[float]:

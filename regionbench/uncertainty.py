@@ -1,0 +1,148 @@
+"""Confidence intervals for a modified model's perplexity ratio to the unmodified model: a paired
+bootstrap over evaluation documents.
+
+    from regionbench.uncertainty import paired_bootstrap, paired_bootstrap_languages
+    paired_bootstrap(base["en"], mod["en"])  # {"ppl_ratio": {"value", "lo", "hi"}, "bpb_diff": ..}
+    paired_bootstrap_languages(base, mod)    # {"langs": {lang: ...}, "mean": ...}
+
+`base` and `mod` are `LangPerplexity` results (or their `dataclasses.asdict`, as cached) of the
+two models on the same documents. Is a ratio of 1.004 an effect or luck of the draw? The
+interval answers: how far the ratio would move on another evaluation set of the same kind.
+
+Why over documents: the independent units of an evaluation set are its documents, not its
+tokens (the tokens of one document share its topic, style and difficulty), so resampling tokens
+would understate the spread. A percentile bootstrap needs no model of how the documents' losses
+are distributed, and recomputes the statistics exactly as they are defined (ratios of sums).
+
+Why paired: both models read the same documents, and most of the document-to-document variance
+(a hard document is hard for both) is shared. Each bootstrap replicate draws one set of document
+indices and uses it for both models, so that shared variance cancels in the ratio; resampling
+the two models independently would count it twice and give intervals many times wider.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from regionbench.torchtools import stable_seed
+
+DOC_FIELDS = ("doc_nll", "doc_tokens", "doc_bytes")
+STATS = {
+    "ppl_ratio": "perplexity of the modified model / that of the unmodified one",
+    "bpb_diff": "bits per byte of the modified model - those of the unmodified one",
+}
+
+
+def paired_bootstrap(
+    base, mod, *, n: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, object]:
+    """Point value and percentile interval of each statistic in `STATS`, over `n` resamples of
+    the documents (the same resample for both models), seeded by `seed`.
+
+    Returns `{"ppl_ratio": {"value", "lo", "hi"}, "bpb_diff": {...}, "docs", "n", "level"}`
+    (`docs`: documents with any text; plain floats and ints, so JSON).
+    """
+    _check(n, level)
+    values, reps, docs = _replicates(base, mod, n, np.random.default_rng(seed))
+    return _summary(values, reps, level) | {"docs": docs}
+
+
+def paired_bootstrap_languages(
+    base: Mapping[str, object],
+    mod: Mapping[str, object],
+    *,
+    n: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, object]:
+    """`paired_bootstrap` for every language of two `{lang: result}` evaluations, and for the
+    mean over languages of each statistic (the `ppl_ratio/mean` the runs log).
+
+    Returns `{"langs": {lang: paired_bootstrap(...)}, "mean": {"ppl_ratio": {...},
+    "bpb_diff": {...}, "n", "level"}}`. A language's documents are resampled on their own, with
+    the seed `stable_seed(seed, lang)` (so its interval does not depend on the other languages);
+    a replicate of the mean averages the languages' replicates of the same index.
+    """
+    _check(n, level)
+    if set(base) != set(mod):
+        raise ValueError(f"languages of base {sorted(base)} and modified {sorted(mod)} differ")
+    if not mod:
+        raise ValueError("no languages to compare")
+    langs, mean_values, mean_reps = {}, {}, {}
+    for lang in mod:
+        rng = np.random.default_rng(stable_seed(seed, lang))
+        values, reps, docs = _replicates(base[lang], mod[lang], n, rng)
+        langs[lang] = _summary(values, reps, level) | {"docs": docs}
+        for stat in STATS:
+            mean_values[stat] = mean_values.get(stat, 0.0) + values[stat] / len(mod)
+            mean_reps[stat] = mean_reps.get(stat, 0.0) + reps[stat] / len(mod)
+    return {"langs": langs, "mean": _summary(mean_values, mean_reps, level)}
+
+
+def _check(n: int, level: float) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n {n!r} bootstrap replicates: must be an integer >= 1")
+    if not 0 < level < 1:
+        raise ValueError(f"level {level!r} must lie strictly between 0 and 1")
+
+
+def _field(result, key: str):
+    return result.get(key) if isinstance(result, Mapping) else getattr(result, key, None)
+
+
+def _totals(base, mod) -> np.ndarray:
+    """[6, docs] float64: nll, tokens, bytes of each non-empty document, base then modified."""
+    rows = [_field(r, key) for r in (base, mod) for key in DOC_FIELDS]
+    if any(row is None for row in rows):
+        raise ValueError(
+            "a result without per-document totals (doc_nll, doc_tokens, doc_bytes): "
+            "cached before they existed?"
+        )
+    counts = {len(row) for row in rows}
+    if len(counts) > 1:
+        raise ValueError(
+            f"document counts differ: base {len(rows[0])}, modified {len(rows[3])} "
+            f"(nll, tokens, bytes: {[len(row) for row in rows]})"
+        )
+    totals = np.asarray(rows, dtype=np.float64)
+    if not np.array_equal(totals[2], totals[5]):
+        raise ValueError("base and modified documents differ in bytes: not the same documents")
+    # An empty document adds nothing to any sum; left in, it would only make each replicate's
+    # effective number of documents random.
+    totals = totals[:, totals[2] > 0]
+    if totals.shape[1] == 0:
+        raise ValueError("no document with any text to resample")
+    return totals
+
+
+def _stats(sums: np.ndarray) -> dict[str, np.ndarray]:
+    """Each statistic of `STATS` from the six sums (leading axis) of `_totals`' rows."""
+    nll_b, tok_b, bytes_b, nll_m, tok_m, bytes_m = sums
+    # A replicate may draw only documents without tokens (whitespace a tokenizer drops): nan.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {
+            "ppl_ratio": np.exp(nll_m / tok_m - nll_b / tok_b),
+            "bpb_diff": (nll_m / bytes_m - nll_b / bytes_b) / math.log(2),
+        }
+
+
+def _replicates(base, mod, n: int, rng: np.random.Generator):
+    """(point value of each statistic, its `n` bootstrap replicates, documents resampled)."""
+    totals = _totals(base, mod)
+    docs = totals.shape[1]
+    idx = rng.integers(0, docs, size=(n, docs))  # row r: the documents of replicate r
+    # Row by row keeps one [n, docs] copy at a time; the same indices for base and modified.
+    sums = np.stack([row[idx].sum(axis=1) for row in totals])
+    return _stats(totals.sum(axis=1)), _stats(sums), docs
+
+
+def _summary(values, reps, level: float) -> dict[str, object]:
+    tails = [50 * (1 - level), 50 * (1 + level)]
+    out: dict[str, object] = {}
+    for stat in STATS:
+        lo, hi = np.nanpercentile(reps[stat], tails)
+        out[stat] = {"value": float(values[stat]), "lo": float(lo), "hi": float(hi)}
+    return out | {"n": len(reps["ppl_ratio"]), "level": level}
