@@ -22,6 +22,7 @@ OUTLIER_DIMS = "model/outlier_dims"  # massive-activation dimensions the detecto
 PPL_RATIO_MEAN = "ppl_ratio/mean"
 PPL_MEAN = "ppl/mean"
 FORGET_MEAN = "forget/mean"
+FORGET_GMEAN = "forget/gmean"
 LEARN_MEAN = "learn/mean"
 
 
@@ -61,6 +62,19 @@ def perplexity_metrics(ppl: Mapping[str, Mapping], base: Mapping[str, Mapping]) 
     return _with_means(out, ("ppl", "bpb", "ppl_ratio"))
 
 
+def interval_metrics(intervals: Mapping) -> dict[str, float]:
+    """`ppl_ratio_lo/<lang>`, `ppl_ratio_hi/<lang>`, `bpb_diff/<lang>` (modified - unmodified)
+    and its `_lo`/`_hi`, and the same for `mean`, from `uncertainty.paired_bootstrap_languages`:
+    the paired bootstrap interval over the evaluation documents next to each point value."""
+    out: dict[str, float] = {}
+    for lang, res in [*intervals["langs"].items(), ("mean", intervals["mean"])]:
+        ratio, diff = res["ppl_ratio"], res["bpb_diff"]
+        out[f"ppl_ratio_lo/{lang}"], out[f"ppl_ratio_hi/{lang}"] = ratio["lo"], ratio["hi"]
+        out[f"bpb_diff/{lang}"] = diff["value"]
+        out[f"bpb_diff_lo/{lang}"], out[f"bpb_diff_hi/{lang}"] = diff["lo"], diff["hi"]
+    return out
+
+
 def lm_eval_metrics(results: Mapping) -> dict[str, float]:
     """`{"lm_eval/<task>/<metric>": value}` for every numeric task and group metric of an
     lm-eval results dict.
@@ -97,8 +111,10 @@ def forgetting_metrics(
     before: Mapping[str, object], after: Mapping[str, object], target_langs: Sequence[str]
 ) -> dict[str, float]:
     """Perplexity ratios after / before training: `learn/<lang>` for target languages (below 1:
-    learned), `forget/<lang>` for the others (above 1: forgotten), plus `learn/mean` and
-    `forget/mean`. Values are floats or objects with `.ppl` (`LangPerplexity`)."""
+    learned), `forget/<lang>` for the others (above 1: forgotten), plus their arithmetic
+    `*/mean` and geometric `*/gmean` (exp of the mean change in nats per token: one badly hit
+    language dominates the arithmetic mean, not the geometric one). Values are floats or objects
+    with `.ppl` (`LangPerplexity`)."""
     if set(before) != set(after):
         raise ValueError(
             f"languages before {sorted(before)} and after {sorted(after)} training differ"
@@ -119,4 +135,6 @@ def forgetting_metrics(
             metrics[f"{kind}/{lang}"] = ratio
         if out[kind]:
             metrics[f"{kind}/mean"] = sum(out[kind].values()) / len(out[kind])
+            logs = [math.log(v) for v in out[kind].values()]
+            metrics[f"{kind}/gmean"] = math.exp(sum(logs) / len(logs))
     return metrics

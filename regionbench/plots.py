@@ -187,3 +187,49 @@ def dimension_profile(
     right.legend(fontsize="small", loc="lower right")
     fig.suptitle(title or "region entries per hidden dimension")
     return _save(fig, path)
+
+
+def heatmap(
+    values: Sequence[Sequence[float]],
+    rows: Sequence[str],
+    cols: Sequence[str],
+    path: str | Path,
+    *,
+    title: str,
+    label: str,
+    center: float | None = None,
+    log: bool = False,
+    fmt: str = "{:.3g}",
+) -> Path:
+    """A labelled matrix: rows × cols, each cell annotated with its value. `center` (e.g. 1 for
+    ratios) puts the neutral colour there with a diverging map; `log` colours by log values
+    (ratios from ×0.5 to ×2 look alike on both sides)."""
+    import numpy as np
+    from matplotlib.colors import LogNorm, TwoSlopeNorm
+
+    data = np.array(values, dtype=float)
+    if data.shape != (len(rows), len(cols)) or not data.size:
+        raise ValueError(f"heatmap values {data.shape} do not match {len(rows)} x {len(cols)}")
+    finite = data[np.isfinite(data)]
+    width = max(6.4, 0.75 * len(cols) + 3)
+    fig, (ax,) = _figure(1, width=width, height=max(3.2, 0.5 * len(rows) + 1.8))
+    norm, cmap = None, "viridis"
+    if center is not None and finite.size:
+        lo, hi = float(finite.min()), float(finite.max())
+        lo, hi = min(lo, center - 1e-9), max(hi, center + 1e-9)
+        if log and lo > 0:
+            span = max(abs(math.log(lo / center)), abs(math.log(hi / center)))
+            norm = LogNorm(center * math.exp(-span), center * math.exp(span))
+        else:
+            norm = TwoSlopeNorm(center, lo, hi)
+        cmap = "RdBu_r"
+    image = ax.imshow(data, cmap=cmap, norm=norm, aspect="auto")
+    ax.set_xticks(range(len(cols)), list(cols), rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), list(rows))
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if np.isfinite(data[i, j]):
+                ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize="small")
+    fig.colorbar(image, ax=ax, label=label)
+    ax.set_title(title)
+    return _save(fig, path)

@@ -4,6 +4,8 @@
     python -m regionbench.report --parent RUN_ID --metrics ppl_ratio/mean lm_eval/sandbox_grammar/acc
     python -m regionbench.report --group metric.name region.name ratio --over seed \\
         --metrics forget/mean learn/mean                   # mean ± std across seeds
+    python -m regionbench.report --baseline ratio=0 --over seed --metrics forget/gmean
+                                       # each condition / the baseline of the same seed, 95% CI
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from regionbench import names
+from regionbench.sweep_figures import region_overlap, sweep_plots
 from regionbench.tracking import Tracker
 
 DEFAULT_METRICS = (names.REGION_FRACTION, names.PPL_MEAN, names.PPL_RATIO_MEAN)
@@ -64,6 +67,57 @@ def aggregate(rows: list[dict], group: Sequence[str], metrics: Sequence[str]) ->
     return out
 
 
+def paired(
+    rows: list[dict],
+    baseline: dict[str, str],
+    pair_on: Sequence[str],
+    group: Sequence[str],
+    metrics: Sequence[str],
+    level: float = 0.95,
+) -> list[dict]:
+    """Each run's metric over its baseline run's (the one matching `baseline` with the same
+    `pair_on` values, e.g. the same seed: same data, same order), averaged per `group` as a
+    geometric mean with a t interval on the log ratios; `*` marks an interval that excludes 1
+    (a difference from the baseline at that level). The baseline's own row is 1 by definition."""
+    from scipy import stats
+
+    def is_base(row):
+        return all(str(row.get(k)) == str(v) for k, v in baseline.items())
+
+    bases = {tuple(str(r[k]) for k in pair_on): r for r in rows if is_base(r)}
+    if not bases:
+        raise SystemExit(f"no run matches the baseline {baseline}")
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(row[g] for g in group)].append(row)
+    out = []
+    for key, members in groups.items():
+        agg = dict(zip(group, key, strict=True)) | {"n": len(members)}
+        for m in metrics:
+            logs = []
+            for row in members:
+                base = bases.get(tuple(str(row[k]) for k in pair_on))
+                if base is None or math.isnan(row[m]) or not base[m] > 0 or not row[m] > 0:
+                    continue
+                logs.append(math.log(row[m] / base[m]))
+            if not logs:
+                agg[f"{m} / base"] = "n/a"
+                continue
+            mean = statistics.fmean(logs)
+            if len(logs) < 2 or all(x == logs[0] for x in logs):
+                agg[f"{m} / base"] = f"{math.exp(mean):.4g}"
+                continue
+            half = stats.t.ppf((1 + level) / 2, len(logs) - 1) * statistics.stdev(logs)
+            lo, hi = (
+                math.exp(mean - half / len(logs) ** 0.5),
+                math.exp(mean + half / len(logs) ** 0.5),
+            )
+            mark = " *" if hi < 1 or lo > 1 else ""
+            agg[f"{m} / base"] = f"{math.exp(mean):.4g} [{lo:.4g}, {hi:.4g}]{mark}"
+        out.append(agg)
+    return out
+
+
 def markdown(rows: list[dict]) -> str:
     if not rows:
         return "(no runs)"
@@ -80,7 +134,7 @@ def _interesting_metrics(runs: Sequence) -> list[str]:
     extra = [
         n
         for n in logged
-        if n in (names.FORGET_MEAN, names.LEARN_MEAN)
+        if n in (names.FORGET_MEAN, names.FORGET_GMEAN, names.LEARN_MEAN)
         or (n.startswith("lm_eval/") and n.endswith("/acc") and n.count("/") == 2)
     ]
     return [m for m in DEFAULT_METRICS if m in logged] + extra[:4]
@@ -103,67 +157,9 @@ def summarize_sweep(tracker: Tracker, parent_id: str, runs: Sequence) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         for path in sweep_plots(runs, params, Path(tmp)):
             tracker.log_artifact(parent_id, path)
+        for path in region_overlap(tracker, runs, Path(tmp)):
+            tracker.log_artifact(parent_id, path)
     return table
-
-
-def sweep_plots(runs: Sequence, params: Sequence[str], out: Path) -> list[Path]:
-    """Per-language perplexity ratio of each job, and the mean against a numeric swept axis."""
-    from regionbench.plots import sweep_plot
-
-    done = [r for r in runs if r.info.status == "FINISHED"]
-    langs = sorted(
-        {
-            k.split("/", 1)[1]
-            for r in done
-            for k in r.data.metrics
-            if k.startswith("ppl_ratio/") and k != "ppl_ratio/mean"
-        }
-    )
-    paths = []
-    if done and langs:
-        rows = [
-            {
-                "language": lang,
-                "job": r.info.run_name,
-                "ppl_ratio": r.data.metrics.get(f"ppl_ratio/{lang}", math.nan),
-            }
-            for r in done
-            for lang in langs
-        ]
-        paths.append(
-            sweep_plot(
-                rows, "language", ["ppl_ratio"], out / "ppl_ratio_by_language.png", group="job"
-            )
-        )
-    numeric = [p for p in params if all(_is_number(r.data.params.get(p)) for r in done)]
-    if done and numeric:
-        axis, others = numeric[0], [p for p in params if p != numeric[0]]
-        rows = [
-            {
-                axis: float(r.data.params[axis]),
-                "job": " ".join(f"{p}={r.data.params.get(p)}" for p in others) or "sweep",
-                "ppl_ratio/mean": r.data.metrics.get("ppl_ratio/mean", math.nan),
-            }
-            for r in done
-        ]
-        paths.append(
-            sweep_plot(
-                rows,
-                axis,
-                ["ppl_ratio/mean"],
-                out / f"ppl_ratio_vs_{axis.replace('.', '_')}.png",
-                group="job",
-            )
-        )
-    return paths
-
-
-def _is_number(value) -> bool:
-    try:
-        float(value)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 def sweep_runs(tracker: Tracker, parent: str | None = None, *, all_sweeps: bool = False) -> list:
@@ -206,6 +202,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=None,
         help="aggregate over these params (e.g. seed), grouping by the rest",
     )
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        help="KEY=VALUE[,KEY=VALUE]: each run over the matching run with the same --over values",
+    )
     ap.add_argument("--all-sweeps", action="store_true", help="every job in the experiment")
     args = ap.parse_args(argv)
     tracker = Tracker(args.uri, args.experiment)
@@ -214,7 +215,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = args.params if args.params is not None else swept_params(runs)
     params = list(dict.fromkeys([*(args.group or []), *params]))
     rows = rows_of(runs, params, metrics)
-    if args.group:
+    if args.baseline:
+        base = dict(kv.split("=", 1) for kv in args.baseline.split(","))
+        over = args.over or []
+        group = args.group or [p for p in params if p not in over]
+        rows = rows_of(runs, list(dict.fromkeys([*params, *over, *base])), metrics)
+        rows = paired(rows, base, over, group, metrics)
+    elif args.group:
         rows = aggregate(rows, args.group, metrics)
     elif args.over:
         rows = aggregate(rows, [p for p in params if p not in args.over], metrics)

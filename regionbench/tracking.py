@@ -239,9 +239,12 @@ class Tracker:
     def log_region(self, run_id: str, region, *, mask: bool = True) -> None:
         """`region_summary.csv` (selected entries per layer x module) and, with `mask`, the
         mask file `region.safetensors` (loadable with `rb.Region.load`)."""
-        self.log_rows(run_id, region.summary(), "region_summary.csv")
+        rows = region.summary()
+        self.log_rows(run_id, rows, "region_summary.csv")
         if mask and region.numel:
             self.log_file(run_id, region.save, "region.safetensors")
+        if region.numel:
+            self.log_file(run_id, lambda path: _density(rows, path), "region_density.png")
 
     def log_profile(
         self, run_id: str, rows: list[dict], per_dim: list[int], *, title: str, marked=()
@@ -274,3 +277,22 @@ class Tracker:
 
     def run(self, run_id: str):
         return self.client.get_run(run_id)
+
+
+def _density(rows: list[dict], path: Path) -> Path:
+    """The share of each block matrix a region selects, layers × modules."""
+    from regionbench.plots import heatmap
+
+    layers = sorted({r["layer"] for r in rows if r["layer"] is not None})
+    modules = sorted({r["module"] for r in rows if r["layer"] is not None})
+    cell = {(r["layer"], r["module"]): r["fraction"] for r in rows}
+    values = [[cell.get((layer, m), math.nan) for m in modules] for layer in layers]
+    return heatmap(
+        values,
+        [f"layer {x}" for x in layers],
+        modules,
+        path,
+        label="share selected",
+        title="the region's density per block matrix",
+        fmt="{:.3f}",
+    )

@@ -16,6 +16,15 @@ from mlflow.tracking import MlflowClient
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
+def sweep_size(values: str) -> int:
+    """How many values a sweep override lists: commas inside [lists] do not separate them."""
+    depth, size = 0, 1
+    for char in values:
+        depth += (char == "[") - (char == "]")
+        size += char == "," and depth == 0
+    return size
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_at_debug_size(experiment, tmp_path, cache_dir, sandbox_test_dir):
@@ -36,7 +45,7 @@ def test_every_experiment_runs_at_debug_size(experiment, tmp_path, cache_dir, sa
 
     sweep = yaml.safe_load((CONF / "experiment" / f"{experiment}.yaml").read_text())
     params = sweep["hydra"]["sweeper"]["params"]
-    jobs = math.prod(len(str(values).split(",")) for values in params.values())
+    jobs = math.prod(sweep_size(str(values)) for values in params.values())
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     runs = client.search_runs([exp.experiment_id], max_results=1000)

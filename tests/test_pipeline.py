@@ -74,9 +74,25 @@ def test_multirun_logs_one_parent_and_nested_jobs(sweep):
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "region_summary.csv", "lm_eval_results.json"} <= arts
         assert any(k.startswith("lm_eval/sandbox_grammar") for k in m)
+    # every ratio comes with its paired bootstrap interval over the evaluation documents
+    for ratio, run in by_ratio.items():
+        m = run.data.metrics
+        for lang in [*sandbox.PRETRAIN_LANGS, "mean"]:
+            lo, value, hi = (
+                m[f"ppl_ratio_lo/{lang}"],
+                m[f"ppl_ratio/{lang}"],
+                m[f"ppl_ratio_hi/{lang}"],
+            )
+            assert lo - 1e-12 <= value <= hi + 1e-12, (ratio, lang)
+            assert m[f"bpb_diff_lo/{lang}"] <= m[f"bpb_diff/{lang}"] <= m[f"bpb_diff_hi/{lang}"]
+    assert by_ratio[0.2].data.metrics["ppl_ratio_lo/mean"] > 1.0  # clearly worse: excludes 1
     # ratio 0 is the unmodified model: every ratio is exactly 1
+    unmodified = by_ratio[0.0].data.metrics
+    assert all(v == 1.0 for k, v in unmodified.items() if k.startswith("ppl_ratio/"))
     assert all(
-        v == 1.0 for k, v in by_ratio[0.0].data.metrics.items() if k.startswith("ppl_ratio/")
+        v == pytest.approx(1.0, abs=1e-12)
+        for k, v in unmodified.items()
+        if k.startswith("ppl_ratio_")
     )
     assert (
         by_ratio[0.2].data.metrics["ppl_ratio/mean"]
@@ -90,6 +106,20 @@ def test_multirun_logs_one_parent_and_nested_jobs(sweep):
     assert len(keys) == 1  # one entry serves every ratio
     arts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"sweep_comparison.csv", "sweep_comparison.md", "ppl_ratio_by_language.png"} <= arts
+    assert {"ppl_ratio_heatmap.png", "region_overlap.csv", "region_overlap.png"} <= arts
+    job = by_ratio[0.05].info.run_id
+    assert {"region_density.png", "region_dims.png"} <= {a.path for a in client.list_artifacts(job)}
+    # the top 5% of each matrix lies inside its top 20%: overlap coefficient 1, Jaccard 5/20
+    import csv
+
+    path = client.download_artifacts(parents[0].info.run_id, "region_overlap.csv", str(cwd))
+    with open(path) as f:
+        (row,) = list(csv.DictReader(f))
+    assert {row["a"], row["b"]} == {"ratio=0.05", "ratio=0.2"}
+    assert float(row["overlap_coefficient"]) == 1.0
+    small = by_ratio[0.05].data.metrics["region/params"]
+    big = by_ratio[0.2].data.metrics["region/params"]
+    assert float(row["jaccard"]) == pytest.approx(small / big)
 
 
 def test_failed_job_does_not_stop_the_sweep(sweep):

@@ -134,3 +134,42 @@ def test_freeze_analysis_pairs_each_frozen_set_with_the_unfrozen_run_of_its_seed
     assert "| random 5% | 2 | 5.5 ± 4.2 | 3 ± 1.4 | 1 ± 0 |" in out
     assert "| frozen set | 0 | 2 |" in out  # the curve: every step logged, mean of seeds
     assert "| none | 1 | 3 |" in out and "| taylor core 5% | 1 | 1.5 |" in out
+
+
+def test_baseline_pairs_each_run_with_its_seeds_baseline(store, capsys):
+    """`--baseline ratio=0.0 --over seed`: each run over the unfrozen run of the same seed,
+    geometric mean and a t interval over the seeds' log ratios (own computation below)."""
+    import math
+    import statistics
+
+    from scipy import stats
+
+    tracker, _ = store
+    argv = [
+        "--uri",
+        tracker.uri,
+        "--experiment",
+        "freeze",
+        "--baseline",
+        "ratio=0.0",
+        "--over",
+        "seed",
+        "--group",
+        "ratio",
+        "--metrics",
+        "forget/mean",
+    ]
+    report.main(argv)
+    first = capsys.readouterr().out
+    report.main(argv)  # the same table again, from the MLflow runs alone
+    assert capsys.readouterr().out == first
+    lines = first.strip().splitlines()
+    assert lines[0] == "| ratio | n | forget/mean / base |"
+    logs = [math.log(a / b) for a, b in ((1.0, 2.0), (1.5, 4.0), (2.0, 6.0))]
+    mean, sd = statistics.fmean(logs), statistics.stdev(logs)
+    half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
+    lo, hi = math.exp(mean - half), math.exp(mean + half)
+    assert lines[2] == "| 0.0 | 3 | 1 |"  # the baseline over itself
+    expected = f"| 0.05 | 3 | {math.exp(mean):.4g} [{lo:.4g}, {hi:.4g}]{' *' if hi < 1 else ''} |"
+    assert lines[3] == expected
+    assert hi < 1 and lines[3].endswith(" * |")  # every seed forgets less: marked

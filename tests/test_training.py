@@ -281,9 +281,11 @@ def test_forgetting_metrics_arithmetic():
         {
             "learn/xx": 0.25,
             "learn/mean": 0.25,
+            "learn/gmean": 0.25,
             "forget/yy": 2.0,
             "forget/zz": 3.0,
             "forget/mean": 2.5,
+            "forget/gmean": 6**0.5,  # exp(mean(log 2, log 3))
         }
     )
     ppl = type("LangPerplexity", (), {})
@@ -292,6 +294,7 @@ def test_forgetting_metrics_arithmetic():
     assert forgetting_metrics({"xx": obj_before}, {"xx": obj_after}, ["xx"]) == {
         "learn/xx": 0.25,
         "learn/mean": 0.25,
+        "learn/gmean": 0.25,
     }
     with pytest.raises(ValueError, match="differ"):
         forgetting_metrics(before, {"xx": 1.0}, ["xx"])

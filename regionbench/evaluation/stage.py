@@ -22,7 +22,7 @@ from regionbench.texts import default_tasks
 
 log = logging.getLogger(__name__)
 # Bump when the same inputs would give another baseline (the task files or the BOS policy).
-BASELINE_FORMAT = 1
+BASELINE_FORMAT = 2  # 2: per-document totals, for the paired bootstrap
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def prepare(run: RunConfig, eval_texts: dict[str, list[str]], cache_dir: Path) -
     return Tasks(root, tuple(tasks))
 
 
-def perplexities(run: RunConfig, model, tok, texts) -> dict[str, dict[str, float]]:
+def perplexities(run: RunConfig, model, tok, texts) -> dict[str, dict]:
     from regionbench.evaluation.perplexity import perplexity
 
     res = perplexity(
@@ -171,10 +171,16 @@ def evaluate(
     results (for the run's artifact)."""
     metrics: dict[str, float] = {}
     if run.eval.perplexity:
+        from regionbench.uncertainty import paired_bootstrap_languages
+
         with clock("eval"):
-            metrics |= names.perplexity_metrics(
-                perplexities(run, model, tok, eval_texts), base["ppl"]
-            )
+            ppl = perplexities(run, model, tok, eval_texts)
+            metrics |= names.perplexity_metrics(ppl, base["ppl"])
+            shared = {lang: r for lang, r in ppl.items() if lang in base["ppl"]}
+            if shared:  # each ratio with its interval over the evaluation documents
+                base_shared = {lang: base["ppl"][lang] for lang in shared}
+                intervals = paired_bootstrap_languages(base_shared, shared, seed=run.seed)
+                metrics |= names.interval_metrics(intervals)
     results: dict = {}
     if tasks is not None:
         with clock("lm_eval"):
