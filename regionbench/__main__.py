@@ -34,7 +34,9 @@ def task(cfg) -> dict:
     hc = HydraConfig.get()
     name = job_name(list(hc.overrides.task), os.environ.get(SWEEP_KEYS_ENV, ""))
     num = hc.job.get("num", 0) or 0
-    return run_job(cfg, name=name, job_num=num, output_dir=hc.runtime.output_dir)
+    # The config groups the job chose (frozen_set=core-5, model=...): params `choice.<group>`.
+    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}
+    return run_job(cfg, name=name, job_num=num, output_dir=hc.runtime.output_dir, choices=choices)
 
 
 def check_group_overrides(args: list[str], conf: Path) -> None:

@@ -46,6 +46,7 @@ def run_job(
     job_num: int = 0,
     output_dir: str | os.PathLike | None = None,
     session: Session | None = None,
+    choices: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run one job and record it as one MLflow run; never raises for a failed job (the run is
     marked FAILED with its error and the result says so), so the other jobs of a sweep go on."""
@@ -65,7 +66,9 @@ def run_job(
     run_id = tracker.start_run(name, parent_run_id=os.environ.get(PARENT_ENV), tags=tags)
     output_dir = Path(output_dir or tempfile.mkdtemp(prefix="regionbench-"))
     try:
-        tracker.log_params(run_id, flatten(raw))
+        tracker.log_params(
+            run_id, flatten(raw) | {f"choice.{k}": v for k, v in (choices or {}).items()}
+        )
         run = validate(RunConfig.from_cfg(raw))
         tracker.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(raw)), "config.yaml")
         metrics = _execute(Job(run, tracker, run_id, output_dir), session or SESSION)

@@ -25,7 +25,8 @@ from regionbench.sweep_figures import region_overlap, sweep_plots
 from regionbench.tracking import Tracker
 
 DEFAULT_METRICS = (names.REGION_FRACTION, names.PPL_MEAN, names.PPL_RATIO_MEAN)
-_IGNORED_PARAMS = ("paths.", "tracking.")
+# not a sweep's axes for the default columns (a group's choice repeats the values it sets)
+_IGNORED_PARAMS = ("paths.", "tracking.", "choice.")
 
 
 def swept_params(runs: Sequence) -> list[str]:
@@ -217,6 +218,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = rows_of(runs, params, metrics)
     if args.baseline:
         base = dict(kv.split("=", 1) for kv in args.baseline.split(","))
+        logged = {k for r in runs for k in r.data.params}
+        # a config group's choice (frozen_set=none) is logged as the param choice.frozen_set
+        base = {k if k in logged else f"choice.{k}": v for k, v in base.items()}
         over = args.over or []
         group = args.group or [p for p in params if p not in over]
         rows = rows_of(runs, list(dict.fromkeys([*params, *over, *base])), metrics)

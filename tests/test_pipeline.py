@@ -71,6 +71,7 @@ def test_multirun_logs_one_parent_and_nested_jobs(sweep):
             "model_id",
         } <= set(run.data.tags)
         assert run.data.params["model.name"] == "sandbox-test"
+        assert run.data.params["choice.model"] == "sandbox-test"  # the groups Hydra chose
         arts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "region_summary.csv", "lm_eval_results.json"} <= arts
         assert any(k.startswith("lm_eval/sandbox_grammar") for k in m)

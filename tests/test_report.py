@@ -173,3 +173,37 @@ def test_baseline_pairs_each_run_with_its_seeds_baseline(store, capsys):
     expected = f"| 0.05 | 3 | {math.exp(mean):.4g} [{lo:.4g}, {hi:.4g}]{' *' if hi < 1 else ''} |"
     assert lines[3] == expected
     assert hi < 1 and lines[3].endswith(" * |")  # every seed forgets less: marked
+
+
+def test_baseline_may_name_a_config_groups_choice(tmp_path, capsys):
+    """`--baseline frozen_set=none` reads the logged param `choice.frozen_set`."""
+    tracker = Tracker(resolve_uri(None, tmp_path), "freeze")
+    jobs = [
+        ({"choice.frozen_set": fs, "ratio": r, "seed": s}, {"forget/gmean": v})
+        for fs, r, s, v in [
+            ("none", "0.0", "0", 2.0),
+            ("none", "0.0", "1", 3.0),
+            ("core-5", "0.05", "0", 1.0),
+            ("core-5", "0.05", "1", 1.5),
+        ]
+    ]
+    _sweep(tracker, "sweep", jobs)
+    report.main(
+        [
+            "--uri",
+            tracker.uri,
+            "--experiment",
+            "freeze",
+            "--baseline",
+            "frozen_set=none",
+            "--over",
+            "seed",
+            "--group",
+            "choice.frozen_set",
+            "--metrics",
+            "forget/gmean",
+        ]
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[2] == "| none | 2 | 1 |"
+    assert lines[3] == "| core-5 | 2 | 0.5 |"  # 1/2 and 1.5/3: both exactly 0.5, no spread
