@@ -76,18 +76,37 @@ def paired(
     metrics: Sequence[str],
     level: float = 0.95,
 ) -> list[dict]:
-    """Each run's metric over its baseline run's (the one matching `baseline` with the same
-    `pair_on` values, e.g. the same seed: same data, same order), averaged per `group` as a
-    geometric mean with a t interval on the log ratios; `*` marks an interval that excludes 1
-    (a difference from the baseline at that level). The baseline's own row is 1 by definition."""
+    """Each run's metric over its baseline run's, averaged per `group` as a geometric mean with a
+    t interval on the log ratios; `*` marks an interval that excludes 1 (a difference from the
+    baseline at that level). The baseline's own row is 1 by definition.
+
+    A run's baseline is the run matching `baseline` with the same `pair_on` values (e.g. the
+    same seed: same data, same order) and the same value of every other column along which the
+    baseline runs differ: with `--baseline metric.name=random`, taylor at ratio 0.05 and seed 1
+    is paired with random at ratio 0.05 and seed 1; with `--baseline frozen_set=none` (one
+    unfrozen run per seed) every frozen set is paired with the unfrozen run of its seed. A run
+    with no such baseline is left out of its row's ratio."""
     from scipy import stats
 
     def is_base(row):
         return all(str(row.get(k)) == str(v) for k, v in baseline.items())
 
-    bases = {tuple(str(r[k]) for k in pair_on): r for r in rows if is_base(r)}
-    if not bases:
+    base_rows = [r for r in rows if is_base(r)]
+    if not base_rows:
         raise SystemExit(f"no run matches the baseline {baseline}")
+    columns = [c for c in rows[0] if c not in baseline and c not in ("run", "status", *metrics)]
+    varying = [c for c in columns if len({str(r[c]) for r in base_rows}) > 1]
+    match = list(dict.fromkeys([*pair_on, *varying]))
+    bases: dict[tuple, dict] = {}
+    for r in base_rows:
+        key = tuple(str(r[k]) for k in match)
+        if key in bases:
+            where = ", ".join(f"{k}={v}" for k, v in zip(match, key, strict=True)) or "every run"
+            raise SystemExit(
+                f"two runs match the baseline {baseline} at {where}: name the run to compare "
+                "against more precisely (more KEY=VALUE pairs, or --over for a repeated axis)"
+            )
+        bases[key] = r
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[tuple(row[g] for g in group)].append(row)
@@ -97,7 +116,7 @@ def paired(
         for m in metrics:
             logs = []
             for row in members:
-                base = bases.get(tuple(str(row[k]) for k in pair_on))
+                base = bases.get(tuple(str(row[k]) for k in match))
                 if base is None or math.isnan(row[m]) or not base[m] > 0 or not row[m] > 0:
                     continue
                 logs.append(math.log(row[m] / base[m]))

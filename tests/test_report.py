@@ -207,3 +207,38 @@ def test_baseline_may_name_a_config_groups_choice(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[2] == "| none | 2 | 1 |"
     assert lines[3] == "| core-5 | 2 | 0.5 |"  # 1/2 and 1.5/3: both exactly 0.5, no spread
+
+
+def test_baseline_is_paired_along_every_axis_the_baseline_runs_vary(tmp_path, capsys):
+    """`--baseline metric.name=random --over seed` on a metric × ratio × seed sweep: taylor at
+    ratio r and seed s is divided by random at the same r and s, never by another ratio's random
+    run (ratios below chosen so that any other pairing gives a different number)."""
+    tracker = Tracker(resolve_uri(None, tmp_path), "core_region")
+    value = {  # (metric, ratio, seed) -> ppl_ratio/mean
+        ("random", "0.01", "0"): 1.0,
+        ("random", "0.01", "1"): 1.25,
+        ("random", "0.05", "0"): 2.0,
+        ("random", "0.05", "1"): 4.0,
+        ("taylor", "0.01", "0"): 3.0,
+        ("taylor", "0.01", "1"): 3.75,
+        ("taylor", "0.05", "0"): 10.0,
+        ("taylor", "0.05", "1"): 20.0,
+    }
+    jobs = [
+        ({"metric.name": m, "ratio": r, "seed": s}, {"ppl_ratio/mean": v})
+        for (m, r, s), v in value.items()
+    ]
+    _sweep(tracker, "sweep", jobs)
+    argv = ["--uri", tracker.uri, "--experiment", "core_region", "--metrics", "ppl_ratio/mean"]
+    report.main([*argv, "--baseline", "metric.name=random", "--over", "seed"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "| metric.name | ratio | n | ppl_ratio/mean / base |"
+    rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in lines[2:]}
+    assert rows["random", "0.01"].endswith("| 2 | 1 |")
+    # 3/1 and 3.75/1.25: both 3; 10/2 and 20/4: both 5 (no spread, so no interval)
+    assert rows["taylor", "0.01"].endswith("| 2 | 3 |")
+    assert rows["taylor", "0.05"].endswith("| 2 | 5 |")
+
+    # Without --over, two random runs (seeds 0 and 1) match ratio 0.01: refused, not guessed.
+    with pytest.raises(SystemExit, match="two runs match the baseline .* ratio=0.01"):
+        report.main([*argv, "--baseline", "metric.name=random", "--params", "metric.name", "ratio"])
