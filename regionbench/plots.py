@@ -200,12 +200,15 @@ def heatmap(
     center: float | None = None,
     log: bool = False,
     fmt: str = "{:.3g}",
+    limits: tuple[float, float] | None = None,
 ) -> Path:
     """A labelled matrix: rows × cols, each cell annotated with its value. `center` (e.g. 1 for
     ratios) puts the neutral colour there with a diverging map; `log` colours by log values
-    (ratios from ×0.5 to ×2 look alike on both sides)."""
+    (ratios from ×0.5 to ×2 look alike on both sides); `limits` fixes the colour scale (0 to 1
+    for Jaccard, from 0 for shares) so that equal values never look different."""
     import numpy as np
-    from matplotlib.colors import LogNorm, TwoSlopeNorm
+    from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     data = np.array(values, dtype=float)
     if data.shape != (len(rows), len(cols)) or not data.size:
@@ -223,13 +226,29 @@ def heatmap(
         else:
             norm = TwoSlopeNorm(center, lo, hi)
         cmap = "RdBu_r"
+    if norm is None and limits is not None:
+        norm = Normalize(*limits)
     image = ax.imshow(data, cmap=cmap, norm=norm, aspect="auto")
     ax.set_xticks(range(len(cols)), list(cols), rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), list(rows))
     for i in range(len(rows)):
         for j in range(len(cols)):
             if np.isfinite(data[i, j]):
-                ax.text(j, i, fmt.format(data[i, j]), ha="center", va="center", fontsize="small")
-    fig.colorbar(image, ax=ax, label=label)
+                r, g, b, _ = image.cmap(image.norm(data[i, j]))
+                ink = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
+                ax.text(
+                    j,
+                    i,
+                    fmt.format(data[i, j]),
+                    ha="center",
+                    va="center",
+                    color=ink,
+                    fontsize="small",
+                )
+    bar = fig.colorbar(image, ax=ax, label=label)
+    if isinstance(norm, LogNorm):  # readable ratios (0.95, 1, 1.05), not 9.5 x 10^-1
+        bar.set_ticks(np.geomspace(norm.vmin, norm.vmax, 5).tolist())
+        bar.ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        bar.ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_title(title)
     return _save(fig, path)

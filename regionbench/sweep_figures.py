@@ -66,6 +66,7 @@ def region_overlap(tracker: Tracker, runs: Sequence, out: Path) -> list[Path]:
         label="Jaccard",
         title="agreement of the sweep's regions (Jaccard of their entries)",
         fmt="{:.2f}",
+        limits=(0.0, 1.0),
     )
     return [csv_path, png]
 
@@ -83,6 +84,7 @@ def sweep_plots(runs: Sequence, params: Sequence[str], out: Path) -> list[Path]:
             if k.startswith("ppl_ratio/") and k != "ppl_ratio/mean"
         }
     )
+    langs = _language_order(langs, [r.info.run_name or "" for r in done])
     paths = []
     if done and langs:
         rows = [
@@ -138,6 +140,20 @@ def sweep_plots(runs: Sequence, params: Sequence[str], out: Path) -> list[Path]:
             )
         )
     return paths
+
+
+def _language_order(langs: Sequence[str], job_names: Sequence[str]) -> list[str]:
+    """Languages in the order the jobs name them (`region.lang=latn`, then `region.lang=cyrl`...),
+    the rest alphabetically: a sweep over languages puts its diagonal on the diagonal."""
+    named = [
+        value
+        for name in job_names
+        for part in name.split()
+        for value in part.split("=", 1)[1:]
+        if value in langs
+    ]
+    first = list(dict.fromkeys(named))
+    return first + sorted(lang for lang in langs if lang not in first)
 
 
 def _is_number(value) -> bool:

@@ -287,6 +287,7 @@ def _density(rows: list[dict], path: Path) -> Path:
     modules = sorted({r["module"] for r in rows if r["layer"] is not None})
     cell = {(r["layer"], r["module"]): r["fraction"] for r in rows}
     values = [[cell.get((layer, m), math.nan) for m in modules] for layer in layers]
+    top = max((v for line in values for v in line if math.isfinite(v)), default=1.0)
     return heatmap(
         values,
         [f"layer {x}" for x in layers],
@@ -295,4 +296,5 @@ def _density(rows: list[dict], path: Path) -> Path:
         label="share selected",
         title="the region's density per block matrix",
         fmt="{:.3f}",
+        limits=(0.0, top or 1.0),  # from 0: a region selected per matrix shows one colour
     )
