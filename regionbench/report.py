@@ -241,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         # a config group's choice (frozen_set=none) is logged as the param choice.frozen_set
         base = {k if k in logged else f"choice.{k}": v for k, v in base.items()}
         over = args.over or []
-        group = args.group or [p for p in params if p not in over]
+        chosen = [k for k in base if k.startswith("choice.")]  # name the rows by that choice
+        group = args.group or [*chosen, *(p for p in params if p not in over)]
         rows = rows_of(runs, list(dict.fromkeys([*params, *over, *base])), metrics)
         rows = paired(rows, base, over, group, metrics)
     elif args.group:
