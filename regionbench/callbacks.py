@@ -90,7 +90,10 @@ class MlflowSweepCallback(Callback):
         children = tracker.children(self.parent)
         failed = [r.info.run_name for r in children if r.info.status != "FINISHED"]
         try:
-            table = summarize_sweep(tracker, self.parent, children)
+            tracking = config.get("tracking") or {}
+            baseline = dict(tracking.get("baseline") or {})
+            over = list(tracking.get("pair_over") or [])
+            table = summarize_sweep(tracker, self.parent, children, baseline, over)
             print(table)
         finally:
             tracker.end_run(self.parent, "FAILED" if failed or not children else "FINISHED")

@@ -128,6 +128,11 @@ class TrackingConfig:
     uri: str | None = None  # null = sqlite:///<launch dir>/mlruns/mlflow.db
     experiment: str = "regionbench"
     save_region: bool = True  # the region mask file as a run artifact
+    # The run every job of a sweep is compared with on the parent (sweep_paired.md/.csv), e.g.
+    # {ratio: 0}, {frozen_set: none} (a config group's choice), {metric.name: random}; paired on
+    # `pair_over` and on every other axis along which the baseline runs differ. null = none.
+    baseline: Any = None  # a mapping: tracking.baseline={ratio:0}
+    pair_over: list[str] = field(default_factory=lambda: ["seed"])
 
 
 @dataclass

@@ -11,6 +11,7 @@ import logging
 import os
 import tempfile
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,16 @@ from regionbench.config import RunConfig
 from regionbench.evaluation import stage as evaluation
 from regionbench.session import Loaded, Session
 from regionbench.tracking import PARENT_ENV, SWEEP_ENV, Stopwatch, Tracker, flatten, git_sha
+from regionbench.tracking import check as check_tracking
 
 log = logging.getLogger(__name__)
 SESSION = Session()  # the process's own: the jobs of a basic-launcher sweep share it
 
 
-def validate(run: RunConfig) -> RunConfig:
-    """Every stage checks its own options, cheaply, before a model or dataset is touched."""
+def validate(run: RunConfig, groups: Sequence[str] = ()) -> RunConfig:
+    """Every stage checks its own options, cheaply, before a model or dataset is touched
+    (`groups`: the config groups Hydra composed, which `tracking.baseline` may name)."""
+    check_tracking(run, groups)
     texts.check(run)
     models.check(run)
     scoring.check(run)
@@ -54,8 +58,8 @@ def run_job(
 
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     raw.pop("hydra", None)
-    tracking = raw.get("tracking") or {}
-    tracker = Tracker(tracking.get("uri"), tracking.get("experiment") or "regionbench")
+    track = raw.get("tracking") or {}
+    tracker = Tracker(track.get("uri"), track.get("experiment") or "regionbench")
     tags = {
         "sweep_id": os.environ.get(SWEEP_ENV, ""),
         "job_num": job_num,
@@ -69,7 +73,7 @@ def run_job(
         tracker.log_params(
             run_id, flatten(raw) | {f"choice.{k}": v for k, v in (choices or {}).items()}
         )
-        run = validate(RunConfig.from_cfg(raw))
+        run = validate(RunConfig.from_cfg(raw), list(choices or {}))
         tracker.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(raw)), "config.yaml")
         metrics = _execute(Job(run, tracker, run_id, output_dir), session or SESSION)
     except KeyboardInterrupt:

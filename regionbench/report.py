@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import logging
 import math
 import statistics
 import tempfile
@@ -27,6 +28,7 @@ from regionbench.tracking import Tracker
 DEFAULT_METRICS = (names.REGION_FRACTION, names.PPL_MEAN, names.PPL_RATIO_MEAN)
 # not a sweep's axes for the default columns (a group's choice repeats the values it sets)
 _IGNORED_PARAMS = ("paths.", "tracking.", "choice.")
+log = logging.getLogger(__name__)
 
 
 def swept_params(runs: Sequence) -> list[str]:
@@ -89,7 +91,7 @@ def paired(
     from scipy import stats
 
     def is_base(row):
-        return all(str(row.get(k)) == str(v) for k, v in baseline.items())
+        return all(_same(row.get(k), v) for k, v in baseline.items())
 
     base_rows = [r for r in rows if is_base(r)]
     if not base_rows:
@@ -138,6 +140,45 @@ def paired(
     return out
 
 
+def _same(logged, wanted) -> bool:
+    """A logged param equals a wanted value: as text, or as numbers (ratio 0 is logged 0.0)."""
+    if str(logged) == str(wanted):
+        return True
+    try:
+        return float(logged) == float(wanted)
+    except (TypeError, ValueError):
+        return False
+
+
+def parse_baseline(text: str) -> dict[str, str]:
+    """`KEY=VALUE[,KEY=VALUE]` (the --baseline option) as a dict; a part without `=` is an error."""
+    parts = [p for p in text.split(",") if p.strip()]
+    bad = [p for p in parts if "=" not in p or not p.split("=", 1)[0].strip()]
+    if bad or not parts:
+        raise SystemExit(f"--baseline {text!r}: expected KEY=VALUE[,KEY=VALUE], e.g. ratio=0")
+    return dict(p.strip().split("=", 1) for p in parts)
+
+
+def paired_table(
+    runs: Sequence,
+    baseline: dict,
+    over: Sequence[str],
+    params: Sequence[str],
+    metrics: Sequence[str],
+    group: Sequence[str] | None = None,
+) -> list[dict]:
+    """The paired comparison of a sweep's runs with its `baseline` run(s): what
+    `report --baseline` prints and what a sweep with `tracking.baseline` logs on its parent."""
+    metrics = [m for m in metrics if m != names.REGION_FRACTION]  # a size, not an outcome
+    logged = {k for r in runs for k in r.data.params}
+    # a config group's choice (frozen_set=none) is logged as the param choice.frozen_set
+    base = {k if k in logged else f"choice.{k}": v for k, v in baseline.items()}
+    chosen = [k for k in base if k.startswith("choice.")]  # name the rows by that choice
+    group = list(group or [*chosen, *(p for p in params if p not in over)])
+    rows = rows_of(runs, list(dict.fromkeys([*params, *over, *base, *group])), metrics)
+    return paired(rows, base, list(over), group, metrics)
+
+
 def markdown(rows: list[dict]) -> str:
     if not rows:
         return "(no runs)"
@@ -160,20 +201,39 @@ def _interesting_metrics(runs: Sequence) -> list[str]:
     return [m for m in DEFAULT_METRICS if m in logged] + extra[:4]
 
 
-def summarize_sweep(tracker: Tracker, parent_id: str, runs: Sequence) -> str:
-    """Log the comparison table (csv, md) and plots to the parent run; return the markdown."""
-    if not runs:
-        return "(no finished jobs)"
-    params = swept_params(runs)
-    metrics = _interesting_metrics(runs)
-    rows = rows_of(runs, params, metrics)
+def _log_table(tracker: Tracker, parent_id: str, rows: list[dict], stem: str) -> str:
     table = markdown(rows)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    tracker.log_text(parent_id, buf.getvalue(), "sweep_comparison.csv")
-    tracker.log_text(parent_id, table + "\n", "sweep_comparison.md")
+    tracker.log_text(parent_id, buf.getvalue(), f"{stem}.csv")
+    tracker.log_text(parent_id, table + "\n", f"{stem}.md")
+    return table
+
+
+def summarize_sweep(
+    tracker: Tracker,
+    parent_id: str,
+    runs: Sequence,
+    baseline: dict | None = None,
+    over: Sequence[str] = ("seed",),
+) -> str:
+    """Log the comparison table (csv, md) and plots to the parent run; with a `baseline`, also
+    the paired table `sweep_paired.csv/.md` (`report --baseline ... --over ...` prints the same
+    from the runs alone). Return the markdown."""
+    if not runs:
+        return "(no finished jobs)"
+    params = swept_params(runs)
+    metrics = _interesting_metrics(runs)
+    table = _log_table(tracker, parent_id, rows_of(runs, params, metrics), "sweep_comparison")
+    if baseline:
+        try:
+            paired_rows = paired_table(runs, baseline, over, params, metrics)
+        except SystemExit as err:  # no or ambiguous baseline: the jobs stand, the table cannot
+            log.error("no paired table: %s", err)
+        else:
+            table += "\n\n" + _log_table(tracker, parent_id, paired_rows, "sweep_paired")
     with tempfile.TemporaryDirectory() as tmp:
         for path in sweep_plots(runs, params, Path(tmp)):
             tracker.log_artifact(parent_id, path)
@@ -236,15 +296,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     params = list(dict.fromkeys([*(args.group or []), *params]))
     rows = rows_of(runs, params, metrics)
     if args.baseline:
-        base = dict(kv.split("=", 1) for kv in args.baseline.split(","))
-        logged = {k for r in runs for k in r.data.params}
-        # a config group's choice (frozen_set=none) is logged as the param choice.frozen_set
-        base = {k if k in logged else f"choice.{k}": v for k, v in base.items()}
-        over = args.over or []
-        chosen = [k for k in base if k.startswith("choice.")]  # name the rows by that choice
-        group = args.group or [*chosen, *(p for p in params if p not in over)]
-        rows = rows_of(runs, list(dict.fromkeys([*params, *over, *base])), metrics)
-        rows = paired(rows, base, over, group, metrics)
+        base = parse_baseline(args.baseline)
+        rows = paired_table(runs, base, args.over or [], params, metrics, args.group)
     elif args.group:
         rows = aggregate(rows, args.group, metrics)
     elif args.over:

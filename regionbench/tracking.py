@@ -17,7 +17,7 @@ import os
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,33 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def check(run, groups: Sequence[str] = ()) -> None:
+    """`tracking.baseline` and `tracking.pair_over` name config keys (`ratio`, `metric.name`) or
+    config groups (`frozen_set`): a typo is an error before any work, not an empty table later."""
+    import difflib
+
+    baseline = run.tracking.baseline
+    if baseline is not None and not isinstance(baseline, Mapping):
+        raise ValueError(
+            f"tracking.baseline {baseline!r} is not a mapping: write tracking.baseline={{ratio:0}} "
+            "(or {frozen_set:none}, {metric.name:random})"
+        )
+    keys = set(flatten(run.to_dict()))
+    # a key whose value is a mapping or a list (region.dims, data.eval_langs) is a key too
+    keys |= {k.rsplit(".", i)[0] for k in keys for i in range(1, k.count(".") + 1)}
+    valid = sorted(keys | set(groups))
+    for option, named in (("baseline", baseline or {}), ("pair_over", run.tracking.pair_over)):
+        for key in named:
+            if key in keys or key in groups:
+                continue
+            near = difflib.get_close_matches(str(key), valid, n=3)
+            hint = f"did you mean {', '.join(near)}?" if near else "e.g. ratio, seed, metric.name"
+            raise ValueError(
+                f"tracking.{option} names {key!r}, which is neither a config key nor a config "
+                f"group: {hint}"
+            )
 
 
 class Stopwatch:

@@ -139,6 +139,12 @@ def test_experiments_compose():
         (["importance.samples=0"], "importance.samples 0 must be an integer >= 1"),
         (["data=c4", "data.config='c4.{langg}'"], "unknown field in data.config 'langg'"),
         (["data=wikipedia", "importance.samples=null"], "cannot stream all of data=wikipedia"),
+        (
+            ["tracking.baseline={ratoi:0}"],
+            "tracking.baseline names 'ratoi', which is neither a config key nor a config group: "
+            "did you mean ratio",
+        ),
+        (["tracking.pair_over=[sed]"], "tracking.pair_over names 'sed'"),
     ],
 )
 def test_bad_values_one_line(overrides, message):
@@ -150,6 +156,17 @@ def test_bad_values_one_line(overrides, message):
     text = str(err.value)
     assert message in text
     assert "\n" not in text
+
+
+def test_baseline_may_name_config_keys_and_the_groups_hydra_chose():
+    run = RunConfig.from_cfg(compose(["tracking.baseline={metric.name:random,ratio:0}"]))
+    assert validate(run).tracking.baseline == {"metric.name": "random", "ratio": 0}
+    run = RunConfig.from_cfg(compose(["tracking.baseline={frozen_set:none}"]))
+    assert validate(run, groups=["model", "frozen_set"]).tracking.baseline == {"frozen_set": "none"}
+    with pytest.raises(ValueError, match="'frozen_set', which is neither"):
+        validate(run)  # no such group was composed
+    # a key whose value is a list or a mapping is a key too
+    validate(RunConfig.from_cfg(compose(["tracking.pair_over=[seed,data.eval_langs]"])))
 
 
 def test_unknown_key_is_an_error():

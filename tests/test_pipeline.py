@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,7 +42,8 @@ def _runs(uri):
 def sweep(tmp_path_factory, cache_dir, sandbox_test_dir):
     cwd = tmp_path_factory.mktemp("sweep")
     # ratio=1.5 is bad input: that job fails, the others still run, the command exits non-zero
-    return cwd, _run(["-m", "ratio=0,0.05,0.2,1.5", *SMALL], cwd, cache_dir)
+    args = ["-m", "ratio=0,0.05,0.2,1.5", "tracking.baseline={ratio:0}", *SMALL]
+    return cwd, _run(args, cwd, cache_dir)
 
 
 def test_multirun_logs_one_parent_and_nested_jobs(sweep):
@@ -121,6 +123,30 @@ def test_multirun_logs_one_parent_and_nested_jobs(sweep):
     small = by_ratio[0.05].data.metrics["region/params"]
     big = by_ratio[0.2].data.metrics["region/params"]
     assert float(row["jaccard"]) == pytest.approx(small / big)
+
+
+def test_paired_table_on_the_parent_is_what_report_prints_from_the_runs(sweep, capsys):
+    """`tracking.baseline={ratio:0}`: the parent logs sweep_paired.md; `report --baseline ratio=0
+    --over seed` regenerates it, character for character, from the finished sweep's runs alone."""
+    from regionbench import report
+
+    cwd, _ = sweep
+    uri = f"sqlite:///{cwd}/mlruns/mlflow.db"
+    client, parents, children = _runs(uri)
+    parent = parents[0].info.run_id
+    logged = Path(client.download_artifacts(parent, "sweep_paired.md", str(cwd))).read_text()
+    report.main(["--uri", uri, "--baseline", "ratio=0", "--over", "seed", "--parent", parent])
+    assert capsys.readouterr().out == logged
+    lines = logged.strip().splitlines()
+    head = [cell.strip() for cell in lines[0].split("|")[1:-1]]
+    assert head[:4] == ["ratio", "n", "ppl/mean / base", "ppl_ratio/mean / base"]
+    rows = {line.split("|")[1].strip(): line.split("|")[1:-1] for line in lines[2:]}
+    assert [c.strip() for c in rows["0.0"][1:]] == ["1"] * (len(head) - 1)  # baseline / itself
+    # one seed, so each ratio over the baseline is the run's own ppl_ratio/mean (no interval)
+    by_ratio = {c.data.params["ratio"]: c.data.metrics for c in children if c.data.metrics}
+    for ratio in ("0.05", "0.2"):
+        assert rows[ratio][3].strip() == f"{by_ratio[ratio]['ppl_ratio/mean']:.4g}"
+    assert [c.strip() for c in rows["1.5"][1:4]] == ["1", "n/a", "n/a"]  # failed: no ratio
 
 
 def test_failed_job_does_not_stop_the_sweep(sweep):
