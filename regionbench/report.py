@@ -53,13 +53,18 @@ def rows_of(runs: Sequence, params: Sequence[str], metrics: Sequence[str]) -> li
     ]
 
 
-def aggregate(rows: list[dict], group: Sequence[str], metrics: Sequence[str]) -> list[dict]:
-    """Mean ± sample std of each metric over the rows sharing the `group` values."""
+def _grouped(rows: list[dict], group: Sequence[str]) -> dict[tuple, list[dict]]:
+    """The rows sharing each combination of `group` values, in order of first appearance."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         groups[tuple(row[g] for g in group)].append(row)
+    return groups
+
+
+def aggregate(rows: list[dict], group: Sequence[str], metrics: Sequence[str]) -> list[dict]:
+    """Mean ± sample std of each metric over the rows sharing the `group` values."""
     out = []
-    for key, members in groups.items():
+    for key, members in _grouped(rows, group).items():
         agg = dict(zip(group, key, strict=True)) | {"n": len(members)}
         for m in metrics:
             vals = [r[m] for r in members if not math.isnan(r[m])]
@@ -109,11 +114,8 @@ def paired(
                 "against more precisely (more KEY=VALUE pairs, or --over for a repeated axis)"
             )
         bases[key] = r
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
-        groups[tuple(row[g] for g in group)].append(row)
     out = []
-    for key, members in groups.items():
+    for key, members in _grouped(rows, group).items():
         agg = dict(zip(group, key, strict=True)) | {"n": len(members)}
         for m in metrics:
             logs = []
