@@ -10,12 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
-def conf_dir() -> Path:
-    """`regionbench/conf` inside an installed wheel, else `conf/` at the source checkout's root."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "conf"
-    return packaged if packaged.is_dir() else here.parent / "conf"
+from regionbench.config import conf_dir
 
 
 def job_name(overrides: list[str], swept: str) -> str:

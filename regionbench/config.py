@@ -13,11 +13,24 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from regionbench.choices import check_choice
 
 SCHEMA = "regionbench_schema"
+
+
+def conf_dir() -> Path:
+    """`regionbench/conf` inside an installed wheel, else `conf/` at the source checkout's root."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "conf"
+    return packaged if packaged.is_dir() else here.parent / "conf"
+
+
+def config_groups() -> list[str]:
+    """The config groups under conf/ (`model`, `frozen_set`, ...): what `group=choice` selects."""
+    return sorted(p.name for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra")
 
 
 @dataclass

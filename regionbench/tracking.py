@@ -136,7 +136,8 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def check(run, groups: Sequence[str] = ()) -> None:
     """`tracking.baseline` and `tracking.pair_over` name config keys (`ratio`, `metric.name`) or
-    config groups (`frozen_set`): a typo is an error before any work, not an empty table later."""
+    config groups (`frozen_set`: those under conf/, and `groups` Hydra composed from elsewhere):
+    a typo is an error before any work, not an empty table later."""
     import difflib
 
     baseline = run.tracking.baseline
@@ -145,6 +146,9 @@ def check(run, groups: Sequence[str] = ()) -> None:
             f"tracking.baseline {baseline!r} is not a mapping: write tracking.baseline={{ratio:0}} "
             "(or {frozen_set:none}, {metric.name:random})"
         )
+    from regionbench.config import config_groups
+
+    groups = {*groups, *config_groups()}
     keys = set(flatten(run.to_dict()))
     # a key whose value is a mapping or a list (region.dims, data.eval_langs) is a key too
     keys |= {k.rsplit(".", i)[0] for k in keys for i in range(1, k.count(".") + 1)}

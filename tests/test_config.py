@@ -162,9 +162,11 @@ def test_baseline_may_name_config_keys_and_the_groups_hydra_chose():
     run = RunConfig.from_cfg(compose(["tracking.baseline={metric.name:random,ratio:0}"]))
     assert validate(run).tracking.baseline == {"metric.name": "random", "ratio": 0}
     run = RunConfig.from_cfg(compose(["tracking.baseline={frozen_set:none}"]))
-    assert validate(run, groups=["model", "frozen_set"]).tracking.baseline == {"frozen_set": "none"}
-    with pytest.raises(ValueError, match="'frozen_set', which is neither"):
-        validate(run)  # no such group was composed
+    assert validate(run).tracking.baseline == {"frozen_set": "none"}  # a group under conf/
+    run = RunConfig.from_cfg(compose(["tracking.baseline={my_group:a}"]))
+    with pytest.raises(ValueError, match="'my_group', which is neither"):
+        validate(run)
+    assert validate(run, groups=["my_group"]).tracking.baseline == {"my_group": "a"}  # composed
     # a key whose value is a list or a mapping is a key too
     validate(RunConfig.from_cfg(compose(["tracking.pair_over=[seed,data.eval_langs]"])))
 
