@@ -4,13 +4,16 @@
     scores = ScoreCache(root / "importance").get(key)      # importance scores (safetensors)
     JsonCache(root / "baselines").put(key, {"ppl": ...})   # the unmodified model's evaluation
     publish_dir(root / "tasks" / key, write_folder)        # a folder built once (tasks, models)
+    value, hit = JsonCache(root / "baselines").get_or_compute(key, evaluate)   # computed once
 
 The key is the sha256 of a canonical JSON of *every* input the caller passes; the cache never
 guesses identity from paths or names, and a float, a tuple or an object without a canonical form
 can never collide with another value. Writers build an entry privately and `os.replace` it into
 place (fsynced, under a file lock for folders), so readers see either nothing or a complete
 entry; anything else is a miss, never an error. Only safetensors and JSON are read back: nothing
-is unpickled.
+is unpickled. Work that parallel jobs share (importance scores, the unmodified model's
+evaluation, outliers) goes through `get_or_compute`: the first job computes under a file lock,
+the others wait for it and read the stored entry, on one machine or across a shared filesystem.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -33,6 +37,7 @@ from torch import Tensor
 FORMAT = "regionbench-scores-v1"  # the layout of a ScoreCache entry
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _canonical(value):
@@ -216,6 +221,14 @@ class ScoreCache:
 
         publish_dir(self.path(key), write, ready=lambda _: self.get(key) is not None)
 
+    def get_or_compute(
+        self, key: str, compute: Callable[[], Mapping[str, Mapping[str, Tensor]]], meta=None
+    ) -> tuple[Mapping, bool]:
+        """(scores, hit): the entry, or `compute()` stored, computed once under parallel demand."""
+        return get_or_compute(
+            self.path(key), lambda: self.get(key), compute, lambda s: self.put(key, s, meta)
+        )
+
 
 class JsonCache:
     """Small JSON results (the unmodified model's evaluation) under `root`, by `cache_key`."""
@@ -236,6 +249,12 @@ class JsonCache:
         with atomic_file(self.path(key)) as tmp:
             tmp.write_text(json.dumps(value), encoding="utf-8")
 
+    def get_or_compute(self, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
+        """(value, hit): the entry, or `compute()` stored, computed once under parallel demand."""
+        return get_or_compute(
+            self.path(key), lambda: self.get(key), compute, lambda v: self.put(key, v)
+        )
+
 
 # --- atomic writes ------------------------------------------------------------------------------
 
@@ -255,6 +274,42 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def held(lock_path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold the file lock `lock_path` (an OS lock: released when the holder dies, on one machine
+    and on a shared filesystem). A second process waits, and says what it waits for."""
+    from filelock import FileLock, Timeout
+
+    Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("another process is computing %s; waiting for it", what)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def get_or_compute(
+    entry: Path, get: Callable[[], T | None], compute: Callable[[], T], put: Callable[[T], None]
+) -> tuple[T, bool]:
+    """(value, hit): the stored entry, or computed by exactly one of the processes that need it
+    at once. The others wait on `<entry>.compute.lock` and then read what it stored."""
+    value = get()
+    if value is not None:
+        return value, True
+    with held(f"{entry}.compute.lock", entry.name):
+        value = get()  # stored by the process we waited for
+        if value is not None:
+            return value, True
+        value = compute()
+        put(value)
+    return value, False
+
+
 def publish_dir(
     final: str | os.PathLike,
     build: Callable[[Path], None],
@@ -266,19 +321,10 @@ def publish_dir(
     renamed into place under a file lock (`<final>.lock`). A concurrent builder waits for the lock
     and then finds `ready(final)` true; leftovers of a killed build are removed; `force` (or a
     damaged folder) replaces an existing one atomically."""
-    from filelock import FileLock, Timeout
-
     final = Path(final)
     if ready(final) and not force:
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(f"{final}.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.warning("another process is writing %s; waiting for it", final.name)
-        lock.acquire()
-    try:
+    with held(f"{final}.lock", final.name):
         if ready(final) and not force:  # written by the process we waited for
             return final
         # Only the lock holder builds, so any temporary folder now is from a killed build.
@@ -297,8 +343,6 @@ def publish_dir(
                 tmp.rename(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        lock.release()
     return final
 
 

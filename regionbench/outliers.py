@@ -270,19 +270,19 @@ def detect(
         factor=float(factor),
         max_tokens=int(max_tokens),
     )
-    if (hit := cache.get(key)) is not None:
-        return hit
-    acts = massive_activations(model, tokenizer, texts, factor=factor, max_tokens=max_tokens)
-    weights = super_weights(model, tokenizer, texts, acts)
-    result = {
-        "factor": float(factor),
-        "max_tokens": int(max_tokens),
-        "n_docs": acts.n_docs,
-        "dims": acts.dims,
-        "massive": [asdict(acts.massive[d]) for d in acts.dims],
-        "super_weights": [asdict(w) | {"index": list(w.index)} for w in weights],
-        "max_ratio": float(acts.ratios.max()),
-        "max_abs": acts.max_abs.tolist(),  # [blocks][hidden], for plots
-    }
-    cache.put(key, result)
-    return result
+
+    def compute() -> dict:
+        acts = massive_activations(model, tokenizer, texts, factor=factor, max_tokens=max_tokens)
+        weights = super_weights(model, tokenizer, texts, acts)
+        return {
+            "factor": float(factor),
+            "max_tokens": int(max_tokens),
+            "n_docs": acts.n_docs,
+            "dims": acts.dims,
+            "massive": [asdict(acts.massive[d]) for d in acts.dims],
+            "super_weights": [asdict(w) | {"index": list(w.index)} for w in weights],
+            "max_ratio": float(acts.ratios.max()),
+            "max_abs": acts.max_abs.tolist(),  # [blocks][hidden], for plots
+        }
+
+    return cache.get_or_compute(key, compute)[0]

@@ -208,3 +208,46 @@ def test_selection_streams_from_a_lazy_entry(tmp_path):
     for region, lang in [("core", None), ("monolingual", "bb")]:
         a, b = select(s, 0.4, region, lang=lang), select(cache.get(key), 0.4, region, lang=lang)
         assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks) and a.numel > 0
+
+
+def _needs_the_entry(root: str, key: str, log: str, kind: str, out) -> None:
+    """One of several processes that need the same entry at once (run in a forked child)."""
+    import os
+    import time
+
+    from regionbench.cache import JsonCache
+
+    def compute():
+        with open(log, "a") as f:  # one line per computation, from whichever process did it
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)  # long enough for every other process to find no entry and wait
+        return scores() if kind == "scores" else {"ppl": {"latn": 4.9}}
+
+    cache = ScoreCache(root) if kind == "scores" else JsonCache(root)
+    value, hit = cache.get_or_compute(key, compute)
+    if kind == "scores":
+        value = {lang: {n: t.tolist() for n, t in v.items()} for lang, v in value.items()}
+    out.put((hit, value))
+
+
+@pytest.mark.parametrize("kind", ["scores", "json"])
+def test_parallel_processes_compute_a_shared_entry_once(tmp_path, kind):
+    """4 processes need the same importance scores (or baseline) at the same moment: exactly one
+    computes and stores them; the other three wait and read the stored entry (hit)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    key, log, out = cache_key(**BASE), tmp_path / "computed.log", ctx.Queue()
+    procs = [
+        ctx.Process(target=_needs_the_entry, args=(str(tmp_path / "c"), key, str(log), kind, out))
+        for _ in range(4)
+    ]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert len(log.read_text().splitlines()) == 1  # computed once
+    assert sorted(hit for hit, _ in results) == [False, True, True, True]
+    assert all(value == results[0][1] for _, value in results)

@@ -151,15 +151,15 @@ def baseline(
     )
     if key in memo:
         return memo[key]
-    store = JsonCache(cache_dir / "baselines")
-    base = store.get(key)
-    if base is not None:
-        log.info("baseline evaluation: cache hit")
-    else:
+
+    def compute() -> dict:
         log.info("evaluating the unmodified model (once; cached)")
         ppl = perplexities(run, model, tok, eval_texts) if run.eval.perplexity else {}
-        base = {"ppl": ppl, "lm_eval": lm_eval(run, model, tok, tasks)[0]}
-        store.put(key, base)
+        return {"ppl": ppl, "lm_eval": lm_eval(run, model, tok, tasks)[0]}
+
+    base, hit = JsonCache(cache_dir / "baselines").get_or_compute(key, compute)
+    if hit:
+        log.info("baseline evaluation: cache hit")
     memo[key] = base
     return base
 

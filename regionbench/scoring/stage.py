@@ -79,19 +79,18 @@ def cached_scores(
         "algorithm": ALGORITHM,
     }
     key = cache_key(**inputs)
-    store = ScoreCache(root)
-    scores = store.get(key)
-    if scores is not None:
-        return scores, key, True
-    scores = score_samples(
-        model,
-        samples or dict.fromkeys(langs),
-        run.metric.name,
-        batch_size=imp.batch_size,
-        scope=imp.scope,
-        include=imp.include,
-        exclude=imp.exclude,
-        seed=run.seed,
-    )
-    store.put(key, scores, meta=inputs)
-    return scores, key, False
+
+    def compute():
+        return score_samples(
+            model,
+            samples or dict.fromkeys(langs),
+            run.metric.name,
+            batch_size=imp.batch_size,
+            scope=imp.scope,
+            include=imp.include,
+            exclude=imp.exclude,
+            seed=run.seed,
+        )
+
+    scores, hit = ScoreCache(root).get_or_compute(key, compute, meta=inputs)
+    return scores, key, hit
