@@ -41,7 +41,8 @@ def check_group_overrides(args: list[str], conf: Path) -> None:
     for arg in args:
         key, sep, value = arg.lstrip("+~").partition("=")
         folder = conf / key
-        if not sep or "." in key or not folder.is_dir() or key == "hydra":
+        # hydra/... groups also get options from installed plugins (hydra/launcher=joblib)
+        if not sep or "." in key or not folder.is_dir() or key.split("/")[0] == "hydra":
             continue
         options = sorted(p.stem for p in folder.glob("*.yaml"))
         for option in value.split(","):  # a sweep: metric=taylor,magnitude

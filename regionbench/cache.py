@@ -301,7 +301,7 @@ def get_or_compute(
     value = get()
     if value is not None:
         return value, True
-    with held(f"{entry}.compute.lock", entry.name):
+    with held(f"{entry}.compute.lock", f"{entry.parent.name}/{entry.stem[:12]}"):
         value = get()  # stored by the process we waited for
         if value is not None:
             return value, True

@@ -167,7 +167,7 @@ class RunConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     ratio: float = 0.01  # fraction of each matrix in the region; 0 = the unmodified baseline
     seed: int = 0  # the random metric, noise, freeze training
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | job (GPU job_num mod GPUs: parallel sweeps)
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> RunConfig:

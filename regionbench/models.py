@@ -31,6 +31,15 @@ DTYPES = {
 }
 
 
+def device_for_job(device: str, job_num: int) -> str:
+    """`device=job`: job N of a parallel sweep on GPU N mod (visible GPUs), else the CPU; any
+    other value is returned as it is."""
+    if device != "job":
+        return device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return f"cuda:{job_num % count}" if count else "cpu"
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -127,7 +136,7 @@ def load_model(
 
 def check(run: RunConfig) -> None:
     """`model.*` and `device` before anything is loaded (a hub id is looked up, not fetched)."""
-    check_choice("device", run.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+    check_choice("device", run.device.split(":")[0], ("auto", "job", "cpu", "cuda", "mps"))
     check_choice("model.dtype", run.model.dtype, DTYPES)
     m = run.model
     check_model(m.name, revision=m.revision, trust_remote_code=m.trust_remote_code)

@@ -74,6 +74,7 @@ def run_job(
             run_id, flatten(raw) | {f"choice.{k}": v for k, v in (choices or {}).items()}
         )
         run = validate(RunConfig.from_cfg(raw), list(choices or {}))
+        run.device = models.device_for_job(run.device, job_num)
         tracker.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(raw)), "config.yaml")
         metrics = _execute(Job(run, tracker, run_id, output_dir), session or SESSION)
     except KeyboardInterrupt:
