@@ -99,7 +99,12 @@ class MlflowSweepCallback(Callback):
             tracker.end_run(self.parent, "FAILED" if failed or not children else "FINISHED")
             for var in (PARENT_ENV, SWEEP_ENV, SWEEP_KEYS_ENV):
                 os.environ.pop(var, None)
-        print(f"MLflow: mlflow ui --backend-store-uri {tracker.uri}")
+        served = tracker.uri.startswith(("http://", "https://"))  # a tracking server: its UI
+        print(
+            f"MLflow: {tracker.uri}"
+            if served
+            else f"MLflow: mlflow ui --backend-store-uri {tracker.uri}"
+        )
         if failed:
             print(
                 f"{len(failed)} of {len(children)} jobs failed: {', '.join(failed)}",

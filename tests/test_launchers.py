@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +101,75 @@ def test_parallel_sweep_shares_importance_and_baseline(launcher, tmp_path, sandb
     logs = "".join(p.read_text() for p in tmp_path.glob("multirun/*/*/*/regionbench.log"))
     assert logs.count("evaluating the unmodified model") == 1
     assert {c.data.params["device"] for c in children} == {"job"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sweep_logs_to_a_tracking_server(tmp_path, cache_dir, sandbox_test_dir):
+    """A real `mlflow server` on 127.0.0.1: a debug sweep logs to it through tracking.uri, and
+    everything is read back through the server (runs, nesting, metrics, an artifact)."""
+    import time
+    import urllib.request
+
+    port = _free_port()
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    server = subprocess.Popen(
+        [
+            *[mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            *["--backend-store-uri", f"sqlite:///{tmp_path}/server.db"],
+            *["--artifacts-destination", str(tmp_path / "server-artifacts")],
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise AssertionError("mlflow server did not start") from None
+                time.sleep(0.5)
+        env = dict(os.environ, REGIONBENCH_CACHE=str(cache_dir), PYTHONPATH=str(REPO))
+        proc = subprocess.run(
+            [sys.executable, "-m", "regionbench", "-m", "ratio=0,0.05", f"tracking.uri={uri}"]
+            + SMALL,
+            cwd=tmp_path,
+            env=env,
+            text=True,
+            capture_output=True,
+            timeout=900,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"MLflow: {uri}" in proc.stdout
+        assert not (tmp_path / "mlruns").exists()  # nothing went to a local store
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name("regionbench")
+        runs = client.search_runs([exp.experiment_id], max_results=100)
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert [p.info.status for p in parents] == ["FINISHED"]
+        assert sorted(c.info.run_name for c in children) == ["ratio=0", "ratio=0.05"]
+        assert {c.info.status for c in children} == {"FINISHED"}
+        by_ratio = {c.info.run_name: c.data.metrics for c in children}
+        assert by_ratio["ratio=0"]["ppl_ratio/mean"] == 1.0
+        assert by_ratio["ratio=0.05"]["region/fraction"] > 0
+        table = client.download_artifacts(
+            parents[0].info.run_id, "sweep_comparison.md", str(tmp_path)
+        )
+        assert "ratio=0.05" in Path(table).read_text()
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
