@@ -65,6 +65,15 @@ def main() -> None:
     except ValueError as err:
         sys.exit(f"error: {err}")
 
+    from regionbench.scoring import distributed
+
+    rank, world = distributed.init_from_env()  # under torchrun: rank 0 runs the app
+    if rank > 0:
+        from regionbench.pipeline import serve_importance
+
+        serve_importance()  # the other ranks help with importance until rank 0 is done
+        return
+
     # SIGTERM (`kill`, a scheduler's time limit) unwinds like Ctrl-C: the running job's MLflow run
     # and the sweep's parent run end KILLED instead of staying RUNNING forever.
     received = [signal.SIGINT]
@@ -81,6 +90,8 @@ def main() -> None:
     except KeyboardInterrupt:
         print(f"regionbench: interrupted ({signal.Signals(received[0]).name})", file=sys.stderr)
         sys.exit(128 + received[0])
+    finally:
+        distributed.release()
 
 
 if __name__ == "__main__":

@@ -90,6 +90,15 @@ def run_job(
     return {"status": "FINISHED", "run_id": run_id, "name": name, "metrics": metrics}
 
 
+def serve_importance(session: Session | None = None) -> int:
+    """A helper rank under torchrun: score with rank 0 whenever it computes importance (see
+    `regionbench.scoring.distributed`), the model loaded once per config; the count served."""
+    from regionbench.scoring.distributed import serve
+
+    session = session or SESSION
+    return serve(lambda run: session.load(RunConfig.from_cfg(run)).model)
+
+
 @dataclass
 class Job:
     """One job's config, its MLflow run, its output folder and its stage clock."""

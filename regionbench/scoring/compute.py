@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from regionbench.choices import check_choice
 from regionbench.data.packing import pack
 from regionbench.scope import scoped_params
+from regionbench.scoring.distributed import rank_world
 from regionbench.scoring.metrics import METRICS, Metric
 from regionbench.torchtools import modes_kept
 
@@ -105,8 +106,13 @@ def _gradient_scores(
         p.register_post_accumulate_grad_hook(make_hook(accs[name])) for name, p in params.items()
     ]
     device = _input_device(model)
+    # Under torch.distributed each rank folds every world-th batch (whole batches, so the
+    # per-batch metrics fold the same batches as one process) and the sums are all-reduced.
+    rank, world = rank_world()
+    mine = batches[rank::world]
     try:
-        for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+        show = progress and rank == 0
+        for batch in tqdm(mine, desc=desc, unit="batch", disable=not show, leave=False):
             batch = batch.to(device)
             # HF's loss is the mean over the batch's tokens; times the rows it is the sum of the
             # samples' mean losses, so each sample weighs the same in every batch.
@@ -115,6 +121,11 @@ def _gradient_scores(
     finally:
         for h in handles:
             h.remove()
+    if world > 1:
+        import torch.distributed as dist
+
+        for acc in accs.values():
+            dist.all_reduce(acc)
     return {name: metric.finalize(accs[name], p).cpu() for name, p in params.items()}
 
 

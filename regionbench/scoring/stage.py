@@ -9,6 +9,7 @@ from torch import nn
 
 from regionbench.choices import check_choice
 from regionbench.config import RunConfig
+from regionbench.scoring import distributed
 from regionbench.scoring.compute import score_samples
 from regionbench.scoring.metrics import ALGORITHM, METRICS
 
@@ -80,17 +81,18 @@ def cached_scores(
     }
     key = cache_key(**inputs)
 
+    options = {
+        "batch_size": imp.batch_size,
+        "scope": imp.scope,
+        "include": list(imp.include),
+        "exclude": list(imp.exclude),
+        "seed": run.seed,
+    }
+
     def compute():
-        return score_samples(
-            model,
-            samples or dict.fromkeys(langs),
-            run.metric.name,
-            batch_size=imp.batch_size,
-            scope=imp.scope,
-            include=imp.include,
-            exclude=imp.exclude,
-            seed=run.seed,
-        )
+        if per_language:  # under torchrun the helper ranks score the same windows with us
+            distributed.lead(run.to_dict(), samples, run.metric.name, options)
+        return score_samples(model, samples or dict.fromkeys(langs), run.metric.name, **options)
 
     scores, hit = ScoreCache(root).get_or_compute(key, compute, meta=inputs)
     return scores, key, hit
