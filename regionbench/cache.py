@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -184,36 +184,48 @@ class ScoreCache:
     def put(
         self,
         key: str,
-        scores: Mapping[str, Mapping[str, Tensor]],
+        scores: Mapping[str, Mapping[str, Tensor]] | Iterable[tuple[str, Mapping[str, Tensor]]],
         meta: dict | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
-        """Store `scores` atomically; a no-op if a complete entry for `key` already exists."""
+        """Store `scores` atomically; a no-op if a complete entry for `key` already exists.
+
+        `scores` is {lang: {param: score}}, or (lang, {param: score}) pairs (`iter_scores`):
+        each language is written to disk as it comes and can be freed before the next one is
+        computed, so memory holds one language whatever their number. `dtype` is the stored
+        precision (bf16/fp16 halve the entry; readers upcast)."""
         from safetensors.torch import save_file
 
-        if not scores:
+        shared_dicts = isinstance(scores, Mapping)  # ids are stable only while all are held
+        if shared_dicts and not scores:
             raise ValueError("scores is empty: nothing to cache")
+        items = scores.items() if shared_dicts else scores
 
         def write(tmp: Path) -> None:
             files, languages, written = {}, {}, {}
-            for lang, tensors in scores.items():
+            for lang, tensors in items:
                 # Languages that share one dict (magnitude, random) share one file.
-                fname = written.get(id(tensors))
+                fname = written.get(id(tensors)) if shared_dicts else None
                 if fname is None:
-                    fname = f"scores_{len(written)}.safetensors"
+                    fname = f"scores_{len(files)}.safetensors"
                     path = tmp / fname
                     save_file(
-                        {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()},
+                        {n: t.detach().to("cpu", dtype).contiguous() for n, t in tensors.items()},
                         str(path),
                     )
                     fsync(path)
                     written[id(tensors)] = fname
                     files[fname] = {"bytes": path.stat().st_size, "tensors": list(tensors)}
                 languages[str(lang)] = fname
+                del tensors  # the caller's generator may now free this language
+            if not languages:
+                raise ValueError("scores is empty: nothing to cache")
             manifest = {
                 "format": FORMAT,
                 "key": key,
                 "languages": languages,
                 "files": files,
+                "dtype": str(dtype).removeprefix("torch."),
                 "meta": json.loads(json.dumps(meta or {}, default=str)),
             }
             with atomic_file(tmp / "manifest.json") as mpath:  # written last
@@ -222,12 +234,22 @@ class ScoreCache:
         publish_dir(self.path(key), write, ready=lambda _: self.get(key) is not None)
 
     def get_or_compute(
-        self, key: str, compute: Callable[[], Mapping[str, Mapping[str, Tensor]]], meta=None
+        self,
+        key: str,
+        compute: Callable[[], Mapping | Iterable[tuple[str, Mapping[str, Tensor]]]],
+        meta=None,
+        dtype: torch.dtype = torch.float32,
     ) -> tuple[Mapping, bool]:
-        """(scores, hit): the entry, or `compute()` stored, computed once under parallel demand."""
-        return get_or_compute(
-            self.path(key), lambda: self.get(key), compute, lambda s: self.put(key, s, meta)
-        )
+        """(scores, hit): the entry, or `compute()` stored (streamed language by language when
+        it gives pairs) and read back lazily; computed once under parallel demand."""
+
+        def stored():
+            self.put(key, compute(), meta, dtype)
+            if (entry := self.get(key)) is None:
+                raise OSError(f"importance scores stored at {self.path(key)} cannot be read back")
+            return entry
+
+        return get_or_compute(self.path(key), lambda: self.get(key), stored, lambda _: None)
 
 
 class JsonCache:

@@ -134,6 +134,8 @@ class ImportanceConfig:
     samples: int | None = 64  # per language (equal weight); null = as many as all languages have
     seq_len: int | None = None  # null = 512 (the paper's), or the model's context if shorter
     batch_size: int = 16
+    store_dtype: str = "float32"  # float32 | bfloat16 | float16: cached scores (in the cache key)
+    accumulate_device: str | None = None  # null = each weight's device; cpu spares GPU memory
 
 
 @dataclass

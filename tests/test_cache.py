@@ -251,3 +251,60 @@ def test_parallel_processes_compute_a_shared_entry_once(tmp_path, kind):
     assert len(log.read_text().splitlines()) == 1  # computed once
     assert sorted(hit for hit, _ in results) == [False, True, True, True]
     assert all(value == results[0][1] for _, value in results)
+
+
+def test_languages_are_written_one_at_a_time_and_let_go(tmp_path):
+    """Pairs from a generator (what `iter_scores` gives): language k is on disk before language
+    k+1 is computed, and the cache keeps no reference to it, so memory holds one language."""
+    import gc
+    import weakref
+
+    want = scores(langs=("aa", "bb", "cc", "dd"))
+    key, entry = cache_key(**BASE), ScoreCache(tmp_path)
+    seen: list[str] = []
+
+    def languages():
+        previous = None
+        for k, lang in enumerate(want):
+            if previous is not None:
+                gc.collect()
+                assert previous() is None, "the cache still holds the previous language"
+            written = list(tmp_path.glob(".*tmp-*/scores_*.safetensors"))
+            assert len(written) == k, (lang, written)  # every earlier language is on disk
+            tensors = {n: t.clone() for n, t in want[lang].items()}
+            previous = weakref.ref(tensors["model.layers.0.w"])
+            seen.append(lang)
+            yield lang, tensors
+            del tensors
+
+    entry.put(key, languages())
+    assert seen == list(want)
+    assert_same(entry.get(key), want)
+
+
+def test_scores_can_be_stored_in_half_precision(tmp_path):
+    want = scores()
+    full, half = ScoreCache(tmp_path / "fp32"), ScoreCache(tmp_path / "bf16")
+    key = cache_key(**BASE)
+    full.put(key, want)
+    half.put(key, want, dtype=torch.bfloat16)
+    got = half.get(key)
+    for lang in want:
+        for name, t in want[lang].items():
+            assert got[lang][name].dtype == torch.bfloat16
+            assert torch.equal(got[lang][name], t.to(torch.bfloat16))
+    size = {
+        c: sum(p.stat().st_size for p in c.path(key).glob("*.safetensors")) for c in (full, half)
+    }
+    data = sum(t.numel() for d in want.values() for t in d.values())  # entries in all files
+    assert size[full] - size[half] == 2 * data  # 4 bytes -> 2 bytes per score
+    manifest = json.loads((half.path(key) / "manifest.json").read_text())
+    assert manifest["dtype"] == "bfloat16"
+
+
+def test_an_empty_stream_is_refused_and_leaves_no_entry(tmp_path):
+    key = cache_key(**BASE)
+    with pytest.raises(ValueError, match="nothing to cache"):
+        ScoreCache(tmp_path).put(key, iter([]))
+    assert ScoreCache(tmp_path).get(key) is None
+    assert not list(tmp_path.glob(".*tmp*"))

@@ -145,6 +145,8 @@ def test_experiments_compose():
             "did you mean ratio",
         ),
         (["tracking.pair_over=[sed]"], "tracking.pair_over names 'sed'"),
+        (["importance.store_dtype=fp8"], "unknown importance.store_dtype 'fp8'"),
+        (["importance.accumulate_device=gpu"], "unknown importance.accumulate_device 'gpu'"),
     ],
 )
 def test_bad_values_one_line(overrides, message):

@@ -475,3 +475,24 @@ def test_dimension_and_coordinate_regions_run_and_say_where_they_live(store, ove
     client = MlflowClient(tracking_uri=store)
     arts = {a.path for a in client.list_artifacts(result["run_id"])}
     assert {"region_dims.csv", "region_dims.png", "region.safetensors"} <= arts
+
+
+def test_half_precision_scores_are_their_own_cache_entry(store, sandbox_test_dir):
+    """importance.store_dtype=bfloat16: another cache entry (the stored precision is part of the
+    key), stored in bf16, and the job selects the same number of entries from it."""
+    from regionbench.cache import ScoreCache
+
+    client, runs = MlflowClient(tracking_uri=store), {}
+    for dtype in ("float32", "bfloat16"):
+        overrides = [*SMALL, "ratio=0.05", "eval=ppl", f"importance.store_dtype={dtype}"]
+        cfg = compose([*overrides, f"tracking.uri={store}", "tracking.experiment=store-dtype"])
+        result = run_job(cfg, name=dtype, session=Session())
+        assert result["status"] == "FINISHED", result
+        runs[dtype] = client.get_run(result["run_id"])
+    keys = {d: r.data.tags["importance_key"] for d, r in runs.items()}
+    assert keys["float32"] != keys["bfloat16"]
+    root = Path(os.environ["REGIONBENCH_CACHE"]) / "importance"
+    half = ScoreCache(root).get(keys["bfloat16"])
+    assert {t.dtype for d in half.values() for t in (d[n] for n in d)} == {torch.bfloat16}
+    params = {d: r.data.metrics["region/params"] for d, r in runs.items()}
+    assert params["float32"] == params["bfloat16"]

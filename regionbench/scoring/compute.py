@@ -187,7 +187,39 @@ def score_samples(
 ) -> dict[str, dict[str, Tensor]]:
     """`compute_importance` on ready token windows {lang: [n, seq_len] int64} (None for static
     metrics). The model's weights, requires_grad flags, `.grad` and train/eval mode are the same
-    afterwards as before."""
+    afterwards as before. `iter_scores` gives the same languages one at a time."""
+    return dict(
+        iter_scores(
+            model,
+            samples,
+            metric,
+            batch_size=batch_size,
+            scope=scope,
+            include=include,
+            exclude=exclude,
+            seed=seed,
+            progress=progress,
+            accumulate_device=accumulate_device,
+        )
+    )
+
+
+def iter_scores(
+    model: nn.Module,
+    samples: Mapping[str, Tensor | None],
+    metric: str = "taylor",
+    *,
+    batch_size: int = 8,
+    scope: str = "matrices",
+    include: Iterable[str] = (),
+    exclude: Iterable[str] = (),
+    seed: int = 0,
+    progress: bool = True,
+    accumulate_device: str | torch.device | None = None,
+) -> Iterator[tuple[str, dict[str, Tensor]]]:
+    """(language, {param: score}) pairs, each language scored when the previous one has been
+    taken: a caller that stores each and lets it go (the score cache) holds one language's
+    scores at a time, however many languages there are. Checks run before the first pair."""
     spec = METRICS[check_choice("metric", metric, METRICS)]
     if not samples:
         raise ValueError("samples must be a non-empty {language: token windows} dict")
@@ -197,7 +229,7 @@ def score_samples(
 
     if not spec.per_language:
         shared = {name: spec.static(name, p, seed) for name, p in params.items()}
-        return {lang: shared for lang in samples}
+        return iter([(lang, shared) for lang in samples])
 
     counts = {lang: (None if w is None else int(w.shape[0])) for lang, w in samples.items()}
     if None in counts.values() or len(set(counts.values())) != 1 or 0 in counts.values():
@@ -205,16 +237,19 @@ def score_samples(
             f"metric {metric!r} needs the same positive number of samples for "
             f"every language (equal weight); got {counts}"
         )
-    scores = {}
-    with _scoring_state(model, params):
+
+    def languages() -> Iterator[tuple[str, dict[str, Tensor]]]:
         for lang, w in samples.items():
-            scores[lang] = _gradient_scores(
-                model,
-                params,
-                list(iter_batches(w, int(batch_size))),
-                spec,
-                accumulate_device,
-                progress,
-                desc=f"importance {metric} [{lang}]",
-            )
-    return scores
+            with _scoring_state(model, params):  # restored between languages, too
+                scores = _gradient_scores(
+                    model,
+                    params,
+                    list(iter_batches(w, int(batch_size))),
+                    spec,
+                    accumulate_device,
+                    progress,
+                    desc=f"importance {metric} [{lang}]",
+                )
+            yield lang, scores
+
+    return languages()

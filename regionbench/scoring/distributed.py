@@ -73,12 +73,21 @@ def serve(load_model: Callable[[dict], torch.nn.Module]) -> int:
     of scorings joined."""
     import torch.distributed as dist
 
-    from regionbench.scoring.compute import score_samples
+    from regionbench.scoring.compute import iter_scores
 
     served = 0
     while (message := _broadcast(None)) is not None:
         _, run, windows, metric, options = message
-        score_samples(load_model(run), windows, metric, progress=False, **options)
+        accumulate = run["importance"].get("accumulate_device")
+        for _ in iter_scores(  # rank 0 keeps the scores; ours are dropped language by language
+            load_model(run),
+            windows,
+            metric,
+            progress=False,
+            accumulate_device=accumulate,
+            **options,
+        ):
+            pass
         served += 1
     dist.destroy_process_group()
     return served

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from regionbench.choices import check_choice
 from regionbench.config import RunConfig
 from regionbench.scoring import distributed
-from regionbench.scoring.compute import score_samples
+from regionbench.scoring.compute import iter_scores, score_samples
 from regionbench.scoring.metrics import ALGORITHM, METRICS
+
+STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def check(run: RunConfig) -> None:
@@ -26,6 +29,11 @@ def check(run: RunConfig) -> None:
         raise ValueError(
             f"importance.samples null (all the text) cannot stream all of data={run.data.source}: "
             "give a number, e.g. importance.samples=10000"
+        )
+    check_choice("importance.store_dtype", imp.store_dtype, STORE_DTYPES)
+    if imp.accumulate_device is not None:
+        check_choice(
+            "importance.accumulate_device", imp.accumulate_device.split(":")[0], ("cpu", "cuda")
         )
     for key, value, low in (
         ("importance.samples", imp.samples, 1),
@@ -79,6 +87,8 @@ def cached_scores(
         "seed": run.seed if run.metric.name == "random" else None,
         "algorithm": ALGORITHM,
     }
+    if imp.store_dtype != "float32":  # keys of fp32 entries stay what they were
+        inputs["store_dtype"] = imp.store_dtype
     key = cache_key(**inputs)
 
     options = {
@@ -90,9 +100,15 @@ def cached_scores(
     }
 
     def compute():
-        if per_language:  # under torchrun the helper ranks score the same windows with us
-            distributed.lead(run.to_dict(), samples, run.metric.name, options)
-        return score_samples(model, samples or dict.fromkeys(langs), run.metric.name, **options)
+        if not per_language:  # one shared dict: stored once for every language
+            return score_samples(model, dict.fromkeys(langs), run.metric.name, **options)
+        # under torchrun the helper ranks score the same windows with us
+        distributed.lead(run.to_dict(), samples, run.metric.name, options)
+        # language by language: each is written to the cache and freed before the next
+        return iter_scores(
+            model, samples, run.metric.name, accumulate_device=imp.accumulate_device, **options
+        )
 
-    scores, hit = ScoreCache(root).get_or_compute(key, compute, meta=inputs)
+    dtype = STORE_DTYPES[imp.store_dtype]
+    scores, hit = ScoreCache(root).get_or_compute(key, compute, meta=inputs, dtype=dtype)
     return scores, key, hit
