@@ -52,6 +52,7 @@ bench: $(STAMP)  ## benchmark scripts (ratios against baselines measured in the 
 	$(PY) benchmarks/bench_importance.py
 	$(PY) benchmarks/bench_perplexity.py
 	$(PY) benchmarks/bench_sweep.py
+	$(PY) benchmarks/bench_memory.py
 
 clean:  ## remove Hydra outputs and caches (keeps .venv, mlruns and the model cache)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

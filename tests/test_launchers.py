@@ -32,7 +32,7 @@ def test_presets_configure_the_launchers():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     parallel = _launcher("parallel")
     assert parallel._target_.endswith("JoblibLauncher") and parallel.n_jobs == 2
-    for preset, hours, mem in (("slurm-7b", 4, 256), ("slurm-13b", 8, 400)):
+    for preset, hours, mem in (("slurm-7b", 4, 96), ("slurm-13b", 8, 160)):
         slurm = _launcher(preset)
         assert slurm._target_.endswith("SlurmLauncher")
         assert (slurm.timeout_min, slurm.gpus_per_node, slurm.mem_gb) == (hours * 60, 1, mem)

@@ -264,3 +264,29 @@ def test_bad_inputs_fail_fast_with_one_line_errors(tok):
     with pytest.raises(ValueError, match="non-empty"):
         compute_importance(model, tok, {}, progress=False)
     assert {"taylor", "magnitude", "random", "taylor_abs", "fisher"} == set(METRICS)
+
+
+def test_iter_scores_holds_one_language_while_computing_the_next(monkeypatch):
+    """Memory that does not grow with languages: when language k+1 is being scored, nothing in
+    `iter_scores` still references language k's scores (the caller has stored and dropped them)."""
+    import gc
+    import weakref
+
+    from regionbench.scoring import compute
+
+    previous: list[weakref.ref] = []
+    alive_at_next: list[bool] = []
+    real = compute._gradient_scores
+
+    def spy(*args, **kwargs):
+        gc.collect()
+        alive_at_next.append(any(ref() is not None for ref in previous))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compute, "_gradient_scores", spy)
+    g = torch.Generator().manual_seed(0)
+    windows = {lang: torch.randint(3, 64, (4, 8), generator=g) for lang in ("aa", "bb", "cc")}
+    for _, scores in compute.iter_scores(tiny_llama(), windows, "taylor", batch_size=2):
+        previous.append(weakref.ref(next(iter(scores.values()))))
+        del scores
+    assert alive_at_next == [False, False, False]

@@ -32,6 +32,7 @@ from regionbench.scoring.compute import (
     compute_importance,
     importance_samples,
     iter_batches,
+    iter_scores,
     score_samples,
 )
 from regionbench.scoring.metrics import ALGORITHM, METRICS, Metric
@@ -46,6 +47,7 @@ __all__ = [
     "compute_importance",
     "importance_samples",
     "iter_batches",
+    "iter_scores",
     "score_samples",
     "seq_len_for",
 ]

@@ -251,5 +251,6 @@ def iter_scores(
                     desc=f"importance {metric} [{lang}]",
                 )
             yield lang, scores
+            del scores  # not held while the next language is computed
 
     return languages()
