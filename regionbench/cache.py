@@ -252,6 +252,72 @@ class ScoreCache:
         return get_or_compute(self.path(key), lambda: self.get(key), stored, lambda _: None)
 
 
+class Partial:
+    """A score computation in progress, kept under `folder` so that a job killed half-way resumes
+    where it stopped: every finished language's scores, and the raw fp32 accumulators of the one
+    being computed with the number of samples already folded in (`importance.checkpoint_every`).
+    Files are written atomically; anything unreadable or made with another batch size is
+    ignored (that language starts over). The folder is removed once the entry is stored."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    def _path(self, lang: str, kind: str) -> Path:
+        return self.folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', str(lang))}.{kind}"
+
+    def finished(self, lang: str) -> LazyTensors | None:
+        """A finished language's scores (read lazily), else None."""
+        path = self._path(lang, "done.safetensors")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as f:
+                return LazyTensors(path, list(f.keys()))
+        except Exception:
+            return None
+
+    def state(self, lang: str, batch_size: int) -> tuple[int, dict[str, Tensor]] | None:
+        """(samples done, raw accumulators) of an interrupted language, else None."""
+        try:
+            info = json.loads(self._path(lang, "state.json").read_text(encoding="utf-8"))
+            if info["batch_size"] != batch_size:
+                return None
+            from safetensors.torch import load_file
+
+            accs = load_file(self._path(lang, "state.safetensors"))
+            if sorted(accs) != sorted(info["tensors"]) or info["samples"] < 1:
+                return None
+            return int(info["samples"]), accs
+        except Exception:
+            return None
+
+    def save(self, lang: str, samples: int, batch_size: int, accs: Mapping[str, Tensor]) -> None:
+        """Checkpoint `accs` after `samples` samples (tensors first, then the JSON that names them:
+        a kill in between leaves the previous checkpoint's JSON, which no longer matches)."""
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = {n: t.detach().to("cpu").contiguous() for n, t in accs.items()}
+        self._path(lang, "state.json").unlink(missing_ok=True)
+        with atomic_file(self._path(lang, "state.safetensors")) as tmp:
+            save_file(state, str(tmp))
+        info = {"samples": samples, "batch_size": batch_size, "tensors": sorted(state)}
+        with atomic_file(self._path(lang, "state.json")) as tmp:
+            tmp.write_text(json.dumps(info), encoding="utf-8")
+
+    def finish(self, lang: str, scores: Mapping[str, Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_file(self._path(lang, "done.safetensors")) as tmp:
+            save_file({n: t.detach().to("cpu").contiguous() for n, t in scores.items()}, str(tmp))
+        for kind in ("state.json", "state.safetensors"):
+            self._path(lang, kind).unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 class JsonCache:
     """Small JSON results (the unmodified model's evaluation) under `root`, by `cache_key`."""
 

@@ -136,6 +136,9 @@ class ImportanceConfig:
     batch_size: int = 16
     store_dtype: str = "float32"  # float32 | bfloat16 | float16: cached scores (in the cache key)
     accumulate_device: str | None = None  # null = each weight's device; cpu spares GPU memory
+    # Batches between checkpoints of a language's accumulators (a killed job resumes from the
+    # last one; finished languages are always kept). null = languages only.
+    checkpoint_every: int | None = None
 
 
 @dataclass

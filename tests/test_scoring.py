@@ -290,3 +290,54 @@ def test_iter_scores_holds_one_language_while_computing_the_next(monkeypatch):
         previous.append(weakref.ref(next(iter(scores.values()))))
         del scores
     assert alive_at_next == [False, False, False]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_scoring_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """The job dies in the middle of the second of three languages (checkpoint every batch): the
+    next attempt reads the first language from disk, continues the second from its checkpoint,
+    computes only the rest, and stores exactly the scores of an uninterrupted run."""
+    from conftest import compose
+
+    from regionbench.cache import ScoreCache
+    from regionbench.config import RunConfig
+    from regionbench.scoring import cached_scores, score_samples
+
+    model = tiny_llama()
+    g = torch.Generator().manual_seed(3)
+    windows = {lang: torch.randint(3, 64, (6, 8), generator=g) for lang in ("aa", "bb", "cc")}
+    run = RunConfig.from_cfg(compose(["importance.batch_size=2", "importance.checkpoint_every=1"]))
+    reference = score_samples(model, windows, "taylor", batch_size=2, progress=False)
+
+    calls, kill_at = [0], [5]  # 3 batches per language: die in bb's second batch
+    forward = model.forward
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == kill_at[0]:
+            raise _Killed
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counted)
+    root, fps = tmp_path / "importance", ("s" * 64, "m" * 64)
+    with pytest.raises(_Killed):
+        cached_scores(run, model, windows, list(windows), fps, root)
+    assert calls[0] == 5
+    (partial,) = root.glob(".partial-*")
+    assert sorted(p.name for p in partial.iterdir()) == [
+        "aa.done.safetensors",
+        "bb.state.json",
+        "bb.state.safetensors",
+    ]
+
+    calls[0], kill_at[0] = 0, 0
+    scores, key, hit = cached_scores(run, model, windows, list(windows), fps, root)
+    assert not hit and calls[0] == 2 + 3  # bb's last two batches, then all of cc
+    assert not partial.exists()  # removed once the entry is stored
+    stored = ScoreCache(root).get(key)
+    for lang in windows:
+        for name, t in reference[lang].items():
+            assert torch.equal(stored[lang][name], t), (lang, name)

@@ -4,7 +4,7 @@ into fp32 accumulators (see the package docstring)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -81,7 +81,13 @@ def _gradient_scores(
     accumulate_device,
     progress: bool,
     desc: str,
+    start: tuple[int, dict[str, Tensor]] | None = None,
+    checkpoint: Callable[[int, dict[str, Tensor]], None] | None = None,
+    every: int | None = None,
 ) -> dict[str, Tensor]:
+    """Fold every batch's gradient into fp32 accumulators and finalize them. `start` (batches
+    done, raw accumulators) resumes an interrupted language; `checkpoint(batches done, accs)` is
+    called every `every` batches (one process only)."""
     from tqdm.auto import tqdm
 
     accs = {
@@ -92,6 +98,11 @@ def _gradient_scores(
         )
         for name, p in params.items()
     }
+    done = 0
+    if start is not None:
+        done, saved = start
+        for name, acc in accs.items():
+            acc.copy_(saved[name])
 
     def make_hook(acc: Tensor):
         def hook(p: Tensor) -> None:
@@ -110,14 +121,21 @@ def _gradient_scores(
     # per-batch metrics fold the same batches as one process) and the sums are all-reduced.
     rank, world = rank_world()
     mine = batches[rank::world]
+    if world > 1 and (start is not None or checkpoint is not None):
+        raise ValueError("resuming importance is for one process, not under torch.distributed")
     try:
         show = progress and rank == 0
-        for batch in tqdm(mine, desc=desc, unit="batch", disable=not show, leave=False):
+        bar = tqdm(total=len(mine), initial=done, desc=desc, unit="batch", disable=not show)
+        for i, batch in enumerate(mine[done:], start=done + 1):
             batch = batch.to(device)
             # HF's loss is the mean over the batch's tokens; times the rows it is the sum of the
             # samples' mean losses, so each sample weighs the same in every batch.
             loss = model(input_ids=batch, labels=batch, use_cache=False).loss * batch.shape[0]
             loss.backward()
+            bar.update()
+            if checkpoint is not None and every and i % every == 0 and i < len(mine):
+                checkpoint(i, accs)
+        bar.close()
     finally:
         for h in handles:
             h.remove()
@@ -216,10 +234,16 @@ def iter_scores(
     seed: int = 0,
     progress: bool = True,
     accumulate_device: str | torch.device | None = None,
-) -> Iterator[tuple[str, dict[str, Tensor]]]:
+    resume=None,
+    checkpoint_every: int | None = None,
+) -> Iterator[tuple[str, Mapping[str, Tensor]]]:
     """(language, {param: score}) pairs, each language scored when the previous one has been
     taken: a caller that stores each and lets it go (the score cache) holds one language's
-    scores at a time, however many languages there are. Checks run before the first pair."""
+    scores at a time, however many languages there are. Checks run before the first pair.
+
+    `resume` (a `regionbench.cache.Partial`) keeps each finished language and, every
+    `checkpoint_every` batches, the accumulators of the current one: a run interrupted and
+    started again continues from there, with the same result as an uninterrupted run."""
     spec = METRICS[check_choice("metric", metric, METRICS)]
     if not samples:
         raise ValueError("samples must be a non-empty {language: token windows} dict")
@@ -238,18 +262,34 @@ def iter_scores(
             f"every language (equal weight); got {counts}"
         )
 
-    def languages() -> Iterator[tuple[str, dict[str, Tensor]]]:
+    size = int(batch_size)
+
+    def languages() -> Iterator[tuple[str, Mapping[str, Tensor]]]:
         for lang, w in samples.items():
+            if resume is not None and (finished := resume.finished(lang)) is not None:
+                yield lang, finished  # scored before an interruption (read from disk)
+                continue
+            state = resume.state(lang, size) if resume is not None else None
+            start = None if state is None else (state[0] // size, state[1])
+
+            def save(batches: int, accs: dict[str, Tensor], lang=lang) -> None:
+                resume.save(lang, batches * size, size, accs)
+
             with _scoring_state(model, params):  # restored between languages, too
                 scores = _gradient_scores(
                     model,
                     params,
-                    list(iter_batches(w, int(batch_size))),
+                    list(iter_batches(w, size)),
                     spec,
                     accumulate_device,
                     progress,
                     desc=f"importance {metric} [{lang}]",
+                    start=start,
+                    checkpoint=save if resume is not None and checkpoint_every else None,
+                    every=checkpoint_every,
                 )
+            if resume is not None:
+                resume.finish(lang, scores)
             yield lang, scores
             del scores  # not held while the next language is computed
 

@@ -39,6 +39,7 @@ def check(run: RunConfig) -> None:
         ("importance.samples", imp.samples, 1),
         ("importance.seq_len", imp.seq_len, 2),
         ("importance.batch_size", imp.batch_size, 1),
+        ("importance.checkpoint_every", imp.checkpoint_every, 1),
     ):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < low
@@ -69,7 +70,7 @@ def cached_scores(
     stored on a miss. The key holds every input that changes the scores; `fingerprints` are the
     token windows' (they stand for the text, the tokenizer and the samples' count and length)
     and the model's."""
-    from regionbench.cache import ScoreCache, cache_key
+    from regionbench.cache import Partial, ScoreCache, cache_key
 
     samples_fp, model_fp = fingerprints
     imp, per_language = run.importance, METRICS[run.metric.name].per_language
@@ -104,11 +105,20 @@ def cached_scores(
             return score_samples(model, dict.fromkeys(langs), run.metric.name, **options)
         # under torchrun the helper ranks score the same windows with us
         distributed.lead(run.to_dict(), samples, run.metric.name, options)
-        # language by language: each is written to the cache and freed before the next
+        # language by language: each is written to the cache and freed before the next; in one
+        # process, finished languages (and checkpoints) survive a kill and are picked up again
         return iter_scores(
-            model, samples, run.metric.name, accumulate_device=imp.accumulate_device, **options
+            model,
+            samples,
+            run.metric.name,
+            accumulate_device=imp.accumulate_device,
+            resume=partial if distributed.rank_world()[1] == 1 else None,
+            checkpoint_every=imp.checkpoint_every,
+            **options,
         )
 
-    dtype = STORE_DTYPES[imp.store_dtype]
-    scores, hit = ScoreCache(root).get_or_compute(key, compute, meta=inputs, dtype=dtype)
+    store, dtype = ScoreCache(root), STORE_DTYPES[imp.store_dtype]
+    partial = Partial(root / f".partial-{key}")
+    scores, hit = store.get_or_compute(key, compute, meta=inputs, dtype=dtype)
+    partial.clear()
     return scores, key, hit
