@@ -139,6 +139,7 @@ class ImportanceConfig:
     # Batches between checkpoints of a language's accumulators (a killed job resumes from the
     # last one; finished languages are always kept). null = languages only.
     checkpoint_every: int | None = None
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory
 
 
 @dataclass

@@ -341,3 +341,47 @@ def test_a_killed_scoring_resumes_where_it_stopped(tmp_path, monkeypatch):
     for lang in windows:
         for name, t in reference[lang].items():
             assert torch.equal(stored[lang][name], t), (lang, name)
+
+
+def test_gradient_checkpointing_gives_the_same_scores_and_leaves_the_model_as_it_was(monkeypatch):
+    from transformers.models.llama import modeling_llama
+
+    from regionbench.scoring import compute
+
+    model = tiny_llama()
+    g = torch.Generator().manual_seed(5)
+    windows = {lang: torch.randint(3, 64, (4, 8), generator=g) for lang in ("aa", "bb")}
+    runs, mlp = [0], modeling_llama.LlamaMLP.forward  # recomputed in backward if checkpointed
+
+    def counted(self, *args, **kwargs):
+        runs[0] += 1
+        return mlp(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", counted)
+    plain = compute_importance_on(model, windows)
+    assert runs[0] == 8  # 2 languages x 2 batches x 2 layers
+    ckpt = compute_importance_on(model, windows, gradient_checkpointing=True)
+    assert runs[0] == 8 + 16  # every layer ran again in backward
+    for lang in windows:
+        for name, t in plain[lang].items():
+            torch.testing.assert_close(ckpt[lang][name], t, rtol=1e-6, atol=0)
+    assert not compute._checkpointing(model) and not model.training
+
+
+def compute_importance_on(model, windows, **kwargs):
+    from regionbench.scoring import score_samples
+
+    return score_samples(model, windows, "taylor", batch_size=2, progress=False, **kwargs)
+
+
+def test_gradient_checkpointing_is_refused_with_active_dropout():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from regionbench.scoring import compute
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2)).eval()
+    windows = {"aa": torch.randint(3, 64, (2, 8))}
+    with pytest.raises(ValueError, match="active dropout"):
+        compute_importance_on(model, windows, gradient_checkpointing=True)
+    assert not compute._checkpointing(model) and not model.training

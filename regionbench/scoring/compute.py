@@ -51,14 +51,57 @@ def _input_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _checkpointing(model: nn.Module, on: bool | None = None) -> bool:
+    """Whether Hugging Face activation checkpointing is on; `on` switches it (the method names of
+    transformers 5, else those of 4.x)."""
+    new = hasattr(model, "activation_checkpointing_enable")
+    if on is True:
+        kwargs = {"use_reentrant": False}
+        if new:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    elif on is False:
+        (model.activation_checkpointing_disable if new else model.gradient_checkpointing_disable)()
+    name = "is_activation_checkpointing" if new else "is_gradient_checkpointing"
+    return bool(getattr(model, name, False))
+
+
+def _active_dropout(model: nn.Module) -> str | None:
+    """The first dropout the model would apply in training mode (a module or a config rate)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            return f"{name} (p={module.p})"
+    config = getattr(model, "config", None)
+    for key, value in (vars(config) if config is not None else {}).items():
+        if key.endswith(("dropout", "pdrop")) and isinstance(value, float) and value > 0:
+            return f"config.{key}={value}"
+    return None
+
+
 @contextlib.contextmanager
-def _scoring_state(model: nn.Module, params: dict[str, nn.Parameter]):
-    """Eval mode, gradients only for `params`, no stale `.grad`; everything restored on exit."""
+def _scoring_state(model: nn.Module, params: dict[str, nn.Parameter], checkpointing: bool = False):
+    """Eval mode, gradients only for `params`, no stale `.grad`; everything restored on exit.
+    `checkpointing`: Hugging Face gradient checkpointing (activations recomputed in backward),
+    which runs only in training mode, so it is refused for a model with active dropout."""
     flags = {p: p.requires_grad for p in model.parameters()}
     grads = {p: p.grad for p in model.parameters() if p.grad is not None}
     scored = {id(p) for p in params.values()}
-    # eval mode: scores must not depend on dropout draws
-    with modes_kept(model, training=False):
+    was_checkpointing = _checkpointing(model)
+    if checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise ValueError(
+                f"importance.gradient_checkpointing: {type(model).__name__} does not support it"
+            )
+        if (dropout := _active_dropout(model)) is not None:
+            raise ValueError(
+                f"importance.gradient_checkpointing runs the model in training mode, and it has "
+                f"active dropout ({dropout}): scores would depend on dropout draws"
+            )
+        _checkpointing(model, True)
+    # eval mode: scores must not depend on dropout draws (training mode only to checkpoint, with
+    # no dropout: then the two modes compute the same function)
+    with modes_kept(model, training=checkpointing):
         try:
             for p in model.parameters():
                 p.grad = None
@@ -71,6 +114,8 @@ def _scoring_state(model: nn.Module, params: dict[str, nn.Parameter]):
             for p in model.parameters():
                 p.grad = grads.get(p)
                 p.requires_grad_(flags[p])
+            if checkpointing and not was_checkpointing:
+                _checkpointing(model, False)
 
 
 def _gradient_scores(
@@ -202,6 +247,7 @@ def score_samples(
     seed: int = 0,
     progress: bool = True,
     accumulate_device: str | torch.device | None = None,
+    gradient_checkpointing: bool = False,
 ) -> dict[str, dict[str, Tensor]]:
     """`compute_importance` on ready token windows {lang: [n, seq_len] int64} (None for static
     metrics). The model's weights, requires_grad flags, `.grad` and train/eval mode are the same
@@ -218,6 +264,7 @@ def score_samples(
             seed=seed,
             progress=progress,
             accumulate_device=accumulate_device,
+            gradient_checkpointing=gradient_checkpointing,
         )
     )
 
@@ -236,6 +283,7 @@ def iter_scores(
     accumulate_device: str | torch.device | None = None,
     resume=None,
     checkpoint_every: int | None = None,
+    gradient_checkpointing: bool = False,
 ) -> Iterator[tuple[str, Mapping[str, Tensor]]]:
     """(language, {param: score}) pairs, each language scored when the previous one has been
     taken: a caller that stores each and lets it go (the score cache) holds one language's
@@ -275,7 +323,7 @@ def iter_scores(
             def save(batches: int, accs: dict[str, Tensor], lang=lang) -> None:
                 resume.save(lang, batches * size, size, accs)
 
-            with _scoring_state(model, params):  # restored between languages, too
+            with _scoring_state(model, params, gradient_checkpointing):  # restored each time
                 scores = _gradient_scores(
                     model,
                     params,

@@ -98,6 +98,7 @@ def cached_scores(
         "include": list(imp.include),
         "exclude": list(imp.exclude),
         "seed": run.seed,
+        "gradient_checkpointing": imp.gradient_checkpointing,
     }
 
     def compute():
