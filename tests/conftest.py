@@ -15,6 +15,23 @@ CONF = REPO / "conf"
 SMALL = ["+debug=default"]
 
 
+def run_cli(args, cwd, cache_dir, timeout=600, launcher=None, env=None):
+    """`python -m regionbench ARGS` (or `launcher + ["-m", "regionbench"]`, e.g. torchrun) in
+    `cwd` with the cache `cache_dir`, as a user would run it; the completed process."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, REGIONBENCH_CACHE=str(cache_dir), PYTHONPATH=str(REPO), **(env or {}))
+    return subprocess.run(
+        [*(launcher or [sys.executable]), "-m", "regionbench", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_env(tmp_path_factory):
     """Never touch the user's cache or the network from a test."""

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO, SMALL
+from conftest import SMALL, run_cli
 from mlflow.tracking import MlflowClient
 
 from regionbench.scoring import score_samples
@@ -79,20 +78,12 @@ def test_torchrun_records_one_run_with_the_single_process_scores(tmp_path, sandb
         cwd, cache = tmp_path / mode, tmp_path / mode / "cache"
         cache.mkdir(parents=True)
         (cache / "sandbox").symlink_to(sandbox_test_dir.parent)
-        env = dict(os.environ, REGIONBENCH_CACHE=str(cache), PYTHONPATH=str(REPO))
-        env["OMP_NUM_THREADS"] = "1"
-        launch = [sys.executable, "-m", "regionbench"]
+        launcher = None
         if mode == "torchrun":
             torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-            launch = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "regionbench"]
-        proc = subprocess.run(
-            [*launch, "ratio=0.05", "eval=ppl", *SMALL],
-            cwd=cwd,
-            env=env,
-            text=True,
-            capture_output=True,
-            timeout=600,
-        )
+            launcher = [torchrun, "--standalone", "--nproc_per_node=2"]
+        args = ["ratio=0.05", "eval=ppl", *SMALL]
+        proc = run_cli(args, cwd, cache, launcher=launcher, env={"OMP_NUM_THREADS": "1"})
         assert proc.returncode == 0, proc.stderr[-3000:]
         client = MlflowClient(tracking_uri=f"sqlite:///{cwd}/mlruns/mlflow.db")
         exp = client.get_experiment_by_name("regionbench")

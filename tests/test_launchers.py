@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF, REPO, SMALL
+from conftest import CONF, SMALL, run_cli
 from mlflow.tracking import MlflowClient
 
 from regionbench import models
@@ -55,19 +55,6 @@ def test_device_job_spreads_parallel_jobs_over_the_gpus(monkeypatch):
     assert models.device_for_job("job", 3) == "cpu"
 
 
-def _sweep(cwd, cache_dir, launcher: list[str]):
-    env = dict(os.environ, REGIONBENCH_CACHE=str(cache_dir), PYTHONPATH=str(REPO))
-    args = ["-m", *launcher, "ratio=0.01,0.03,0.05,0.1", "device=job", *SMALL]
-    return subprocess.run(
-        [sys.executable, "-m", "regionbench", *args],
-        cwd=cwd,
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=900,
-    )
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "launcher",
@@ -86,7 +73,8 @@ def test_parallel_sweep_shares_importance_and_baseline(launcher, tmp_path, sandb
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "sandbox").symlink_to(sandbox_test_dir.parent)  # the model, not its scores
-    proc = _sweep(tmp_path, cache, launcher)
+    args = ["-m", *launcher, "ratio=0.01,0.03,0.05,0.1", "device=job", *SMALL]
+    proc = run_cli(args, tmp_path, cache, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     exp = client.get_experiment_by_name("regionbench")
@@ -142,16 +130,8 @@ def test_sweep_logs_to_a_tracking_server(tmp_path, cache_dir, sandbox_test_dir):
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise AssertionError("mlflow server did not start") from None
                 time.sleep(0.5)
-        env = dict(os.environ, REGIONBENCH_CACHE=str(cache_dir), PYTHONPATH=str(REPO))
-        proc = subprocess.run(
-            [sys.executable, "-m", "regionbench", "-m", "ratio=0,0.05", f"tracking.uri={uri}"]
-            + SMALL,
-            cwd=tmp_path,
-            env=env,
-            text=True,
-            capture_output=True,
-            timeout=900,
-        )
+        args = ["-m", "ratio=0,0.05", f"tracking.uri={uri}", *SMALL]
+        proc = run_cli(args, tmp_path, cache_dir, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert f"MLflow: {uri}" in proc.stdout
         assert not (tmp_path / "mlruns").exists()  # nothing went to a local store

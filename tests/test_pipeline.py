@@ -10,23 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SMALL, compose
+from conftest import REPO, SMALL, compose, run_cli
 from mlflow.tracking import MlflowClient
 
 from regionbench.pipeline import run_job
 from regionbench.session import Session
-
-
-def _run(args, cwd, cache_dir, timeout=600):
-    env = dict(os.environ, REGIONBENCH_CACHE=str(cache_dir), PYTHONPATH=str(REPO))
-    return subprocess.run(
-        [sys.executable, "-m", "regionbench", *args],
-        cwd=cwd,
-        env=env,
-        text=True,
-        capture_output=True,
-        timeout=timeout,
-    )
 
 
 def _runs(uri):
@@ -43,7 +31,7 @@ def sweep(tmp_path_factory, cache_dir, sandbox_test_dir):
     cwd = tmp_path_factory.mktemp("sweep")
     # ratio=1.5 is bad input: that job fails, the others still run, the command exits non-zero
     args = ["-m", "ratio=0,0.05,0.2,1.5", "tracking.baseline={ratio:0}", *SMALL]
-    return cwd, _run(args, cwd, cache_dir)
+    return cwd, run_cli(args, cwd, cache_dir)
 
 
 def test_multirun_logs_one_parent_and_nested_jobs(sweep):
@@ -218,7 +206,7 @@ def test_bad_input_fails_one_line_without_a_finished_run(
 
 
 def test_cli_group_typo_is_one_line(tmp_path, cache_dir):
-    proc = _run(["metric=taylr"], tmp_path, cache_dir, timeout=60)
+    proc = run_cli(["metric=taylr"], tmp_path, cache_dir, timeout=60)
     assert proc.returncode != 0
     assert proc.stderr.strip() == (
         "error: unknown metric option 'taylr': did you mean 'taylor' "
@@ -229,7 +217,7 @@ def test_cli_group_typo_is_one_line(tmp_path, cache_dir):
 
 
 def test_help_lists_groups(tmp_path, cache_dir):
-    proc = _run(["--help"], tmp_path, cache_dir, timeout=60)
+    proc = run_cli(["--help"], tmp_path, cache_dir, timeout=60)
     assert proc.returncode == 0
     assert "metric: fisher, magnitude, random, taylor, taylor_abs" in proc.stdout
     assert (

@@ -236,37 +236,14 @@ def compute_importance(
 
 
 def score_samples(
-    model: nn.Module,
-    samples: Mapping[str, Tensor | None],
-    metric: str = "taylor",
-    *,
-    batch_size: int = 8,
-    scope: str = "matrices",
-    include: Iterable[str] = (),
-    exclude: Iterable[str] = (),
-    seed: int = 0,
-    progress: bool = True,
-    accumulate_device: str | torch.device | None = None,
-    gradient_checkpointing: bool = False,
+    model: nn.Module, samples: Mapping[str, Tensor | None], metric: str = "taylor", **options
 ) -> dict[str, dict[str, Tensor]]:
     """`compute_importance` on ready token windows {lang: [n, seq_len] int64} (None for static
-    metrics). The model's weights, requires_grad flags, `.grad` and train/eval mode are the same
-    afterwards as before. `iter_scores` gives the same languages one at a time."""
-    return dict(
-        iter_scores(
-            model,
-            samples,
-            metric,
-            batch_size=batch_size,
-            scope=scope,
-            include=include,
-            exclude=exclude,
-            seed=seed,
-            progress=progress,
-            accumulate_device=accumulate_device,
-            gradient_checkpointing=gradient_checkpointing,
-        )
-    )
+    metrics): every language's scores at once. The model's weights, requires_grad flags, `.grad`
+    and train/eval mode are the same afterwards as before. `options` are `iter_scores`'s
+    (batch_size, scope, include, exclude, seed, progress, accumulate_device, ...), which gives
+    the same languages one at a time."""
+    return dict(iter_scores(model, samples, metric, **options))
 
 
 def iter_scores(
