@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import regionbench
-from regionbench.tracking import PARENT_ENV, SWEEP_ENV, SWEEP_KEYS_ENV, Tracker, git_sha
+from regionbench.tracking import PARENT_ENV, SWEEP_ENV, SWEEP_KEYS_ENV, StoreError, Tracker, git_sha
 
 log = logging.getLogger("regionbench")
 
@@ -50,7 +50,11 @@ class MlflowSweepCallback(Callback):
         self.parent: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        tracker = _tracker(config)
+        try:
+            tracker = _tracker(config)
+        except StoreError as err:  # before any job: one line, not Hydra's traceback
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
         overrides = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
         self.parent = tracker.start_run(
             "sweep " + " ".join(overrides),

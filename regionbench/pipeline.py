@@ -21,8 +21,9 @@ from regionbench import dimensions, interventions, models, names, regions, scori
 from regionbench.config import RunConfig
 from regionbench.evaluation import stage as evaluation
 from regionbench.session import Loaded, Session
-from regionbench.tracking import PARENT_ENV, SWEEP_ENV, Stopwatch, Tracker, flatten, git_sha
+from regionbench.tracking import PARENT_ENV, SWEEP_ENV, Stopwatch, StoreError, Tracker, git_sha
 from regionbench.tracking import check as check_tracking
+from regionbench.tracking import flatten
 
 log = logging.getLogger(__name__)
 SESSION = Session()  # the process's own: the jobs of a basic-launcher sweep share it
@@ -59,7 +60,11 @@ def run_job(
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     raw.pop("hydra", None)
     track = raw.get("tracking") or {}
-    tracker = Tracker(track.get("uri"), track.get("experiment") or "regionbench")
+    try:
+        tracker = Tracker(track.get("uri"), track.get("experiment") or "regionbench")
+    except StoreError as err:  # nowhere to record the job: say why, do no work
+        log.error("job %r failed: %s", name, err)
+        return {"status": "FAILED", "run_id": None, "name": name, "error": str(err)}
     tags = {
         "sweep_id": os.environ.get(SWEEP_ENV, ""),
         "job_num": job_num,

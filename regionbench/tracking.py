@@ -180,9 +180,30 @@ class Stopwatch:
             self.times[names.time(stage)] = time.perf_counter() - start
 
 
+@contextlib.contextmanager
+def _store_setup_lock(uri: str) -> Iterator[None]:
+    """One process at a time opens a SQLite store (its first opening creates and migrates the
+    schema; sweeps started together on a fresh store would otherwise race and lose runs) and
+    creates an experiment. Other stores handle concurrency themselves."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock"):
+        yield
+
+
+class StoreError(ValueError):
+    """The MLflow store cannot be used (unreadable file, unknown scheme, server down, ...)."""
+
+
 class Tracker:
     """A thin handle on one MLflow store and experiment, used by explicit run id (no global
-    active run), so one process can serve many jobs and a parent run at once."""
+    active run), so one process can serve many jobs and a parent run at once. A store that
+    cannot be opened is a `StoreError` whose one-line message names the URI."""
 
     def __init__(self, uri: str | None = None, experiment: str = "regionbench"):
         import mlflow
@@ -190,17 +211,19 @@ class Tracker:
 
         self.uri = resolve_uri(uri)
         self._mlflow = mlflow
-        self.client = _Uninterrupted(MlflowClient(tracking_uri=self.uri))
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            try:
-                self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=_artifact_root(self.uri)
-                )
-            except Exception:  # noqa: BLE001 - another process created it first
-                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
-        else:
-            self.experiment_id = found.experiment_id
+        try:
+            with _store_setup_lock(self.uri):
+                self.client = _Uninterrupted(MlflowClient(tracking_uri=self.uri))
+                found = self.client.get_experiment_by_name(experiment)  # creates the schema
+                if found is None:
+                    self.experiment_id = self.client.create_experiment(
+                        experiment, artifact_location=_artifact_root(self.uri)
+                    )
+                else:
+                    self.experiment_id = found.experiment_id
+        except Exception as err:  # noqa: BLE001 - every store failure, in one line
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise StoreError(f"cannot use the MLflow store {self.uri}: {first}") from None
         self.experiment = experiment
 
     def start_run(

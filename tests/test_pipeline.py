@@ -484,3 +484,23 @@ def test_half_precision_scores_are_their_own_cache_entry(store, sandbox_test_dir
     assert {t.dtype for d in half.values() for t in (d[n] for n in d)} == {torch.bfloat16}
     params = {d: r.data.metrics["region/params"] for d, r in runs.items()}
     assert params["float32"] == params["bfloat16"]
+
+
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
+def test_an_unusable_store_is_one_line_and_no_work(tmp_path, cache_dir, sweep):
+    """A garbage mlflow.db (or a store URI MLflow cannot use): exit 1 with one line naming the
+    store, before any model is loaded (it used to exit 1 in silence)."""
+    (tmp_path / "mlruns").mkdir()
+    (tmp_path / "mlruns" / "mlflow.db").write_text("not a database")
+    args = ["-m", "ratio=0,0.05"] if sweep else []
+    proc = run_cli([*args, *SMALL], tmp_path, cache_dir, timeout=120)
+    assert proc.returncode == 1
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    store = f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    assert len(said) == 1 and f"cannot use the MLflow store {store}: " in said[0], said
+    assert "file is not a database" in said[0]
+    assert "loaded" not in proc.stdout + proc.stderr
+    bad = run_cli(["tracking.uri=foo://bar", *SMALL], tmp_path, cache_dir, timeout=120)
+    assert (
+        bad.returncode == 1 and "cannot use the MLflow store foo://bar: " in bad.stdout + bad.stderr
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from regionbench.tracking import Tracker, flatten, resolve_uri
@@ -81,3 +82,43 @@ def test_an_interrupt_waits_until_the_mlflow_call_is_done(tmp_path):
     assert done[-1] == "inner finished"
     with deferred_interrupts():  # and not again afterwards
         pass
+
+
+@pytest.mark.slow
+def test_sweeps_started_at_once_on_a_fresh_store_lose_nothing(
+    tmp_path, cache_dir, sandbox_test_dir
+):
+    """Three sweeps launched together on a store that does not exist yet: every parent and every
+    job is recorded, nested, FINISHED (the store's schema is created once, under a lock)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO, SMALL
+
+    env = dict(os.environ, REGIONBENCH_CACHE=str(cache_dir), PYTHONPATH=str(REPO))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "regionbench", "-m", f"ratio=0,0.0{i + 1}", "eval=ppl", *SMALL],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    errors = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e[-2000:] for e in errors]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    (exp,) = [e for e in client.search_experiments() if e.name == "regionbench"]
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 3 and {p.info.status for p in parents} == {"FINISHED"}
+    assert len(children) == 6 and {c.info.status for c in children} == {"FINISHED"}
+    by_parent = {}
+    for c in children:
+        by_parent.setdefault(c.data.tags["mlflow.parentRunId"], []).append(c.info.run_name)
+    assert sorted(by_parent) == sorted(p.info.run_id for p in parents)
+    assert all(len(names) == 2 for names in by_parent.values())
