@@ -21,9 +21,16 @@ from regionbench import dimensions, interventions, models, names, regions, scori
 from regionbench.config import RunConfig
 from regionbench.evaluation import stage as evaluation
 from regionbench.session import Loaded, Session
-from regionbench.tracking import PARENT_ENV, SWEEP_ENV, Stopwatch, StoreError, Tracker, git_sha
+from regionbench.tracking import (
+    PARENT_ENV,
+    SWEEP_ENV,
+    Stopwatch,
+    StoreError,
+    Tracker,
+    flatten,
+    git_sha,
+)
 from regionbench.tracking import check as check_tracking
-from regionbench.tracking import flatten
 
 log = logging.getLogger(__name__)
 SESSION = Session()  # the process's own: the jobs of a basic-launcher sweep share it
