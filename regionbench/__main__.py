@@ -57,7 +57,7 @@ def main() -> None:
     import hydra
 
     from regionbench.config import register
-    from regionbench.tracking import interrupt_handler
+    from regionbench.tracking import stop_once
 
     register()  # the typed schema conf/config.yaml builds on
     try:
@@ -77,10 +77,7 @@ def main() -> None:
     # SIGTERM (`kill`, a scheduler's time limit) unwinds like Ctrl-C: the running job's MLflow run
     # and the sweep's parent run end KILLED instead of staying RUNNING forever.
     received = [signal.SIGINT]
-
-    def on_signal(signum, frame):
-        received[0] = signum
-        interrupt_handler(signum, frame)  # not in the middle of an MLflow write
+    on_signal = stop_once(lambda signum: received.__setitem__(0, signum))  # then cleanup, once
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored (nohup, &)
         signal.signal(signal.SIGINT, on_signal)

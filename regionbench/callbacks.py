@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import regionbench
+from regionbench import liveness
 from regionbench.tracking import PARENT_ENV, SWEEP_ENV, SWEEP_KEYS_ENV, StoreError, Tracker, git_sha
 
 log = logging.getLogger("regionbench")
@@ -39,15 +40,30 @@ def _tracker(config: DictConfig) -> Tracker:
     return Tracker(tracking.get("uri"), tracking.get("experiment") or "regionbench")
 
 
-def _end_if_interrupted(tracker: Tracker, parent: str) -> None:
-    if tracker.run(parent).info.status == "RUNNING":
-        tracker.end_run(parent, "KILLED", error="interrupted")
+def _end_if_interrupted(tracker: Tracker, parent: str, heartbeat) -> None:
+    """An interrupted sweep: stop the job processes a launcher started (joblib workers,
+    submitit jobs; they end their own runs KILLED), end any job run they could not (a worker
+    killed outright) and the parent KILLED."""
+    heartbeat.__exit__(None, None, None)
+    if tracker.run(parent).info.status != "RUNNING":
+        return
+    stopped = liveness.stop_descendants()
+    if stopped:
+        log.info("stopped %d job processes", stopped)
+    for run in tracker.children(parent):
+        if run.info.status == "RUNNING":
+            tracker.end_run(run.info.run_id, "KILLED", error="interrupted: the sweep was stopped")
+    tracker.end_run(parent, "KILLED", error="interrupted")
 
 
 class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.failed: list[str] = []
         self.parent: str | None = None
+        self.heartbeat = None  # the parent's (a thread: stays in this process)
+
+    def __getstate__(self) -> dict:  # launchers pickle the callbacks into their job processes
+        return {**self.__dict__, "heartbeat": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -66,15 +82,25 @@ class MlflowSweepCallback(Callback):
             },
         )
         tracker.set_tags(self.parent, {"sweep_id": self.parent})
+        tracking = config.get("tracking") or {}
+        stale = tracker.mark_stale(tracking.get("stale_after_s") or 900.0)
+        if stale:
+            log.warning("%d runs left RUNNING by dead processes were marked FAILED", stale)
+        self.heartbeat = tracker.beating(self.parent, tracking.get("heartbeat_s") or 0)
+        self.heartbeat.__enter__()
         tracker.log_params(
             self.parent,
-            {"overrides": " ".join(overrides), "sweep_dir": str(config.hydra.sweep.dir)},
+            {
+                "overrides": " ".join(overrides),
+                "sweep_dir": str(config.hydra.sweep.dir),
+                "resume": bool(config.get("resume")),
+            },
         )
         os.environ[PARENT_ENV] = os.environ[SWEEP_ENV] = self.parent
         os.environ[SWEEP_KEYS_ENV] = ",".join(swept_keys(config, overrides))
         log.info("MLflow: sweep run %s in %s", self.parent, tracker.uri)
         # An interrupted sweep never reaches on_multirun_end; the parent must not stay RUNNING.
-        atexit.register(_end_if_interrupted, tracker, self.parent)
+        atexit.register(_end_if_interrupted, tracker, self.parent, self.heartbeat)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         result = job_return._return_value
@@ -91,7 +117,9 @@ class MlflowSweepCallback(Callback):
         if self.parent is None:
             return
         tracker = _tracker(config)
-        children = tracker.children(self.parent)
+        if self.heartbeat is not None:
+            self.heartbeat.__exit__(None, None, None)
+        children = tracker.sweep_members(self.parent)
         failed = [r.info.run_name for r in children if r.info.status != "FINISHED"]
         try:
             tracking = config.get("tracking") or {}

@@ -152,6 +152,10 @@ class TrackingConfig:
     # `pair_over` and on every other axis along which the baseline runs differ. null = none.
     baseline: Any = None  # a mapping: tracking.baseline={ratio:0}
     pair_over: list[str] = field(default_factory=lambda: ["seed"])
+    # Every run is stamped every `heartbeat_s` seconds (0 = never); a RUNNING run of another
+    # host unstamped for `stale_after_s` is stale: the next sweep or report marks it FAILED.
+    heartbeat_s: float = 60.0
+    stale_after_s: float = 900.0
 
 
 @dataclass
@@ -174,6 +178,9 @@ class RunConfig:
     ratio: float = 0.01  # fraction of each matrix in the region; 0 = the unmodified baseline
     seed: int = 0  # the random metric, noise, freeze training
     device: str = "auto"  # auto | cpu | cuda | cuda:N | job (GPU job_num mod GPUs: parallel sweeps)
+    # Skip every job whose config already has a FINISHED run in the experiment (a re-launched
+    # sweep runs only what is missing; the new parent compares all of its jobs).
+    resume: bool = False
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> RunConfig:

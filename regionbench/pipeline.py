@@ -22,13 +22,17 @@ from regionbench.config import RunConfig
 from regionbench.evaluation import stage as evaluation
 from regionbench.session import Loaded, Session
 from regionbench.tracking import (
+    CONFIG_HASH_TAG,
     PARENT_ENV,
+    REUSED_TAG,
     SWEEP_ENV,
     Stopwatch,
     StoreError,
     Tracker,
+    config_hash,
     flatten,
     git_sha,
+    stoppable,
 )
 from regionbench.tracking import check as check_tracking
 
@@ -72,25 +76,37 @@ def run_job(
     except StoreError as err:  # nowhere to record the job: say why, do no work
         log.error("job %r failed: %s", name, err)
         return {"status": "FAILED", "run_id": None, "name": name, "error": str(err)}
+    job_hash = config_hash(raw)
+    parent = os.environ.get(PARENT_ENV)
+    if raw.get("resume"):
+        done = tracker.finished_run(job_hash)
+        if done is not None:
+            return _reuse(tracker, done, name, job_num, parent)
     tags = {
         "sweep_id": os.environ.get(SWEEP_ENV, ""),
         "job_num": job_num,
         "git_sha": git_sha(),
         "regionbench_version": regionbench.__version__,
         "model_id": (raw.get("model") or {}).get("name", ""),
+        CONFIG_HASH_TAG: job_hash,
     }
-    run_id = tracker.start_run(name, parent_run_id=os.environ.get(PARENT_ENV), tags=tags)
+    run_id = tracker.start_run(name, parent_run_id=parent, tags=tags)
     output_dir = Path(output_dir or tempfile.mkdtemp(prefix="regionbench-"))
+    interval = track.get("heartbeat_s", 60.0)  # checked with the rest, in validate()
+    heartbeat = tracker.beating(
+        run_id, interval if isinstance(interval, int | float) else 0, parent
+    )
     try:
-        tracker.log_params(
-            run_id, flatten(raw) | {f"choice.{k}": v for k, v in (choices or {}).items()}
-        )
-        run = validate(RunConfig.from_cfg(raw), list(choices or {}))
-        run.device = models.device_for_job(run.device, job_num)
-        tracker.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(raw)), "config.yaml")
-        metrics = _execute(Job(run, tracker, run_id, output_dir), session or SESSION)
+        with stoppable(), heartbeat:
+            tracker.log_params(
+                run_id, flatten(raw) | {f"choice.{k}": v for k, v in (choices or {}).items()}
+            )
+            run = validate(RunConfig.from_cfg(raw), list(choices or {}))
+            run.device = models.device_for_job(run.device, job_num)
+            tracker.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(raw)), "config.yaml")
+            metrics = _execute(Job(run, tracker, run_id, output_dir), session or SESSION)
     except KeyboardInterrupt:
-        tracker.end_run(run_id, "KILLED", error="interrupted")
+        tracker.end_run(run_id, "KILLED", error=heartbeat.reason or "interrupted")
         raise
     except Exception as err:  # noqa: BLE001 - a failed job must not stop the sweep
         tracker.end_run(run_id, "FAILED", error=traceback.format_exc())
@@ -100,6 +116,23 @@ def run_job(
         return {"status": "FAILED", "run_id": run_id, "name": name, "error": message}
     tracker.end_run(run_id, "FINISHED")
     return {"status": "FINISHED", "run_id": run_id, "name": name, "metrics": metrics}
+
+
+def _reuse(tracker: Tracker, done, name: str, job_num: int, parent: str | None) -> dict[str, Any]:
+    """`resume=true` and this job already FINISHED: no new run; the sweep's parent lists the
+    old one among its jobs."""
+    run_id = done.info.run_id
+    log.info("job %r already FINISHED as run %s (resume=true): skipped", name, run_id)
+    if parent:
+        tracker.set_tags(parent, {f"{REUSED_TAG}{run_id}": job_num})
+    metrics = dict(done.data.metrics)
+    return {
+        "status": "FINISHED",
+        "run_id": run_id,
+        "name": name,
+        "metrics": metrics,
+        "reused": True,
+    }
 
 
 def serve_importance(session: Session | None = None) -> int:

@@ -20,14 +20,16 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from regionbench import names
+from regionbench.config import TrackingConfig
 from regionbench.sweep_figures import region_overlap, sweep_plots
-from regionbench.tracking import Tracker
+from regionbench.tracking import CONFIG_HASH_TAG, Tracker
 
 DEFAULT_METRICS = (names.REGION_FRACTION, names.PPL_MEAN, names.PPL_RATIO_MEAN)
 # not a sweep's axes for the default columns (a group's choice repeats the values it sets)
-_IGNORED_PARAMS = ("paths.", "tracking.", "choice.")
+_IGNORED_PARAMS = ("paths.", "tracking.", "choice.", "resume")
 log = logging.getLogger(__name__)
 
 
@@ -42,12 +44,16 @@ def swept_params(runs: Sequence) -> list[str]:
 
 
 def rows_of(runs: Sequence, params: Sequence[str], metrics: Sequence[str]) -> list[dict]:
+    """One row per run; a run that did not finish shows its status and no values."""
     return [
         {
             "run": r.info.run_name,
             "status": r.info.status,
             **{p: r.data.params.get(p, "") for p in params},
-            **{m: r.data.metrics.get(m, math.nan) for m in metrics},
+            **{
+                m: r.data.metrics.get(m, math.nan) if r.info.status == "FINISHED" else math.nan
+                for m in metrics
+            },
         }
         for r in runs
     ]
@@ -245,14 +251,22 @@ def summarize_sweep(
 
 
 def sweep_runs(tracker: Tracker, parent: str | None = None, *, all_sweeps: bool = False) -> list:
-    """The jobs of sweep `parent` (default: the experiment's latest sweep), or with `all_sweeps`
-    every finished job of every sweep in the experiment."""
+    """The jobs of sweep `parent` (default: the experiment's latest sweep; a resumed sweep's
+    reused runs included; a failed job is a row without values), or with `all_sweeps` every
+    finished job of every sweep in the experiment, each job once: a job that ran in several
+    sweeps counts by its latest finished run."""
     if all_sweeps:
-        return [
-            r
-            for r in tracker.client.search_runs([tracker.experiment_id], max_results=5000)
-            if "mlflow.parentRunId" in r.data.tags and r.info.status == "FINISHED"
-        ]
+        runs = tracker.client.search_runs(
+            [tracker.experiment_id],
+            filter_string="attributes.status = 'FINISHED'",
+            max_results=5000,
+            order_by=["attributes.start_time DESC"],
+        )
+        latest: dict[str, Any] = {}
+        for run in runs:
+            if "mlflow.parentRunId" in run.data.tags:
+                latest.setdefault(run.data.tags.get(CONFIG_HASH_TAG) or run.info.run_id, run)
+        return sorted(latest.values(), key=lambda r: r.info.start_time)
     if parent is None:
         sweeps = tracker.client.search_runs(
             [tracker.experiment_id],
@@ -263,7 +277,7 @@ def sweep_runs(tracker: Tracker, parent: str | None = None, *, all_sweeps: bool 
         if not sweeps:
             raise SystemExit(f"no sweep found in experiment {tracker.experiment!r}")
         parent = sweeps[0].info.run_id
-    return tracker.children(parent)
+    return tracker.sweep_members(parent)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -292,6 +306,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--all-sweeps", action="store_true", help="every job in the experiment")
     args = ap.parse_args(argv)
     tracker = Tracker(args.uri, args.experiment)
+    if tracker.mark_stale(TrackingConfig.stale_after_s):  # never shown, never left RUNNING
+        log.warning("runs left RUNNING by dead processes were marked FAILED")
     runs = sweep_runs(tracker, args.parent, all_sweeps=args.all_sweeps)
     metrics = args.metrics or _interesting_metrics(runs)
     params = args.params if args.params is not None else swept_params(runs)

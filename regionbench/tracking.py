@@ -21,13 +21,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from regionbench import names
+from regionbench import liveness, names
 
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "REGIONBENCH_PARENT_RUN_ID"
 SWEEP_ENV = "REGIONBENCH_SWEEP_ID"
 SWEEP_KEYS_ENV = "REGIONBENCH_SWEEP_KEYS"
+CONFIG_HASH_TAG = "config_hash"  # the job's resolved config, less where it is recorded
+REUSED_TAG = "regionbench.reused."  # + run id, on a resumed sweep's parent: the job's number
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 
 
@@ -71,6 +73,46 @@ def interrupt_handler(signum: int, frame: Any) -> None:
         _interrupts["pending"] = True
     else:
         raise KeyboardInterrupt
+
+
+def stop_once(on_first: Callable[[int], Any] | None = None) -> Callable[[int, Any], None]:
+    """A SIGINT/SIGTERM handler that unwinds the job like Ctrl-C on the first signal (after the
+    MLflow call in progress, see `interrupt_handler`) and ignores the ones that follow, so a burst
+    of signals cannot cut the cleanup that ends the runs KILLED."""
+    seen: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if seen:
+            log.warning("signal %d ignored: already stopping (SIGKILL forces it)", signum)
+            return
+        seen.append(signum)
+        if on_first is not None:
+            on_first(signum)
+        interrupt_handler(signum, frame)
+
+    handler.regionbench = True  # type: ignore[attr-defined]
+    return handler
+
+
+@contextlib.contextmanager
+def stoppable() -> Iterator[None]:
+    """SIGTERM unwinds this job like Ctrl-C, so its run ends KILLED: in a launcher's job process
+    (joblib, submitit: whose own handler ignores SIGTERM) for as long as the job runs. The main
+    process of `python -m regionbench` has installed its own handler already."""
+    import signal
+    import threading
+
+    current = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or getattr(
+        current, "regionbench", False
+    ):
+        yield
+        return
+    signal.signal(signal.SIGTERM, stop_once())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, current)
 
 
 class _Uninterrupted:
@@ -134,12 +176,32 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def config_hash(raw: Mapping[str, Any]) -> str:
+    """What makes two jobs the same job: the resolved config, less where it is recorded and
+    cached (`tracking`, `paths`) and `resume` itself."""
+    from regionbench.cache import cache_key
+
+    return cache_key(
+        config={k: v for k, v in raw.items() if k not in ("tracking", "paths", "resume", "hydra")}
+    )
+
+
 def check(run, groups: Sequence[str] = ()) -> None:
     """`tracking.baseline` and `tracking.pair_over` name config keys (`ratio`, `metric.name`) or
     config groups (`frozen_set`: those under conf/, and `groups` Hydra composed from elsewhere):
     a typo is an error before any work, not an empty table later."""
     import difflib
 
+    for key in ("heartbeat_s", "stale_after_s"):
+        value = getattr(run.tracking, key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise ValueError(f"tracking.{key} must be a number of seconds >= 0, got {value!r}")
+    beat, stale = run.tracking.heartbeat_s, run.tracking.stale_after_s
+    if beat and stale <= 2 * beat:
+        raise ValueError(
+            f"tracking.stale_after_s={stale!r} must exceed twice tracking.heartbeat_s={beat!r}: "
+            "a live run would be taken for a dead one"
+        )
     baseline = run.tracking.baseline
     if baseline is not None and not isinstance(baseline, Mapping):
         raise ValueError(
@@ -230,6 +292,7 @@ class Tracker:
         self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None
     ) -> str:
         tags = {k: str(v) for k, v in (tags or {}).items()}
+        tags |= liveness.owner() | {liveness.HEARTBEAT_TAG: str(int(time.time()))}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
@@ -331,6 +394,112 @@ class Tracker:
 
     def run(self, run_id: str):
         return self.client.get_run(run_id)
+
+    def sweep_members(self, parent_run_id: str) -> list:
+        """The jobs of a sweep: its nested runs and, for a resumed sweep, the finished runs of
+        earlier sweeps it reused (in job order)."""
+        runs = self.children(parent_run_id)
+        tags = self.run(parent_run_id).data.tags
+        reused = {k[len(REUSED_TAG) :]: v for k, v in tags.items() if k.startswith(REUSED_TAG)}
+        runs += [self.run(run_id) for run_id in reused]
+        order = lambda r: int(reused.get(r.info.run_id, r.data.tags.get("job_num", 0)) or 0)  # noqa: E731
+        return sorted(runs, key=order)
+
+    def finished_run(self, config_hash: str):
+        """The latest FINISHED run of the job with this config hash in the experiment, or None."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.{CONFIG_HASH_TAG} = '{config_hash}' "
+            "and attributes.status = 'FINISHED'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+        return runs[0] if runs else None
+
+    def stale_runs(self, stale_after_s: float) -> list[tuple[Any, str]]:
+        """Runs left RUNNING by a dead process, with why they are known to be dead: their owner
+        process is gone (this host), or no heartbeat for `stale_after_s` (another host)."""
+        found = []
+        now = time.time()
+        for run in self.client.search_runs(
+            [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000
+        ):
+            tags = run.data.tags
+            alive = liveness.owner_alive(tags)
+            beat = tags.get(liveness.HEARTBEAT_TAG, "")
+            if alive is False:
+                where = f"{tags[liveness.PID_TAG]} on {tags[liveness.HOST_TAG]}"
+                found.append((run, f"stale: its process {where} ended without closing the run"))
+            elif alive is None and beat.isdigit() and now - int(beat) > stale_after_s:
+                found.append((run, f"stale: no heartbeat for {now - int(beat):.0f} s"))
+        return found
+
+    def mark_stale(self, stale_after_s: float) -> int:
+        """End every stale run FAILED, its reason as the error; the count."""
+        stale = self.stale_runs(stale_after_s)
+        for run, reason in stale:
+            log.warning("run %s (%s) marked FAILED: %s", run.info.run_id, run.info.run_name, reason)
+            self.end_run(run.info.run_id, "FAILED", error=reason)
+        return len(stale)
+
+    def beating(self, run_id: str, interval_s: float, parent_run_id: str | None = None):
+        """A `Heartbeat` on `run_id` (a context manager)."""
+        return Heartbeat(self.client._target, run_id, interval_s, parent_run_id)
+
+
+class Heartbeat:
+    """A daemon thread that stamps `regionbench.heartbeat` (epoch seconds) on a run every
+    `interval_s`, so a run whose node was lost is found stale from other hosts. With a parent
+    run, it also watches the sweep: when the parent has ended (the sweep was killed) or its
+    process is gone, it stops this job as SIGTERM would (the job's run ends KILLED), so no job
+    outlives its sweep under any launcher. `reason` says why it stopped the job."""
+
+    def __init__(self, client, run_id: str, interval_s: float, parent_run_id: str | None = None):
+        import threading
+
+        self.client, self.run_id, self.interval_s = client, run_id, interval_s
+        self.parent_run_id = parent_run_id
+        self.reason: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name="regionbench-heartbeat", daemon=True
+        )
+
+    def __enter__(self) -> Heartbeat:
+        if self.interval_s and self.interval_s > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.client.set_tag(self.run_id, liveness.HEARTBEAT_TAG, str(int(time.time())))
+                self.reason = self._sweep_gone()
+            except Exception as err:  # noqa: BLE001 - a missed beat must never fail the job
+                log.debug("heartbeat of %s failed: %s", self.run_id, err)
+                continue
+            if self.reason and not self._stop.is_set():
+                import _thread
+                import signal
+
+                log.error("stopping: %s", self.reason)
+                _thread.interrupt_main(signal.SIGTERM)
+                return
+
+    def _sweep_gone(self) -> str | None:
+        if not self.parent_run_id:
+            return None
+        parent = self.client.get_run(self.parent_run_id)
+        if parent.info.status != "RUNNING":
+            return f"the sweep's parent run {self.parent_run_id} ended {parent.info.status}"
+        if liveness.owner_alive(parent.data.tags) is False:
+            return f"the sweep's process {parent.data.tags.get(liveness.PID_TAG)} is gone"
+        return None
 
 
 def _density(rows: list[dict], path: Path) -> Path:
