@@ -262,6 +262,27 @@ class StoreError(ValueError):
     """The MLflow store cannot be used (unreadable file, unknown scheme, server down, ...)."""
 
 
+def _reachable(uri: str, timeout_s: float = 10.0) -> None:
+    """A tracking server answers its /health endpoint at once, or this is a `StoreError` now:
+    MLflow's own client retries a refused connection for minutes before it gives up."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout_s).raise_for_status()
+    except requests.RequestException as err:
+        reason = type(err).__name__
+        if isinstance(err, requests.ConnectionError):
+            reason = "connection refused or host unreachable"
+        elif isinstance(err, requests.HTTPError):
+            reason = f"HTTP {err.response.status_code} from /health"
+        raise StoreError(
+            f"cannot reach the MLflow tracking server {uri} ({reason}): start it "
+            "(mlflow server --host ... --port ...) or fix tracking.uri"
+        ) from None
+
+
 class Tracker:
     """A thin handle on one MLflow store and experiment, used by explicit run id (no global
     active run), so one process can serve many jobs and a parent run at once. A store that
@@ -273,6 +294,7 @@ class Tracker:
 
         self.uri = resolve_uri(uri)
         self._mlflow = mlflow
+        _reachable(self.uri)
         try:
             with _store_setup_lock(self.uri):
                 self.client = _Uninterrupted(MlflowClient(tracking_uri=self.uri))
