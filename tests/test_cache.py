@@ -114,30 +114,153 @@ def test_language_independent_scores_stored_once(tmp_path):
     assert_same(got, {"aa": shared, "bb": shared, "cc": shared})
 
 
-def test_half_written_entries_are_misses_and_get_rewritten(tmp_path):
+def _damage(entry: Path, how: str) -> None:
+    """Damage a stored entry the way a crash, a full disk or a hand edit would."""
+    manifest = (entry / "manifest.json").read_bytes()
+    data = (entry / "scores_1.safetensors").read_bytes()
+    if how == "no manifest":  # crash before the manifest
+        (entry / "manifest.json").unlink()
+    elif how == "torn manifest":
+        (entry / "manifest.json").write_bytes(manifest[: len(manifest) // 2])
+    elif how == "truncated":
+        (entry / "scores_1.safetensors").write_bytes(data[:-10])
+    elif how == "zeroed":  # right size, bad header
+        (entry / "scores_1.safetensors").write_bytes(b"\0" * len(data))
+    elif how == "missing file":
+        (entry / "scores_1.safetensors").unlink()
+    elif how == "edited value":  # one score changed in place: same size, valid file
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(entry / "scores_1.safetensors")
+        tensors["model.layers.0.w"][2, 1] += 1.0
+        save_file(tensors, str(entry / "scores_1.safetensors"))
+        assert len((entry / "scores_1.safetensors").read_bytes()) == len(data)
+    elif how == "nan":
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(entry / "scores_1.safetensors")
+        tensors["model.layers.0.n"][0] = float("nan")
+        save_file(tensors, str(entry / "scores_1.safetensors"))
+    elif how == "wrong shape":
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(entry / "scores_1.safetensors")
+        tensors["model.layers.0.w"] = tensors["model.layers.0.w"].reshape(3, 5)
+        save_file(tensors, str(entry / "scores_1.safetensors"))
+    elif how == "older format":  # an entry of regionbench before checksums
+        info = json.loads(manifest)
+        info["format"] = "regionbench-scores-v1"
+        (entry / "manifest.json").write_text(json.dumps(info))
+    else:
+        raise AssertionError(how)
+
+
+DAMAGES = [
+    ("no manifest", "manifest.json is missing"),
+    ("torn manifest", "JSONDecodeError"),
+    ("truncated", "scores_1.safetensors has"),
+    ("zeroed", "does not match its sha256"),
+    ("missing file", "scores_1.safetensors is missing"),
+    ("edited value", "scores_1.safetensors does not match its sha256: edited or corrupt"),
+    ("nan", "does not match its sha256"),
+    ("wrong shape", "does not match its sha256"),
+    ("older format", "written by another regionbench version"),
+]
+
+
+@pytest.mark.parametrize(("how", "reason"), DAMAGES)
+def test_damaged_entries_are_reported_removed_and_rewritten(tmp_path, how, reason, caplog):
+    """Half-written, truncated, edited, NaN, reshaped or older entries are never used: one
+    warning names the entry and why, the entry is removed, and the next put rewrites it."""
     cache = ScoreCache(tmp_path)
     key, s = cache_key(**BASE), scores()
     cache.put(key, s)
     entry = tmp_path / key
-    manifest = (entry / "manifest.json").read_bytes()
-
-    (entry / "manifest.json").unlink()  # crash before the manifest
-    assert cache.get(key) is None
-    (entry / "manifest.json").write_bytes(manifest[: len(manifest) // 2])  # torn manifest
-    assert cache.get(key) is None
-    (entry / "manifest.json").write_bytes(manifest)
-    data = (entry / "scores_1.safetensors").read_bytes()
-    (entry / "scores_1.safetensors").write_bytes(data[:-10])  # truncated tensor file
-    assert cache.get(key) is None
-    (entry / "scores_1.safetensors").write_bytes(b"\0" * len(data))  # right size, bad header
-    assert cache.get(key) is None
-    (entry / "scores_1.safetensors").unlink()
-    assert cache.get(key) is None
+    _damage(entry, how)
+    fresh_process()  # the edit comes from elsewhere, as if read by the next run
+    with caplog.at_level("WARNING", logger="regionbench.cache"):
+        assert cache.get(key) is None
+    [record] = [r for r in caplog.records if r.name == "regionbench.cache"]
+    message = record.getMessage()
+    assert message.startswith(f"cache entry {entry} is damaged (") and reason in message
+    assert message.endswith("): removed, recomputing it") and "\n" not in message
+    assert not entry.exists()
+    assert cache.get(key) is None and len(caplog.records) == 1  # gone: a plain miss now
 
     (tmp_path / f".{key}.tmp-deadbeef").mkdir()  # leftover of a crashed writer
     cache.put(key, s)  # repairs the entry
     assert_same(cache.get(key), s)
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def fresh_process():
+    """Forget which files this process has already checked (a new run starts with nothing)."""
+    from regionbench import cache
+
+    cache._VERIFIED.clear()
+
+
+def test_a_damaged_entry_is_recomputed_once_and_never_used(tmp_path, caplog):
+    cache = ScoreCache(tmp_path)
+    key, s = cache_key(**BASE), scores()
+    cache.put(key, s)
+    _damage(tmp_path / key, "edited value")
+    fresh_process()
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return s
+
+    with caplog.at_level("WARNING", logger="regionbench.cache"):
+        got, hit = cache.get_or_compute(key, compute)
+    assert not hit and calls == [1]
+    assert_same(got, s)  # the recomputed scores, not the edited ones
+    assert sum("is damaged" in r.getMessage() for r in caplog.records) == 1
+    assert cache.get_or_compute(key, compute)[1] and calls == [1]
+
+
+def test_nan_scores_are_refused_not_cached(tmp_path):
+    s = scores()
+    s["bb"]["model.layers.0.n"][3] = float("nan")
+    key = cache_key(**BASE)
+    with pytest.raises(ValueError, match=r"scores of 'bb' for 'model.layers.0.n' contain NaN"):
+        ScoreCache(tmp_path).put(key, s)
+    assert not (tmp_path / key).exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_checked_files_are_not_hashed_again_in_one_process(tmp_path, monkeypatch):
+    """A sweep reads one entry per job: each file is hashed once per process and version; an
+    edit (a new version) is hashed again and caught."""
+    import time
+
+    from regionbench import cache as cache_module
+
+    cache = ScoreCache(tmp_path)
+    key = cache_key(**BASE)
+    cache.put(key, scores())
+    # Files count as settled 50 ms after their last change here, not 2 s (timestamps on this
+    # filesystem are far finer than 50 ms).
+    monkeypatch.setattr(cache_module, "SETTLED_S", 0.05)
+    time.sleep(0.1)
+    fresh_process()
+    hashed = []
+    digest = cache_module.hashlib.file_digest
+    monkeypatch.setattr(
+        cache_module.hashlib,
+        "file_digest",
+        lambda f, algo: hashed.append(Path(f.name).name) or digest(f, algo),
+    )
+    for _ in range(3):
+        assert cache.get(key) is not None
+    assert sorted(hashed) == ["scores_0.safetensors", "scores_1.safetensors"]
+    hashed.clear()
+    time.sleep(0.1)  # an edit made later than the reads
+    _damage(tmp_path / key, "edited value")
+    assert cache.get(key) is None
+    # the unchanged file is not read again; the edited one is read to find the damage, and once
+    # more under the entry's lock before it is removed
+    assert hashed == ["scores_1.safetensors", "scores_1.safetensors"]
 
 
 def test_entries_are_immutable_first_writer_wins(tmp_path):
