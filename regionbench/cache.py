@@ -516,7 +516,7 @@ class JsonCache:
         try:
             entry = json.loads(text)
         except ValueError as err:
-            raise Damaged(f"not JSON ({err})") from None
+            raise Damaged(f"not JSON: {err}") from None
         if not isinstance(entry, dict) or entry.get("format") != JSON_FORMAT:
             raise Damaged(f"not a {JSON_FORMAT} entry: written by another regionbench version")
         if entry.get("key") != key:

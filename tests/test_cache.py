@@ -431,3 +431,119 @@ def test_an_empty_stream_is_refused_and_leaves_no_entry(tmp_path):
         ScoreCache(tmp_path).put(key, iter([]))
     assert ScoreCache(tmp_path).get(key) is None
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_json_entries_are_checked_on_read(tmp_path, caplog):
+    """An edited baseline number, a torn file or an entry of an older version is never used."""
+    from regionbench.cache import JsonCache
+
+    cache, key = JsonCache(tmp_path), cache_key(**BASE)
+    value = {"ppl": {"latn": {"ppl": 4.25, "bpb": 1.5}}, "lm_eval": {"acc": 0.75}}
+    cache.put(key, value)
+    assert cache.get(key) == value
+    path = tmp_path / f"{key}.json"
+    good = path.read_text()
+
+    def edited(text):
+        entry = json.loads(text)
+        entry["value"]["ppl"]["latn"]["ppl"] = 8.5  # what made ppl_ratio 0.4986
+        return json.dumps(entry)
+
+    for damage, reason in [
+        (edited, "its value does not match its sha256: edited or corrupt"),
+        (lambda t: t[: len(t) // 2], "not JSON"),
+        (
+            lambda t: json.dumps(json.loads(t)["value"]),
+            "not a regionbench-json-v1 entry: written by another regionbench version",
+        ),
+        (lambda t: t.replace(key, "0" * 64), f"it is the entry of key '{'0' * 64}'"),
+    ]:
+        path.write_text(damage(good))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="regionbench.cache"):
+            assert cache.get(key) is None
+        [record] = caplog.records
+        message = record.getMessage()
+        assert message.startswith(f"cache entry {path} is damaged ({reason}")
+        assert message.endswith("): removed, recomputing it") and "\n" not in message
+        assert not path.exists()
+        path.write_text(good)
+    path.write_text(edited(good))
+    got, hit = cache.get_or_compute(key, lambda: value)
+    assert not hit and got == value and cache.get(key) == value
+
+
+def test_resume_checkpoints_are_checked_on_read(tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    from regionbench.cache import Partial
+
+    partial, s = Partial(tmp_path / ".partial-x"), scores()
+    partial.finish("aa", s["aa"])
+    partial.save("bb", samples=6, batch_size=3, accs=s["bb"])
+    assert_same({"aa": partial.finished("aa")}, {"aa": s["aa"]})
+    samples, accs = partial.state("bb", batch_size=3)
+    assert samples == 6 and all(torch.equal(accs[n], t) for n, t in s["bb"].items())
+    assert partial.state("bb", batch_size=4) is None  # another batch size: ignored, kept
+    assert (tmp_path / ".partial-x" / "bb.state.json").exists()
+
+    done = tmp_path / ".partial-x" / "aa.done.safetensors"
+    tensors = load_file(done)
+    tensors["model.layers.0.w"][0, 0] += 1.0  # edited, its sha256 kept
+    from safetensors import safe_open
+
+    with safe_open(done, framework="pt") as f:
+        metadata = f.metadata()
+    save_file(tensors, str(done), metadata=metadata)
+    state = tmp_path / ".partial-x" / "bb.state.safetensors"
+    state.write_bytes(state.read_bytes()[:-4])  # truncated
+    fresh_process()
+    with caplog.at_level("WARNING", logger="regionbench.cache"):
+        assert partial.finished("aa") is None
+        assert partial.state("bb", batch_size=3) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"importance checkpoint {done} is damaged (its tensors do not match their sha256): "
+        "removed, that language starts over",
+        f"importance checkpoint {state} is damaged (Damaged: state.safetensors does not match "
+        "its sha256): removed, that language starts over",
+    ]
+    assert sorted(p.name for p in (tmp_path / ".partial-x").iterdir()) == []
+
+
+@pytest.mark.parametrize("mask", [0o002, 0o022, 0o077])
+def test_files_get_the_modes_of_the_umask(tmp_path, mask):
+    """A cache shared by a group works when the umask lets the group in (safetensors alone
+    writes 0600): every file and folder the cache writes gets 0666/0777 minus the umask."""
+    import os
+    import stat
+
+    from regionbench.cache import JsonCache, Partial, publish_dir
+    from regionbench.regions import select
+
+    old = os.umask(mask)
+    try:
+        key = cache_key(**BASE)
+        ScoreCache(tmp_path / "importance").put(key, scores())
+        ScoreCache(tmp_path / "importance").get_or_compute(cache_key(**{**BASE, "seed": 1}), scores)
+        JsonCache(tmp_path / "baselines").get_or_compute(key, lambda: {"ppl": 1.0})
+        partial = Partial(tmp_path / "importance" / ".partial-x")
+        partial.finish("aa", scores()["aa"])
+        partial.save("bb", 3, 3, scores()["bb"])
+
+        def build(tmp):
+            from safetensors.torch import save_file
+
+            (tmp / "sub").mkdir()
+            save_file({"w": torch.zeros(2)}, str(tmp / "sub" / "model.safetensors"))
+
+        publish_dir(tmp_path / "sandbox" / "m", build, ready=lambda p: p.exists())
+        select(scores(), 0.2).save(tmp_path / "regions" / "core.safetensors")
+    finally:
+        os.umask(old)
+    modes = {
+        str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")
+    }
+    assert any(name.endswith(".safetensors") for name in modes) and len(modes) > 15
+    want = {True: 0o777 & ~mask, False: 0o666 & ~mask}
+    wrong = {n: oct(m) for n, m in modes.items() if m != want[(tmp_path / n).is_dir()]}
+    assert not wrong
