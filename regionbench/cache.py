@@ -13,7 +13,7 @@ can never collide with another value. Writers build an entry privately beside it
 place (fsynced, under a file lock for folders), so readers see either nothing or a complete entry.
 
 Entries carry a sha256 of their contents, written after the data and checked on read (once per
-file version and process: 0.14 s per 100 MB on a 2-core CPU, see README), so an edited score, an
+file version and process: 0.07 s per 100 MB on a 2-core CPU, see README), so an edited score, an
 edited baseline number or a truncated file is never used: it is logged as one warning naming
 the path, removed, and recomputed. Only safetensors and JSON are read back: nothing is unpickled,
 and no code is ever read from the cache. Files get the modes the umask gives (safetensors alone
@@ -455,7 +455,8 @@ class Partial:
                 raise Damaged("its tensors or sample count do not match state.json")
             return int(info["samples"]), accs
         except Exception as err:  # noqa: BLE001 - unreadable in any way
-            self._damaged(path, f"{type(err).__name__}: {err}".splitlines()[0][:200])
+            reason = str(err) if isinstance(err, Damaged) else f"{type(err).__name__}: {err}"
+            self._damaged(path, reason.splitlines()[0][:200])
             info_path.unlink(missing_ok=True)
             return None
 

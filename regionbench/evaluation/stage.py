@@ -54,9 +54,12 @@ def check(run: RunConfig) -> None:
             raise ValueError(f"{key} {value!r} must be an integer >= 1")
 
 
-def prepare(run: RunConfig, eval_texts: dict[str, list[str]], cache_dir: Path) -> Tasks | None:
+def prepare(
+    run: RunConfig, eval_texts: dict[str, list[str]], cache_dir: Path | None = None
+) -> Tasks | None:
     """Write our lm-eval tasks for this run's data (once per content and process), expand
-    per-language task templates, and check every task name and hub dataset."""
+    per-language task templates, and check every task name and hub dataset. `cache_dir` is
+    unused: task files never go to the cache (the argument goes once pipeline.py drops it)."""
     from regionbench.evaluation import catalog, task_files
 
     tasks = list(lm_eval_tasks(run))
