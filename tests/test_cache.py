@@ -547,3 +547,40 @@ def test_files_get_the_modes_of_the_umask(tmp_path, mask):
     want = {True: 0o777 & ~mask, False: 0o666 & ~mask}
     wrong = {n: oct(m) for n, m in modes.items() if m != want[(tmp_path / n).is_dir()]}
     assert not wrong
+
+
+def test_a_cache_on_another_filesystem_than_tmpdir(tmp_path, monkeypatch):
+    """Entries are staged beside their final place, never in $TMPDIR: on a tmpfs cache with
+    TMPDIR on the disk every kind of entry is written on the first try."""
+    import os
+    import shutil
+    import tempfile
+    import uuid
+
+    from regionbench.cache import JsonCache, Partial, publish_dir
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no tmpfs on another filesystem than the temporary folder")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    root = shm / f"regionbench-test-{uuid.uuid4().hex}"
+    try:
+        key = cache_key(**BASE)
+        got, hit = ScoreCache(root / "importance").get_or_compute(key, scores)
+        assert not hit and ScoreCache(root / "importance").get_or_compute(key, scores)[1]
+        assert JsonCache(root / "baselines").get_or_compute(key, lambda: {"ppl": 2.0}) == (
+            {"ppl": 2.0},
+            False,
+        )
+        Partial(root / "importance" / ".partial-x").finish("aa", scores()["aa"])
+        built = publish_dir(
+            root / "sandbox" / "m",
+            lambda tmp: (tmp / "config.json").write_text("{}"),
+            ready=lambda p: (p / "config.json").is_file(),
+        )
+        assert (built / "config.json").read_text() == "{}"
+        assert os.stat(built).st_dev == os.stat(shm).st_dev != os.stat(tmp_path).st_dev
+        assert not list(tmp_path.iterdir())  # nothing was staged in TMPDIR
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
