@@ -1,19 +1,26 @@
-"""Every on-disk cache of regionbench, with one key rule and one atomic write.
+"""Every on-disk cache of regionbench, with one key rule, one atomic write and one checksum rule.
 
     key = cache_key(model=..., weights=fingerprint_model(model), samples=fingerprint_samples(w))
     scores = ScoreCache(root / "importance").get(key)      # importance scores (safetensors)
     JsonCache(root / "baselines").put(key, {"ppl": ...})   # the unmodified model's evaluation
-    publish_dir(root / "tasks" / key, write_folder)        # a folder built once (tasks, models)
+    publish_dir(root / "sandbox" / name, build_folder)     # a folder built once (sandbox models)
     value, hit = JsonCache(root / "baselines").get_or_compute(key, evaluate)   # computed once
 
 The key is the sha256 of a canonical JSON of *every* input the caller passes; the cache never
 guesses identity from paths or names, and a float, a tuple or an object without a canonical form
-can never collide with another value. Writers build an entry privately and `os.replace` it into
-place (fsynced, under a file lock for folders), so readers see either nothing or a complete
-entry; anything else is a miss, never an error. Only safetensors and JSON are read back: nothing
-is unpickled. Work that parallel jobs share (importance scores, the unmodified model's
-evaluation, outliers) goes through `get_or_compute`: the first job computes under a file lock,
-the others wait for it and read the stored entry, on one machine or across a shared filesystem.
+can never collide with another value. Writers build an entry privately beside its final place
+(the same filesystem, so the rename is atomic wherever the cache lives) and `os.replace` it into
+place (fsynced, under a file lock for folders), so readers see either nothing or a complete entry.
+
+Entries carry a sha256 of their contents, written after the data and checked on read (once per
+file version and process: 0.07 s per 100 MB on a 2-core CPU, see README), so an edited score, an
+edited baseline number or a truncated file is never used: it is logged as one warning naming
+the path, removed, and recomputed. Only safetensors and JSON are read back: nothing is unpickled,
+and no code is ever read from the cache. Files get the modes the umask gives (safetensors alone
+would write 0600), so a cache can be shared by a group. Work that parallel jobs share (importance
+scores, the unmodified model's evaluation, outliers) goes through `get_or_compute`: the first job
+computes under a file lock, the others wait for it and read the stored entry, on one machine or
+across a shared filesystem.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-FORMAT = "regionbench-scores-v1"  # the layout of a ScoreCache entry
+FORMAT = "regionbench-scores-v2"  # the layout of a ScoreCache entry (v2: with checksums)
+JSON_FORMAT = "regionbench-json-v1"  # a JsonCache entry: the value and its checksum
+_CHUNK = 8 << 20  # bytes read at a time when hashing a file
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -118,6 +127,82 @@ def fingerprint_model(model: torch.nn.Module, *, full: bool = False, samples: in
     return h.hexdigest()
 
 
+class Damaged(Exception):
+    """A cache entry that is there but cannot be trusted; the message says why."""
+
+
+# --- checksums and modes ------------------------------------------------------------------------
+
+# sha256 of files already read in this process, by (device, inode, size, mtime, ctime): a sweep
+# reads one entry once, not once per job. Only files whose timestamps were older than SETTLED_S
+# when hashing started are remembered, so a later edit always shows as a new version (ctime
+# cannot be set back by the user, and it moves on with every write).
+_VERIFIED: dict[tuple[int, int, int, int, int], str] = {}
+SETTLED_S = 2.0
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex of a file's bytes, read in chunks (memory stays flat for a 27 GB file)."""
+    import time
+
+    before = os.stat(path)
+    known = _VERIFIED.get(_identity(before))
+    if known is not None:
+        return known
+    start = time.time_ns()
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    settled = max(before.st_mtime_ns, before.st_ctime_ns) < start - SETTLED_S * 1e9
+    if settled and _identity(os.stat(path)) == _identity(before):
+        _VERIFIED[_identity(before)] = digest
+    return digest
+
+
+def tensors_sha256(tensors: Iterable[tuple[str, Tensor]]) -> str:
+    """sha256 over (name, dtype, shape, raw bytes) of each tensor, in the order given."""
+    h = hashlib.sha256()
+    for name, t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}\n".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _json_sha256(value) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # no /proc (macOS): the usual two calls
+    os.umask(mask)
+    return mask
+
+
+def shareable(path: str | os.PathLike) -> None:
+    """Give a file (or, recursively, a folder) the modes a new file gets from the umask:
+    safetensors writes 0600, which would lock the rest of a group out of a shared cache."""
+    path, mask = Path(path), umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for p in paths:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
+def _warn_damaged(path: Path, reason: str) -> None:
+    log.warning("cache entry %s is damaged (%s): removed, recomputing it", path, reason)
+
+
 class LazyTensors(Mapping[str, Tensor]):
     """Tensors of one safetensors file, read on access (selection streams one at a time)."""
 
@@ -142,8 +227,19 @@ class LazyTensors(Mapping[str, Tensor]):
         return f"LazyTensors({str(self.path)!r}, {len(self)} tensors)"
 
 
+def _shapes(path: Path) -> dict[str, list[int]]:
+    """{name: shape} from a safetensors header (the data is not read)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return {n: list(f.get_slice(n).get_shape()) for n in f.keys()}  # noqa: SIM118
+
+
 class ScoreCache:
-    """Score entries under `root`, addressed by `cache_key(...)`."""
+    """Score entries under `root`, addressed by `cache_key(...)`.
+
+    An entry is a folder: one safetensors file per distinct score dict and a manifest written
+    last, holding each file's size, sha256 and tensor shapes. `get` checks all of it."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -151,29 +247,67 @@ class ScoreCache:
     def path(self, key: str) -> Path:
         return self.root / _checked(key)
 
-    def get(self, key: str) -> dict[str, LazyTensors] | None:
-        """{lang: lazy {param: Tensor}} for a complete entry, else None."""
+    def _read(self, key: str) -> dict[str, LazyTensors] | None:
+        """The verified entry, None if there is none, `Damaged` if it cannot be trusted."""
         entry = self.path(key)
+        if not entry.exists():
+            return None
         try:
             manifest = json.loads((entry / "manifest.json").read_text(encoding="utf-8"))
-            if manifest.get("format") != FORMAT or manifest.get("key") != key:
-                return None
-            from safetensors import safe_open
-
+            if manifest.get("format") != FORMAT:
+                raise Damaged(
+                    f"format {manifest.get('format')!r}, not {FORMAT!r}: written by another "
+                    "regionbench version"
+                )
+            if manifest.get("key") != key:
+                raise Damaged(f"its manifest is for key {manifest.get('key')!r}")
             files: dict[str, LazyTensors] = {}
             for fname, info in manifest["files"].items():
                 path = entry / fname
-                if path.stat().st_size != info["bytes"]:
-                    return None  # truncated or replaced file
-                with safe_open(path, framework="pt") as f:
-                    keys = list(f.keys())
-                if sorted(keys) != sorted(info["tensors"]):
-                    return None
-                files[fname] = LazyTensors(path, info["tensors"])
-            return {lang: files[fname] for lang, fname in manifest["languages"].items()}
-        except Exception:
-            # Every way an entry can be incomplete or damaged is a miss: the caller recomputes.
+                if fname != path.name or not fname.endswith(".safetensors"):
+                    raise Damaged(f"its manifest names the file {fname!r}")
+                if (size := path.stat().st_size) != info["bytes"]:
+                    raise Damaged(f"{fname} has {size} bytes, not {info['bytes']}: truncated")
+                if file_sha256(path) != info["sha256"]:
+                    raise Damaged(f"{fname} does not match its sha256: edited or corrupt")
+                if _shapes(path) != info["tensors"]:
+                    raise Damaged(f"{fname} holds other tensors than its manifest lists")
+                files[fname] = LazyTensors(path, list(info["tensors"]))
+            return {str(lang): files[fname] for lang, fname in manifest["languages"].items()}
+        except Damaged:
+            raise
+        except FileNotFoundError as err:
+            raise Damaged(f"{Path(err.filename or '?').name} is missing") from None
+        except Exception as err:  # noqa: BLE001 - every other way to be unreadable
+            raise Damaged(f"{type(err).__name__}: {err}".splitlines()[0][:200]) from None
+
+    def get(self, key: str) -> dict[str, LazyTensors] | None:
+        """{lang: lazy {param: Tensor}} for a complete, verified entry, else None; a damaged
+        entry is logged as one warning and removed (the caller recomputes it)."""
+        try:
+            return self._read(key)
+        except Damaged as err:
+            self._discard(key, str(err))
             return None
+
+    def _complete(self, key: str) -> bool:
+        try:
+            return self._read(key) is not None
+        except Damaged:
+            return False
+
+    def _discard(self, key: str, reason: str) -> None:
+        entry = self.path(key)
+        _warn_damaged(entry, reason)
+        # Under publish_dir's lock, so a writer replacing the entry right now is not undone.
+        with held(f"{entry}.lock", entry.name[:12]):
+            if entry.exists() and not self._complete(key):
+                old = entry.parent / f".{entry.name}.tmp-old-{uuid.uuid4().hex}"
+                entry.rename(old)
+                if old.is_dir():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink()
 
     def meta(self, key: str) -> dict | None:
         """The `meta` dict stored with a complete entry, else None."""
@@ -193,7 +327,8 @@ class ScoreCache:
         `scores` is {lang: {param: score}}, or (lang, {param: score}) pairs (`iter_scores`):
         each language is written to disk as it comes and can be freed before the next one is
         computed, so memory holds one language whatever their number. `dtype` is the stored
-        precision (bf16/fp16 halve the entry; readers upcast)."""
+        precision (bf16/fp16 halve the entry; readers upcast). Scores with a NaN are refused:
+        stored, they would fail every later selection."""
         from safetensors.torch import save_file
 
         shared_dicts = isinstance(scores, Mapping)  # ids are stable only while all are held
@@ -209,13 +344,20 @@ class ScoreCache:
                 if fname is None:
                     fname = f"scores_{len(files)}.safetensors"
                     path = tmp / fname
-                    save_file(
-                        {n: t.detach().to("cpu", dtype).contiguous() for n, t in tensors.items()},
-                        str(path),
-                    )
+                    stored = {}
+                    for n, t in tensors.items():
+                        stored[n] = t.detach().to("cpu", dtype).contiguous()
+                        if stored[n].is_floating_point() and torch.isnan(stored[n]).any():
+                            raise ValueError(f"scores of {lang!r} for {n!r} contain NaN")
+                    save_file(stored, str(path))
+                    del stored
                     fsync(path)
                     written[id(tensors)] = fname
-                    files[fname] = {"bytes": path.stat().st_size, "tensors": list(tensors)}
+                    files[fname] = {
+                        "bytes": path.stat().st_size,
+                        "sha256": file_sha256(path),
+                        "tensors": _shapes(path),
+                    }
                 languages[str(lang)] = fname
                 del tensors  # the caller's generator may now free this language
             if not languages:
@@ -231,7 +373,7 @@ class ScoreCache:
             with atomic_file(tmp / "manifest.json") as mpath:  # written last
                 mpath.write_text(json.dumps(manifest, indent=1, ensure_ascii=False), "utf-8")
 
-        publish_dir(self.path(key), write, ready=lambda _: self.get(key) is not None)
+        publish_dir(self.path(key), write, ready=lambda _: self._complete(key))
 
     def get_or_compute(
         self,
@@ -256,8 +398,9 @@ class Partial:
     """A score computation in progress, kept under `folder` so that a job killed half-way resumes
     where it stopped: every finished language's scores, and the raw fp32 accumulators of the one
     being computed with the number of samples already folded in (`importance.checkpoint_every`).
-    Files are written atomically; anything unreadable or made with another batch size is
-    ignored (that language starts over). The folder is removed once the entry is stored."""
+    Files are written atomically, each with a sha256 of its tensors; a file that does not match
+    it is logged, removed and that language starts over; one made with another batch size is
+    ignored. The folder is removed once the entry is stored."""
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
@@ -265,35 +408,61 @@ class Partial:
     def _path(self, lang: str, kind: str) -> Path:
         return self.folder / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', str(lang))}.{kind}"
 
+    def _damaged(self, path: Path, reason: str) -> None:
+        log.warning(
+            "importance checkpoint %s is damaged (%s): removed, that language starts over",
+            path,
+            reason,
+        )
+        path.unlink(missing_ok=True)
+
     def finished(self, lang: str) -> LazyTensors | None:
-        """A finished language's scores (read lazily), else None."""
+        """A finished language's scores (read lazily, checked against their sha256), else None."""
         path = self._path(lang, "done.safetensors")
+        if not path.exists():
+            return None
         try:
             from safetensors import safe_open
 
             with safe_open(path, framework="pt") as f:
-                return LazyTensors(path, list(f.keys()))
-        except Exception:
+                want = (f.metadata() or {}).get("sha256")
+                names = sorted(f.keys())
+                got = tensors_sha256((n, f.get_tensor(n)) for n in names)
+        except Exception as err:  # noqa: BLE001 - unreadable in any way
+            self._damaged(path, f"{type(err).__name__}: {err}".splitlines()[0][:200])
             return None
+        if got != want:
+            self._damaged(path, "its tensors do not match their sha256")
+            return None
+        return LazyTensors(path, names)
 
     def state(self, lang: str, batch_size: int) -> tuple[int, dict[str, Tensor]] | None:
         """(samples done, raw accumulators) of an interrupted language, else None."""
+        info_path, path = self._path(lang, "state.json"), self._path(lang, "state.safetensors")
         try:
-            info = json.loads(self._path(lang, "state.json").read_text(encoding="utf-8"))
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None  # none (or killed between the two writes: the tensors alone are unused)
+        try:
             if info["batch_size"] != batch_size:
                 return None
+            if file_sha256(path) != info["sha256"]:
+                raise Damaged("state.safetensors does not match its sha256")
             from safetensors.torch import load_file
 
-            accs = load_file(self._path(lang, "state.safetensors"))
+            accs = load_file(path)
             if sorted(accs) != sorted(info["tensors"]) or info["samples"] < 1:
-                return None
+                raise Damaged("its tensors or sample count do not match state.json")
             return int(info["samples"]), accs
-        except Exception:
+        except Exception as err:  # noqa: BLE001 - unreadable in any way
+            reason = str(err) if isinstance(err, Damaged) else f"{type(err).__name__}: {err}"
+            self._damaged(path, reason.splitlines()[0][:200])
+            info_path.unlink(missing_ok=True)
             return None
 
     def save(self, lang: str, samples: int, batch_size: int, accs: Mapping[str, Tensor]) -> None:
-        """Checkpoint `accs` after `samples` samples (tensors first, then the JSON that names them:
-        a kill in between leaves the previous checkpoint's JSON, which no longer matches)."""
+        """Checkpoint `accs` after `samples` samples (tensors first, then the JSON that names them
+        and holds their sha256: a kill in between leaves no JSON, so nothing to resume from)."""
         from safetensors.torch import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -301,7 +470,12 @@ class Partial:
         self._path(lang, "state.json").unlink(missing_ok=True)
         with atomic_file(self._path(lang, "state.safetensors")) as tmp:
             save_file(state, str(tmp))
-        info = {"samples": samples, "batch_size": batch_size, "tensors": sorted(state)}
+        info = {
+            "samples": samples,
+            "batch_size": batch_size,
+            "tensors": sorted(state),
+            "sha256": file_sha256(self._path(lang, "state.safetensors")),
+        }
         with atomic_file(self._path(lang, "state.json")) as tmp:
             tmp.write_text(json.dumps(info), encoding="utf-8")
 
@@ -309,8 +483,10 @@ class Partial:
         from safetensors.torch import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
+        tensors = {n: t.detach().to("cpu").contiguous() for n, t in scores.items()}
+        digest = tensors_sha256((n, tensors[n]) for n in sorted(tensors))
         with atomic_file(self._path(lang, "done.safetensors")) as tmp:
-            save_file({n: t.detach().to("cpu").contiguous() for n, t in scores.items()}, str(tmp))
+            save_file(tensors, str(tmp), metadata={"sha256": digest})
         for kind in ("state.json", "state.safetensors"):
             self._path(lang, kind).unlink(missing_ok=True)
 
@@ -319,7 +495,10 @@ class Partial:
 
 
 class JsonCache:
-    """Small JSON results (the unmodified model's evaluation) under `root`, by `cache_key`."""
+    """Small JSON results (the unmodified model's evaluation) under `root`, by `cache_key`.
+
+    An entry is {"format", "key", "sha256", "value"}: the sha256 of the value's canonical JSON is
+    checked on read, so an edited number is never used."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -327,15 +506,40 @@ class JsonCache:
     def path(self, key: str) -> Path:
         return self.root / f"{_checked(key)}.json"
 
-    def get(self, key: str) -> dict | None:
+    def _read(self, key: str) -> dict | None:
+        path = self.path(key)
         try:
-            return json.loads(self.path(key).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None  # absent, or damaged: recompute
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise Damaged(f"{type(err).__name__}: {err}") from None
+        try:
+            entry = json.loads(text)
+        except ValueError as err:
+            raise Damaged(f"not JSON: {err}") from None
+        if not isinstance(entry, dict) or entry.get("format") != JSON_FORMAT:
+            raise Damaged(f"not a {JSON_FORMAT} entry: written by another regionbench version")
+        if entry.get("key") != key:
+            raise Damaged(f"it is the entry of key {entry.get('key')!r}")
+        value = entry.get("value")
+        if not isinstance(value, dict) or _json_sha256(value) != entry.get("sha256"):
+            raise Damaged("its value does not match its sha256: edited or corrupt")
+        return value
+
+    def get(self, key: str) -> dict | None:
+        """The verified value, else None; a damaged entry is logged once and removed."""
+        try:
+            return self._read(key)
+        except Damaged as err:
+            _warn_damaged(self.path(key), str(err))
+            self.path(key).unlink(missing_ok=True)
+            return None
 
     def put(self, key: str, value: dict) -> None:
+        entry = {"format": JSON_FORMAT, "key": key, "sha256": _json_sha256(value), "value": value}
         with atomic_file(self.path(key)) as tmp:
-            tmp.write_text(json.dumps(value), encoding="utf-8")
+            tmp.write_text(json.dumps(entry), encoding="utf-8")
 
     def get_or_compute(self, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
         """(value, hit): the entry, or `compute()` stored, computed once under parallel demand."""
@@ -349,13 +553,15 @@ class JsonCache:
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a private temporary path beside `path`; once the block has written it, it is fsynced
-    and renamed onto `path` (readers see the old file or the new one, never half of it)."""
+    """Yield a private temporary path beside `path` (so on its filesystem); once the block has
+    written it, it gets the umask's modes, is fsynced and renamed onto `path` (readers see the
+    old file or the new one, never half of it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         yield tmp
+        shareable(tmp)
         fsync(tmp)
         os.replace(tmp, path)
     finally:
@@ -405,10 +611,11 @@ def publish_dir(
     ready: Callable[[Path], bool],
     force: bool = False,
 ) -> Path:
-    """Build the folder `final` once: `build(tmp)` fills a private folder beside it, which is
-    renamed into place under a file lock (`<final>.lock`). A concurrent builder waits for the lock
-    and then finds `ready(final)` true; leftovers of a killed build are removed; `force` (or a
-    damaged folder) replaces an existing one atomically."""
+    """Build the folder `final` once: `build(tmp)` fills a private folder beside it (the same
+    filesystem, so the rename below is atomic and cannot fail with EXDEV), which gets the umask's
+    modes and is renamed into place under a file lock (`<final>.lock`). A concurrent builder
+    waits for the lock and then finds `ready(final)` true; leftovers of a killed build are
+    removed; `force` (or a damaged folder) replaces an existing one atomically."""
     final = Path(final)
     if ready(final) and not force:
         return final
@@ -422,6 +629,7 @@ def publish_dir(
         tmp.mkdir()
         try:
             build(tmp)
+            shareable(tmp)
             if final.exists():  # forced, or damaged: swap it out atomically
                 old = final.parent / f".{final.name}.tmp-old-{uuid.uuid4().hex}"
                 final.rename(old)

@@ -3,6 +3,10 @@
 model, tok = load_model("sandbox-m")                 # built on first use, then cached
 model, tok = load_model("meta-llama/Llama-2-7b-hf")  # hub id (bf16 on GPU)
 model, tok = load_model("/path/to/hf-folder")        # local folder
+
+Weights load from safetensors only (`use_safetensors=True`: a folder or hub repo with only a
+pickled `pytorch_model.bin` is refused, never unpickled), and code shipped with a model runs only
+with `trust_remote_code=True`.
 """
 
 from __future__ import annotations
@@ -105,22 +109,47 @@ def load_model(
 
     kind = check_model(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     source: str | Path = name_or_path
+    hint = ""
     if kind == "sandbox":
-        source = sandbox.ensure_sandbox_model(
-            name_or_path, cache_root(cache_dir), progress=progress
+        from regionbench.sandbox.models import rebuild_hint
+
+        root = cache_root(cache_dir)
+        source = sandbox.ensure_sandbox_model(name_or_path, root, progress=progress)
+        hint = "; " + rebuild_hint(name_or_path, root)
+    elif kind == "local" and not any(Path(source).expanduser().glob("*.safetensors")):
+        raise ValueError(
+            f"model folder {name_or_path!r} has no *.safetensors weights: regionbench loads "
+            "safetensors only, never pickle files such as pytorch_model.bin (convert them with "
+            "model.save_pretrained(folder), which writes safetensors)"
         )
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code, "dtype": torch_dtype}
+    kwargs = {
+        "revision": revision,
+        "trust_remote_code": trust_remote_code,
+        "dtype": torch_dtype,
+        "use_safetensors": True,  # never unpickle weights
+    }
     if device_map is not None:
         kwargs["device_map"] = device_map
-    model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except Exception as err:
+        if kind == "hub":
+            raise
+        reason = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+        if "trust_remote_code" in str(err) and not trust_remote_code:
+            reason = (
+                "it ships its own Python code, which runs only with model.trust_remote_code=true"
+                " (trust_remote_code=True); check that code first"
+            )
+        raise ValueError(f"cannot load model folder {str(source)!r}: {reason}{hint}") from None
     if device_map is None:
         model.to(dev)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(
-        source, revision=revision, trust_remote_code=trust_remote_code
-    )
     if tokenizer.pad_token is None:
         # Batched evaluation needs a pad id; padded positions are masked out of every loss.
         tokenizer.pad_token = tokenizer.eos_token

@@ -114,30 +114,153 @@ def test_language_independent_scores_stored_once(tmp_path):
     assert_same(got, {"aa": shared, "bb": shared, "cc": shared})
 
 
-def test_half_written_entries_are_misses_and_get_rewritten(tmp_path):
+def _damage(entry: Path, how: str) -> None:
+    """Damage a stored entry the way a crash, a full disk or a hand edit would."""
+    manifest = (entry / "manifest.json").read_bytes()
+    data = (entry / "scores_1.safetensors").read_bytes()
+    if how == "no manifest":  # crash before the manifest
+        (entry / "manifest.json").unlink()
+    elif how == "torn manifest":
+        (entry / "manifest.json").write_bytes(manifest[: len(manifest) // 2])
+    elif how == "truncated":
+        (entry / "scores_1.safetensors").write_bytes(data[:-10])
+    elif how == "zeroed":  # right size, bad header
+        (entry / "scores_1.safetensors").write_bytes(b"\0" * len(data))
+    elif how == "missing file":
+        (entry / "scores_1.safetensors").unlink()
+    elif how == "edited value":  # one score changed in place: same size, valid file
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(entry / "scores_1.safetensors")
+        tensors["model.layers.0.w"][2, 1] += 1.0
+        save_file(tensors, str(entry / "scores_1.safetensors"))
+        assert len((entry / "scores_1.safetensors").read_bytes()) == len(data)
+    elif how == "nan":
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(entry / "scores_1.safetensors")
+        tensors["model.layers.0.n"][0] = float("nan")
+        save_file(tensors, str(entry / "scores_1.safetensors"))
+    elif how == "wrong shape":
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(entry / "scores_1.safetensors")
+        tensors["model.layers.0.w"] = tensors["model.layers.0.w"].reshape(3, 5)
+        save_file(tensors, str(entry / "scores_1.safetensors"))
+    elif how == "older format":  # an entry of regionbench before checksums
+        info = json.loads(manifest)
+        info["format"] = "regionbench-scores-v1"
+        (entry / "manifest.json").write_text(json.dumps(info))
+    else:
+        raise AssertionError(how)
+
+
+DAMAGES = [
+    ("no manifest", "manifest.json is missing"),
+    ("torn manifest", "JSONDecodeError"),
+    ("truncated", "scores_1.safetensors has"),
+    ("zeroed", "does not match its sha256"),
+    ("missing file", "scores_1.safetensors is missing"),
+    ("edited value", "scores_1.safetensors does not match its sha256: edited or corrupt"),
+    ("nan", "does not match its sha256"),
+    ("wrong shape", "does not match its sha256"),
+    ("older format", "written by another regionbench version"),
+]
+
+
+@pytest.mark.parametrize(("how", "reason"), DAMAGES)
+def test_damaged_entries_are_reported_removed_and_rewritten(tmp_path, how, reason, caplog):
+    """Half-written, truncated, edited, NaN, reshaped or older entries are never used: one
+    warning names the entry and why, the entry is removed, and the next put rewrites it."""
     cache = ScoreCache(tmp_path)
     key, s = cache_key(**BASE), scores()
     cache.put(key, s)
     entry = tmp_path / key
-    manifest = (entry / "manifest.json").read_bytes()
-
-    (entry / "manifest.json").unlink()  # crash before the manifest
-    assert cache.get(key) is None
-    (entry / "manifest.json").write_bytes(manifest[: len(manifest) // 2])  # torn manifest
-    assert cache.get(key) is None
-    (entry / "manifest.json").write_bytes(manifest)
-    data = (entry / "scores_1.safetensors").read_bytes()
-    (entry / "scores_1.safetensors").write_bytes(data[:-10])  # truncated tensor file
-    assert cache.get(key) is None
-    (entry / "scores_1.safetensors").write_bytes(b"\0" * len(data))  # right size, bad header
-    assert cache.get(key) is None
-    (entry / "scores_1.safetensors").unlink()
-    assert cache.get(key) is None
+    _damage(entry, how)
+    fresh_process()  # the edit comes from elsewhere, as if read by the next run
+    with caplog.at_level("WARNING", logger="regionbench.cache"):
+        assert cache.get(key) is None
+    [record] = [r for r in caplog.records if r.name == "regionbench.cache"]
+    message = record.getMessage()
+    assert message.startswith(f"cache entry {entry} is damaged (") and reason in message
+    assert message.endswith("): removed, recomputing it") and "\n" not in message
+    assert not entry.exists()
+    assert cache.get(key) is None and len(caplog.records) == 1  # gone: a plain miss now
 
     (tmp_path / f".{key}.tmp-deadbeef").mkdir()  # leftover of a crashed writer
     cache.put(key, s)  # repairs the entry
     assert_same(cache.get(key), s)
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def fresh_process():
+    """Forget which files this process has already checked (a new run starts with nothing)."""
+    from regionbench import cache
+
+    cache._VERIFIED.clear()
+
+
+def test_a_damaged_entry_is_recomputed_once_and_never_used(tmp_path, caplog):
+    cache = ScoreCache(tmp_path)
+    key, s = cache_key(**BASE), scores()
+    cache.put(key, s)
+    _damage(tmp_path / key, "edited value")
+    fresh_process()
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return s
+
+    with caplog.at_level("WARNING", logger="regionbench.cache"):
+        got, hit = cache.get_or_compute(key, compute)
+    assert not hit and calls == [1]
+    assert_same(got, s)  # the recomputed scores, not the edited ones
+    assert sum("is damaged" in r.getMessage() for r in caplog.records) == 1
+    assert cache.get_or_compute(key, compute)[1] and calls == [1]
+
+
+def test_nan_scores_are_refused_not_cached(tmp_path):
+    s = scores()
+    s["bb"]["model.layers.0.n"][3] = float("nan")
+    key = cache_key(**BASE)
+    with pytest.raises(ValueError, match=r"scores of 'bb' for 'model.layers.0.n' contain NaN"):
+        ScoreCache(tmp_path).put(key, s)
+    assert not (tmp_path / key).exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_checked_files_are_not_hashed_again_in_one_process(tmp_path, monkeypatch):
+    """A sweep reads one entry per job: each file is hashed once per process and version; an
+    edit (a new version) is hashed again and caught."""
+    import time
+
+    from regionbench import cache as cache_module
+
+    cache = ScoreCache(tmp_path)
+    key = cache_key(**BASE)
+    cache.put(key, scores())
+    # Files count as settled 50 ms after their last change here, not 2 s (timestamps on this
+    # filesystem are far finer than 50 ms).
+    monkeypatch.setattr(cache_module, "SETTLED_S", 0.05)
+    time.sleep(0.1)
+    fresh_process()
+    hashed = []
+    digest = cache_module.hashlib.file_digest
+    monkeypatch.setattr(
+        cache_module.hashlib,
+        "file_digest",
+        lambda f, algo: hashed.append(Path(f.name).name) or digest(f, algo),
+    )
+    for _ in range(3):
+        assert cache.get(key) is not None
+    assert sorted(hashed) == ["scores_0.safetensors", "scores_1.safetensors"]
+    hashed.clear()
+    time.sleep(0.1)  # an edit made later than the reads
+    _damage(tmp_path / key, "edited value")
+    assert cache.get(key) is None
+    # the unchanged file is not read again; the edited one is read to find the damage, and once
+    # more under the entry's lock before it is removed
+    assert hashed == ["scores_1.safetensors", "scores_1.safetensors"]
 
 
 def test_entries_are_immutable_first_writer_wins(tmp_path):
@@ -308,3 +431,156 @@ def test_an_empty_stream_is_refused_and_leaves_no_entry(tmp_path):
         ScoreCache(tmp_path).put(key, iter([]))
     assert ScoreCache(tmp_path).get(key) is None
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_json_entries_are_checked_on_read(tmp_path, caplog):
+    """An edited baseline number, a torn file or an entry of an older version is never used."""
+    from regionbench.cache import JsonCache
+
+    cache, key = JsonCache(tmp_path), cache_key(**BASE)
+    value = {"ppl": {"latn": {"ppl": 4.25, "bpb": 1.5}}, "lm_eval": {"acc": 0.75}}
+    cache.put(key, value)
+    assert cache.get(key) == value
+    path = tmp_path / f"{key}.json"
+    good = path.read_text()
+
+    def edited(text):
+        entry = json.loads(text)
+        entry["value"]["ppl"]["latn"]["ppl"] = 8.5  # what made ppl_ratio 0.4986
+        return json.dumps(entry)
+
+    for damage, reason in [
+        (edited, "its value does not match its sha256: edited or corrupt"),
+        (lambda t: t[: len(t) // 2], "not JSON"),
+        (
+            lambda t: json.dumps(json.loads(t)["value"]),
+            "not a regionbench-json-v1 entry: written by another regionbench version",
+        ),
+        (lambda t: t.replace(key, "0" * 64), f"it is the entry of key '{'0' * 64}'"),
+    ]:
+        path.write_text(damage(good))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="regionbench.cache"):
+            assert cache.get(key) is None
+        [record] = caplog.records
+        message = record.getMessage()
+        assert message.startswith(f"cache entry {path} is damaged ({reason}")
+        assert message.endswith("): removed, recomputing it") and "\n" not in message
+        assert not path.exists()
+        path.write_text(good)
+    path.write_text(edited(good))
+    got, hit = cache.get_or_compute(key, lambda: value)
+    assert not hit and got == value and cache.get(key) == value
+
+
+def test_resume_checkpoints_are_checked_on_read(tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    from regionbench.cache import Partial
+
+    partial, s = Partial(tmp_path / ".partial-x"), scores()
+    partial.finish("aa", s["aa"])
+    partial.save("bb", samples=6, batch_size=3, accs=s["bb"])
+    assert_same({"aa": partial.finished("aa")}, {"aa": s["aa"]})
+    samples, accs = partial.state("bb", batch_size=3)
+    assert samples == 6 and all(torch.equal(accs[n], t) for n, t in s["bb"].items())
+    assert partial.state("bb", batch_size=4) is None  # another batch size: ignored, kept
+    assert (tmp_path / ".partial-x" / "bb.state.json").exists()
+
+    done = tmp_path / ".partial-x" / "aa.done.safetensors"
+    tensors = load_file(done)
+    tensors["model.layers.0.w"][0, 0] += 1.0  # edited, its sha256 kept
+    from safetensors import safe_open
+
+    with safe_open(done, framework="pt") as f:
+        metadata = f.metadata()
+    save_file(tensors, str(done), metadata=metadata)
+    state = tmp_path / ".partial-x" / "bb.state.safetensors"
+    state.write_bytes(state.read_bytes()[:-4])  # truncated
+    fresh_process()
+    with caplog.at_level("WARNING", logger="regionbench.cache"):
+        assert partial.finished("aa") is None
+        assert partial.state("bb", batch_size=3) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"importance checkpoint {done} is damaged (its tensors do not match their sha256): "
+        "removed, that language starts over",
+        f"importance checkpoint {state} is damaged (state.safetensors does not match its "
+        "sha256): removed, that language starts over",
+    ]
+    assert sorted(p.name for p in (tmp_path / ".partial-x").iterdir()) == []
+
+
+@pytest.mark.parametrize("mask", [0o002, 0o022, 0o077])
+def test_files_get_the_modes_of_the_umask(tmp_path, mask):
+    """A cache shared by a group works when the umask lets the group in (safetensors alone
+    writes 0600): every file and folder the cache writes gets 0666/0777 minus the umask."""
+    import os
+    import stat
+
+    from regionbench.cache import JsonCache, Partial, publish_dir
+    from regionbench.regions import select
+
+    old = os.umask(mask)
+    try:
+        key = cache_key(**BASE)
+        ScoreCache(tmp_path / "importance").put(key, scores())
+        ScoreCache(tmp_path / "importance").get_or_compute(cache_key(**{**BASE, "seed": 1}), scores)
+        JsonCache(tmp_path / "baselines").get_or_compute(key, lambda: {"ppl": 1.0})
+        partial = Partial(tmp_path / "importance" / ".partial-x")
+        partial.finish("aa", scores()["aa"])
+        partial.save("bb", 3, 3, scores()["bb"])
+
+        def build(tmp):
+            from safetensors.torch import save_file
+
+            (tmp / "sub").mkdir()
+            save_file({"w": torch.zeros(2)}, str(tmp / "sub" / "model.safetensors"))
+
+        publish_dir(tmp_path / "sandbox" / "m", build, ready=lambda p: p.exists())
+        select(scores(), 0.2).save(tmp_path / "regions" / "core.safetensors")
+    finally:
+        os.umask(old)
+    modes = {
+        str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*")
+    }
+    assert any(name.endswith(".safetensors") for name in modes) and len(modes) > 15
+    want = {True: 0o777 & ~mask, False: 0o666 & ~mask}
+    wrong = {n: oct(m) for n, m in modes.items() if m != want[(tmp_path / n).is_dir()]}
+    assert not wrong
+
+
+def test_a_cache_on_another_filesystem_than_tmpdir(tmp_path, monkeypatch):
+    """Entries are staged beside their final place, never in $TMPDIR: on a tmpfs cache with
+    TMPDIR on the disk every kind of entry is written on the first try."""
+    import os
+    import shutil
+    import tempfile
+    import uuid
+
+    from regionbench.cache import JsonCache, Partial, publish_dir
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no tmpfs on another filesystem than the temporary folder")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    root = shm / f"regionbench-test-{uuid.uuid4().hex}"
+    try:
+        key = cache_key(**BASE)
+        got, hit = ScoreCache(root / "importance").get_or_compute(key, scores)
+        assert not hit and ScoreCache(root / "importance").get_or_compute(key, scores)[1]
+        assert JsonCache(root / "baselines").get_or_compute(key, lambda: {"ppl": 2.0}) == (
+            {"ppl": 2.0},
+            False,
+        )
+        Partial(root / "importance" / ".partial-x").finish("aa", scores()["aa"])
+        built = publish_dir(
+            root / "sandbox" / "m",
+            lambda tmp: (tmp / "config.json").write_text("{}"),
+            ready=lambda p: (p / "config.json").is_file(),
+        )
+        assert (built / "config.json").read_text() == "{}"
+        assert os.stat(built).st_dev == os.stat(shm).st_dev != os.stat(tmp_path).st_dev
+        assert not list(tmp_path.iterdir())  # nothing was staged in TMPDIR
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

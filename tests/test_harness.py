@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -57,7 +56,7 @@ MC_DOCS = [
 MC_TASK = """\
 task: bos_mc
 dataset_path: ""
-custom_dataset: !function rb_tasks.load_jsonl
+custom_dataset: !function regionbench.evaluation.tasks.rb_tasks.load_jsonl
 dataset_kwargs: {data_file: bos_mc.jsonl}
 output_type: multiple_choice
 test_split: test
@@ -96,7 +95,8 @@ def mc_root(tmp_path_factory):
     folder = task_files.write_tasks(tmp_path_factory.mktemp("mc_tasks"), ppl_texts=TEXTS)
     rows = "".join(json.dumps(doc, ensure_ascii=False) + "\n" for doc in MC_DOCS)
     (folder / "data" / "bos_mc.jsonl").write_text(rows, encoding="utf-8")
-    (folder / "bos_mc.yaml").write_text(MC_TASK)
+    data = f"{{data_file: {folder / 'data' / 'bos_mc.jsonl'}}}"
+    (folder / "bos_mc.yaml").write_text(MC_TASK.replace("{data_file: bos_mc.jsonl}", data))
     return folder
 
 
@@ -113,15 +113,19 @@ def run(model, tok, tasks, root, **kw):
 
 
 def test_task_folder_layout(root):
+    templates = Path(task_files.__file__).resolve().parent / "tasks"
     assert (root / "rb_ppl_en.yaml").read_text().splitlines() == [
-        "include: _rb_ppl_template_yaml",
+        f'include: "{templates / "_rb_ppl_template_yaml"}"',
         "task: rb_ppl_en",
-        "dataset_kwargs: {data_file: rb_ppl_en.jsonl}",
+        f'dataset_kwargs: {{data_file: "{root.resolve() / "data" / "rb_ppl_en.jsonl"}"}}',
     ]
     rows = (root / "data" / "sandbox_grammar_ru.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(r) for r in rows] == PAIRS["ru"]
-    template = (root / "_sandbox_grammar_template_yaml").read_text()
+    template = (templates / "_sandbox_grammar_template_yaml").read_text()
     assert all(f"metric: acc_{kind}\n" in template for kind in KINDS)
+    # no code in the folder: YAML and data only, the templates and rb_tasks.py stay in the package
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    assert {Path(f).suffix for f in files} == {".yaml", ".jsonl"}, files
 
     from lm_eval.tasks import TaskManager
 
@@ -362,7 +366,11 @@ def test_hub_task_without_its_data_fails_before_model_work(
     (hub / "docs.jsonl").write_text("".join(json.dumps(doc) + "\n" for doc in MC_DOCS))
     (hub / "json_mc.yaml").write_text(
         MC_TASK.replace("bos_mc", "json_mc")
-        .replace('dataset_path: ""\ncustom_dataset: !function rb_tasks.load_jsonl\n', "")
+        .replace(
+            'dataset_path: ""\ncustom_dataset: !function regionbench.evaluation.tasks.rb_tasks.'
+            "load_jsonl\n",
+            "",
+        )
         .replace("{data_file: json_mc.jsonl}", f"{{data_files: {{test: {hub / 'docs.jsonl'}}}}}")
         .replace("task: json_mc\n", "task: json_mc\ndataset_path: json\n")
     )
@@ -445,10 +453,9 @@ def test_unsupported_lm_eval_version_is_a_clear_error(monkeypatch, tok):
 
 @pytest.mark.slow
 def test_folder_runs_with_the_lm_eval_command_line(model, tok, root, tmp_path):
-    folder, moved = tmp_path / "model", tmp_path / "moved_tasks"
+    folder = tmp_path / "model"
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
-    shutil.copytree(root, moved)  # the data is found relative to the task files
     subprocess.run(
         [
             str(Path(sys.executable).parent / "lm_eval"),
@@ -457,7 +464,7 @@ def test_folder_runs_with_the_lm_eval_command_line(model, tok, root, tmp_path):
             "--model_args",
             f"pretrained={folder},add_bos_token=False,max_length={MAX_LENGTH}",
             "--include_path",
-            str(moved),
+            str(root),  # YAML and data only; the templates and their code are the package's
             "--tasks",
             "sandbox_grammar,rb_ppl",
             "--batch_size",

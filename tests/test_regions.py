@@ -216,3 +216,129 @@ def test_load_rejects_foreign_files(tmp_path):
     save_file({"x": torch.zeros(3)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(ValueError, match="not a regionbench region file"):
         Region.load(tmp_path / "w.safetensors")
+
+
+def _rewrite(path, change) -> None:
+    """Rewrite a mask file with `change(tensors, metadata)` applied: a damaged or forged file."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {n: f.get_tensor(n) for n in f.keys()}  # noqa: SIM118
+    change(tensors, metadata)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def _saved(tmp_path, ratio=0.05):
+    region = select(make_scores(), ratio, "core", meta={"model_id": "sandbox-s"})
+    return region, region.save(tmp_path / "core.safetensors")
+
+
+def _flip_zeros(tensors, metadata, name="model.layers.1.mlp.down_proj.weight"):
+    """Garble the bits: all 100 entries of one 10x10 mask set instead of 5 (no padding bit)."""
+    tensors[name] = torch.full_like(tensors[name], 255)
+    tensors[name][-1] = 0xF0  # 100 = 12 bytes and 4 bits
+
+
+def _error(path, **kw) -> str:
+    with pytest.raises(ValueError) as err:
+        Region.load(path, **kw)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_load_rejects_garbled_bits(tmp_path):
+    region, path = _saved(tmp_path)
+    assert region.masks["model.layers.1.mlp.down_proj.weight"].sum() == 5
+    _rewrite(path, _flip_zeros)
+    assert _error(path) == (
+        f"region file {str(path)!r} is damaged: its masks do not match their sha256"
+    )
+    # without the checksum (a file edited with care) the counts still catch it
+    _rewrite(path, lambda t, m: m.pop("sha256"))
+    assert _error(path) == (
+        f"region file {str(path)!r} is damaged: mask 'model.layers.1.mlp.down_proj.weight' "
+        "selects 100 entries, its 'counts' metadata says 5"
+    )
+
+
+def test_load_rejects_wrong_shapes_metadata(tmp_path):
+    import json
+
+    def shapes(new):
+        def change(tensors, metadata):
+            metadata["shapes"] = json.dumps(json.loads(metadata["shapes"]) | new)
+            metadata.pop("sha256")  # forged with care: only the sizes can tell
+
+        return change
+
+    name = "model.layers.0.self_attn.q_proj.weight"  # (7, 13): 91 bits in 12 bytes
+    for new, needs in [([7, 14], 13), ([7, 12], 11), ([100], 13)]:
+        _, path = _saved(tmp_path)
+        _rewrite(path, shapes({name: new}))
+        assert _error(path) == (
+            f"region file {str(path)!r}: mask {name!r} has 12 packed bytes, its shape {new} "
+            f"needs {needs} (wrong 'shapes' metadata or a damaged file)"
+        )
+    _, path = _saved(tmp_path)  # 90 bits fit the same 12 bytes: the padding bit tells
+    _rewrite(path, lambda t, m: t.__setitem__(name, torch.full_like(t[name], 255)))
+    _rewrite(path, shapes({name: [9, 10]}))
+    assert _error(path) == (
+        f"region file {str(path)!r} is damaged: mask {name!r} has bits beyond its shape"
+    )
+    _, path = _saved(tmp_path)  # same size, other layout: the checksum covers the shapes
+    _rewrite(path, lambda t, m: m.__setitem__("shapes", m["shapes"].replace("[7, 13]", "[13, 7]")))
+    assert "is damaged: its masks do not match their sha256" in _error(path)
+    _, path = _saved(tmp_path)
+    _rewrite(path, lambda t, m: m.__setitem__("shapes", "[1, 2]"))
+    assert "has no valid metadata (not {name: [sizes]})" in _error(path)
+    _, path = _saved(tmp_path)
+    _rewrite(path, lambda t, m: t.pop(name))
+    assert _error(path) == (
+        f"region file {str(path)!r} is damaged: its 'shapes' metadata and its masks disagree "
+        f"on {name!r}"
+    )
+
+
+def test_files_of_older_versions_still_load(tmp_path):
+    """Files saved before counts and checksums existed load, with the size and padding checks."""
+    region, path = _saved(tmp_path)
+    _rewrite(path, lambda t, m: [m.pop("sha256"), m.pop("counts")])
+    back = Region.load(path)
+    assert all(torch.equal(back.masks[n], m) for n, m in region.masks.items())
+
+
+def test_a_mask_file_for_another_model_is_refused_naming_the_parameter(tmp_path):
+    from regionbench.interventions import intervene
+    from regionbench.testing import tiny_llama
+
+    model, other = tiny_llama(), tiny_llama(hidden=32, inter=64)
+    params = {n: p for n, p in other.named_parameters() if ".layers." in n}
+    region = select({"aa": {n: torch.rand(p.shape) for n, p in params.items()}}, 0.1, "core")
+    region.meta["model_id"] = "tiny-32"
+    path = region.save(tmp_path / "other.safetensors")
+    first = next(iter(params))
+    assert _error(path, model=model) == (
+        f"region file {str(path)!r} (made for 'tiny-32') does not fit this model: {first!r} is "
+        f"{list(params[first].shape)} in the file, "
+        f"{list(model.get_parameter(first).shape)} in the model"
+    )
+    renamed = Region({"transformer.h.0.attn.c_attn.weight": torch.zeros(16, 48, dtype=torch.bool)})
+    path = renamed.save(tmp_path / "gpt2.safetensors")
+    assert _error(path, model=model) == (
+        f"region file {str(path)!r} does not fit this model: it has no parameter "
+        "'transformer.h.0.attn.c_attn.weight'"
+    )
+    # loaded without the model, the intervention still refuses it before changing anything
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loaded = Region.load(tmp_path / "other.safetensors")
+    with (
+        pytest.raises(ValueError, match=f"region mask for '{first}' has shape"),
+        intervene(model, loaded, "remove"),
+    ):
+        pass
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    own = select({"aa": {n: torch.rand(p.shape) for n, p in model.named_parameters()}}, 0.1)
+    back = Region.load(own.save(tmp_path / "own.safetensors"), model=model)
+    assert back.numel == own.numel

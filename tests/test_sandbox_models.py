@@ -172,3 +172,87 @@ def test_build_leaves_torch_global_state_alone(tmp_path):
     sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False, seed=5)
     assert torch.equal(torch.rand(3), expected)
     assert torch.get_num_threads() == threads and torch.is_grad_enabled()
+
+
+def _damaged_copy(built, tmp_path, damage):
+    """A copy of the built model in a cache of its own, damaged by `damage(folder)`."""
+    import shutil
+
+    cache, folder = built
+    copy = sandbox.sandbox_path(NAME, tmp_path)
+    shutil.copytree(folder, copy)
+    damage(copy)
+    return copy
+
+
+def _truncate(folder):
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _edit_weight(folder):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.layers.0.mlp.up_proj.weight"][0, 0] += 1.0
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+DAMAGES = [
+    (_truncate, "model.safetensors has \\d+ bytes, not \\d+: truncated or replaced"),
+    (lambda f: (f / "config.json").unlink(), "config.json is missing"),
+    (lambda f: (f / "tokenizer.json").unlink(), "tokenizer.json is missing"),
+    (_edit_weight, "model.safetensors does not match its sha256: edited or corrupt"),
+]
+
+
+@pytest.mark.parametrize(("damage", "reason"), DAMAGES)
+def test_a_damaged_folder_is_one_line_naming_the_rebuild_command(built, tmp_path, damage, reason):
+    import re
+
+    from regionbench.models import load_model
+
+    copy = _damaged_copy(built, tmp_path, damage)
+    hint = f"rebuild it with: python -m regionbench.sandbox build {NAME} --force --cache-dir "
+    for load in (
+        lambda: sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False),
+        lambda: load_model(NAME, cache_dir=tmp_path, progress=False),
+    ):
+        with pytest.raises(ValueError) as err:
+            load()
+        message = str(err.value)
+        assert re.fullmatch(
+            f"sandbox model folder '{re.escape(str(copy))}' is damaged \\({reason}\\); "
+            f"{re.escape(hint)}{re.escape(str(tmp_path.resolve()))}",
+            message,
+        ), message
+
+
+def test_an_older_build_without_checksums_is_still_checked(built, tmp_path):
+    import json
+
+    def older(folder):
+        meta = json.loads((folder / models.METADATA).read_text())
+        del meta["files"]
+        (folder / models.METADATA).write_text(json.dumps(meta))
+
+    copy = _damaged_copy(built, tmp_path, older)
+    assert sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False) == copy  # still fine
+    _truncate(copy)
+    with pytest.raises(ValueError, match="is damaged \\(SafetensorError: .*; rebuild it with"):
+        sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False)
+
+
+def test_the_rebuild_command_repairs_the_folder(built, tmp_path):
+    copy = _damaged_copy(built, tmp_path, _truncate)
+    with pytest.raises(ValueError) as err:
+        sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False)
+    command = str(err.value).split("rebuild it with: ")[1].split()
+    assert command[:3] == ["python", "-m", "regionbench.sandbox"]
+    proc = subprocess.run(
+        [sys.executable, *command[1:], "--quiet"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False) == copy
+    _, folder = built
+    assert (copy / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()

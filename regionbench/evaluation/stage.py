@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from regionbench import names, sandbox
-from regionbench.cache import JsonCache, cache_key, fingerprint_texts, publish_dir
+from regionbench.cache import JsonCache, cache_key, fingerprint_texts
 from regionbench.config import RunConfig
 from regionbench.data.languages import FLORES200_CODES, FLORES_CODES
 from regionbench.texts import default_tasks
@@ -54,9 +54,12 @@ def check(run: RunConfig) -> None:
             raise ValueError(f"{key} {value!r} must be an integer >= 1")
 
 
-def prepare(run: RunConfig, eval_texts: dict[str, list[str]], cache_dir: Path) -> Tasks | None:
-    """Write our lm-eval tasks for this run's data (a cached folder, by content), expand
-    per-language task templates, and check every task name and hub dataset."""
+def prepare(
+    run: RunConfig, eval_texts: dict[str, list[str]], cache_dir: Path | None = None
+) -> Tasks | None:
+    """Write our lm-eval tasks for this run's data (once per content and process), expand
+    per-language task templates, and check every task name and hub dataset. `cache_dir` is
+    unused: task files never go to the cache (the argument goes once pipeline.py drops it)."""
     from regionbench.evaluation import catalog, task_files
 
     tasks = list(lm_eval_tasks(run))
@@ -67,12 +70,8 @@ def prepare(run: RunConfig, eval_texts: dict[str, list[str]], cache_dir: Path) -
         langs = [lang for lang in eval_texts if lang in sandbox.PRETRAIN_LANGS]
         n = run.eval.lm_eval.grammar_pairs
         pairs = {lang: sandbox.minimal_pairs(lang, n) for lang in langs}
-    key = cache_key(kind="lm-eval tasks", ppl_texts=eval_texts, grammar_pairs=pairs)
-    root = publish_dir(
-        cache_dir / "tasks" / key,
-        lambda tmp: task_files.write_tasks(tmp, ppl_texts=eval_texts, grammar_pairs=pairs),
-        ready=lambda folder: (folder / "rb_tasks.py").is_file(),
-    )
+    # a folder private to this process, never the shared cache: lm-eval reads code references
+    root = task_files.task_folder(ppl_texts=eval_texts, grammar_pairs=pairs)
     if any("{" in t for t in tasks):
         codes = [
             {

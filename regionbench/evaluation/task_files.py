@@ -1,27 +1,56 @@
 """regionbench's own lm-eval tasks, written as ordinary lm-eval YAML into a task folder.
 
+    root = task_folder(ppl_texts=texts, grammar_pairs=pairs)   # what a run evaluates with
     root = write_tasks(folder, ppl_texts=texts, grammar_pairs=pairs)
 
 `rb_ppl_<lang>` (group `rb_ppl`): rolling log-likelihood like wikitext, on the run's evaluation
 text; `sandbox_grammar_<lang>` (group `sandbox_grammar`): minimal pairs scored by full-sentence
 log-likelihood. One shared template plus a three-line file per language; the data goes to
-data/*.jsonl. The folder runs unchanged with the `lm_eval` command line (templates in
-regionbench/evaluation/tasks/).
+data/*.jsonl. The folder runs unchanged with the `lm_eval` command line.
+
+No code is ever written into a task folder: the templates and their Python side stay in the
+installed package (regionbench/evaluation/tasks/), each language's file includes its template
+by absolute path, and lm-eval resolves the template's `!function rb_tasks.<name>` next to the
+template, in the package. A run's folder is private to its process (`task_folder`: a 0700
+temporary folder, removed at exit), never the shared cache: anyone who can write a cache could
+otherwise make lm-eval import their code in every user's jobs (a YAML `!function` names a file
+to import), and writing these few files costs milliseconds.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import re
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-TEMPLATES = Path(__file__).parent / "tasks"
+TEMPLATES = Path(__file__).resolve().parent / "tasks"  # templates and their code
 PPL_TEMPLATE = "_rb_ppl_template_yaml"
 GRAMMAR_TEMPLATE = "_sandbox_grammar_template_yaml"
 PPL_GROUP = "rb_ppl"  # our rolling-perplexity tasks: rb_ppl_<lang>, scored without the BOS
 _LANG_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_FOLDERS: dict[str, Path] = {}  # this process's task folders, by content
+
+
+def task_folder(
+    ppl_texts: Mapping[str, list[str]] | None = None,
+    grammar_pairs: Mapping[str, list[dict]] | None = None,
+) -> Path:
+    """Our tasks for these inputs in a folder private to this process (written once per
+    content, so every job of a sweep gives lm-eval the same include_path; removed at exit)."""
+    from regionbench.cache import cache_key
+
+    key = cache_key(kind="lm-eval tasks", ppl_texts=ppl_texts, grammar_pairs=grammar_pairs)
+    folder = _FOLDERS.get(key)
+    if folder is None or not folder.is_dir():
+        folder = Path(tempfile.mkdtemp(prefix="regionbench-tasks-"))  # 0700: only we write it
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        write_tasks(folder, ppl_texts=ppl_texts, grammar_pairs=grammar_pairs)
+        _FOLDERS[key] = folder
+    return folder
 
 
 def write_tasks(
@@ -62,9 +91,8 @@ def write_tasks(
                     f"'kind' in: {', '.join(KINDS)}"
                 )
 
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()
     (out / "data").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(TEMPLATES / "rb_tasks.py", out / "rb_tasks.py")
     if ppl_texts is not None:
         rows = {lang: [{"text": doc} for doc in docs if doc] for lang, docs in ppl_texts.items()}
         _write_family(out, PPL_GROUP, PPL_TEMPLATE, rows, [("bits_per_byte", False)])
@@ -85,18 +113,21 @@ def _write_family(
     rows: dict[str, list[dict]],
     group_metrics: list[tuple[str, bool]],
 ) -> None:
-    """One template, one three-line YAML and one jsonl per language, and the group YAML."""
+    """One three-line YAML (including the package's template) and one jsonl per language, and
+    the group YAML. Paths are absolute and JSON-quoted (a YAML string that any path survives)."""
     for old in [*out.glob(f"{group}_*.yaml"), *(out / "data").glob(f"{group}_*.jsonl")]:
         old.unlink()
-    shutil.copyfile(TEMPLATES / template, out / template)
     names = []
     for lang, docs in rows.items():
         name = f"{group}_{lang}"
         names.append(name)
-        with open(out / "data" / f"{name}.jsonl", "w", encoding="utf-8") as f:
+        data = out / "data" / f"{name}.jsonl"
+        with open(data, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(doc, ensure_ascii=False) + "\n" for doc in docs)
         (out / f"{name}.yaml").write_text(
-            f"include: {template}\ntask: {name}\ndataset_kwargs: {{data_file: {name}.jsonl}}\n"
+            f"include: {_quoted(TEMPLATES / template)}\ntask: {name}\n"
+            f"dataset_kwargs: {{data_file: {_quoted(data)}}}\n",
+            encoding="utf-8",
         )
     aggregate = "".join(
         f"  - metric: {metric}\n    weight_by_size: {str(by_size).lower()}\n"
@@ -106,3 +137,8 @@ def _write_family(
         f"group: {group}\ntask: {json.dumps(names)}\naggregate_metric_list:\n{aggregate}"
         "metadata:\n  version: 1.0\n"
     )
+
+
+def _quoted(path: Path) -> str:
+    """A path as a YAML double-quoted string (JSON's quoting is valid YAML)."""
+    return json.dumps(str(path), ensure_ascii=False)

@@ -9,7 +9,9 @@ that `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` lo
 A folder's name carries the recipe version, a hash of the recipe and the seed, so editing a recipe
 (or the corpus) never loads a stale model. Builds go through `cache.publish_dir`: atomic, under a
 file lock; a second process waits for the first and loads its model, and an interrupted build
-leaves nothing that looks complete.
+leaves nothing that looks complete. The metadata file, written last, holds every file's size and
+sha256; a folder damaged later (a truncated model.safetensors, a missing config.json, an edited
+weight) is a one-line error naming the command that rebuilds it, before anything is loaded.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from regionbench.cache import fingerprint_model, publish_dir
+from regionbench.cache import file_sha256, fingerprint_model, publish_dir
 from regionbench.choices import check_choice
 from regionbench.data.packing import pack_ids
 from regionbench.sandbox import corpus
@@ -121,14 +123,57 @@ def ensure_sandbox_model(
     progress: bool = True,
     seed: int = 0,
 ) -> Path:
-    """Return the folder of a sandbox model, building it first if it is missing (or `force`)."""
+    """Return the folder of a sandbox model, building it first if it is missing (or `force`);
+    a damaged folder is a one-line ValueError that says how to rebuild it."""
     _recipe(name)  # a bad name fails before any lock or folder
-    return publish_dir(
+    folder = publish_dir(
         sandbox_path(name, cache_dir, seed),
         lambda tmp: build_sandbox_model(name, tmp, seed=seed, progress=progress),
         ready=is_complete,
         force=force,
     )
+    problem = damage(folder)
+    if problem:
+        hint = rebuild_hint(name, cache_dir, seed)
+        raise ValueError(f"sandbox model folder {str(folder)!r} is damaged ({problem}); {hint}")
+    return folder
+
+
+def rebuild_hint(name: str, cache_dir: str | os.PathLike, seed: int = 0) -> str:
+    """The command that rebuilds a sandbox model in place."""
+    command = f"python -m regionbench.sandbox build {name} --force --cache-dir {cache_dir}"
+    return f"rebuild it with: {command}" + (f" --seed {seed}" if seed else "")
+
+
+def damage(folder: Path) -> str | None:
+    """What is wrong with a complete-looking model folder, or None: the files its metadata
+    lists (size and sha256; each file is hashed once per process and version), and for folders
+    of builds without that list, config.json and the safetensors header."""
+    from safetensors import safe_open
+
+    try:
+        meta = read_metadata(folder)
+    except (OSError, ValueError) as err:
+        return f"{METADATA} is unreadable: {err}".splitlines()[0]
+    files = meta.get("files") or {"config.json": None, "model.safetensors": None}
+    for fname, info in files.items():
+        path = folder / fname
+        if not path.is_file():
+            return f"{fname} is missing"
+        if info is None:
+            continue
+        if (size := path.stat().st_size) != info["bytes"]:
+            return f"{fname} has {size} bytes, not {info['bytes']}: truncated or replaced"
+        if file_sha256(path) != info["sha256"]:
+            return f"{fname} does not match its sha256: edited or corrupt"
+    if "files" not in meta:  # an older build: check what can be checked without hashes
+        try:
+            json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            with safe_open(folder / "model.safetensors", framework="pt"):
+                pass
+        except Exception as err:  # noqa: BLE001 - any way to be unreadable
+            return f"{type(err).__name__}: {err}".splitlines()[0][:200]
+    return None
 
 
 # --- model and pre-training ----------------------------------------------------------------------
@@ -291,6 +336,11 @@ def build_sandbox_model(
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        files = {
+            p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+            for p in sorted(out.iterdir())
+            if p.is_file() and p.name != METADATA
+        }
         meta = {
             "name": name,
             "seed": seed,
@@ -308,6 +358,7 @@ def build_sandbox_model(
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
+            "files": files,  # each file's size and sha256, checked before every load
         }
         (out / METADATA).write_text(json.dumps(meta, indent=1))
     finally:

@@ -1,2 +1,3 @@
-"""Templates of regionbench's own lm-eval tasks; `harness.write_tasks` copies them next to the
-per-language YAML and data it writes (lm-eval reads the copies, never this folder)."""
+"""regionbench's own lm-eval tasks: the templates and their Python side (`rb_tasks`). They stay
+here, in the installed package: the per-language files of `task_files.write_tasks` include the
+templates by absolute path, and lm-eval imports `rb_tasks` from here (no code in task folders)."""

@@ -1,9 +1,9 @@
 """Python side of regionbench's lm-eval tasks (rb_ppl_<lang>, sandbox_grammar_<lang>).
 
-lm-eval imports this file from the task folder written by `regionbench.evaluation.harness.
-write_tasks` (YAML `!function rb_tasks.<name>`), so it must work without regionbench installed:
-standard library and `datasets` only. Data is read relative to this file, so the folder can be
-moved or renamed after it is written.
+lm-eval imports this file from here, the installed package, never from a task folder: the
+templates beside it say `!function rb_tasks.<name>`, which lm-eval resolves next to the template
+that says it, and the per-language files of `task_files.write_tasks` include the templates by
+absolute path. Standard library and `datasets` only (lm-eval loads it by file path).
 """
 
 from __future__ import annotations
@@ -16,14 +16,17 @@ KINDS = ("agreement", "word_order", "adj_position")
 
 
 def load_jsonl(data_file: str, **_):
-    """The task's documents from data/<data_file> as the "test" split.
+    """The task's documents from the jsonl file `data_file` (an absolute path) as the "test"
+    split.
 
     lm-eval calls this as `custom_dataset(**metadata, **dataset_kwargs)`; only `data_file`
     (from dataset_kwargs) is ours. In memory: nothing is fetched or cached by `datasets`.
     """
     import datasets
 
-    with open(Path(__file__).parent / "data" / data_file, encoding="utf-8") as f:
+    if not Path(data_file).is_absolute():
+        raise ValueError(f"data_file {data_file!r} of a regionbench task is not an absolute path")
+    with open(data_file, encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
 
