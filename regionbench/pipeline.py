@@ -167,7 +167,7 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
         eval_texts = texts.load_texts(
             run.data.source, "eval", ev_langs, run.data.eval_docs, **texts.reading(run.data)
         )
-        tasks = evaluation.prepare(run, eval_texts, cache_dir)  # task errors before model work
+        tasks = evaluation.prepare(run, eval_texts)  # task errors before model work
 
     with clock("load"):
         loaded = session.load(run)

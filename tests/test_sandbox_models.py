@@ -256,3 +256,15 @@ def test_the_rebuild_command_repairs_the_folder(built, tmp_path):
     assert sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False) == copy
     _, folder = built
     assert (copy / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+
+
+def test_build_without_force_on_a_damaged_folder_is_one_line(built, tmp_path, capsys):
+    from regionbench.sandbox.__main__ import main
+
+    _damaged_copy(built, tmp_path, _truncate)
+    with pytest.raises(SystemExit) as err:
+        main(["build", NAME, "--cache-dir", str(tmp_path), "--quiet"])
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: sandbox model folder ")
+    assert lines[0].endswith(f"--force --cache-dir {tmp_path.resolve()}")

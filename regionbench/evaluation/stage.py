@@ -2,7 +2,7 @@
 work; the unmodified model's evaluation (the baseline every ratio is taken against), cached on
 disk; and each evaluation of a (modified) model as named metrics.
 
-    tasks = prepare(run, eval_texts, cache_dir)       # None when no lm-eval task is asked for
+    tasks = prepare(run, eval_texts)                  # None when no lm-eval task is asked for
     base = baseline(run, model, tok, eval_texts, tasks, model_fp, cache_dir, memo)
     metrics, results = evaluate(run, model, tok, eval_texts, tasks, base)
 """
@@ -54,12 +54,10 @@ def check(run: RunConfig) -> None:
             raise ValueError(f"{key} {value!r} must be an integer >= 1")
 
 
-def prepare(
-    run: RunConfig, eval_texts: dict[str, list[str]], cache_dir: Path | None = None
-) -> Tasks | None:
+def prepare(run: RunConfig, eval_texts: dict[str, list[str]]) -> Tasks | None:
     """Write our lm-eval tasks for this run's data (once per content and process), expand
-    per-language task templates, and check every task name and hub dataset. `cache_dir` is
-    unused: task files never go to the cache (the argument goes once pipeline.py drops it)."""
+    per-language task templates, and check every task name and hub dataset. Task files never go to
+    the cache: anyone who can write a shared cache could run code in every job."""
     from regionbench.evaluation import catalog, task_files
 
     tasks = list(lm_eval_tasks(run))

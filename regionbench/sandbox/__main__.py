@@ -56,13 +56,16 @@ def main(argv: list[str] | None = None) -> int:
         _recipe(args.name)
     except ValueError as err:
         parser.exit(2, f"error: {err}\n")
-    folder = ensure_sandbox_model(
-        args.name,
-        cache_root(args.cache_dir),
-        force=args.force,
-        progress=not args.quiet,
-        seed=args.seed,
-    )
+    try:
+        folder = ensure_sandbox_model(
+            args.name,
+            cache_root(args.cache_dir),
+            force=args.force,
+            progress=not args.quiet,
+            seed=args.seed,
+        )
+    except ValueError as err:  # a damaged folder: the message names `build <name> --force`
+        parser.exit(2, f"error: {err}\n")
     meta = read_metadata(folder)
     print(
         f"{folder}\n{meta['parameters']:,} parameters, final loss {meta['final_loss']:.3f}, "
