@@ -65,6 +65,14 @@ def check_group_overrides(args: list[str], conf: Path) -> None:
                 check_choice(f"{key} option", option, options)
 
 
+def check_command_line(args: list[str]) -> None:
+    """`preflight`, or exit 1 with its one line on stderr (`error: ...`)."""
+    try:
+        preflight(args, conf_dir())
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+
+
 def preflight(args: list[str], conf: Path) -> None:
     """Everything wrong with a command line, as one line (a ValueError), before Hydra starts and
     before any store, cache or model is touched: unknown group options and keys, a sweep without
@@ -146,6 +154,9 @@ def _compose(overrides: list[str], conf: Path, parsed: list) -> tuple[dict, dict
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
+    from regionbench.config import register
+
+    register()  # the schema conf/config.yaml builds on
     try:
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
             cfg = compose("config", overrides, return_hydra_config=True)
@@ -276,10 +287,7 @@ def main() -> None:
     from regionbench.tracking import interrupt_handler
 
     register()  # the typed schema conf/config.yaml builds on
-    try:
-        preflight(sys.argv[1:], conf_dir())
-    except ValueError as err:
-        sys.exit(f"error: {err}")
+    check_command_line(sys.argv[1:])
 
     from regionbench.scoring import distributed
 

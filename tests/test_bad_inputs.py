@@ -3,9 +3,9 @@ a wrong name, type, range or file, and what the user must get for each: one line
 and what is valid, a non-zero exit, no FINISHED run in the store, nothing half-written in the
 cache.
 
-Most cases are stopped by the command line's own checks (`regionbench.__main__.main`, before
-Hydra starts and before any store, cache or model is touched); they run in this process, through
-`main()` itself. Broken files that only show when the job opens them run as a job
+Most cases are stopped by the command line's own checks (`__main__.check_command_line`, the
+first thing `main()` does: before Hydra starts and before any store, cache or model is touched);
+they run in this process. Broken files that only show when the job opens them run as a job
 (`pipeline.run_job`), and a representative few as the real command, read back through
 `MlflowClient`. The disk-full case fakes ENOSPC in the safetensors writer (no tmpfs without root).
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -91,6 +90,28 @@ CLI_CASES = [
     ("scope", ["importance.scope=matrix"], ["'matrix': did you mean 'matrices'"]),
     ("include-regex", ["importance.include=['[']"], ["importance.include '[' is not a valid reg"]),
     ("outliers-docs", ["outliers.docs=0"], ["outliers.docs 0 must be an integer >= 1"]),
+    ("importance-seq-len", ["importance.seq_len=1"], ["importance.seq_len 1 must be an integer"]),
+    ("store-dtype", ["importance.store_dtype=fp8"], ["'fp8': choices: bfloat16, float16"]),
+    ("grammar-pairs", ["eval.lm_eval.grammar_pairs=0"], ["grammar_pairs 0 must be an integer"]),
+    ("scale-factor-inf", ["intervention=scale", "intervention.factor=inf"], ["factor inf must"]),
+    ("freeze-lr", ["intervention=freeze", "intervention.lr=0"], ["lr 0.0 is not a finite num"]),
+    (
+        "freeze-schedule",
+        ["intervention=freeze", "intervention.schedule=cosin"],
+        ["'cosin': did you mean 'cosine'? choices: constant, cosine, linear"],
+    ),
+    (
+        "freeze-target-lang",
+        ["intervention=freeze", "intervention.target_langs=[zz]"],
+        ["language for data=sandbox 'zz'", "choices: arab"],
+    ),
+    ("dimension-without-dims", ["region=dimension"], ["needs exactly one of region.dims"]),
+    ("top-dims-zero", ["region=dimension", "region.top_dims=0"], ["top_dims 0 must be an int"]),
+    ("data-source", ["data.source=xyz"], ["data source 'xyz': choices: c4, culturax"]),
+    ("data-config", ["data.config=x"], ["data.config 'x' only applies to hub sources"]),
+    ("pair-over", ["tracking.pair_over=[sed]"], ["names 'sed'", "did you mean seed"]),
+    ("experiment-null", ["tracking.experiment=null"], ["tracking.experiment null is not a str"]),
+    ("device-not-here", ["device=cuda:0"], ["device 'cuda:0' is not available", "cpu"]),
     ("baseline-key", ["tracking.baseline={ratoi:0}"], ["names 'ratoi'", "did you mean ratio"]),
     (
         "coordinates-file",
@@ -200,23 +221,28 @@ def _statuses(cwd: Path) -> list[str]:
     ]
 
 
-def _no_job(cfg):
-    raise AssertionError("the command got past its checks and started a job")
+def _marks(case_id: str) -> list:
+    if case_id != "device-not-here":
+        return []
+    import torch
+
+    if torch.cuda.is_available():
+        return [pytest.mark.skip(reason="this machine has a GPU")]
+    # models.check looks at the device's name only; resolve_device says this when the model loads
+    return [pytest.mark.xfail(strict=True, reason="fixed on branch wt-cache (models.check)")]
 
 
 @pytest.mark.parametrize(
-    ("args", "says"), [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES]
+    ("args", "says"), [pytest.param(*c[1:], id=c[0], marks=_marks(c[0])) for c in CLI_CASES]
 )
 def test_command_line_says_one_line_before_any_work(
     args, says, files, cache_dir, tmp_path, monkeypatch
 ):
     args = [a.replace("{files}", str(files)) for a in args]
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["regionbench", *args, *SMALL])
-    monkeypatch.setattr(entry, "task", _no_job)
     before = _tree(cache_dir)
     with pytest.raises(SystemExit) as done:
-        entry.main()
+        entry.check_command_line([*args, *SMALL])  # what main() does first
     message = done.value.code
     assert isinstance(message, str) and message.startswith("error: "), message  # exit status 1
     assert "\n" not in message and "Traceback" not in message
@@ -225,6 +251,39 @@ def test_command_line_says_one_line_before_any_work(
     assert not (tmp_path / "mlruns").exists()  # no store, so no run of any status
     assert not (tmp_path / "outputs").exists()  # Hydra never started
     assert _tree(cache_dir) == before  # nothing written to the cache
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["-m", "ratio=0,1.5"],  # a value only some jobs reject fails those jobs, not the sweep
+        ["-m", "seed=range(0,3)", "metric=taylor,random"],
+        ["-m", "model=glob(sandbox-t*)"],
+        ["-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "ratio=0,0.1"],
+        ["eval.lm_eval.limit=0.5", "eval.lm_eval.num_fewshot=0"],
+        ["+experiment=freeze", "frozen_set=core-5"],
+        ["+frozen_set=core-5"],
+        ["-m", "+experiment=freeze"],
+        ["model=hf", "model.name={model}"],
+        ["data=local", "data.path={files}/split", "importance.samples=2"],
+        ["data.eval_langs=[latn,cyrl]", "importance.include=['layers\\.0\\.']"],
+        ["--cfg", "job", "seed=x"],  # Hydra's own flags are Hydra's business
+    ],
+    ids=lambda args: " ".join(args) or "defaults",
+)
+def test_good_command_lines_pass_the_checks(args, files, sandbox_test_dir):
+    """No false alarms: what works must still get past `preflight`."""
+    from regionbench.config import conf_dir
+
+    split = files / "split"
+    for name in ("eval", "importance"):
+        (split / name).mkdir(parents=True, exist_ok=True)
+        (split / name / "xx.txt").write_text("a document\n\nanother one\n")
+    args = [
+        a.replace("{files}", str(files)).replace("{model}", str(sandbox_test_dir)) for a in args
+    ]
+    entry.preflight([*args, *SMALL], conf_dir())
 
 
 def test_catalogue_covers_every_axis_and_group():
