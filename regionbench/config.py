@@ -12,6 +12,9 @@ the pipeline before any model or dataset is touched.
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -189,7 +192,9 @@ class RunConfig:
 
         tree = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
         tree = {k: v for k, v in tree.items() if k != "hydra"}
-        return _build(cls, tree, "")
+        run = _build(cls, tree, "")
+        _check_limits(run)
+        return run
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -209,6 +214,7 @@ def _build(cls, tree: dict, where: str):
     for key in tree:
         if key not in known:
             check_choice(f"config key in {where.rstrip('.') or 'the root'}", key, known)
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, f in known.items():
         if name not in tree:
@@ -217,7 +223,111 @@ def _build(cls, tree: dict, where: str):
         factory = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(factory):
             value = _build(factory, value, f"{where}{name}.")
-        elif isinstance(value, tuple):
-            value = list(value)
+        else:
+            if isinstance(value, tuple):
+                value = list(value)
+            if not _conforms(value, hints[name]):
+                raise ValueError(type_error(f"{where}{name}", value))
         kwargs[name] = value
     return cls(**kwargs)
+
+
+# --- value checks: types from the schema's annotations, ranges no stage owns ------------------
+
+# Keys whose range no stage checks (each stage checks its own: `ratio` in regions, importance.*
+# in scoring, ...): (lowest value, whether the lowest value itself is allowed).
+LIMITS = {"seed": (0, True), "outliers.docs": (1, True), "outliers.factor": (0, False)}
+
+
+def _check_limits(run: RunConfig) -> None:
+    for path, (low, inclusive) in LIMITS.items():
+        value = run
+        for part in path.split("."):
+            value = getattr(value, part)
+        ok = value >= low if inclusive else value > low
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):
+            kind = "an integer" if schema_type(path) is int else "a finite number"
+            raise ValueError(f"{path} {value!r} must be {kind} {'>=' if inclusive else '>'} {low}")
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """Whether `value` (plain YAML data) has the schema type `hint` (int for float is fine)."""
+    if hint is Any:
+        return True
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_conforms(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_conforms(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _kind(hint: Any) -> str:
+    """'an integer', 'a list of strings or null', ...: a schema type in words."""
+    if hint is Any:
+        return "any value"
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return " or ".join(_kind(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return "a list of " + {str: "strings", int: "integers", float: "numbers"}.get(item, "items")
+    if dataclasses.is_dataclass(hint):
+        return f"a mapping of {', '.join(f.name for f in fields(hint))}"
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def show(value: Any) -> str:
+    """A value as a user writes it on the command line (null, true, [a,b], 0.5, name)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(show(v) for v in value) + "]"
+    return str(value)
+
+
+def _schema_field(path: str) -> tuple[Any, Any]:
+    """(type, default) of the config key `path` ('data.eval_docs'); KeyError if there is none."""
+    cls: Any = RunConfig
+    *parents, last = path.split(".")
+    for part in parents:
+        cls = typing.get_type_hints(cls)[part]
+        if not dataclasses.is_dataclass(cls):
+            raise KeyError(path)
+    f = {f.name: f for f in fields(cls)}[last]
+    default = f.default
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    return typing.get_type_hints(cls)[last], default
+
+
+def schema_type(path: str) -> Any:
+    """The schema's type of the config key `path`, e.g. `int` for 'seed'."""
+    return _schema_field(path)[0]
+
+
+def schema_keys(path: str = "") -> list[str]:
+    """The keys under the config section `path` ('' = the root, 'data', 'eval.lm_eval')."""
+    cls: Any = RunConfig if not path else schema_type(path)
+    if not dataclasses.is_dataclass(cls):
+        raise KeyError(path)
+    return [f.name for f in fields(cls)]
+
+
+def type_error(path: str, value: Any) -> str:
+    """The one-line error for a value of the wrong type at `path`: what it takes, its default."""
+    hint, default = _schema_field(path)
+    shown = repr(value) if isinstance(value, str) else show(value)
+    if dataclasses.is_dataclass(hint):
+        return f"{path} {shown} is not a section: set its keys ({', '.join(schema_keys(path))})"
+    return f"{path} {shown} is not {_kind(hint)} (default: {path}={show(default)})"

@@ -148,3 +148,18 @@ def check(run: RunConfig) -> None:
         check_langs(d.source, target_langs(run), d.path)
     if isinstance(d.eval_docs, bool) or not isinstance(d.eval_docs, int) or d.eval_docs < 1:
         raise ValueError(f"data.eval_docs {d.eval_docs!r} must be an integer >= 1")
+    check_documents(run, "eval", eval_langs(run))
+    if run.intervention.name == "freeze":
+        check_documents(run, "train", target_langs(run))
+
+
+def check_documents(run: RunConfig, split: str, langs: Iterable[str]) -> None:
+    """data=local: every language in `langs` has `split` documents, else one line saying how
+    to give some (an empty, unreadable or too small file fails here, not after the model loads).
+    Other sources are streamed: nothing is read up front."""
+    d = run.data
+    if d.source != "local":
+        return
+    folder = local.root(d.path)
+    for lang in langs:
+        local.check_docs(folder, lang, split, d.text_field)

@@ -147,6 +147,10 @@ def test_experiments_compose():
         (["tracking.pair_over=[sed]"], "tracking.pair_over names 'sed'"),
         (["importance.store_dtype=fp8"], "unknown importance.store_dtype 'fp8'"),
         (["importance.accumulate_device=gpu"], "unknown importance.accumulate_device 'gpu'"),
+        (["eval.lm_eval.limit=-1"], "eval.lm_eval.limit -1.0 must be a count of examples"),
+        (["eval.lm_eval.limit=2.5"], "eval.lm_eval.limit 2.5 must be a count of examples"),
+        (["eval.lm_eval.num_fewshot=-1"], "eval.lm_eval.num_fewshot -1 must be an integer >= 0"),
+        (["importance.exclude=['(']"], "importance.exclude '(' is not a valid regular expression"),
     ],
 )
 def test_bad_values_one_line(overrides, message):
@@ -186,6 +190,42 @@ def test_unknown_key_is_an_error():
     with pytest.raises(ValueError, match="did you mean 'eval_docs'"):
         RunConfig.from_cfg(tree)
     assert set(cfg) >= {"model", "data", "importance"}
+
+
+def test_types_and_ranges_are_checked_without_hydra():
+    """The Python API (a plain dict, no Hydra schema in front) gets the same one-line errors:
+    every value against the schema's type, and the ranges no stage owns."""
+    from omegaconf import OmegaConf
+
+    good = OmegaConf.to_container(compose([]), resolve=True)
+    for where, value, message in [
+        ("seed", "x", "seed 'x' is not an integer (default: seed=0)"),
+        ("seed", 1.5, "seed 1.5 is not an integer"),
+        ("seed", True, "seed true is not an integer"),
+        ("seed", -1, "seed -1 must be an integer >= 0"),
+        ("ratio", "0.1", "ratio '0.1' is not a number (default: ratio=0.01)"),
+        ("data.eval_langs", "latn", "data.eval_langs 'latn' is not a list of strings or null"),
+        ("region.dims", [1, "a"], "region.dims [1,a] is not a list of integers or null"),
+        ("model.name", None, "model.name null is not a string (default: model.name=sandbox-m)"),
+        ("model.trust_remote_code", "yes", "'yes' is not true or false"),
+        ("outliers.docs", 0, "outliers.docs 0 must be an integer >= 1"),
+        ("outliers.factor", float("nan"), "outliers.factor nan must be a finite number > 0"),
+    ]:
+        tree = OmegaConf.to_container(compose([]), resolve=True)
+        *parents, last = where.split(".")
+        node = tree
+        for part in parents:
+            node = node[part]
+        node[last] = value
+        with pytest.raises(ValueError) as err:
+            RunConfig.from_cfg(tree)
+        assert message in str(err.value), (where, str(err.value))
+        assert "\n" not in str(err.value)
+    good["data"]["eval_langs"] = ("latn", "cyrl")  # a tuple is a list
+    good["ratio"] = 0  # an int is a number
+    good["model"]["device_map"] = {"": 0}  # Any
+    run = RunConfig.from_cfg(good)
+    assert (run.data.eval_langs, run.ratio, run.model.device_map) == (["latn", "cyrl"], 0, {"": 0})
 
 
 def test_round_trip():

@@ -60,6 +60,51 @@ def test_local_errors(folder, tmp_path):
         load_texts("local", "eval", ["de"], path=str(folder), text_field="body")
 
 
+def test_broken_local_files_are_one_line_before_any_model(tmp_path):
+    """Empty, non-UTF-8 and unparsable files, and a language that the hash split leaves without
+    documents (one document, or only blank lines), are named with what to do about them."""
+    from regionbench.data.local import check_docs
+
+    def folder(name: str, fname: str, content: bytes):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / fname).write_bytes(content)
+        return tmp_path / name
+
+    with pytest.raises(ValueError, match=r"xx.txt' is empty: no documents$"):
+        load_texts("local", "eval", path=str(folder("empty", "xx.txt", b"")))
+    bad = folder("utf", "xx.txt", b"caf\xe9\n\nok\n")
+    with pytest.raises(ValueError, match=r"as text: .*byte 0xe9 in position 3.*must be UTF-8\)$"):
+        load_texts("local", "eval", path=str(bad))
+    bad = folder("json", "xx.jsonl", b'{"text": 1\n')
+    with pytest.raises(ValueError, match="xx.jsonl' as json: JSON parse error"):
+        load_texts("local", "eval", path=str(bad))
+    doc = next(d for i in range(99) if _hash_split(d := f"doc {i}") == "train")
+    one = folder("one", "xx.txt", doc.encode() + b"\n")
+    for split in ("eval", "importance"):
+        with pytest.raises(ValueError) as err:
+            check_docs(one, "xx", split, "text")
+        assert str(err.value).startswith(
+            f"language 'xx' has no {split} documents in '{one}/xx.txt': its one document went "
+            "to train (documents are split by hash: 20% eval, 20% importance, 60% train); give "
+            f"more documents (~15 give every split one with 95% odds), or the split itself as "
+            f"{split}/xx.txt"
+        )
+    assert check_docs(one, "xx", "train", "text") == 1
+    (one / "eval").mkdir()
+    (one / "eval" / "xx.txt").write_text("a b c\n")  # the split given: one document is enough
+    assert check_docs(one, "xx", "eval", "text") == 1
+    blank = folder("blank", "xx.txt", b"\n\n   \n\n")
+    with pytest.raises(ValueError, match="'xx' has no eval documents .*: it has no documents"):
+        check_docs(blank, "xx", "eval", "text")
+    (blank / "eval").mkdir()
+    (blank / "eval" / "xx.txt").write_text("  \n")
+    with pytest.raises(ValueError, match=r"eval/xx.txt' has no documents for the eval split"):
+        check_docs(blank, "xx", "eval", "text")
+    # ~15 documents give every split at least one: 60 certainly do
+    many = folder("many", "xx.txt", "\n\n".join(DOCS).encode())
+    assert sum(check_docs(many, "xx", s, "text") for s in ("train", "importance", "eval")) == 60
+
+
 def test_unknown_source_and_split():
     with pytest.raises(ValueError, match="unknown data source 'wikipedai': did you mean"):
         load_texts("wikipedai")

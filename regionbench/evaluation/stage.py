@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,6 +53,22 @@ def check(run: RunConfig) -> None:
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ValueError(f"{key} {value!r} must be an integer >= 1")
+    limit = le.limit  # lm-eval: below 1 a fraction of each task's examples, else a count
+    if limit is not None and (
+        isinstance(limit, bool)
+        or not isinstance(limit, int | float)
+        or not 0 < limit < math.inf
+        or (limit >= 1 and limit != int(limit))
+    ):
+        raise ValueError(
+            f"eval.lm_eval.limit {limit!r} must be a count of examples per task >= 1 (e.g. 100) "
+            "or a fraction in (0, 1) (e.g. 0.1); null = every example"
+        )
+    shots = le.num_fewshot
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, int) or shots < 0):
+        raise ValueError(
+            f"eval.lm_eval.num_fewshot {shots!r} must be an integer >= 0; null = each task's own"
+        )
 
 
 def prepare(run: RunConfig, eval_texts: dict[str, list[str]]) -> Tasks | None:

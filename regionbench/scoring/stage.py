@@ -3,6 +3,7 @@ content-addressed cache (computed and stored on a miss)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -18,12 +19,22 @@ STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 
 
 def check(run: RunConfig) -> None:
-    """`metric`, `importance.*`, before any model or text is read."""
+    """`metric`, `importance.*` and (data=local) the importance text, before any model is
+    loaded."""
     from regionbench.scope import SCOPES
+    from regionbench.texts import check_documents, importance_langs
 
     check_choice("metric", run.metric.name, METRICS)
     imp = run.importance
     check_choice("importance.scope", imp.scope, SCOPES)
+    for key in ("include", "exclude"):
+        for pattern in getattr(imp, key):
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as err:
+                raise ValueError(
+                    f"importance.{key} {pattern!r} is not a valid regular expression: {err}"
+                ) from None
     streamed = run.data.source not in ("sandbox", "local")
     if imp.samples is None and streamed and run.ratio > 0 and METRICS[run.metric.name].per_language:
         raise ValueError(
@@ -45,6 +56,12 @@ def check(run: RunConfig) -> None:
             isinstance(value, bool) or not isinstance(value, int) or value < low
         ):
             raise ValueError(f"{key} {value!r} must be an integer >= {low}")
+    # Text is scored when the region ranks entries by a per-language metric (as
+    # dimensions.needs_scores decides): every importance language must have some.
+    r = run.region
+    ranked = r.name != "coordinates" and (r.name != "dimension" or r.top_dims is not None)
+    if run.ratio > 0 and ranked and METRICS[run.metric.name].per_language:
+        check_documents(run, "importance", importance_langs(run))
 
 
 def seq_len_for(run: RunConfig, context: int) -> int:
