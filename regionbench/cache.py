@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -650,8 +651,17 @@ def fsync(path: Path) -> None:
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The regionbench cache: the argument, else $REGIONBENCH_CACHE, else ~/.cache/regionbench."""
+    """The regionbench cache: the argument, else $REGIONBENCH_CACHE, else ~/.cache/regionbench;
+    a folder that cannot be made or written is a one-line `ValueError` naming it."""
     root = cache_dir or os.environ.get("REGIONBENCH_CACHE") or "~/.cache/regionbench"
     path = Path(root).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as err:
+        where = "paths.cache_dir" if cache_dir else "the cache ($REGIONBENCH_CACHE)"
+        raise ValueError(
+            f"{where} {str(path)!r} is not a writable folder ({err.strerror or err}): "
+            "point paths.cache_dir or REGIONBENCH_CACHE at one"
+        ) from None
     return path

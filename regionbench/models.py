@@ -77,6 +77,7 @@ def check_model(name: str, *, revision: str | None = None, trust_remote_code: bo
                 f"model folder {str(path)!r} has no config.json: not a Hugging Face "
                 "model folder (save one with model.save_pretrained(folder))"
             )
+        _check_weights(path)
         return "local"
     if name.startswith((".", "/", "~")):
         raise ValueError(f"model folder {name!r} does not exist")
@@ -91,6 +92,23 @@ def check_model(name: str, *, revision: str | None = None, trust_remote_code: bo
             f"not a local folder, and not loadable from the Hugging Face hub ({reason})"
         ) from None
     return "hub"
+
+
+def _check_weights(folder: Path) -> None:
+    """Every safetensors file of a local folder opens (its header read, its size checked
+    against the header), so a truncated or garbage file is named before any work."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception as err:  # noqa: BLE001 - SafetensorError, OSError: the file is unusable
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise ValueError(
+                f"model folder {str(folder)!r}: {file.name} is not a readable safetensors file "
+                f"({reason}): truncated or corrupt; save or download it again"
+            ) from None
 
 
 def load_model(
@@ -166,6 +184,20 @@ def load_model(
 def check(run: RunConfig) -> None:
     """`model.*` and `device` before anything is loaded (a hub id is looked up, not fetched)."""
     check_choice("device", run.device.split(":")[0], ("auto", "job", "cpu", "cuda", "mps"))
+    _check_device(run.device)
     check_choice("model.dtype", run.model.dtype, DTYPES)
     m = run.model
     check_model(m.name, revision=m.revision, trust_remote_code=m.trust_remote_code)
+
+
+def _check_device(device: str) -> None:
+    """An explicit device must exist on this machine (`cuda:3` with 2 GPUs, `cuda` without one)."""
+    kind, _, index = device.partition(":")
+    have = []
+    if torch.cuda.is_available():
+        have = ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        have.append("mps")
+    if kind in ("cuda", "mps") and device not in have:
+        choices = ", ".join(["auto", "job", "cpu", *have])
+        raise ValueError(f"device {device!r} is not available on this machine: choices: {choices}")

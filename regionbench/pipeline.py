@@ -18,6 +18,7 @@ from typing import Any
 
 import regionbench
 from regionbench import dimensions, interventions, models, names, regions, scoring, texts, training
+from regionbench.cache import cache_root
 from regionbench.config import RunConfig
 from regionbench.evaluation import stage as evaluation
 from regionbench.session import Loaded, Session
@@ -44,6 +45,7 @@ def validate(run: RunConfig, groups: Sequence[str] = ()) -> RunConfig:
     """Every stage checks its own options, cheaply, before a model or dataset is touched
     (`groups`: the config groups Hydra composed, which `tracking.baseline` may name)."""
     check_tracking(run, groups)
+    cache_root(run.paths.cache_dir)  # a folder we can write, before any work goes into it
     texts.check(run)
     models.check(run)
     scoring.check(run)

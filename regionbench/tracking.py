@@ -292,8 +292,11 @@ class Tracker:
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        self.uri = resolve_uri(uri)
         self._mlflow = mlflow
+        try:
+            self.uri = resolve_uri(uri)
+        except OSError as err:  # `mlruns` is a file, an unwritable folder
+            raise StoreError(f"cannot use the MLflow store {uri or './mlruns'}: {err}") from None
         _reachable(self.uri)
         try:
             with _store_setup_lock(self.uri):

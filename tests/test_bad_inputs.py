@@ -27,8 +27,6 @@ from regionbench.data.local import hash_split
 from regionbench.pipeline import run_job
 from regionbench.session import Session
 
-PENDING_CACHE = pytest.mark.xfail(strict=True, reason="fixed on branch wt-cache (models.py)")
-
 # (case id, command-line arguments, what the one error line must say). `{files}` is the folder of
 # broken inputs made by the `files` fixture. Every case also gets +debug=default (sandbox-test).
 CLI_CASES = [
@@ -111,6 +109,13 @@ CLI_CASES = [
     ("data-config", ["data.config=x"], ["data.config 'x' only applies to hub sources"]),
     ("pair-over", ["tracking.pair_over=[sed]"], ["names 'sed'", "did you mean seed"]),
     ("experiment-null", ["tracking.experiment=null"], ["tracking.experiment null is not a str"]),
+    ("resume", ["resume=maybe"], ["resume 'maybe' is not true or false"]),
+    ("heartbeat", ["tracking.heartbeat_s=-1"], ["tracking.heartbeat_s must be a number of sec"]),
+    (
+        "stale-after",
+        ["tracking.heartbeat_s=60", "tracking.stale_after_s=90"],
+        ["tracking.stale_after_s=90.0 must exceed twice tracking.heartbeat_s=60.0"],
+    ),
     ("device-not-here", ["device=cuda:0"], ["device 'cuda:0' is not available", "cpu"]),
     ("baseline-key", ["tracking.baseline={ratoi:0}"], ["names 'ratoi'", "did you mean ratio"]),
     (
@@ -228,8 +233,7 @@ def _marks(case_id: str) -> list:
 
     if torch.cuda.is_available():
         return [pytest.mark.skip(reason="this machine has a GPU")]
-    # models.check looks at the device's name only; resolve_device says this when the model loads
-    return [pytest.mark.xfail(strict=True, reason="fixed on branch wt-cache (models.check)")]
+    return []
 
 
 @pytest.mark.parametrize(
@@ -322,16 +326,14 @@ JOB_CASES = [
     pytest.param(
         ["model.name={model}"],
         _corrupt_weights,
-        ["model.safetensors"],
+        ["model.safetensors is not a readable safetensors file", "truncated or corrupt"],
         id="corrupt-safetensors",
-        marks=PENDING_CACHE,
     ),
     pytest.param(
         ["model.name={model}"],
         _truncated_weights,
-        ["model.safetensors"],
+        ["model.safetensors is not a readable safetensors file", "truncated or corrupt"],
         id="truncated-safetensors",
-        marks=PENDING_CACHE,
     ),
     pytest.param(["model.name={model}"], _no_weights, ["{model}"], id="model-without-weights"),
     pytest.param(
@@ -343,7 +345,7 @@ JOB_CASES = [
     pytest.param(
         ["paths.cache_dir={tmp}/a-file/cache"],
         None,
-        ["Not a directory", "a-file/cache"],
+        ["paths.cache_dir", "a-file/cache' is not a writable folder (Not a directory)"],
         id="cache-dir-not-writable",
     ),
 ]
@@ -439,7 +441,12 @@ REAL = [
     ("sweep-bad-type", ["-m", "seed=0,x"], "error: seed 'x' is not an integer", False),
     ("one-document", ["data=local", "data.path={files}/one-doc"], "no eval documents", False),
     ("store-is-a-file", [], "mlruns", False),
-    ("cache-is-a-file", ["paths.cache_dir={cwd}/a-file/cache"], "a-file/cache", True),
+    (
+        "cache-is-a-file",
+        ["paths.cache_dir={cwd}/a-file/cache"],
+        "a-file/cache' is not a writable folder (Not a directory)",
+        False,
+    ),
 ]
 
 
