@@ -196,3 +196,55 @@ def test_default_window_is_the_models_context_as_lm_eval_resolves_it(tok):
     assert res["en"].nll == pytest.approx(
         reference_nll(model, tok, [doc, doc[:1000]], 10**6), rel=1e-5
     )
+
+
+def test_the_head_runs_only_on_scored_positions(model, tok):
+    """Each window alone (batch_size=1): the LM head sees exactly the positions the window
+    predicts (7 per window, the rest in the last one), not its context."""
+    doc = LONG["en"][0]
+    n = len(tok(doc, add_special_tokens=False).input_ids)
+    assert n % 7 and n > 3 * 7
+    seen = []
+    hook = model.lm_head.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    res = perplexity(model, tok, {"en": [doc]}, max_length=7, batch_size=1, progress=False)
+    hook.remove()
+    assert sorted(seen, reverse=True) == [7] * (n // 7) + [n % 7]
+    assert res["en"].nll == pytest.approx(reference_nll(model, tok, [doc], 7), rel=1e-5)
+
+
+class _NoLogitsToKeep(torch.nn.Module):
+    """A causal LM behind a forward that does not take `logits_to_keep`: every position's
+    logits come back."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
+def test_a_forward_without_logits_to_keep_gives_the_same_values(model, tok):
+    docs = {**LONG, "el": TEXTS["el"]}
+    wrapped = _NoLogitsToKeep(model)
+    seen = []
+    hook = model.lm_head.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    plain = perplexity(wrapped, tok, docs, max_length=7, batch_size=3, progress=False)
+    hook.remove()
+    assert all(width == 7 for _, width, _ in seen)  # every position of every full window
+    kept = perplexity(model, tok, docs, max_length=7, batch_size=3, progress=False)
+    for lang in docs:
+        assert plain[lang].doc_nll == pytest.approx(kept[lang].doc_nll, rel=1e-6)
+
+
+def test_the_log_softmax_chunks_may_split_a_window(model, tok, monkeypatch):
+    """Chunks of 5 positions cut windows of 7 (and batches of several windows) mid-row."""
+    from regionbench.evaluation import perplexity as P
+
+    docs = {**LONG, "el": TEXTS["el"]}
+    whole = perplexity(model, tok, docs, max_length=7, batch_size=4, progress=False)
+    monkeypatch.setattr(P, "TOKENS_PER_ROW", 5)
+    cut = perplexity(model, tok, docs, max_length=7, batch_size=4, progress=False)
+    for lang, texts in docs.items():
+        assert cut[lang].doc_nll == pytest.approx(whole[lang].doc_nll, rel=1e-6)
+        assert cut[lang].nll == pytest.approx(reference_nll(model, tok, texts, 7), rel=1e-5)

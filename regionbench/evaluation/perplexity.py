@@ -10,7 +10,9 @@ disjoint windows of at most `max_length` tokens (default: the model's context le
 exactly as lm-eval's HFLM does); every token is predicted once, and a window after the first
 conditions on the `max_length` tokens before it. Unlike the harness, all windows of all languages
 are batched together (sorted by length, right-padded), which is where the speed comes from (see
-benchmarks/bench_perplexity.py); a batch holds at most `batch_size` windows and at most
+benchmarks/bench_perplexity.py), and the LM head and its fp32 log-softmax run only on the
+trailing positions that hold a batch's scored tokens (transformers' `logits_to_keep`), not on
+the context that the last window of a long document re-reads; a batch holds at most `batch_size` windows and at most
 `batch_size * 2048` padded tokens, so long-context models score long documents a few at a time.
 
 Why bits per byte as well as perplexity: token-level perplexity depends on the tokenizer (a
@@ -27,6 +29,7 @@ documents of the same kind.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -159,10 +162,13 @@ def _score_windows(model, windows, n_groups: int, batch_size: int, progress: boo
     """Summed NLL (nats) of the predicted tokens of each group's windows."""
     device = getattr(model, "device", None) or next(model.parameters()).device
     # Longest first: similar lengths share a batch (little padding) and an out-of-memory error
-    # shows up on the first batch rather than after minutes.
-    order = sorted(range(len(windows)), key=lambda k: -len(windows[k][1]))
+    # shows up on the first batch rather than after minutes. Among equal lengths, most predicted
+    # first: the last windows of long documents (full context, few predictions) batch together
+    # and their batches compute logits for few positions.
+    order = sorted(range(len(windows)), key=lambda k: (-len(windows[k][1]), -windows[k][2]))
     totals = torch.zeros(n_groups, dtype=torch.float64)
     batches = _token_budget_batches(order, [len(w[1]) - 1 for w in windows], batch_size)
+    keeps_logits = _accepts_logits_to_keep(model)
     bar = tqdm(
         total=sum(w[2] for w in windows), desc="perplexity", unit="tok", disable=not progress
     )
@@ -171,20 +177,53 @@ def _score_windows(model, windows, n_groups: int, batch_size: int, progress: boo
             for members in batches:
                 batch = [windows[k] for k in members]
                 ids, mask, labels = (t.to(device) for t in _pad(batch))
-                logits = model(input_ids=ids, attention_mask=mask).logits
-                # Row by row keeps the fp32 copy of the logits to one (length, vocab) matrix.
-                row_nll = torch.stack(
-                    [
-                        F.cross_entropy(logits[row].float(), labels[row], reduction="sum")
-                        for row in range(len(batch))
-                    ]
-                )
+                keep = _positions_to_keep(batch) if keeps_logits else labels.shape[1]
+                extra = {"logits_to_keep": keep} if keeps_logits else {}
+                # No KV cache: nothing is generated, and filling one copies every layer's K/V.
+                logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
+                row_nll = _row_nll(logits[:, -keep:], labels[:, -keep:])
                 groups = torch.tensor([group for group, _, _ in batch])
-                totals.index_add_(0, groups, row_nll.double().cpu())  # one sync per batch
+                totals.index_add_(0, groups, row_nll.cpu())  # one sync per batch
                 bar.update(sum(n_pred for _, _, n_pred in batch))
     finally:
         bar.close()
     return totals.tolist()
+
+
+def _accepts_logits_to_keep(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (transformers' causal LMs do: it is
+    how generation skips the head on the prompt); a wrapper without it gets every position."""
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _positions_to_keep(batch) -> int:
+    """How many last positions of the right-padded batch hold every scored position: a window
+    of n input positions scores its last n_pred, and the batch is as wide as its longest one."""
+    width = max(len(seq) for _, seq, _ in batch) - 1
+    return max(width - (len(seq) - 1) + n_pred for _, seq, n_pred in batch)
+
+
+def _row_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per row, the summed NLL (float64) of the labelled positions (label -100: not scored).
+
+    The log-softmax runs in fp32 on chunks of TOKENS_PER_ROW positions, so a bf16 model's fp32
+    copy of its logits stays one (TOKENS_PER_ROW, vocab) matrix, in a few large calls rather
+    than one per row.
+    """
+    rows, width = labels.shape
+    flat_logits, flat_labels = logits.reshape(rows * width, -1), labels.reshape(-1)
+    nll = torch.cat(
+        [
+            F.cross_entropy(chunk.float(), target, reduction="none")  # 0 where label is -100
+            for chunk, target in zip(
+                flat_logits.split(TOKENS_PER_ROW), flat_labels.split(TOKENS_PER_ROW), strict=True
+            )
+        ]
+    )
+    return nll.view(rows, width).double().sum(dim=1)
 
 
 def _token_budget_batches(order: list[int], lengths: list[int], batch_size: int) -> list[list[int]]:
