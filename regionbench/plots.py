@@ -185,16 +185,21 @@ def condition_lines(
     ratio: bool = True,
 ) -> Path:
     """Each condition's value along a numeric axis, with its interval: `series` is
-    [(condition, [(x, mean, lo, hi)])]. With `ratio`, the y axis is a ratio axis."""
+    [(condition, [(x, mean, lo, hi)])], each drawn shifted by under 1% of the x range from its
+    neighbour so that equal values stay visible. With `ratio`, the y axis is a ratio axis."""
     if not series or not any(points for _, points in series):
         raise ValueError("condition_lines needs at least one condition with a point")
     fig, (ax,) = _figure(1, width=7.6, height=4.4)
-    for (label, points), color in zip(series, colors(len(series)), strict=True):
+    xs = [p[0] for _, points in series for p in points]
+    # conditions with equal values would hide each other: each is shifted a little along x
+    nudge = 0.008 * (max(xs) - min(xs)) if len(series) > 1 else 0.0
+    for i, ((label, points), color) in enumerate(zip(series, colors(len(series)), strict=True)):
         points = sorted(p for p in points if math.isfinite(p[1]))
         if not points:
             continue
+        shift = (i - (len(series) - 1) / 2) * nudge
         ax.errorbar(
-            [p[0] for p in points],
+            [p[0] + shift for p in points],
             [p[1] for p in points],
             yerr=_errors([p[1:] for p in points]),
             marker="o",
@@ -230,11 +235,15 @@ def _wrap(text: str, chars: int) -> str:
     return "\n".join(textwrap.fill(line, max(chars, 20)) for line in text.splitlines())
 
 
+_MEANS = ("mean", "gmean")
+
+
 def forgetting_curve(
     history: Sequence[tuple[int, Mapping[str, float]]], path: str | Path, *, title: str = ""
 ) -> Path:
     """Plot `forget/<lang>` (solid) and `learn/<lang>` (dashed) perplexity ratios against the
-    optimizer step, the means in bold black, on a log axis with the no-change line at 1.
+    optimizer step, with their average over languages in bold black (the geometric `gmean` if
+    logged; none for a single language), on a ratio axis with the no-change line at 1.
 
     `history` is `train_frozen(...)["history"]`: [(step, {metric: value})]; other keys are
     ignored.  Returns the written path (PNG unless the suffix says otherwise).
@@ -251,14 +260,18 @@ def forgetting_curve(
     fig, (ax,) = _figure(width=7.6)
     langs = sorted({k.split("/", 1)[1] for k in series} - {"mean", "gmean"})
     color = dict(zip(langs, colors(len(langs)), strict=True))
-    for key in sorted(series, key=lambda k: (k.endswith("mean"), k)):
+    for kind in ("forget", "learn"):  # one average per kind (geometric if logged), none of one
+        own = [k for k in series if k.startswith(f"{kind}/") and k.split("/")[1] not in _MEANS]
+        for drop in (f"{kind}/mean", f"{kind}/gmean"):
+            if len(own) < 2 or (drop.endswith("/mean") and f"{kind}/gmean" in series):
+                series.pop(drop, None)
+    for key in sorted(series, key=lambda k: (k.split("/")[1] in _MEANS, k)):
         points = sorted(series[key])
         steps, values = [s for s, _ in points], [v for _, v in points]
         kind, lang = key.split("/", 1)
         style = "--" if kind == "learn" else "-"
-        if lang in ("mean", "gmean"):
-            width = 2.5 if lang == "gmean" or f"{kind}/gmean" not in series else 1.5
-            ax.plot(steps, values, style, color="black", linewidth=width, label=key)
+        if lang in _MEANS:
+            ax.plot(steps, values, style, color="black", linewidth=2.5, label=key)
         else:
             ax.plot(
                 steps,

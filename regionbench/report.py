@@ -418,33 +418,33 @@ def _history(tracker: Tracker):
 def sweep_note(
     tracker: Tracker, parent_id: str, runs: Sequence, rows: list[dict], link: str
 ) -> str:
-    """The parent run's description: what was compared, how it was launched, the headline
-    numbers per condition, and where the rest is."""
+    """The parent run's description: what was compared and the extremes of the headline metric
+    first (the UI shows the first lines until "Show more"), then each condition's headline
+    numbers, how the sweep was launched, and where the rest is."""
     done = [r for r in runs if r.info.status == "FINISHED"]
     parent = tracker.run(parent_id).data.params
     metric = headline_metric(done)
     lm_eval = lm_eval_headlines({k for r in done for k in r.data.metrics})[:2]
-    shown = [m for m in (metric, *lm_eval) if m]
     lines = [
-        f"**{what_was_done(done)}**: {len(rows)} conditions, {len(done)} of {len(runs)} jobs finished."
+        f"**{what_was_done(done)}**: {len(rows)} conditions, {len(done)} of {len(runs)} jobs "
+        "finished."
     ]
-    if parent.get("command"):
-        lines[0] += f" Launched with `{parent['command']}` in `{parent.get('launch_dir', '?')}`."
-    lines += [""]
-    lines += comparison_markdown(rows, shown, [], "", limit=NOTE_ROWS).splitlines()[2:]
-    if metric:
-        ranked = sorted(
-            (r for r in rows if math.isfinite(r[metric])), key=lambda r: r[metric], reverse=True
+    ranked = sorted(
+        (r for r in rows if metric and math.isfinite(r[metric])),
+        key=lambda r: r[metric],
+        reverse=True,
+    )
+    if len(ranked) > 1:
+        hi, lo = ranked[0], ranked[-1]
+        lines[0] += (
+            f" Highest {metric}: **{hi['condition']}** ({hi[metric]:.4g}); lowest: "
+            f"**{lo['condition']}** ({lo[metric]:.4g})."
         )
-        if len(ranked) > 1:
-            hi, lo = ranked[0], ranked[-1]
-            lines += [
-                "",
-                f"Highest {metric}: **{hi['condition']}** ({hi[metric]:.4g}); lowest: "
-                f"**{lo['condition']}** ({lo[metric]:.4g}).",
-            ]
+    shown = [m for m in (metric, *lm_eval) if m]
+    lines += ["", *comparison_markdown(rows, shown, [], "", limit=NOTE_ROWS).splitlines()[2:], ""]
+    if parent.get("command"):
+        lines += [f"Launched with `{parent['command']}` in `{parent.get('launch_dir', '?')}`."]
     lines += [
-        "",
         "Every condition and language: `sweep_comparison.md` (Artifacts); figures: "
         "`ppl_ratio_by_language.png`, `ppl_ratio_heatmap.png` and the other PNGs there. "
         f"[The jobs of this sweep, grouped by condition]({link}).",

@@ -264,11 +264,15 @@ def _along_axis(
         return []
     axis = "ratio" if "ratio" in numeric else numeric[0]
     others = [p for p in keys if p != axis]
-    lines = conditions(runs, others, over=())
-    # named after their largest value on the axis: ratio 0 of every line is "unmodified"
-    named = {k: [max(v, key=lambda r: float(r.data.params[axis]))] for k, v in lines.items()}
-    label = labels(named, others, ratio=axis != "ratio")
+    # ratio 0 is one condition whatever the other values (no region): a point of its own
+    empty = [r for r in runs if axis == "ratio" and float(r.data.params[axis]) == 0]
+    lines = conditions([r for r in runs if all(r is not e for e in empty)], others, over=())
+    label = labels(lines, others, ratio=axis != "ratio")
     series, kinds = [], set()
+    if empty:
+        s, kind = _interval(empty, metric)
+        kinds.add(kind)
+        series.append((describe(empty[0].data.params, []), [(0.0, s.mean, s.lo, s.hi)]))
     for key, members in lines.items():
         points = []
         for x in sorted({float(r.data.params[axis]) for r in members}):

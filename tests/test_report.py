@@ -347,8 +347,18 @@ def test_parent_run_describes_the_sweep_and_opens_its_runs_table(seeded_sweep, c
     report.summarize_sweep(tracker, parent, tracker.children(parent), {}, ["seed"])
     note = tracker.run(parent).data.tags["mlflow.note.content"]
     n, mean, sd = _reference(jobs, "taylor", "0.05", "ppl_ratio/mean")
-    assert note.startswith(
-        "**Removing regions of sandbox-m**: 3 conditions, 9 of 10 jobs finished."
+    means = {
+        name: _reference(jobs, metric, ratio, "ppl_ratio/mean")[1]
+        for name, metric, ratio in [
+            ("unmodified", "taylor", "0.0"),
+            ("taylor core 5%", "taylor", "0.05"),
+            ("random core 5%", "random", "0.05"),
+        ]
+    }
+    hi, lo = max(means, key=means.get), min(means, key=means.get)
+    assert note.splitlines()[0] == (
+        "**Removing regions of sandbox-m**: 3 conditions, 9 of 10 jobs finished. Highest "
+        f"ppl_ratio/mean: **{hi}** ({means[hi]:.4g}); lowest: **{lo}** ({means[lo]:.4g})."
     )
     assert f"| taylor core 5% | 3 | {mean:.4g} ± {sd:.2g} |" in note
     link = f"#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
