@@ -119,11 +119,13 @@ def _legend_outside(ax, title: str | None = None) -> None:
 
 
 def _errors(points) -> list[list[float]] | None:
-    """matplotlib's asymmetric yerr from (mean, lo, hi) triples; nan bounds draw no bar."""
+    """matplotlib's asymmetric yerr from (mean, lo, hi) triples; nan bounds draw no bar, and
+    neither does a bound on the wrong side of the mean (a bootstrap interval need not contain
+    its point value; an unchanged model's is the value give or take rounding)."""
     if not any(math.isfinite(lo) and math.isfinite(hi) for _, lo, hi in points):
         return None
-    below = [m - lo if math.isfinite(lo) else 0.0 for m, lo, _ in points]
-    above = [hi - m if math.isfinite(hi) else 0.0 for m, _, hi in points]
+    below = [max(m - lo, 0.0) if math.isfinite(lo) else 0.0 for m, lo, _ in points]
+    above = [max(hi - m, 0.0) if math.isfinite(hi) else 0.0 for m, _, hi in points]
     return [below, above]
 
 
@@ -480,8 +482,10 @@ def heatmap(
                 )
     bar = fig.colorbar(image, ax=ax, label=label)
     if isinstance(norm, LogNorm):  # readable ratios (0.95, 1, 1.05), not 9.5 x 10^-1
-        bar.set_ticks(np.geomspace(norm.vmin, norm.vmax, 5).tolist())
-        bar.ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ticks = np.geomspace(norm.vmin, norm.vmax, 5).tolist()
+        digits = next(d for d in range(3, 8) if len({f"{t:.{d}g}" for t in ticks}) == 5)
+        bar.set_ticks(ticks)
+        bar.ax.yaxis.set_major_formatter(FormatStrFormatter(f"%.{digits}g"))
         bar.ax.yaxis.set_minor_formatter(NullFormatter())
     _titles(fig, ax, title)
     return _save(fig, path)

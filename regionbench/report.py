@@ -391,12 +391,6 @@ def summarize_sweep(
             log.error("no paired table: %s", err)
         else:
             table += "\n\n" + _log_table(tracker, parent_id, paired_rows, "sweep_paired")
-    with tempfile.TemporaryDirectory() as tmp:
-        history = _history(tracker)
-        for path in sweep_plots(runs, params, Path(tmp), over=over, history=history):
-            tracker.log_artifact(parent_id, path)
-        for path in region_overlap(tracker, runs, Path(tmp), params=params, over=over):
-            tracker.log_artifact(parent_id, path)
     view = ui_view(parent_id, runs, params, over, metrics)
     tracker.client.set_experiment_tag(
         tracker.experiment_id, _VIEW_TAG + parent_id, json.dumps(view)
@@ -405,6 +399,13 @@ def summarize_sweep(
     tracker.set_tags(
         parent_id, {"mlflow.note.content": sweep_note(tracker, parent_id, runs, rows, link)}
     )
+    # the figures last: a figure that cannot be drawn leaves the tables, view and note logged
+    with tempfile.TemporaryDirectory() as tmp:
+        history = _history(tracker)
+        for path in sweep_plots(runs, params, Path(tmp), over=over, history=history):
+            tracker.log_artifact(parent_id, path)
+        for path in region_overlap(tracker, runs, Path(tmp), params=params, over=over):
+            tracker.log_artifact(parent_id, path)
     return table
 
 

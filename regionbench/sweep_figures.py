@@ -107,9 +107,11 @@ def what_was_done(runs: Sequence) -> str:
         text = f"Adding noise (std {first.get('intervention.std')}) to regions of {model}"
     else:
         text = f"Removing regions of {model}"
-    size = _number(shared.get("ratio"))
-    if size and shared.get("region.name") in _SIZED_REGIONS:
+    size, region = _number(shared.get("ratio")), shared.get("region.name")
+    if size and region in ("core", "core_bottom"):
         text += f" ({size * 100:g}% of each matrix)"
+    elif size and region in _SIZED_REGIONS:  # a part of the top k: smaller than k
+        text += f" (from the top {size * 100:g}% of each matrix)"
     return text
 
 
@@ -209,6 +211,8 @@ def sweep_plots(
             )
         if len(groups) > 1 or len(langs) > MAX_POINT_LANGUAGES:
             matrix = [[cells[key, lang][0].mean for lang in langs] for key in groups]
+            finite = [v for line in matrix for v in line if math.isfinite(v) and v > 0]
+            seeds = ", mean over seeds" if any(len(m) > 1 for m in groups.values()) else ""
             paths.append(
                 heatmap(
                     matrix,
@@ -216,10 +220,12 @@ def sweep_plots(
                     langs,
                     out / "ppl_ratio_heatmap.png",
                     title=f"{done_what}\nperplexity ratio to the unmodified model per "
-                    "language, mean over seeds",
+                    f"language{seeds}",
                     label="ppl ratio (log colours, white = 1)",
                     center=1.0,
                     log=True,
+                    # within ±10% of 1 the third digit is the effect: one more
+                    fmt="{:.4g}" if finite and 0.9 < min(finite) <= max(finite) < 1.1 else "{:.3g}",
                 )
             )
     paths += _along_axis(done, params, over, out, done_what)

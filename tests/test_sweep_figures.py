@@ -94,6 +94,10 @@ def test_titles_say_what_was_done_to_which_model():
     assert sweep_figures.what_was_done(runs) == "Removing regions of sandbox-m (5% of each matrix)"
     runs[1].data.params["ratio"] = "0.01"
     assert sweep_figures.what_was_done(runs) == "Removing regions of sandbox-m"
+    mono = [_run(g, {}, _params(region="monolingual", **{"region.lang": g})) for g in "ab"]
+    assert sweep_figures.what_was_done(mono) == (
+        "Removing regions of sandbox-m (from the top 5% of each matrix)"  # smaller than 5%
+    )
     frozen = [_run("a", {}, _params(**{"intervention.name": "freeze"}))]
     assert sweep_figures.what_was_done(frozen) == (
         "Further training sandbox-m on armn with weights frozen (5% of each matrix)"
@@ -172,3 +176,22 @@ def test_plot_inputs_are_checked(tmp_path):
         condition_points(
             ["x", "y"], [("a", [(1.0, 1.0, 1.0)])], tmp_path / "p.png", title="t", ylabel="y"
         )
+
+
+def test_single_runs_draw_their_document_interval_even_when_it_misses_the_value(tmp_path):
+    """One run per condition: the bars are its bootstrap interval over the documents; the
+    unmodified model's is 1 give or take rounding, which once made matplotlib refuse the plot."""
+    runs = [
+        _run(
+            "ratio=0",
+            {"ppl_ratio/latn": 1.0, "ppl_ratio_lo/latn": 1 + 1e-12, "ppl_ratio_hi/latn": 1.0},
+            _params(ratio="0"),
+        ),
+        _run(
+            "ratio=0.05",
+            {"ppl_ratio/latn": 1.2, "ppl_ratio_lo/latn": 1.1, "ppl_ratio_hi/latn": 1.3},
+            _params(),
+        ),
+    ]
+    names = [p.name for p in sweep_figures.sweep_plots(runs, ["ratio"], tmp_path)]
+    assert names == ["ppl_ratio_by_language.png", "ppl_ratio_heatmap.png"]
