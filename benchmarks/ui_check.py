@@ -121,8 +121,9 @@ def check(launch_dir: Path, out: Path, chromium: str) -> list[tuple[str, bool]]:
             page.get_by_text(name, exact=True).first.wait_for(timeout=30_000)
         page.wait_for_timeout(1000)  # the grid settles its column widths
         page.screenshot(path=str(out / "runs_table.png"))
-        box = header.bounding_box()
-        results.append(("ppl_ratio/mean column on screen", box is not None and box["x"] < 1700))
+        box, grid = header.bounding_box(), page.locator(".ag-root-wrapper").first.bounding_box()
+        inside = box is not None and box["x"] + box["width"] <= grid["x"] + grid["width"]
+        results.append(("ppl_ratio/mean column on screen", inside))
         shown = [n for n in names if page.get_by_text(n, exact=True).first.is_visible()]
         results.append(
             (f"{len(shown)} of {len(names)} jobs of the sweep on screen", shown == names)

@@ -474,8 +474,9 @@ def ui_view(
     metrics: Sequence[str],
 ) -> dict:
     """The runs-table view of one sweep: its jobs (`sweep_id` tag), oldest first, grouped by
-    condition (or, with one job per condition, listed under one group), with the swept params
-    and the compared `metrics` as columns and the run names wide enough to read."""
+    condition (or, with one job per condition, listed under one group), with the compared
+    `metrics` (the headline first) and the swept params as the first columns after the run
+    names, which are wide enough to read."""
     keys = condition_keys(params, over)
     groups = conditions(runs, params, over)
     repeated = any(len(members) > 1 for members in groups.values())
@@ -484,13 +485,13 @@ def ui_view(
         if repeated and keys
         else [{"mode": "tag", "groupByData": "mlflow.parentRunId"}]
     )
-    longest = max(
-        [len(r.info.run_name or "") for r in runs]
-        + [
-            len("Group: " + ", ".join(f"{k}: {v}" for k, v in zip(keys, key, strict=True)))
-            for key in groups
-        ]
-    )
+    longest = max(len(r.info.run_name or "") for r in runs)  # group labels may be cut
+    first = headline_metric([r for members in groups.values() for r in members])
+    metrics = sorted(metrics, key=lambda m: m != first)  # stable: the headline first
+    columns = [
+        *(f"metrics.`{m}`" for m in metrics),
+        *(f"params.`{p}`" for p in sorted(params, key=lambda p: p in over)),
+    ]
     return {
         "searchFilter": f"tags.sweep_id = '{parent_id}'",
         "orderByKey": "attributes.start_time",
@@ -499,12 +500,10 @@ def ui_view(
         "lifecycleFilter": "Active",
         "modelVersionFilter": "All Runs",
         "datasetsFilter": [],
-        "selectedColumns": [
-            *(f"params.`{p}`" for p in params),
-            *(f"metrics.`{m}`" for m in metrics),
-        ],
-        "columnOrder": [_RUN_NAME_COLUMN],
-        "columnWidths": {_RUN_NAME_COLUMN: min(480, 60 + 7 * longest)},
+        "selectedColumns": columns,
+        # the compared metrics right after the run names (MLflow puts other columns after)
+        "columnOrder": [_RUN_NAME_COLUMN, *columns],
+        "columnWidths": {_RUN_NAME_COLUMN: min(420, 70 + 7 * longest)},
         "groupBy": {"aggregateFunction": "average", "groupByKeys": group_by},
     }
 
