@@ -485,7 +485,10 @@ def ui_view(
         if repeated and keys
         else [{"mode": "tag", "groupByData": "mlflow.parentRunId"}]
     )
-    longest = max(len(r.info.run_name or "") for r in runs)  # group labels may be cut
+    names = [r.info.run_name or "" for r in runs]
+    if group_by[0]["mode"] == "param":  # MLflow labels a group "Group: key: value, ..."
+        names += [", ".join(f"{k}: {v}" for k, v in zip(keys, key, strict=True)) for key in groups]
+    longest = max(map(len, names))
     first = headline_metric([r for members in groups.values() for r in members])
     metrics = sorted(metrics, key=lambda m: m != first)  # stable: the headline first
     columns = [
@@ -503,7 +506,7 @@ def ui_view(
         "selectedColumns": columns,
         # the compared metrics right after the run names (MLflow puts other columns after)
         "columnOrder": [_RUN_NAME_COLUMN, *columns],
-        "columnWidths": {_RUN_NAME_COLUMN: min(420, 70 + 7 * longest)},
+        "columnWidths": {_RUN_NAME_COLUMN: min(420, 110 + 7 * longest)},
         "groupBy": {"aggregateFunction": "average", "groupByKeys": group_by},
     }
 
