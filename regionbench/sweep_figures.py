@@ -62,21 +62,33 @@ def describe(params: Mapping[str, str], keys: Sequence[str], *, ratio: bool = Tr
     (for a figure whose x axis is the ratio)."""
     frozen = params.get("intervention.name") == "freeze"
     region = params.get("region.name", "")
+    preset = params.get("choice.region", region)  # region=top-dims: a preset of `dimension`
     size = _number(params.get("ratio"))
     words: list[str] = []
     if region in _SIZED_REGIONS and size == 0:
         words.append("nothing frozen" if frozen else "unmodified")
     else:
         words.append(params.get("metric.name", "") if region in _SIZED_REGIONS else "")
-        words.append(region)
+        words.append(preset if preset != region and region not in _SIZED_REGIONS else region)
         if region == "monolingual":
             words.append(params.get("region.lang", ""))
         if ratio and region in _SIZED_REGIONS and size is not None:
             words.append(f"{size * 100:g}%")
         if frozen:
             words.append("frozen")
-    extra = [f"{k}={params.get(k, '')}" for k in keys if k not in _DESCRIBED]
-    return " ".join(w for w in [*words, *extra] if w)
+    for key in keys:
+        value = params.get(key, "")
+        if (
+            key in _DESCRIBED
+            or value in ("", "None")
+            or (preset != region and key.startswith("region."))
+        ):
+            continue  # in the words already, not set for this condition, or set by the preset
+        words.append(_WORDS[key].format(value) if key in _WORDS else f"{key}={value}")
+    return " ".join(w for w in words if w)
+
+
+_WORDS = {"intervention.factor": "×{}", "intervention.std": "noise std {}"}
 
 
 def labels(groups: Mapping[tuple, Sequence], keys: Sequence[str], **kw) -> dict[tuple, str]:
@@ -102,9 +114,11 @@ def what_was_done(runs: Sequence) -> str:
         targets = first.get("intervention.target_langs", "").strip("[]").replace("'", "")
         text = f"Further training {model} on {targets or 'new text'} with weights frozen"
     elif kind == "scale":
-        text = f"Scaling regions of {model} by {first.get('intervention.factor')}"
+        factor = shared.get("intervention.factor")
+        text = f"Scaling regions of {model}" + (f" by {factor}" if factor else "")
     elif kind == "noise":
-        text = f"Adding noise (std {first.get('intervention.std')}) to regions of {model}"
+        std = shared.get("intervention.std")
+        text = f"Adding noise{f' (std {std})' if std else ''} to regions of {model}"
     else:
         text = f"Removing regions of {model}"
     size, region = _number(shared.get("ratio")), shared.get("region.name")

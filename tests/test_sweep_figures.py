@@ -76,6 +76,12 @@ def test_conditions_are_named_in_words():
         describe(sampled, [*keys, "importance.samples"]) == "taylor core 5% importance.samples=64"
     )
     assert describe(_params(), keys, ratio=False) == "taylor core"
+    # a region preset goes by its name; what it sets, and values not set, are not repeated
+    preset = _params(region="dimension", **{"choice.region": "top-dims", "region.top_dims": "4"})
+    swept = ["region.name", "region.top_dims", "region.random_dims", "intervention.factor"]
+    assert describe(preset | {"intervention.factor": "2.0"}, swept) == "top-dims ×2.0"
+    core = _params(**{"region.top_dims": "None", "intervention.factor": "0.0"})
+    assert describe(core, swept) == "taylor core 5% ×0.0"
     # two conditions that read the same are told apart by what differs
     groups = {
         ("taylor", "0.0"): [_run("a", {}, _params(ratio="0.0"))],
