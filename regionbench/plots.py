@@ -449,7 +449,7 @@ def heatmap(
     if data.shape != (len(rows), len(cols)) or not data.size:
         raise ValueError(f"heatmap values {data.shape} do not match {len(rows)} x {len(cols)}")
     finite = data[np.isfinite(data)]
-    width = max(6.4, 0.75 * len(cols) + 3)
+    width = max(6.4, 0.75 * len(cols) + 3 + 0.07 * max(map(len, rows), default=0))  # labels
     fig, (ax,) = _figure(1, width=width, height=max(3.2, 0.5 * len(rows) + 1.8))
     norm, cmap = None, "viridis"
     if center is not None and finite.size:
