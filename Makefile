@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch>=2.4
 SWEEP ?= ratio=0.01,0.03,0.05
+UI_PORT ?= 5000
 SRC := regionbench tests benchmarks experiments
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -45,8 +46,9 @@ format: $(STAMP)  ## ruff format + autofix
 hooks: $(STAMP)  ## install the pre-commit hooks (the lint checks on every commit)
 	$(VENV)/bin/pre-commit install
 
-ui: $(STAMP)  ## open the MLflow UI on ./mlruns (http://127.0.0.1:5000)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
+ui: $(STAMP)  ## the MLflow UI on ./mlruns; prints the address of the latest sweep's runs
+	@$(PY) -m regionbench.report --url --port $(UI_PORT)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --port $(UI_PORT)
 
 bench: $(STAMP)  ## benchmark scripts (ratios against baselines measured in the same run)
 	$(PY) benchmarks/bench_importance.py

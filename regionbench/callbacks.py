@@ -11,7 +11,9 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -33,6 +35,14 @@ def swept_keys(config: DictConfig, overrides: list[str]) -> list[str]:
     keys = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
     return list(dict.fromkeys([*keys, *params]))
+
+
+def _launch_command() -> str:
+    """The command line that started this process, as a shell would take it back."""
+    args = sys.argv[1:]
+    if Path(sys.argv[0]).parent == Path(regionbench.__file__).parent:  # python -m regionbench
+        return shlex.join(["python", "-m", "regionbench", *args])
+    return shlex.join([Path(sys.argv[0]).name, *args])
 
 
 def _tracker(config: DictConfig) -> Tracker:
@@ -92,7 +102,10 @@ class MlflowSweepCallback(Callback):
             self.parent,
             {
                 "overrides": " ".join(overrides),
-                "sweep_dir": str(config.hydra.sweep.dir),
+                # where the jobs' outputs are, and how to launch the sweep again from there
+                "sweep_dir": str(Path(config.hydra.sweep.dir).resolve()),
+                "launch_dir": os.getcwd(),
+                "command": _launch_command(),
                 "resume": bool(config.get("resume")),
             },
         )

@@ -1,5 +1,10 @@
-"""Plots logged as run artifacts: the forgetting curve of a freeze-training run and a generic
-sweep comparison (one panel per metric, x = a swept axis, one series per group).
+"""Plots logged as run artifacts: the forgetting curve of a freeze-training run, a sweep's
+conditions compared (per language, or along a swept axis), labelled heatmaps and dimension
+profiles.
+
+Ratios to the unmodified model are drawn around 1 (a dotted line marks "no change"), on a log
+axis when they span more than a factor of 4 (×2 and ×0.5 are then equally far from 1); each
+condition gets its own colour and the legend sits outside the data.
 
 Figures are built with `matplotlib.figure.Figure` on an Agg canvas, never through pyplot, so no
 global backend or figure registry is touched (safe in threads, notebooks and headless jobs), and
@@ -9,8 +14,38 @@ matplotlib is imported only when a plot is drawn.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Spread:
+    """One metric over the runs of a condition (its seeds): `n` finite values, their mean, the
+    sample standard deviation `sd` and the `level` t interval of the mean [lo, hi] (nan when
+    n < 2; lo = hi = mean when every value is the same)."""
+
+    n: int
+    mean: float
+    sd: float
+    lo: float
+    hi: float
+
+
+def spread(values: Iterable[float], level: float = 0.95) -> Spread:
+    """The `Spread` of `values`; None and non-finite values are left out."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return Spread(0, math.nan, math.nan, math.nan, math.nan)
+    mean = statistics.fmean(vals)
+    if len(vals) < 2:
+        return Spread(1, mean, math.nan, math.nan, math.nan)
+    from scipy import stats
+
+    sd = statistics.stdev(vals)
+    half = float(stats.t.ppf((1 + level) / 2, len(vals) - 1)) * sd / math.sqrt(len(vals))
+    return Spread(len(vals), mean, sd, mean - half, mean + half)
 
 
 def _figure(panels: int = 1, *, width: float = 6.4, height: float = 4.2):
@@ -32,11 +67,185 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
+LOG_SPAN = 4.0  # ratios whose largest / smallest exceeds this are drawn on a log axis
+
+
+def colors(n: int) -> list:
+    """`n` colours that tell conditions apart: tab10 up to 10, tab20 (pairs reordered so that
+    neighbours differ) up to 20, evenly spaced hues beyond."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"]((2 * i) % 20 + (2 * i) // 20) for i in range(n)]
+    return [colormaps["hsv"](i / n) for i in range(n)]
+
+
+def ratio_axis(ax, values, *, axis: str = "y") -> None:
+    """A ratio axis: a dotted line at 1, log scale with plain-number ticks when the values
+    span more than `LOG_SPAN`, and 1 always in view."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    line = ax.axhline if axis == "y" else ax.axvline
+    line(1.0, color="grey", linestyle=":", linewidth=1.2, zorder=0)
+    if not finite:
+        return
+    lo, hi = min([*finite, 1.0]), max([*finite, 1.0])
+    target = ax.yaxis if axis == "y" else ax.xaxis
+    if hi / lo > LOG_SPAN:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+        target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        target.set_minor_formatter(NullFormatter())
+    else:
+        pad = max((hi - lo) * 0.08, 0.002)
+        (ax.set_ylim if axis == "y" else ax.set_xlim)(lo - pad, hi + pad)
+
+
+def _legend_outside(ax, title: str | None = None) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(
+            handles,
+            labels,
+            title=title,
+            fontsize="small",
+            title_fontsize="small",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            borderaxespad=0.0,
+        )
+
+
+def _errors(points) -> list[list[float]] | None:
+    """matplotlib's asymmetric yerr from (mean, lo, hi) triples; nan bounds draw no bar, and
+    neither does a bound on the wrong side of the mean (a bootstrap interval need not contain
+    its point value; an unchanged model's is the value give or take rounding)."""
+    if not any(math.isfinite(lo) and math.isfinite(hi) for _, lo, hi in points):
+        return None
+    below = [max(m - lo, 0.0) if math.isfinite(lo) else 0.0 for m, lo, _ in points]
+    above = [max(hi - m, 0.0) if math.isfinite(hi) else 0.0 for m, _, hi in points]
+    return [below, above]
+
+
+def condition_points(
+    categories: Sequence[str],
+    series: Sequence[tuple[str, Sequence[tuple[float, float, float]]]],
+    path: str | Path,
+    *,
+    title: str,
+    ylabel: str,
+    xlabel: str = "",
+    note: str = "",
+) -> Path:
+    """Each condition's value per category (e.g. per language), as points side by side with
+    their interval: `series` is [(condition, [(mean, lo, hi) per category])]; nan lo/hi draw
+    no bar. The y axis is a ratio axis (`ratio_axis`)."""
+    if not categories or not series:
+        raise ValueError("condition_points needs at least one category and one condition")
+    for label, points in series:
+        if len(points) != len(categories):
+            raise ValueError(f"{label!r} has {len(points)} values for {len(categories)} categories")
+    width = max(6.4, 0.55 * len(categories) * max(1, len(series)) ** 0.5 + 3.5)
+    fig, (ax,) = _figure(1, width=width, height=4.4)
+    step = 0.8 / len(series)
+    for i, ((label, points), color) in enumerate(zip(series, colors(len(series)), strict=True)):
+        xs = [c - 0.4 + step * (i + 0.5) for c in range(len(categories))]
+        keep = [j for j, (m, _, _) in enumerate(points) if math.isfinite(m)]
+        ax.errorbar(
+            [xs[j] for j in keep],
+            [points[j][0] for j in keep],
+            yerr=_errors([points[j] for j in keep]),
+            fmt="o",
+            markersize=5,
+            capsize=3,
+            color=color,
+            label=label,
+        )
+    for c in range(1, len(categories)):
+        ax.axvline(c - 0.5, color="0.9", linewidth=0.8, zorder=0)
+    ax.set_xticks(range(len(categories)), list(categories))
+    ax.set_xlim(-0.5, len(categories) - 0.5)
+    ratio_axis(ax, [v for _, pts in series for p in pts for v in p])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, axis="y", which="major", alpha=0.3)
+    _legend_outside(ax)
+    _titles(fig, ax, title, note)
+    return _save(fig, path)
+
+
+def condition_lines(
+    series: Sequence[tuple[str, Sequence[tuple[float, float, float, float]]]],
+    path: str | Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    note: str = "",
+    ratio: bool = True,
+) -> Path:
+    """Each condition's value along a numeric axis, with its interval: `series` is
+    [(condition, [(x, mean, lo, hi)])], each drawn shifted by under 1% of the x range from its
+    neighbour so that equal values stay visible. With `ratio`, the y axis is a ratio axis."""
+    if not series or not any(points for _, points in series):
+        raise ValueError("condition_lines needs at least one condition with a point")
+    fig, (ax,) = _figure(1, width=7.6, height=4.4)
+    xs = [p[0] for _, points in series for p in points]
+    # conditions with equal values would hide each other: each is shifted a little along x
+    nudge = 0.008 * (max(xs) - min(xs)) if len(series) > 1 else 0.0
+    for i, ((label, points), color) in enumerate(zip(series, colors(len(series)), strict=True)):
+        points = sorted(p for p in points if math.isfinite(p[1]))
+        if not points:
+            continue
+        shift = (i - (len(series) - 1) / 2) * nudge
+        ax.errorbar(
+            [p[0] + shift for p in points],
+            [p[1] for p in points],
+            yerr=_errors([p[1:] for p in points]),
+            marker="o",
+            markersize=4,
+            capsize=3,
+            linewidth=1.4,
+            color=color,
+            label=label,
+        )
+    values = [v for _, pts in series for p in pts for v in p[1:]]
+    if ratio:
+        ratio_axis(ax, values)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="major", alpha=0.3)
+    _legend_outside(ax)
+    _titles(fig, ax, title, note)
+    return _save(fig, path)
+
+
+def _titles(fig, ax, title: str, note: str = "") -> None:
+    """The figure's title (what was done, to which model) and under it a note on how to read
+    it (what the bars are), each wrapped to the figure's width."""
+    width = fig.get_figwidth()
+    fig.suptitle(_wrap(title, int(width * 11)), fontsize="medium")
+    if note:
+        ax.set_title(_wrap(note, int(width * 13)), fontsize="small", color="0.3")
+
+
+def _wrap(text: str, chars: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, max(chars, 20)) for line in text.splitlines())
+
+
+_MEANS = ("mean", "gmean")
+
+
 def forgetting_curve(
     history: Sequence[tuple[int, Mapping[str, float]]], path: str | Path, *, title: str = ""
 ) -> Path:
     """Plot `forget/<lang>` (solid) and `learn/<lang>` (dashed) perplexity ratios against the
-    optimizer step, the means in bold black, on a log axis with the no-change line at 1.
+    optimizer step, with their average over languages in bold black (the geometric `gmean` if
+    logged; none for a single language), on a ratio axis with the no-change line at 1.
 
     `history` is `train_frozen(...)["history"]`: [(step, {metric: value})]; other keys are
     ignored.  Returns the written path (PNG unless the suffix says otherwise).
@@ -50,25 +259,44 @@ def forgetting_curve(
         keys = sorted({k for _, m in history for k in m})
         raise ValueError(f"history has no forget/<lang> or learn/<lang> metrics; keys: {keys}")
 
-    fig, (ax,) = _figure()
-    for key in sorted(series, key=lambda k: (k.endswith("/mean"), k)):
+    fig, (ax,) = _figure(width=7.6)
+    langs = sorted({k.split("/", 1)[1] for k in series} - {"mean", "gmean"})
+    color = dict(zip(langs, colors(len(langs)), strict=True))
+    for kind in ("forget", "learn"):  # one average per kind (geometric if logged), none of one
+        own = [k for k in series if k.startswith(f"{kind}/") and k.split("/")[1] not in _MEANS]
+        for drop in (f"{kind}/mean", f"{kind}/gmean"):
+            if len(own) < 2 or (drop.endswith("/mean") and f"{kind}/gmean" in series):
+                series.pop(drop, None)
+    for key in sorted(series, key=lambda k: (k.split("/")[1] in _MEANS, k)):
         points = sorted(series[key])
         steps, values = [s for s, _ in points], [v for _, v in points]
         kind, lang = key.split("/", 1)
         style = "--" if kind == "learn" else "-"
-        if lang == "mean":
+        if lang in _MEANS:
             ax.plot(steps, values, style, color="black", linewidth=2.5, label=key)
         else:
-            ax.plot(steps, values, style, marker="o", markersize=3, linewidth=1.2, label=key)
-    ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
-    values = [v for points in series.values() for _, v in points]
-    if all(math.isfinite(v) and v > 0 for v in values):
-        ax.set_yscale("log")  # ratios: x2 forgotten and x0.5 learned are equally far from 1
+            ax.plot(
+                steps,
+                values,
+                style,
+                color=color[lang],
+                marker="o",
+                markersize=3,
+                linewidth=1.2,
+                label=key,
+            )
+    ratio_axis(ax, [v for points in series.values() for _, v in points])
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("perplexity ratio (now / before training)")
-    ax.set_title(title or "forgetting (solid) and learning (dashed) during freeze training")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _legend_outside(ax)
+    _titles(
+        fig,
+        ax,
+        title or "forgetting during freeze training",
+        "forget/<lang> (solid): the languages not trained on, above 1 = forgotten; "
+        "learn/<lang> (dashed): the training language",
+    )
     return _save(fig, path)
 
 
@@ -88,9 +316,9 @@ def sweep_plot(
 ) -> Path:
     """One panel per metric in `ys` against the swept axis `x`, one series per value of `group`.
 
-    Numeric `x` (e.g. ratio) draws lines, anything else (e.g. region) grouped bars.  Rows sharing
-    (group, x) (seeds) are averaged, with a +-1 standard deviation bar.  Rows without a metric,
-    or with a non-finite one, are skipped for that metric.
+    Numeric `x` (e.g. ratio) draws lines, anything else (e.g. region) points side by side. Rows
+    sharing (group, x) (seeds) are averaged, with a bar for the 95% t interval of their mean.
+    Rows without a metric, or with a non-finite one, are skipped for that metric.
     """
     if not rows:
         raise ValueError("sweep_plot rows [] is empty")
@@ -110,34 +338,41 @@ def sweep_plot(
     groups = list(dict.fromkeys(str(row.get(group)) for row in rows)) if group else [None]
 
     fig, axes = _figure(len(ys))
+    palette = colors(len(groups))
     for ax, y in zip(axes, ys, strict=True):
         for gi, g in enumerate(groups):
             points = []
             for xv in xs:
-                vals = [
+                s = spread(
                     float(row[y])
                     for row in rows
                     if row.get(x) == xv
                     and (group is None or str(row.get(group)) == g)
                     and _is_number(row.get(y))
-                    and math.isfinite(float(row[y]))
-                ]
-                if vals:
-                    mean = sum(vals) / len(vals)
-                    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals))
-                    points.append((xs.index(xv), xv, mean, std))
+                )
+                if s.n:
+                    points.append((xs.index(xv), xv, s))
             if not points:
                 continue
             label = f"{group}={g}" if group else y
-            means, stds = [p[2] for p in points], [p[3] for p in points]
+            means = [p[2].mean for p in points]
+            yerr = _errors([(p[2].mean, p[2].lo, p[2].hi) for p in points])
             if numeric:
                 ax.errorbar(
-                    [p[1] for p in points], means, yerr=stds, marker="o", capsize=3, label=label
+                    [p[1] for p in points],
+                    means,
+                    yerr=yerr,
+                    marker="o",
+                    capsize=3,
+                    color=palette[gi],
+                    label=label,
                 )
             else:
                 width = 0.8 / len(groups)
                 pos = [p[0] - 0.4 + width * (gi + 0.5) for p in points]
-                ax.bar(pos, means, width=width, yerr=stds, capsize=3, label=label)
+                ax.errorbar(
+                    pos, means, yerr=yerr, fmt="o", capsize=3, color=palette[gi], label=label
+                )
         if not numeric:
             ax.set_xticks(range(len(xs)), [str(v) for v in xs])
         if logy:
@@ -146,7 +381,7 @@ def sweep_plot(
         ax.set_ylabel(y)
         ax.grid(True, alpha=0.3)
         if group:
-            ax.legend(fontsize="small")
+            _legend_outside(ax)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -214,7 +449,7 @@ def heatmap(
     if data.shape != (len(rows), len(cols)) or not data.size:
         raise ValueError(f"heatmap values {data.shape} do not match {len(rows)} x {len(cols)}")
     finite = data[np.isfinite(data)]
-    width = max(6.4, 0.75 * len(cols) + 3)
+    width = max(6.4, 0.75 * len(cols) + 3 + 0.07 * max(map(len, rows), default=0))  # labels
     fig, (ax,) = _figure(1, width=width, height=max(3.2, 0.5 * len(rows) + 1.8))
     norm, cmap = None, "viridis"
     if center is not None and finite.size:
@@ -247,8 +482,10 @@ def heatmap(
                 )
     bar = fig.colorbar(image, ax=ax, label=label)
     if isinstance(norm, LogNorm):  # readable ratios (0.95, 1, 1.05), not 9.5 x 10^-1
-        bar.set_ticks(np.geomspace(norm.vmin, norm.vmax, 5).tolist())
-        bar.ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ticks = np.geomspace(norm.vmin, norm.vmax, 5).tolist()
+        digits = next(d for d in range(3, 8) if len({f"{t:.{d}g}" for t in ticks}) == 5)
+        bar.set_ticks(ticks)
+        bar.ax.yaxis.set_major_formatter(FormatStrFormatter(f"%.{digits}g"))
         bar.ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_title(title)
+    _titles(fig, ax, title)
     return _save(fig, path)

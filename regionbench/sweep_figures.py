@@ -1,39 +1,384 @@
-"""The figures a sweep's parent run gets: each job's per-language perplexity ratios (bars and a
-job × language heatmap), the mean against a numeric swept axis, and how much the jobs' regions
-agree (`region_overlap.csv`, a Jaccard heatmap). `report.summarize_sweep` logs them."""
+"""The figures a sweep's parent run gets, and the conditions they and the comparison table
+(`report.summarize_sweep`) are built on.
+
+A condition is what a sweep compares: the jobs that share every swept value except their seed
+(`tracking.pair_over`). Each figure shows one point per condition, the mean over its jobs, with
+a 95% interval (over the seeds when it has several, else the job's own interval over the
+evaluation documents), says in its title what was done to which model, and names each
+condition in words ("taylor core 5%", "random 1% frozen", "unmodified"):
+
+* `ppl_ratio_by_language.png`: each condition's perplexity ratio per language (up to 8
+  conditions and 12 languages);
+* `ppl_ratio_heatmap.png`: the same as a condition × language table of colours;
+* `<metric>_vs_<axis>.png`: the headline ratio against a numeric swept axis (ratio);
+* `forgetting_by_condition.png`: freeze sweeps, forgetting at every evaluation step;
+* `region_overlap.png/.csv`: how much the conditions' regions agree (Jaccard).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from regionbench import names
+from regionbench.plots import Spread, spread
 from regionbench.tracking import Tracker
 
 MAX_OVERLAP_RUNS = 60  # pairwise agreement of more regions is a table nobody reads
 MAX_MASK_BYTES = 50 * 2**20  # packed bits: a 1/8 of the scored parameters (7B: ~800 MB)
+MAX_POINT_CONDITIONS = 8  # more conditions side by side per language: the heatmap alone
+MAX_POINT_LANGUAGES = 12
+# the regions whose size is `ratio` (the others are given by dims, coordinates or detectors)
+_SIZED_REGIONS = ("core", "core_bottom", "monolingual", "core_minus_outliers")
+_DESCRIBED = ("metric.name", "region.name", "region.lang", "ratio", "intervention.name")
+
+History = Callable[[str, str], Sequence[tuple[int, float]]]  # (run id, metric) -> [(step, value)]
 
 
-def region_overlap(tracker: Tracker, runs: Sequence, out: Path) -> list[Path]:
+# ----------------------------------------------------------------------------------- conditions
+def conditions(runs: Sequence, params: Sequence[str], over: Sequence[str] = ("seed",)) -> dict:
+    """The finished runs grouped by the values of every swept param in `params` except those
+    in `over` (the seeds), in order of first appearance: {values: [runs]}."""
+    keys = condition_keys(params, over)
+    groups: dict[tuple, list] = {}
+    for r in runs:
+        if r.info.status == "FINISHED":
+            groups.setdefault(tuple(r.data.params.get(k, "") for k in keys), []).append(r)
+    return groups
+
+
+def condition_keys(params: Sequence[str], over: Sequence[str] = ("seed",)) -> list[str]:
+    return [p for p in params if p not in over]
+
+
+def describe(params: Mapping[str, str], keys: Sequence[str], *, ratio: bool = True) -> str:
+    """A condition in words, from one of its runs' params: "taylor core 5%", "random core 1%
+    frozen", "taylor monolingual latn 5%", "unmodified" (ratio 0), "nothing frozen"; the swept
+    `keys` the words do not cover follow as key=value. Without `ratio`, the size is left out
+    (for a figure whose x axis is the ratio)."""
+    frozen = params.get("intervention.name") == "freeze"
+    region = params.get("region.name", "")
+    preset = params.get("choice.region", region)  # region=top-dims: a preset of `dimension`
+    size = _number(params.get("ratio"))
+    words: list[str] = []
+    if region in _SIZED_REGIONS and size == 0:
+        words.append("nothing frozen" if frozen else "unmodified")
+    else:
+        words.append(params.get("metric.name", "") if region in _SIZED_REGIONS else "")
+        words.append(preset if preset != region and region not in _SIZED_REGIONS else region)
+        if region == "monolingual":
+            words.append(params.get("region.lang", ""))
+        if ratio and region in _SIZED_REGIONS and size is not None:
+            words.append(f"{size * 100:g}%")
+        if frozen:
+            words.append("frozen")
+    for key in keys:
+        value = params.get(key, "")
+        if (
+            key in _DESCRIBED
+            or value in ("", "None")
+            or (preset != region and key.startswith("region."))
+        ):
+            continue  # in the words already, not set for this condition, or set by the preset
+        words.append(_WORDS[key].format(value) if key in _WORDS else f"{key}={value}")
+    return " ".join(w for w in words if w)
+
+
+_WORDS = {"intervention.factor": "×{}", "intervention.std": "noise std {}"}
+
+
+def labels(groups: Mapping[tuple, Sequence], keys: Sequence[str], **kw) -> dict[tuple, str]:
+    """Each condition's `describe`; where several read the same ("unmodified" at ratio 0 of
+    two metrics), the keys whose values tell them apart follow in brackets."""
+    out = {key: describe(runs[0].data.params, keys, **kw) for key, runs in groups.items()}
+    for text in {t for t in out.values() if list(out.values()).count(t) > 1}:
+        same = [key for key, t in out.items() if t == text]
+        apart = [i for i in range(len(keys)) if len({key[i] for key in same}) > 1]
+        for key in same:
+            out[key] = f"{text} ({', '.join(f'{keys[i]}={key[i]}' for i in apart)})"
+    return out
+
+
+def what_was_done(runs: Sequence) -> str:
+    """The sweep in words, from what its runs share: "Removing regions of sandbox-m (5% of
+    each matrix)", "Further training sandbox-m on armn with weights frozen"."""
+    first = runs[0].data.params
+    shared = {k: v for k, v in first.items() if all(r.data.params.get(k) == v for r in runs)}
+    model = Path(first.get("model.name", "the model")).name
+    kind = first.get("intervention.name", "remove")
+    if kind == "freeze":
+        targets = first.get("intervention.target_langs", "").strip("[]").replace("'", "")
+        text = f"Further training {model} on {targets or 'new text'} with weights frozen"
+    elif kind == "scale":
+        factor = shared.get("intervention.factor")
+        text = f"Scaling regions of {model}" + (f" by {factor}" if factor else "")
+    elif kind == "noise":
+        std = shared.get("intervention.std")
+        text = f"Adding noise{f' (std {std})' if std else ''} to regions of {model}"
+    else:
+        text = f"Removing regions of {model}"
+    size, region = _number(shared.get("ratio")), shared.get("region.name")
+    if size and region in ("core", "core_bottom"):
+        text += f" ({size * 100:g}% of each matrix)"
+    elif size and region in _SIZED_REGIONS:  # a part of the top k: smaller than k
+        text += f" (from the top {size * 100:g}% of each matrix)"
+    return text
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_number(value) -> bool:
+    return _number(value) is not None
+
+
+def _interval(runs: Sequence, metric: str) -> tuple[Spread, str]:
+    """The metric over a condition's runs and what its interval is: over the seeds when there
+    are several, else the run's own 95% bootstrap interval over the documents (`<stem>_lo`)."""
+    s = spread(r.data.metrics.get(metric) for r in runs)
+    if s.n != 1 or "/" not in metric:
+        return s, "seeds" if s.n > 1 else ""
+    stem, rest = metric.split("/", 1)
+    lo = runs[0].data.metrics.get(f"{stem}_lo/{rest}")
+    hi = runs[0].data.metrics.get(f"{stem}_hi/{rest}")
+    if lo is None or hi is None:
+        return s, ""
+    return Spread(1, s.mean, math.nan, lo, hi), "documents"
+
+
+def _interval_note(kinds: set[str], groups: Mapping) -> str:
+    sizes = sorted({len(v) for v in groups.values()})
+    runs = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
+    kinds = kinds - {""}
+    if kinds == {"seeds"}:
+        return f"mean over the {runs} seeds of each condition; bars: 95% t interval over seeds"
+    if kinds == {"documents"}:
+        return "one run per condition; bars: 95% paired bootstrap interval over the documents"
+    if kinds:
+        return (
+            "mean over each condition's seeds; bars: 95% t interval over seeds, or for a single "
+            "run its 95% bootstrap interval over the documents"
+        )
+    return f"mean over the {runs} runs of each condition"
+
+
+# -------------------------------------------------------------------------------------- figures
+def sweep_plots(
+    runs: Sequence,
+    params: Sequence[str],
+    out: Path,
+    *,
+    over: Sequence[str] = ("seed",),
+    history: History | None = None,
+) -> list[Path]:
+    """The sweep's figures (module docstring) in `out`; `history` reads a run's per-step
+    metric, for the forgetting curves of a freeze sweep."""
+    from regionbench.plots import condition_points, heatmap
+
+    groups = conditions(runs, params, over)
+    if not groups:
+        return []
+    done = [r for members in groups.values() for r in members]
+    keys = condition_keys(params, over)
+    label = labels(groups, keys)
+    done_what = what_was_done(done)
+    langs = sorted(
+        {
+            k.split("/", 1)[1]
+            for r in done
+            for k in r.data.metrics
+            if k.startswith("ppl_ratio/") and k != names.PPL_RATIO_MEAN
+        }
+    )
+    langs = language_order(langs, [label[key] for key in groups])
+    paths = []
+    if langs:
+        cells = {
+            (key, lang): _interval(members, f"ppl_ratio/{lang}")
+            for key, members in groups.items()
+            for lang in langs
+        }
+        note = _interval_note({kind for _, kind in cells.values()}, groups)
+        if len(groups) <= MAX_POINT_CONDITIONS and len(langs) <= MAX_POINT_LANGUAGES:
+            series = [
+                (label[key], [(c.mean, c.lo, c.hi) for c in (cells[key, g][0] for g in langs)])
+                for key in groups
+            ]
+            paths.append(
+                condition_points(
+                    langs,
+                    series,
+                    out / "ppl_ratio_by_language.png",
+                    title=f"{done_what}: perplexity per language",
+                    ylabel="perplexity ratio to the unmodified model",
+                    xlabel="evaluation language",
+                    note=note,
+                )
+            )
+        if len(groups) > 1 or len(langs) > MAX_POINT_LANGUAGES:
+            matrix = [[cells[key, lang][0].mean for lang in langs] for key in groups]
+            finite = [v for line in matrix for v in line if math.isfinite(v) and v > 0]
+            seeds = ", mean over seeds" if any(len(m) > 1 for m in groups.values()) else ""
+            paths.append(
+                heatmap(
+                    matrix,
+                    [label[key] for key in groups],
+                    langs,
+                    out / "ppl_ratio_heatmap.png",
+                    title=f"{done_what}\nperplexity ratio to the unmodified model per "
+                    f"language{seeds}",
+                    label="ppl ratio (log colours, white = 1)",
+                    center=1.0,
+                    log=True,
+                    # within ±10% of 1 the third digit is the effect: one more
+                    fmt="{:.4g}" if finite and 0.9 < min(finite) <= max(finite) < 1.1 else "{:.3g}",
+                )
+            )
+    paths += _along_axis(done, params, over, out, done_what)
+    if history is not None:
+        paths += _forgetting_curves(groups, label, history, out, done_what)
+    return paths
+
+
+def headline_metric(runs: Sequence) -> str | None:
+    """What a sweep is judged by: forgetting (geometric mean over languages) for freeze
+    training, else the perplexity ratio averaged over languages."""
+    logged = {k for r in runs for k in r.data.metrics}
+    for metric in (names.FORGET_GMEAN, names.FORGET_MEAN, names.PPL_RATIO_MEAN):
+        if metric in logged:
+            return metric
+    return None
+
+
+_READS = {  # axis labels
+    names.FORGET_GMEAN: "forgetting (ppl ratio, other languages, geo. mean)",
+    names.FORGET_MEAN: "forgetting (ppl ratio, other languages, mean)",
+    names.PPL_RATIO_MEAN: "ppl ratio to unmodified (mean over languages)",
+}
+
+
+def _along_axis(
+    runs: Sequence, params: Sequence[str], over: Sequence[str], out: Path, done_what: str
+) -> list[Path]:
+    """The headline metric against a numeric swept axis (the ratio, if it is swept), one line
+    per combination of the other swept values."""
+    from regionbench.plots import condition_lines
+
+    metric = headline_metric(runs)
+    keys = condition_keys(params, over)
+    numeric = [
+        p
+        for p in keys
+        if all(_is_number(r.data.params.get(p)) for r in runs)
+        and len({float(r.data.params[p]) for r in runs}) > 1
+    ]
+    if metric is None or not numeric:
+        return []
+    axis = "ratio" if "ratio" in numeric else numeric[0]
+    others = [p for p in keys if p != axis]
+    # ratio 0 is one condition whatever the other values (no region): a point of its own
+    empty = [r for r in runs if axis == "ratio" and float(r.data.params[axis]) == 0]
+    lines = conditions([r for r in runs if all(r is not e for e in empty)], others, over=())
+    label = labels(lines, others, ratio=axis != "ratio")
+    series, kinds = [], set()
+    if empty:
+        s, kind = _interval(empty, metric)
+        kinds.add(kind)
+        series.append((describe(empty[0].data.params, []), [(0.0, s.mean, s.lo, s.hi)]))
+    for key, members in lines.items():
+        points = []
+        for x in sorted({float(r.data.params[axis]) for r in members}):
+            at = [r for r in members if float(r.data.params[axis]) == x]
+            s, kind = _interval(at, metric)
+            kinds.add(kind)
+            points.append((x, s.mean, s.lo, s.hi))
+        series.append((label[key] or "every job", points))
+    groups = conditions(runs, keys, over=())
+    return [
+        condition_lines(
+            series,
+            out / f"{metric.replace('/', '_')}_vs_{axis.replace('.', '_')}.png",
+            title=f"{done_what}: {metric} against {axis}",
+            xlabel=axis,
+            ylabel=_READS.get(metric, metric),
+            note=_interval_note(kinds, groups),
+        )
+    ]
+
+
+def _forgetting_curves(
+    groups: Mapping, label: Mapping, history: History, out: Path, done_what: str
+) -> list[Path]:
+    """Freeze sweeps: each condition's forgetting at every evaluation step, mean over seeds."""
+    from regionbench.plots import condition_lines
+
+    runs = [r for members in groups.values() for r in members]
+    metric = headline_metric(runs)
+    if metric not in (names.FORGET_GMEAN, names.FORGET_MEAN):
+        return []
+    series, kinds = [], set()
+    for key, members in groups.items():
+        steps: dict[int, list[float]] = {}
+        for r in members:
+            for step, value in history(r.info.run_id, metric):
+                steps.setdefault(int(step), []).append(value)
+        points = []
+        for step, values in sorted(steps.items()):
+            s = spread(values)
+            kinds.add("seeds" if s.n > 1 else "")
+            points.append((step, s.mean, s.lo, s.hi))
+        if points:
+            series.append((label[key], points))
+    if not series:
+        return []
+    return [
+        condition_lines(
+            series,
+            out / "forgetting_by_condition.png",
+            title=f"{done_what}: forgetting during training",
+            xlabel="optimizer step",
+            ylabel=_READS[metric],
+            note=_interval_note(kinds, groups),
+        )
+    ]
+
+
+def region_overlap(
+    tracker: Tracker, runs: Sequence, out: Path, *, params: Sequence[str] = (), over=("seed",)
+) -> list[Path]:
     """The pairwise agreement of the sweep's regions (Jaccard and overlap coefficient, from each
-    job's saved mask file) as `region_overlap.csv` and a Jaccard heatmap `region_overlap.png`.
-    Skipped for more than 60 jobs or masks over 50 MB (a 7B model's masks are gigabytes)."""
+    job's saved mask file) as `region_overlap.csv` and a Jaccard heatmap `region_overlap.png`,
+    one row per condition (its first seed's region). Skipped for more than 60 conditions or
+    masks over 50 MB (a 7B model's masks are gigabytes)."""
     from regionbench.overlap import agreement
     from regionbench.plots import heatmap
     from regionbench.regions import Region
 
-    done = [r for r in runs if r.info.status == "FINISHED"]
-    if not 2 <= len(done) <= MAX_OVERLAP_RUNS:
+    groups = conditions(runs, params, over) if params else {}
+    if groups and len(groups) < len([r for r in runs if r.info.status == "FINISHED"]):
+        label = labels(groups, condition_keys(params, over))
+        chosen = [(label[key], members[0]) for key, members in groups.items()]
+    else:
+        chosen = [(r.info.run_name, r) for r in runs if r.info.status == "FINISHED"]
+    if not 2 <= len(chosen) <= MAX_OVERLAP_RUNS:
         return []
     regions = {}
-    for r in done:
-        files = {a.path: a.file_size for a in tracker.client.list_artifacts(r.info.run_id)}
-        if files.get("region.safetensors", MAX_MASK_BYTES + 1) > MAX_MASK_BYTES:
-            continue
-        local = tracker.client.download_artifacts(r.info.run_id, "region.safetensors", str(out))
-        regions[r.info.run_name] = Region.load(local)
-        Path(local).unlink()
+    with _quiet_artifact_downloads():
+        for name, r in chosen:
+            files = {a.path: a.file_size for a in tracker.client.list_artifacts(r.info.run_id)}
+            if files.get("region.safetensors", MAX_MASK_BYTES + 1) > MAX_MASK_BYTES:
+                continue
+            local = tracker.client.download_artifacts(r.info.run_id, "region.safetensors", str(out))
+            regions[name] = Region.load(local)
+            Path(local).unlink()
     if len(regions) < 2:
         return []
     names_ = list(regions)
@@ -43,7 +388,7 @@ def region_overlap(tracker: Tracker, runs: Sequence, out: Path) -> list[Path]:
         for b in names_:
             agr = agreement(regions[a], regions[b])
             line.append(agr.jaccard)
-            if a < b:
+            if names_.index(a) < names_.index(b):
                 rows.append(
                     {
                         "a": a,
@@ -58,107 +403,46 @@ def region_overlap(tracker: Tracker, runs: Sequence, out: Path) -> list[Path]:
         writer = csv.DictWriter(f, fieldnames=["a", "b", "jaccard", "overlap_coefficient"])
         writer.writeheader()
         writer.writerows(rows)
+    done = [r for _, r in chosen]
     png = heatmap(
         matrix,
         names_,
         names_,
         out / "region_overlap.png",
-        label="Jaccard",
-        title="agreement of the sweep's regions (Jaccard of their entries)",
+        label="Jaccard index",
+        title=f"{what_was_done(done)}\nentries the regions share (Jaccard: shared / in either)"
+        + (" (first seed of each condition)" if groups else ""),
         fmt="{:.2f}",
         limits=(0.0, 1.0),
     )
     return [csv_path, png]
 
 
-def sweep_plots(runs: Sequence, params: Sequence[str], out: Path) -> list[Path]:
-    """Per-language perplexity ratio of each job, and the mean against a numeric swept axis."""
-    from regionbench.plots import sweep_plot
-
-    done = [r for r in runs if r.info.status == "FINISHED"]
-    langs = sorted(
-        {
-            k.split("/", 1)[1]
-            for r in done
-            for k in r.data.metrics
-            if k.startswith("ppl_ratio/") and k != "ppl_ratio/mean"
-        }
-    )
-    langs = _language_order(langs, [r.info.run_name or "" for r in done])
-    paths = []
-    if done and langs:
-        rows = [
-            {
-                "language": lang,
-                "job": r.info.run_name,
-                "ppl_ratio": r.data.metrics.get(f"ppl_ratio/{lang}", math.nan),
-            }
-            for r in done
-            for lang in langs
-        ]
-        paths.append(
-            sweep_plot(
-                rows, "language", ["ppl_ratio"], out / "ppl_ratio_by_language.png", group="job"
-            )
-        )
-    if done and langs and len(done) > 1:
-        from regionbench.plots import heatmap
-
-        matrix = [
-            [r.data.metrics.get(f"ppl_ratio/{lang}", math.nan) for lang in langs] for r in done
-        ]
-        paths.append(
-            heatmap(
-                matrix,
-                [r.info.run_name for r in done],
-                langs,
-                out / "ppl_ratio_heatmap.png",
-                title="perplexity ratio to the unmodified model, per job and language",
-                label="ppl ratio (log colour scale, white = 1)",
-                center=1.0,
-                log=True,
-            )
-        )
-    numeric = [p for p in params if all(_is_number(r.data.params.get(p)) for r in done)]
-    if done and numeric:
-        axis, others = numeric[0], [p for p in params if p != numeric[0]]
-        rows = [
-            {
-                axis: float(r.data.params[axis]),
-                "job": " ".join(f"{p}={r.data.params.get(p)}" for p in others) or "sweep",
-                "ppl_ratio/mean": r.data.metrics.get("ppl_ratio/mean", math.nan),
-            }
-            for r in done
-        ]
-        paths.append(
-            sweep_plot(
-                rows,
-                axis,
-                ["ppl_ratio/mean"],
-                out / f"ppl_ratio_vs_{axis.replace('.', '_')}.png",
-                group="job",
-            )
-        )
-    return paths
+@contextlib.contextmanager
+def _quiet_artifact_downloads():
+    """MLflow draws a progress bar per downloaded file (a line per mask at the end of every
+    sweep); `MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR` is its switch, read at each download."""
+    var = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    saved = os.environ.get(var)
+    os.environ[var] = "false"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = saved
 
 
-def _language_order(langs: Sequence[str], job_names: Sequence[str]) -> list[str]:
+def language_order(langs: Sequence[str], job_names: Sequence[str]) -> list[str]:
     """Languages in the order the jobs name them (`region.lang=latn`, then `region.lang=cyrl`...),
     the rest alphabetically: a sweep over languages puts its diagonal on the diagonal."""
     named = [
         value
         for name in job_names
         for part in name.split()
-        for value in part.split("=", 1)[1:]
+        for value in [*part.split("=", 1)[1:], part]
         if value in langs
     ]
     first = list(dict.fromkeys(named))
     return first + sorted(lang for lang in langs if lang not in first)
-
-
-def _is_number(value) -> bool:
-    try:
-        float(value)
-        return True
-    except (TypeError, ValueError):
-        return False

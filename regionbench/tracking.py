@@ -303,8 +303,14 @@ class Tracker:
                 self.client = _Uninterrupted(MlflowClient(tracking_uri=self.uri))
                 found = self.client.get_experiment_by_name(experiment)  # creates the schema
                 if found is None:
+                    # What MLflow's UI records for an experiment created under "Model training"
+                    # (runs, not traces). MLflow 3 UIs before its Model training / GenAI switch
+                    # open such an experiment on its runs table; 3.17 follows the switch (the
+                    # URL's `workflowType=machine_learning`, see `report --url`).
                     self.experiment_id = self.client.create_experiment(
-                        experiment, artifact_location=_artifact_root(self.uri)
+                        experiment,
+                        artifact_location=_artifact_root(self.uri),
+                        tags={"mlflow.experimentKind": "custom_model_development"},
                     )
                 else:
                     self.experiment_id = found.experiment_id

@@ -507,3 +507,15 @@ def test_language_templates_expand_to_existing_tasks():
         "xstorycloze_ar",
     ]
     assert set(skipped) == {"xnli_xx", "belebele_xxx_Xxxx", "xstorycloze_vi", "xstorycloze_xx"}
+
+
+def test_no_git_message_outside_a_checkout(model, tok, root, tmp_path, monkeypatch, capfd):
+    """lm-eval looks up the launch directory's commit with git; outside a checkout git's
+    `fatal: not a git repository` reached the console once per job. It is gone, and the
+    results record no commit, as lm-eval's own lookup would."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # no repository above
+    results = run(model, tok, ["sandbox_grammar"], root)
+    assert "not a git repository" not in capfd.readouterr().err
+    assert results["git_hash"] is None
+    assert "sandbox_grammar" in results["results"]

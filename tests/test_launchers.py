@@ -149,7 +149,7 @@ def test_sweep_logs_to_a_tracking_server(tmp_path, cache_dir, sandbox_test_dir):
         table = client.download_artifacts(
             parents[0].info.run_id, "sweep_comparison.md", str(tmp_path)
         )
-        assert "ratio=0.05" in Path(table).read_text()
+        assert "taylor core 5%" in Path(table).read_text()  # the condition, in words
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

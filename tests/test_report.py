@@ -242,3 +242,171 @@ def test_baseline_is_paired_along_every_axis_the_baseline_runs_vary(tmp_path, ca
     # Without --over, two random runs (seeds 0 and 1) match ratio 0.01: refused, not guessed.
     with pytest.raises(SystemExit, match="two runs match the baseline .* ratio=0.01"):
         report.main([*argv, "--baseline", "metric.name=random", "--params", "metric.name", "ratio"])
+
+
+# ------------------------------------------------------------------ the sweep's parent run
+LANGS = ("latn", "cyrl")
+
+
+def _job(metric: str, ratio: str, seed: str, values: dict[str, float]) -> tuple[dict, dict]:
+    params = {
+        "metric.name": metric,
+        "region.name": "core",
+        "ratio": ratio,
+        "seed": seed,
+        "model.name": "/models/sandbox-m",
+        "intervention.name": "remove",
+    }
+    return params, values
+
+
+@pytest.fixture
+def seeded_sweep(tmp_path):
+    """metric x ratio x 3 seeds, the unmodified (ratio 0) jobs last, plus one failed job."""
+    import random
+
+    rng = random.Random(7)
+    tracker = Tracker(resolve_uri(None, tmp_path), "core_region")
+    jobs = []
+    for metric, ratio in [("taylor", "0.05"), ("random", "0.05"), ("taylor", "0.0")]:
+        for seed in ("0", "1", "2"):
+            size = float(ratio)
+            values = {f"ppl_ratio/{lang}": 1 + size * rng.uniform(1, 20) for lang in LANGS}
+            values["ppl_ratio/mean"] = sum(values.values()) / len(LANGS)
+            values["region/fraction"] = size
+            values["lm_eval/grammar/acc"] = rng.uniform(0.6, 0.9)
+            values["lm_eval/grammar/acc_stderr"] = rng.uniform(0.01, 0.05)
+            values["lm_eval/grammar_latn/acc"] = rng.uniform(0.6, 0.9)  # a subtask
+            values["lm_eval/grammar_latn/acc_stderr"] = 0.1
+            values["lm_eval/grammar/acc_agreement"] = 0.5  # a breakdown, without stderr
+            jobs.append(_job(metric, ratio, seed, values))
+    parent = _sweep(tracker, "sweep", jobs)
+    failed = tracker.start_run("job-failed", parent_run_id=parent)
+    tracker.log_params(failed, _job("magnitude", "0.05", "0", {})[0])
+    tracker.log_metrics(failed, {"ppl_ratio/mean": 99.0})
+    tracker.end_run(failed, "FAILED", error="boom")
+    return tracker, parent, jobs
+
+
+def _reference(jobs, metric: str, ratio: str, key: str) -> tuple[int, float, float]:
+    """n, mean and sample standard deviation, written out from their definitions."""
+    vals = [m[key] for p, m in jobs if p["metric.name"] == metric and p["ratio"] == ratio]
+    n = len(vals)
+    mean = sum(vals) / n
+    sd = (sum((v - mean) ** 2 for v in vals) / (n - 1)) ** 0.5
+    return n, mean, sd
+
+
+def _artifact(tracker, run_id: str, name: str, tmp_path) -> str:
+    from pathlib import Path
+
+    return Path(tracker.client.download_artifacts(run_id, name, str(tmp_path))).read_text()
+
+
+def test_sweep_comparison_is_one_row_per_condition_over_its_seeds(seeded_sweep, tmp_path):
+    import csv
+    import io
+
+    tracker, parent, jobs = seeded_sweep
+    report.summarize_sweep(tracker, parent, tracker.children(parent), {}, ["seed"])
+    rows = list(
+        csv.DictReader(io.StringIO(_artifact(tracker, parent, "sweep_comparison.csv", tmp_path)))
+    )
+    # the unmodified model first, then the conditions in the sweep's order; the failed job
+    # (the only magnitude one) is no condition
+    assert [r["condition"] for r in rows] == ["unmodified", "taylor core 5%", "random core 5%"]
+    assert [(r["metric.name"], r["ratio"]) for r in rows] == [
+        ("taylor", "0.0"),
+        ("taylor", "0.05"),
+        ("random", "0.05"),
+    ]
+    for row in rows:
+        for key in [
+            "ppl_ratio/mean",
+            *(f"ppl_ratio/{lang}" for lang in LANGS),
+            "lm_eval/grammar/acc",
+        ]:
+            n, mean, sd = _reference(jobs, row["metric.name"], row["ratio"], key)
+            assert int(row["n"]) == n == 3
+            assert float(row[key]) == pytest.approx(mean, rel=1e-12), key
+            assert float(row[f"{key} sd"]) == pytest.approx(sd, rel=1e-9), key
+        _, se, _ = _reference(jobs, row["metric.name"], row["ratio"], "lm_eval/grammar/acc_stderr")
+        assert float(row["lm_eval/grammar/acc stderr"]) == pytest.approx(se, rel=1e-12)
+    # lm-eval's top-level task only, and only the metrics it gives a standard error for
+    assert not [c for c in rows[0] if "grammar_latn" in c or "acc_agreement" in c]
+    table = _artifact(tracker, parent, "sweep_comparison.md", tmp_path)
+    n, mean, sd = _reference(jobs, "taylor", "0.05", "ppl_ratio/mean")
+    assert f"| taylor core 5% | 3 | 0.05 ± 0 | {mean:.4g} ± {sd:.2g} |" in table
+    assert "| condition | cyrl | latn |" in table  # the per-language table
+
+
+def test_parent_run_describes_the_sweep_and_opens_its_runs_table(seeded_sweep, capsys):
+    import json
+
+    tracker, parent, jobs = seeded_sweep
+    report.summarize_sweep(tracker, parent, tracker.children(parent), {}, ["seed"])
+    note = tracker.run(parent).data.tags["mlflow.note.content"]
+    n, mean, sd = _reference(jobs, "taylor", "0.05", "ppl_ratio/mean")
+    means = {
+        name: _reference(jobs, metric, ratio, "ppl_ratio/mean")[1]
+        for name, metric, ratio in [
+            ("unmodified", "taylor", "0.0"),
+            ("taylor core 5%", "taylor", "0.05"),
+            ("random core 5%", "random", "0.05"),
+        ]
+    }
+    hi, lo = max(means, key=means.get), min(means, key=means.get)
+    assert note.splitlines()[0] == (
+        "**Removing regions of sandbox-m**: 3 conditions, 9 of 10 jobs finished. Highest "
+        f"ppl_ratio/mean: **{hi}** ({means[hi]:.4g}); lowest: **{lo}** ({means[lo]:.4g})."
+    )
+    assert f"| taylor core 5% | 3 | {mean:.4g} ± {sd:.2g} |" in note
+    link = f"#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
+    assert f"({link}&viewStateShareKey={parent})" in note
+
+    # the saved runs-table view the link opens: this sweep's jobs, grouped by condition
+    tags = tracker.client.get_experiment(tracker.experiment_id).tags
+    view = json.loads(tags[f"mlflow.sharedViewState.{parent}"])
+    assert view["searchFilter"] == f"tags.sweep_id = '{parent}'"
+    assert view["groupBy"]["groupByKeys"] == [
+        {"mode": "param", "groupByData": "metric.name"},
+        {"mode": "param", "groupByData": "ratio"},
+    ]
+    assert "metrics.`ppl_ratio/mean`" in view["selectedColumns"]
+    assert "params.`seed`" in view["selectedColumns"]
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+    report.main(["--uri", tracker.uri, "--url", "--port", "5123"])
+    url = capsys.readouterr().out.strip()
+    assert url == f"http://127.0.0.1:5123/{link}&viewStateShareKey={parent}"
+
+
+def test_report_refuses_a_store_that_does_not_exist(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    for args, path in [
+        ([], elsewhere / "mlruns" / "mlflow.db"),
+        (["--uri", "sqlite:///runs/x.db"], elsewhere / "runs" / "x.db"),
+        (["--uri", str(tmp_path / "nope")], tmp_path / "nope"),
+        (["--url"], elsewhere / "mlruns" / "mlflow.db"),
+    ]:
+        done = subprocess.run(
+            [sys.executable, "-m", "regionbench.report", *args],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 1, args
+        assert done.stderr.strip().splitlines() == [
+            f"error: no MLflow store at {path}: run this where the sweep was launched (its "
+            "mlruns/ folder is there) or pass --uri"
+        ]
+        assert list(elsewhere.iterdir()) == [] and not (tmp_path / "nope").exists()

@@ -11,8 +11,11 @@ model filled the cache. Every task is scored as `lm_eval --model hf` scores it, 
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
 from contextlib import contextmanager
+from unittest import mock
 
 import numpy as np
 import torch
@@ -70,7 +73,7 @@ def run_lm_eval(
     from lm_eval.models.huggingface import HFLM
 
     parts = []
-    with _restored(model, tokenizer), _quiet_lm_eval():
+    with _restored(model, tokenizer), _quiet_lm_eval(), _quiet_git_lookup():
         for bos, names in _bos_policies(tasks, add_bos_token):
             lm = HFLM(
                 pretrained=model,
@@ -92,6 +95,30 @@ def run_lm_eval(
                 )
             )
     return _merge_results(parts)
+
+
+@contextmanager
+def _quiet_git_lookup():
+    """`simple_evaluate` records the launch directory's git commit (`git_hash` in its results)
+    by running `git describe` with the terminal as its stderr, so every evaluation started
+    outside a checkout printed `fatal: not a git repository` (lm-eval 0.4.13 has no switch for
+    it; EleutherAI/lm-evaluation-harness#1691, #2625). The same lookup, with git's stderr
+    discarded, stands in for lm-eval's while our evaluation runs."""
+    with mock.patch("lm_eval.evaluator.get_git_commit_hash", _git_commit_hash):
+        yield
+
+
+def _git_commit_hash() -> str | None:
+    """lm-eval's `get_git_commit_hash`: `git describe --always` in the working directory, else
+    the commit its `.git` folder names, else None; git's complaint goes nowhere."""
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    try:
+        return subprocess.check_output(
+            ["git", "describe", "--always"], stderr=subprocess.DEVNULL, text=True
+        ).strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return get_commit_from_path(os.getcwd())
 
 
 def _bos_policies(tasks: list[str], add_bos_token: bool | None) -> list[tuple]:

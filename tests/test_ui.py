@@ -1,0 +1,38 @@
+"""The MLflow UI as a researcher meets it after a sweep, in a real (headless) browser: the address
+`make ui` prints shows the sweep's jobs and the `ppl_ratio/mean` column without a click.
+
+Runs `benchmarks/ui_check.py --sweep`: a debug sweep, the README's `mlflow ui` command, and
+Playwright driving the system's Chromium (nothing is downloaded; skipped where either is
+missing)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_ui_lands_on_the_sweeps_runs_with_the_comparison_columns(tmp_path):
+    pytest.importorskip("playwright.sync_api", reason="Playwright (pip install playwright)")
+    if shutil.which("chromium") is None:
+        pytest.skip("no chromium on the PATH (Debian: apt-get install chromium)")
+    out = tmp_path / "shots"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "ui_check.py"), "--sweep", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok   ppl_ratio/mean column on screen" in lines
+    assert "ok   4 of 4 jobs of the sweep on screen" in lines
+    assert "ok   run names shown in full" in lines
+    assert "ok   parent run's description on its page" in lines
+    shots = ["experiment_default.png", "parent_run.png", "runs_table.png"]
+    assert sorted(p.name for p in out.iterdir()) == shots
+    assert all((out / name).read_bytes()[:4] == b"\x89PNG" for name in shots)
