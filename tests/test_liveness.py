@@ -148,10 +148,14 @@ def jobs(tmp_path, sandbox_test_dir, monkeypatch):
 
     uri = resolve_uri(None, tmp_path)
     tracker = Tracker(uri, "regionbench")
+    cache = tmp_path / "cache"  # its own: other tests expect the session cache without these
+    cache.mkdir()
+    (cache / "sandbox").symlink_to(sandbox_test_dir.parent)
 
     def run(extra=(), parent=None, **kw):
         monkeypatch.setenv(PARENT_ENV, parent or "")
-        cfg = compose([*SMALL, "ratio=0.05", f"tracking.uri={uri}", *extra])
+        overrides = [*SMALL, "ratio=0.05", f"tracking.uri={uri}", f"paths.cache_dir={cache}"]
+        cfg = compose([*overrides, *extra])
         return run_job(cfg, name=" ".join(extra) or "job", **kw)
 
     return tracker, run
