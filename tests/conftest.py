@@ -13,6 +13,16 @@ CONF = REPO / "conf"
 
 # A test job: the real config at the size of the debug preset (conf/debug/default.yaml).
 SMALL = ["+debug=default"]
+# A freeze job that trains until it is stopped: in flight whenever a test kills its sweep.
+ENDLESS = [
+    "ratio=0",
+    "intervention=freeze",
+    "intervention.steps=1000000",
+    "intervention.eval_every=0",
+    "intervention.train_docs=20",
+    "intervention.batch_size=2",
+    "intervention.seq_len=32",
+]
 
 
 def run_cli(args, cwd, cache_dir, timeout=600, launcher=None, env=None):

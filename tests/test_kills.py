@@ -14,21 +14,11 @@ import time
 
 import psutil
 import pytest
-from conftest import REPO, SMALL
+from conftest import ENDLESS, REPO, SMALL
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow
 
-# A job that trains until it is stopped: in flight whenever the test kills the sweep.
-ENDLESS = [
-    "ratio=0",
-    "intervention=freeze",
-    "intervention.steps=1000000",
-    "intervention.eval_every=0",
-    "intervention.train_docs=20",
-    "intervention.batch_size=2",
-    "intervention.seq_len=32",
-]
 LAUNCHERS = {
     "joblib": ["hydra/launcher=parallel", "hydra.launcher.n_jobs=2"],
     "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SMALL, compose, run_cli
+from conftest import ENDLESS, REPO, SMALL, compose, run_cli
 from mlflow.tracking import MlflowClient
 
 from regionbench.pipeline import run_job
@@ -312,13 +312,7 @@ def test_sigterm_ends_the_running_job_and_the_sweep_killed(tmp_path, cache_dir, 
             "-m",
             "seed=0,1",
             *SMALL,
-            "ratio=0",
-            "intervention=freeze",
-            "intervention.steps=1000000",
-            "intervention.eval_every=0",
-            "intervention.train_docs=20",
-            "intervention.batch_size=2",
-            "intervention.seq_len=32",
+            *ENDLESS,
         ],
         cwd=tmp_path,
         env=env,
