@@ -257,7 +257,12 @@ def _freeze(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> 
         log.info("trained model saved to %s", summary["saved_to"])
     # forget/* and learn/* were logged per step by log_fn; the run shows the last step's value.
     if summary["history"]:
-        draw = lambda path: forgetting_curve(summary["history"], path)  # noqa: E731
+        targets_text = ", ".join(targets)
+        title = (
+            f"{_what(run)} frozen while training {_model_name(run)} on {targets_text} "
+            f"(seed {run.seed})"
+        )
+        draw = lambda path: forgetting_curve(summary["history"], path, title=title)  # noqa: E731
         tracker.log_file(run_id, draw, "forgetting_curve.png")
     metrics |= {names.train(k): float(v) for k, v in summary.items() if isinstance(v, int | float)}
     metrics[names.CHANGED] = float(changed)
@@ -267,10 +272,28 @@ def _freeze(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> 
 def _where_it_lives(job: Job, model, region, found: dict) -> dict[str, float]:
     """The region's summary and dimension profile as artifacts; its concentration, its share on
     the model's massive-activation dimensions and the super weights it contains as metrics."""
-    job.tracker.log_region(job.run_id, region, mask=job.run.tracking.save_region)
-    metrics, rows, per_dim = dimensions.where_it_lives(model, region, found)
     run = job.run
-    what = f"{run.metric.name} {run.region.name} {run.ratio:.0%}" if run.ratio else run.region.name
-    title = f"{what} of {Path(run.model.name).name}: entries per hidden dimension"
+    density = f"{_what(run)} of {_model_name(run)}: share of each block matrix selected"
+    job.tracker.log_region(job.run_id, region, mask=run.tracking.save_region, title=density)
+    metrics, rows, per_dim = dimensions.where_it_lives(model, region, found)
+    title = f"{_what(run)} of {_model_name(run)}: entries per hidden dimension"
     job.tracker.log_profile(job.run_id, rows, per_dim, title=title, marked=found["dims"])
     return metrics
+
+
+def _what(run) -> str:
+    """The region in words for a run's own figures: "taylor core 5%", "taylor monolingual latn
+    5%", "nothing" (ratio 0)."""
+    if run.ratio == 0:
+        return "nothing"
+    words = [run.metric.name, run.region.name]
+    lang = getattr(run.region, "lang", None)
+    if lang:
+        words.append(str(lang))
+    if run.ratio:
+        words.append(f"{run.ratio * 100:g}%")
+    return " ".join(words)
+
+
+def _model_name(run) -> str:
+    return Path(run.model.name).name

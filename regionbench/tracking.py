@@ -384,15 +384,18 @@ class Tracker:
             write(path)
             self.log_artifact(run_id, path)
 
-    def log_region(self, run_id: str, region, *, mask: bool = True) -> None:
-        """`region_summary.csv` (selected entries per layer x module) and, with `mask`, the
-        mask file `region.safetensors` (loadable with `rb.Region.load`)."""
+    def log_region(
+        self, run_id: str, region, *, mask: bool = True, title: str = "the region's density"
+    ) -> None:
+        """`region_summary.csv` (selected entries per layer x module), its plot
+        `region_density.png` under `title` and, with `mask`, the mask file `region.safetensors`
+        (loadable with `rb.Region.load`)."""
         rows = region.summary()
         self.log_rows(run_id, rows, "region_summary.csv")
         if mask and region.numel:
             self.log_file(run_id, region.save, "region.safetensors")
         if region.numel:
-            self.log_file(run_id, lambda path: _density(rows, path), "region_density.png")
+            self.log_file(run_id, lambda path: _density(rows, path, title), "region_density.png")
 
     def log_profile(
         self, run_id: str, rows: list[dict], per_dim: list[int], *, title: str, marked=()
@@ -533,7 +536,7 @@ class Heartbeat:
         return None
 
 
-def _density(rows: list[dict], path: Path) -> Path:
+def _density(rows: list[dict], path: Path, title: str) -> Path:
     """The share of each block matrix a region selects, layers × modules."""
     from regionbench.plots import heatmap
 
@@ -548,7 +551,7 @@ def _density(rows: list[dict], path: Path) -> Path:
         modules,
         path,
         label="share selected",
-        title="the region's density per block matrix",
+        title=title,
         fmt="{:.3f}",
         limits=(0.0, top or 1.0),  # from 0: a region selected per matrix shows one colour
     )

@@ -226,8 +226,22 @@ def test_help_lists_groups(tmp_path, cache_dir):
     )
 
 
-def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir):
+def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir, monkeypatch):
+    from regionbench import plots
     from regionbench.cache import fingerprint_model
+
+    titles = {}  # each run figure's title, as drawn
+
+    def recording(draw, name):
+        def wrapper(*args, **kw):
+            titles[name] = kw["title"]
+            return draw(*args, **kw)
+
+        return wrapper
+
+    monkeypatch.setattr(plots, "forgetting_curve", recording(plots.forgetting_curve, "curve"))
+    monkeypatch.setattr(plots, "heatmap", recording(plots.heatmap, "density"))
+    monkeypatch.setattr(plots, "dimension_profile", recording(plots.dimension_profile, "dims"))
 
     cfg = compose(
         [
@@ -256,6 +270,11 @@ def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir):
     assert {"forgetting_curve.png", "region_summary.csv", "config.yaml"} <= arts
     assert abs(m["region/fraction"] - 0.05) < 1e-3
     assert "saved_model" not in run.data.tags  # weights are not kept unless asked
+    assert titles == {  # what was frozen, in which model, at which ratio
+        "curve": "taylor core 5% frozen while training sandbox-test on armn (seed 0)",
+        "density": "taylor core 5% of sandbox-test: share of each block matrix selected",
+        "dims": "taylor core 5% of sandbox-test: entries per hidden dimension",
+    }
 
 
 def test_freeze_job_saves_the_trained_model_when_asked(store, sandbox_test_dir, tmp_path):
