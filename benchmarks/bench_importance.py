@@ -104,6 +104,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--accumulate-device", default=None)
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's dense peak for --dtype (H100 SXM bf16: 989) to report the share reached",
+    )
     args = ap.parse_args()
 
     model, tok = build_model(args), char_tokenizer()
@@ -165,10 +171,38 @@ def main() -> None:
         f"on {args.accumulate_device or args.device}); plain loop .grad {elem * n_all / 2**20:.1f}"
         f" MiB; weights {elem * n_all / 2**20:.1f} MiB"
     )
+    project(args, n_all, n_scope, tokens / i)
     if plain_peak is not None:
         print(f"peak CUDA memory: plain {plain_peak:.1f} MiB, importance {imp_peak:.1f} MiB")
     else:
         print("peak memory: CPU run, see analytic sizes above (CUDA runs report measured peaks)")
+
+
+# The paper's setting (§2.2): LLaMA-2-7B, 10k samples of 512 tokens per language, 6 languages.
+PAPER_PARAMS = 6.74e9
+PAPER_SCOPE = 6.48e9  # the 32 blocks' linear matrices (what importance scores)
+PAPER_TOKENS = 10_000 * 512 * 6
+
+
+def project(args, n_all: int, n_scope: int, tokens_per_s: float) -> None:
+    """Achieved FLOP/s (6 x params x tokens: forward + backward, attention scores not counted)
+    and the paper's importance pass at that rate, with its memory by the same accounting as the
+    measured run (weights in --dtype, one fp32 accumulator; activations come on top)."""
+    flops = 6 * n_all * tokens_per_s
+    line = f"achieved: {flops / 1e12:.3f} TFLOP/s (6 x params x tokens/s)"
+    if args.peak_tflops:
+        line += f", {flops / 1e12 / args.peak_tflops:.1%} of the {args.peak_tflops:g} TFLOP/s peak"
+    print(line)
+    total = 6 * PAPER_PARAMS * PAPER_TOKENS
+    seconds = total / flops
+    elem = torch.finfo(getattr(torch, args.dtype)).bits // 8
+    print(
+        f"paper setting (LLaMA-2-7B, {PAPER_TOKENS / 1e6:.1f}M tokens = 10k x 512 x 6 languages, "
+        f"{total:.3g} FLOP) at this rate: {seconds / 3600:.3g} h on one such device, "
+        f"{seconds / 3600 / 8:.3g} h on 8 (one all-reduce of the accumulators per language); "
+        f"memory: weights {elem * PAPER_PARAMS / 1e9:.1f} GB ({args.dtype}) + fp32 accumulator "
+        f"{4 * PAPER_SCOPE / 1e9:.1f} GB + one batch's activations"
+    )
 
 
 if __name__ == "__main__":
