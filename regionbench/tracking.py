@@ -317,6 +317,12 @@ class Tracker:
         except Exception as err:  # noqa: BLE001 - every store failure, in one line
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise StoreError(f"cannot use the MLflow store {self.uri}: {first}") from None
+        if found is not None and found.lifecycle_stage == "deleted":  # MLflow refuses its runs
+            raise StoreError(
+                f"cannot use the MLflow store {self.uri}: its experiment '{experiment}' is "
+                f"deleted; restore it (MLFLOW_TRACKING_URI={self.uri} mlflow experiments restore "
+                f"-x {found.experiment_id}) or choose another with tracking.experiment=NAME"
+            )
         self.experiment = experiment
 
     def start_run(

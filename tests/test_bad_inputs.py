@@ -410,12 +410,15 @@ def test_a_full_disk_fails_the_job_and_leaves_no_entry(
     assert not _half_written(cache_dir)
 
 
-@pytest.mark.parametrize("store", ["garbage-db", "unknown-scheme", "read-only"])
+@pytest.mark.parametrize("store", ["garbage-db", "unknown-scheme", "read-only", "deleted"])
 def test_an_unusable_store_is_one_line_naming_it(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mlruns").mkdir()
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    if store == "garbage-db":
+    if store == "deleted":  # the experiment was deleted in the UI: MLflow refuses new runs in it
+        client = MlflowClient(tracking_uri=uri)
+        client.delete_experiment(client.create_experiment("regionbench"))
+    elif store == "garbage-db":
         (tmp_path / "mlruns" / "mlflow.db").write_text("not a database")
     elif store == "unknown-scheme":
         uri = "foo://bar"
@@ -427,6 +430,8 @@ def test_an_unusable_store_is_one_line_naming_it(store, tmp_path, monkeypatch):
     assert result["status"] == "FAILED" and result["run_id"] is None
     assert result["error"].startswith(f"cannot use the MLflow store {uri}: ")
     assert "\n" not in result["error"]
+    if store == "deleted":
+        assert "experiment 'regionbench' is deleted; restore it" in result["error"]
 
 
 # --- the real command, a representative few ------------------------------------------------------
