@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -134,14 +135,18 @@ class MlflowSweepCallback(Callback):
             self.heartbeat.__exit__(None, None, None)
         children = tracker.sweep_members(self.parent)
         failed = [r.info.run_name for r in children if r.info.status != "FINISHED"]
+        summary_error = None
         try:
             tracking = config.get("tracking") or {}
             baseline = dict(tracking.get("baseline") or {})
             over = list(tracking.get("pair_over") or [])
             table = summarize_sweep(tracker, self.parent, children, baseline, over)
             print(table)
+        except Exception:  # noqa: BLE001 - Hydra would only warn and exit 0: say it, exit 1
+            summary_error = traceback.format_exc()
         finally:
-            tracker.end_run(self.parent, "FAILED" if failed or not children else "FINISHED")
+            status = "FAILED" if failed or not children or summary_error else "FINISHED"
+            tracker.end_run(self.parent, status, error=summary_error)
             for var in (PARENT_ENV, SWEEP_ENV, SWEEP_KEYS_ENV):
                 os.environ.pop(var, None)
         served = tracker.uri.startswith(("http://", "https://"))  # a tracking server: its UI
@@ -155,4 +160,12 @@ class MlflowSweepCallback(Callback):
                 f"{len(failed)} of {len(children)} jobs failed: {', '.join(failed)}",
                 file=sys.stderr,
             )
+        if summary_error:
+            last = summary_error.strip().splitlines()[-1]
+            print(
+                f"error: the sweep's summary failed ({last}); the jobs' runs are complete, the "
+                f"parent run {self.parent} is FAILED with the traceback in error.txt",
+                file=sys.stderr,
+            )
+        if failed or summary_error:
             sys.exit(1)

@@ -41,7 +41,7 @@ from regionbench.sweep_figures import (
     sweep_plots,
     what_was_done,
 )
-from regionbench.tracking import CONFIG_HASH_TAG, Tracker
+from regionbench.tracking import CONFIG_HASH_TAG, StoreError, Tracker
 
 DEFAULT_METRICS = (names.REGION_FRACTION, names.PPL_MEAN, names.PPL_RATIO_MEAN)
 # not a sweep's axes for the default columns (a group's choice repeats the values it sets)
@@ -634,13 +634,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"error: no MLflow store at {store}: run this where the sweep was launched (its "
             "mlruns/ folder is there) or pass --uri"
         )
+    every = args.url and args.experiment is None
+    try:  # MLflow's own "Default" experiment is always there; nothing is created to look
+        tracker = Tracker(
+            args.uri, "Default" if every else args.experiment or "regionbench", create=False
+        )
+    except StoreError as err:
+        raise SystemExit(f"error: {err}") from None
     if args.url:
-        # MLflow's own "Default" experiment is always there: no experiment is created to look
-        every = args.experiment is None
-        tracker = Tracker(args.uri, "Default" if every else args.experiment)
         print(sweep_url(tracker, args.parent, args.port, every_experiment=every))
         return
-    tracker = Tracker(args.uri, args.experiment or "regionbench")
     if tracker.mark_stale(TrackingConfig.stale_after_s):  # never shown, never left RUNNING
         log.warning("runs left RUNNING by dead processes were marked FAILED")
     runs = sweep_runs(tracker, args.parent, all_sweeps=args.all_sweeps)

@@ -288,7 +288,9 @@ class Tracker:
     active run), so one process can serve many jobs and a parent run at once. A store that
     cannot be opened is a `StoreError` whose one-line message names the URI."""
 
-    def __init__(self, uri: str | None = None, experiment: str = "regionbench"):
+    def __init__(
+        self, uri: str | None = None, experiment: str = "regionbench", *, create: bool = True
+    ):
         import mlflow
         from mlflow.tracking import MlflowClient
 
@@ -302,6 +304,11 @@ class Tracker:
             with _store_setup_lock(self.uri):
                 self.client = _Uninterrupted(MlflowClient(tracking_uri=self.uri))
                 found = self.client.get_experiment_by_name(experiment)  # creates the schema
+                if found is None and not create:  # a reader: a typo must not become an experiment
+                    names = [e.name for e in self.client.search_experiments()]
+                    raise LookupError(
+                        f"no experiment '{experiment}' (there: {', '.join(sorted(names))})"
+                    )
                 if found is None:
                     # What MLflow's UI records for an experiment created under "Model training"
                     # (runs, not traces). MLflow 3 UIs before its Model training / GenAI switch

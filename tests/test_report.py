@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from regionbench import report
 from regionbench.tracking import Tracker, resolve_uri
@@ -410,3 +411,16 @@ def test_report_refuses_a_store_that_does_not_exist(tmp_path):
             "mlruns/ folder is there) or pass --uri"
         ]
         assert list(elsewhere.iterdir()) == [] and not (tmp_path / "nope").exists()
+
+
+def test_report_on_an_unknown_experiment_names_those_there_and_creates_none(store):
+    uri = store[0].uri
+    with pytest.raises(SystemExit) as stop:
+        report.main(["--uri", uri, "--experiment", "frezee"])
+    assert str(stop.value) == (
+        f"error: cannot use the MLflow store {uri}: no experiment 'frezee' (there: Default, freeze)"
+    )
+    with pytest.raises(SystemExit):
+        report.main(["--uri", uri, "--experiment", "frezee", "--url"])
+    names = sorted(e.name for e in MlflowClient(tracking_uri=uri).search_experiments())
+    assert names == ["Default", "freeze"]  # the typo made no experiment
