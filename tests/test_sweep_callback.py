@@ -12,14 +12,23 @@ from regionbench.callbacks import MlflowSweepCallback
 from regionbench.tracking import Tracker
 
 
-def test_a_failing_summary_fails_the_sweep_and_its_parent(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def sweep(tmp_path):
+    """A callback whose sweep has one FINISHED job (ratio 0.01, ppl_ratio/mean 1.5)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     config = OmegaConf.create({"tracking": {"uri": uri, "experiment": "cb"}})
     tracker = Tracker(uri, "cb")
     callback = MlflowSweepCallback()
     callback.parent = tracker.start_run("sweep ratio=0.01")
     job = tracker.start_run("ratio=0.01", parent_run_id=callback.parent)
+    tracker.log_params(job, {"ratio": 0.01})
+    tracker.log_metrics(job, {"ppl_ratio/mean": 1.5})
     tracker.end_run(job)
+    return uri, config, callback
+
+
+def test_a_failing_summary_fails_the_sweep_and_its_parent(sweep, monkeypatch, capsys):
+    uri, config, callback = sweep
 
     def broken(*args, **kw):
         raise RuntimeError("no plot today")
@@ -37,16 +46,8 @@ def test_a_failing_summary_fails_the_sweep_and_its_parent(tmp_path, monkeypatch,
     assert parent.data.tags["error"] == "RuntimeError: no plot today"
 
 
-def test_a_sweep_whose_summary_works_ends_finished(tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    config = OmegaConf.create({"tracking": {"uri": uri, "experiment": "cb"}})
-    tracker = Tracker(uri, "cb")
-    callback = MlflowSweepCallback()
-    callback.parent = tracker.start_run("sweep ratio=0.01")
-    job = tracker.start_run("ratio=0.01", parent_run_id=callback.parent)
-    tracker.log_params(job, {"ratio": 0.01})
-    tracker.log_metrics(job, {"ppl_ratio/mean": 1.5})
-    tracker.end_run(job)
+def test_a_sweep_whose_summary_works_ends_finished(sweep, capsys):
+    uri, config, callback = sweep
     callback.on_multirun_end(config)  # no SystemExit
     assert MlflowClient(tracking_uri=uri).get_run(callback.parent).info.status == "FINISHED"
     assert "error" not in capsys.readouterr().err
