@@ -208,6 +208,24 @@ def _get(tree: dict, path: str) -> object:
     return tree
 
 
+# Hydra's messages for a missing or extra `+`, each with the line the user should write instead.
+_PLUS_MISTAKES = (
+    (
+        r"Could not override '([^']+)'\. No match in the defaults list",
+        "{line}: {key} is not in the defaults list, so it is added with a plus: +{plain}",
+    ),
+    (
+        r"Multiple values for ([^.\s]+)",
+        "{line}: {key} is already chosen (by the defaults or an experiment), so drop the plus: "
+        "{plain}",
+    ),
+    (
+        r"Could not append to config\. An item is already at '([^']+)'",
+        "{line}: {key} is already in the config, so drop the plus: {plain}",
+    ),
+)
+
+
 def _hydra_error(err: Exception, parsed: list) -> str:
     """One line for a composition error: what was written, what is wrong, what works instead."""
     from omegaconf.errors import (
@@ -248,28 +266,13 @@ def _hydra_error(err: Exception, parsed: list) -> str:
         return f"{key} has no value and the chosen config needs one: set {key}=..."
     if isinstance(cause, InterpolationResolutionError):
         return f"{key or 'a value'}: {str(cause).splitlines()[0]}"
-    group = re.match(r"Could not override '([^']+)'\. No match in the defaults list", text)
-    if group:
-        o = given.get(group.group(1))
-        line = o.input_line if o else group.group(1)
-        return (
-            f"{line}: {group.group(1)} is not in the defaults list, so it is added with a plus: "
-            f"+{line.lstrip('+')}"
-        )
-    twice = re.match(r"Multiple values for ([^.\s]+)", text)
-    if twice:
-        o = given.get(twice.group(1))
-        line = o.input_line if o else twice.group(1)
-        return (
-            f"{line}: {twice.group(1)} is already chosen (by the defaults or an experiment), "
-            f"so drop the plus: {line.lstrip('+')}"
-        )
-    there = re.match(r"Could not append to config\. An item is already at '([^']+)'", text)
-    if there:
-        o = given.get(there.group(1))
-        line = o.input_line if o else there.group(1)
-        plain = line.lstrip("+")
-        return f"{line}: {there.group(1)} is already in the config, so drop the plus: {plain}"
+    for pattern, advice in _PLUS_MISTAKES:
+        found = re.match(pattern, text)
+        if found:
+            key = found.group(1)
+            o = given.get(key)
+            line = o.input_line if o else key
+            return advice.format(line=line, key=key, plain=line.lstrip("+"))
     return (text.splitlines() or [type(err).__name__])[0]
 
 
