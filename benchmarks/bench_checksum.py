@@ -24,8 +24,8 @@ import time
 
 import torch
 
-from regionbench import cache
-from regionbench.regions import select
+from regionbench.common import cache
+from regionbench.regions.select import select
 
 
 def timed(fn) -> float:

@@ -19,8 +19,8 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from regionbench.scope import scoped_params
-from regionbench.scoring import compute_importance, importance_samples, iter_batches
+from regionbench.importance import compute_importance, importance_samples, iter_batches
+from regionbench.models.scope import scoped_params
 from regionbench.testing import char_tokenizer
 
 

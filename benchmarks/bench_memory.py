@@ -62,9 +62,9 @@ def child(args) -> dict:
     """One measurement (`--child MODE`), in this process; prints a JSON line."""
     import torch
 
-    from regionbench import regions
-    from regionbench.cache import ScoreCache
-    from regionbench.scoring import iter_batches, iter_scores, score_samples
+    from regionbench.common.cache import ScoreCache
+    from regionbench.importance import iter_batches, iter_scores, score_samples
+    from regionbench.regions import select as regions
 
     torch.set_num_threads(args.threads)
     model = _model(args)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from regionbench.cache import cache_root
+from regionbench.common.cache import cache_root
 from regionbench.sandbox import ensure_sandbox_model, sandbox_path
 
 

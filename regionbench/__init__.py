@@ -18,20 +18,26 @@ import importlib
 
 __version__ = "0.1.0"
 
-# Imported on first use, so `import regionbench` (and `--help`) stays fast and torch-free. No name
-# here may be a submodule's name: importing regionbench.<name> would replace the attribute.
+# Imported on first use, so `import regionbench` (and `--help`) stays fast and torch-free. A name
+# here that is also a subpackage's (`importance`) is bound after that subpackage is imported:
+# Python sets the attribute only when it first imports a submodule, so the API name stays.
 _API = {
-    "load_model": ("regionbench.models", "load_model"),
-    "load_texts": ("regionbench.texts", "load_texts"),
-    "importance": ("regionbench.scoring", "compute_importance"),
-    "select": ("regionbench.regions", "select"),
-    "Region": ("regionbench.regions", "Region"),
-    "intervene": ("regionbench.interventions", "intervene"),
+    "load_model": ("regionbench.models.loading", "load_model"),
+    "load_texts": ("regionbench.data.sources", "load_texts"),
+    "importance": ("regionbench.importance.compute", "compute_importance"),
+    "select": ("regionbench.regions.select", "select"),
+    "Region": ("regionbench.regions.select", "Region"),
+    "intervene": ("regionbench.interventions.weights", "intervene"),
     "perplexity": ("regionbench.evaluation.perplexity", "perplexity"),
-    "train_frozen": ("regionbench.training", "train_frozen"),
+    "train_frozen": ("regionbench.interventions.training", "train_frozen"),
     "run_lm_eval": ("regionbench.evaluation.harness", "run_lm_eval"),
 }
 __all__ = ["__version__", *_API]
+
+
+# The subpackage first, then its attribute dropped, so `rb.importance` resolves to the function.
+importlib.import_module("regionbench.importance")
+del globals()["importance"]
 
 
 def __getattr__(name: str):

@@ -31,7 +31,7 @@ def task(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     from regionbench.pipeline import run_job
-    from regionbench.tracking import SWEEP_KEYS_ENV
+    from regionbench.tracking.client import SWEEP_KEYS_ENV
 
     hc = HydraConfig.get()
     name = job_name(list(hc.overrides.task), os.environ.get(SWEEP_KEYS_ENV, ""))
@@ -51,7 +51,7 @@ def task(cfg) -> dict:
 
 def check_group_overrides(args: list[str], conf: Path) -> None:
     """Hydra's own error for `metric=taylr` is a page long; give one line naming the choices."""
-    from regionbench.choices import check_choice
+    from regionbench.common.choices import check_choice
 
     for arg in args:
         key, sep, value = arg.lstrip("+~").partition("=")
@@ -236,7 +236,7 @@ def _hydra_error(err: Exception, parsed: list) -> str:
         ValidationError,
     )
 
-    from regionbench.choices import check_choice
+    from regionbench.common.choices import check_choice
     from regionbench.config import schema_keys, type_error
 
     cause = err.__cause__ or err
@@ -287,12 +287,12 @@ def main() -> None:
     import hydra
 
     from regionbench.config import register
-    from regionbench.tracking import stop_once
+    from regionbench.tracking.client import stop_once
 
     register()  # the typed schema conf/config.yaml builds on
     check_command_line(sys.argv[1:])
 
-    from regionbench.scoring import distributed
+    from regionbench.importance import distributed
 
     rank, world = distributed.init_from_env()  # under torchrun: rank 0 runs the app
     if rank > 0:

@@ -21,8 +21,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import regionbench
-from regionbench import liveness
-from regionbench.tracking import PARENT_ENV, SWEEP_ENV, SWEEP_KEYS_ENV, StoreError, Tracker, git_sha
+from regionbench.tracking import liveness
+from regionbench.tracking.client import (
+    PARENT_ENV,
+    SWEEP_ENV,
+    SWEEP_KEYS_ENV,
+    StoreError,
+    Tracker,
+    git_sha,
+)
 
 log = logging.getLogger("regionbench")
 
@@ -126,7 +133,7 @@ class MlflowSweepCallback(Callback):
             sys.exit(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from regionbench.report import summarize_sweep
+        from regionbench.report.tables import summarize_sweep
 
         if self.parent is None:
             return

@@ -14,8 +14,8 @@ import statistics
 import sys
 from collections.abc import Sequence
 
-from regionbench.overlap import agreement, check_same_model
-from regionbench.regions import Region
+from regionbench.regions.overlap import agreement, check_same_model
+from regionbench.regions.select import Region
 
 
 def main(argv: Sequence[str] | None = None) -> int:

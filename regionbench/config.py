@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from regionbench.choices import check_choice
+from regionbench.common.choices import check_choice
 
 SCHEMA = "regionbench_schema"
 

@@ -17,12 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import regionbench
-from regionbench import dimensions, interventions, models, names, regions, scoring, texts, training
-from regionbench.cache import cache_root
+from regionbench.common import names
+from regionbench.common.cache import cache_root
 from regionbench.config import RunConfig
+from regionbench.data import sources as texts
 from regionbench.evaluation import stage as evaluation
+from regionbench.importance.stage import check as check_importance
+from regionbench.interventions import training
+from regionbench.interventions import weights as interventions
+from regionbench.models import loading as models
+from regionbench.regions import dimensions
+from regionbench.regions import select as regions
 from regionbench.session import Loaded, Session
-from regionbench.tracking import (
+from regionbench.tracking.client import (
     CONFIG_HASH_TAG,
     PARENT_ENV,
     REUSED_TAG,
@@ -35,7 +42,7 @@ from regionbench.tracking import (
     git_sha,
     stoppable,
 )
-from regionbench.tracking import check as check_tracking
+from regionbench.tracking.client import check as check_tracking
 
 log = logging.getLogger(__name__)
 SESSION = Session()  # the process's own: the jobs of a basic-launcher sweep share it
@@ -48,7 +55,7 @@ def validate(run: RunConfig, groups: Sequence[str] = ()) -> RunConfig:
     cache_root(run.paths.cache_dir)  # a folder we can write, before any work goes into it
     texts.check(run)
     models.check(run)
-    scoring.check(run)
+    check_importance(run)
     regions.check(run, texts.importance_langs(run))
     interventions.check(run)
     if run.intervention.name == "freeze":
@@ -139,8 +146,8 @@ def _reuse(tracker: Tracker, done, name: str, job_num: int, parent: str | None) 
 
 def serve_importance(session: Session | None = None) -> int:
     """A helper rank under torchrun: score with rank 0 whenever it computes importance (see
-    `regionbench.scoring.distributed`), the model loaded once per config; the count served."""
-    from regionbench.scoring.distributed import serve
+    `regionbench.importance.distributed`), the model loaded once per config; the count served."""
+    from regionbench.importance.distributed import serve
 
     session = session or SESSION
     return serve(lambda run: session.load(RunConfig.from_cfg(run)).model)
@@ -214,7 +221,7 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
 
 def _freeze(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> dict:
     """Further pre-training with the region frozen; the loaded model is restored afterwards."""
-    from regionbench.plots import forgetting_curve
+    from regionbench.report.plots import forgetting_curve
 
     run, tracker, run_id, clock = job.run, job.tracker, job.run_id, job.clock
     model, tok, iv = loaded.model, loaded.tokenizer, run.intervention

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from regionbench.cache import cache_root, fingerprint_model, fingerprint_samples
+from regionbench.common.cache import cache_root, fingerprint_model, fingerprint_samples
 from regionbench.config import RunConfig
-from regionbench.models import load_model
-from regionbench.scoring import importance_samples, seq_len_for
-from regionbench.texts import iter_texts, reading
+from regionbench.data.sources import iter_texts, reading
+from regionbench.importance import importance_samples, seq_len_for
+from regionbench.models.loading import load_model
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,8 @@ class Session:
         """(scores, samples fingerprint, cache key, cache hit) of the run's metric on `langs`:
         nothing to score at ratio 0 or for a region given by position; no text read for a
         language-independent metric."""
-        from regionbench.dimensions import needs_scores
-        from regionbench.scoring import METRICS, cached_scores
+        from regionbench.importance import METRICS, cached_scores
+        from regionbench.regions.dimensions import needs_scores
 
         if not needs_scores(run):
             return {}, "", "none (no ranking)" if run.ratio else "none (ratio=0)", True
@@ -124,7 +124,7 @@ class Session:
         """The model's massive-activation dimensions and super weights, found on the first
         `outliers.docs` evaluation documents of every language (once per model and text: the
         result is cached on disk)."""
-        from regionbench.outliers import detect
+        from regionbench.regions.outliers import detect
 
         loaded = self.load(run)
         docs = [d for lang in sorted(eval_texts) for d in eval_texts[lang][: run.outliers.docs]]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from regionbench.cache import (
+from regionbench.common.cache import (
     ScoreCache,
     cache_key,
     canonical_json,
@@ -178,9 +178,9 @@ def test_damaged_entries_are_reported_removed_and_rewritten(tmp_path, how, reaso
     entry = tmp_path / key
     _damage(entry, how)
     fresh_process()  # the edit comes from elsewhere, as if read by the next run
-    with caplog.at_level("WARNING", logger="regionbench.cache"):
+    with caplog.at_level("WARNING", logger="regionbench.common.cache"):
         assert cache.get(key) is None
-    [record] = [r for r in caplog.records if r.name == "regionbench.cache"]
+    [record] = [r for r in caplog.records if r.name == "regionbench.common.cache"]
     message = record.getMessage()
     assert message.startswith(f"cache entry {entry} is damaged (") and reason in message
     assert message.endswith("): removed, recomputing it") and "\n" not in message
@@ -195,7 +195,7 @@ def test_damaged_entries_are_reported_removed_and_rewritten(tmp_path, how, reaso
 
 def fresh_process():
     """Forget which files this process has already checked (a new run starts with nothing)."""
-    from regionbench import cache
+    from regionbench.common import cache
 
     cache._VERIFIED.clear()
 
@@ -212,7 +212,7 @@ def test_a_damaged_entry_is_recomputed_once_and_never_used(tmp_path, caplog):
         calls.append(1)
         return s
 
-    with caplog.at_level("WARNING", logger="regionbench.cache"):
+    with caplog.at_level("WARNING", logger="regionbench.common.cache"):
         got, hit = cache.get_or_compute(key, compute)
     assert not hit and calls == [1]
     assert_same(got, s)  # the recomputed scores, not the edited ones
@@ -234,7 +234,7 @@ def test_checked_files_are_not_hashed_again_in_one_process(tmp_path, monkeypatch
     edit (a new version) is hashed again and caught."""
     import time
 
-    from regionbench import cache as cache_module
+    from regionbench.common import cache as cache_module
 
     cache = ScoreCache(tmp_path)
     key = cache_key(**BASE)
@@ -324,7 +324,7 @@ def test_lazy_mapping_reads_from_disk(tmp_path: Path):
 
 
 def test_selection_streams_from_a_lazy_entry(tmp_path):
-    from regionbench.regions import select
+    from regionbench.regions.select import select
 
     cache, key, s = ScoreCache(tmp_path), cache_key(**BASE), scores()
     cache.put(key, s)
@@ -338,7 +338,7 @@ def _needs_the_entry(root: str, key: str, log: str, kind: str, out) -> None:
     import os
     import time
 
-    from regionbench.cache import JsonCache
+    from regionbench.common.cache import JsonCache
 
     def compute():
         with open(log, "a") as f:  # one line per computation, from whichever process did it
@@ -435,7 +435,7 @@ def test_an_empty_stream_is_refused_and_leaves_no_entry(tmp_path):
 
 def test_json_entries_are_checked_on_read(tmp_path, caplog):
     """An edited baseline number, a torn file or an entry of an older version is never used."""
-    from regionbench.cache import JsonCache
+    from regionbench.common.cache import JsonCache
 
     cache, key = JsonCache(tmp_path), cache_key(**BASE)
     value = {"ppl": {"latn": {"ppl": 4.25, "bpb": 1.5}}, "lm_eval": {"acc": 0.75}}
@@ -460,7 +460,7 @@ def test_json_entries_are_checked_on_read(tmp_path, caplog):
     ]:
         path.write_text(damage(good))
         caplog.clear()
-        with caplog.at_level("WARNING", logger="regionbench.cache"):
+        with caplog.at_level("WARNING", logger="regionbench.common.cache"):
             assert cache.get(key) is None
         [record] = caplog.records
         message = record.getMessage()
@@ -476,7 +476,7 @@ def test_json_entries_are_checked_on_read(tmp_path, caplog):
 def test_resume_checkpoints_are_checked_on_read(tmp_path, caplog):
     from safetensors.torch import load_file, save_file
 
-    from regionbench.cache import Partial
+    from regionbench.common.cache import Partial
 
     partial, s = Partial(tmp_path / ".partial-x"), scores()
     partial.finish("aa", s["aa"])
@@ -498,7 +498,7 @@ def test_resume_checkpoints_are_checked_on_read(tmp_path, caplog):
     state = tmp_path / ".partial-x" / "bb.state.safetensors"
     state.write_bytes(state.read_bytes()[:-4])  # truncated
     fresh_process()
-    with caplog.at_level("WARNING", logger="regionbench.cache"):
+    with caplog.at_level("WARNING", logger="regionbench.common.cache"):
         assert partial.finished("aa") is None
         assert partial.state("bb", batch_size=3) is None
     assert [r.getMessage() for r in caplog.records] == [
@@ -517,8 +517,8 @@ def test_files_get_the_modes_of_the_umask(tmp_path, mask):
     import os
     import stat
 
-    from regionbench.cache import JsonCache, Partial, publish_dir
-    from regionbench.regions import select
+    from regionbench.common.cache import JsonCache, Partial, publish_dir
+    from regionbench.regions.select import select
 
     old = os.umask(mask)
     try:
@@ -557,7 +557,7 @@ def test_a_cache_on_another_filesystem_than_tmpdir(tmp_path, monkeypatch):
     import tempfile
     import uuid
 
-    from regionbench.cache import JsonCache, Partial, publish_dir
+    from regionbench.common.cache import JsonCache, Partial, publish_dir
 
     shm = Path("/dev/shm")
     if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:

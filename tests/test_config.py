@@ -154,7 +154,7 @@ def test_experiments_compose():
     ],
 )
 def test_bad_values_one_line(overrides, message):
-    from regionbench.models import check_model
+    from regionbench.models.loading import check_model
 
     with pytest.raises(ValueError) as err:
         run = validate(RunConfig.from_cfg(compose(overrides)))

@@ -8,15 +8,15 @@ import pytest
 import torch
 from test_scope import ARCHS, build
 
-from regionbench.dimensions import (
+from regionbench.interventions.weights import intervene
+from regionbench.models.residual import hidden_size, residual_sides
+from regionbench.regions.dimensions import (
     around_dims,
     coordinates_region,
     dimension_region,
     profile,
 )
-from regionbench.interventions import intervene
-from regionbench.regions import exact_k, select
-from regionbench.residual import hidden_size, residual_sides
+from regionbench.regions.select import exact_k, select
 
 # The modules that write the residual stream, per architecture (written out by hand).
 WRITERS = {
@@ -182,7 +182,7 @@ def test_core_minus_outliers_and_outliers():
 
 
 def test_dimension_profile_plot_is_a_png_and_refuses_an_empty_region(tmp_path):
-    from regionbench.plots import dimension_profile
+    from regionbench.report.plots import dimension_profile
 
     path = dimension_profile([3, 0, 9, 1], tmp_path / "p.png", title="t", marked=[2])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,8 +12,8 @@ import torch
 from conftest import SMALL, run_cli
 from mlflow.tracking import MlflowClient
 
-from regionbench.scoring import score_samples
-from regionbench.scoring.distributed import rank_world
+from regionbench.importance import score_samples
+from regionbench.importance.distributed import rank_world
 from regionbench.testing import tiny_llama
 
 METRICS = ("taylor", "taylor_abs", "fisher")
@@ -71,7 +71,7 @@ def test_scores_on_several_processes_equal_one_process(tmp_path, world):
 def test_torchrun_records_one_run_with_the_single_process_scores(tmp_path, sandbox_test_dir):
     """`torchrun --nproc_per_node=2 -m regionbench ratio=0.05`: rank 0 records the only run;
     its importance entry equals the one a single process computes (fp32 tolerance)."""
-    from regionbench.cache import ScoreCache
+    from regionbench.common.cache import ScoreCache
 
     results = {}
     for mode in ("single", "torchrun"):

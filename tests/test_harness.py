@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+from regionbench.common.names import lm_eval_metrics
 from regionbench.evaluation import catalog, harness, task_files
 from regionbench.evaluation.perplexity import perplexity
 from regionbench.evaluation.tasks.rb_tasks import KINDS
-from regionbench.names import lm_eval_metrics
 from regionbench.testing import tiny_llama, tiny_tokenizer
 
 VOCAB = 96

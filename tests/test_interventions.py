@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from regionbench.interventions import INTERVENTIONS, intervene
-from regionbench.regions import Region, select
-from regionbench.scoring import compute_importance
+from regionbench.importance import compute_importance
+from regionbench.interventions.weights import INTERVENTIONS, intervene
+from regionbench.regions.select import Region, select
 from regionbench.testing import tiny_llama
 
 

@@ -13,7 +13,7 @@ import torch
 from conftest import CONF, SMALL, run_cli
 from mlflow.tracking import MlflowClient
 
-from regionbench import models
+from regionbench.models import loading as models
 
 
 def _launcher(preset: str):

@@ -13,8 +13,9 @@ import pytest
 from conftest import SMALL, compose
 from mlflow.tracking import MlflowClient
 
-from regionbench import liveness, report
-from regionbench.tracking import (
+from regionbench.report import tables as report
+from regionbench.tracking import liveness
+from regionbench.tracking.client import (
     CONFIG_HASH_TAG,
     PARENT_ENV,
     Tracker,

@@ -7,8 +7,8 @@ import shutil
 import pytest
 import torch
 
-from regionbench.cache import cache_root
-from regionbench.models import check_model, load_model, resolve_dtype
+from regionbench.common.cache import cache_root
+from regionbench.models.loading import check_model, load_model, resolve_dtype
 
 
 def test_local_folder_loads_like_the_sandbox_name(sandbox_test_dir, cache_dir, tmp_path):

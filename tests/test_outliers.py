@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from regionbench.outliers import detect, massive_activations, super_weights
+from regionbench.regions.outliers import detect, massive_activations, super_weights
 from regionbench.testing import char_tokenizer, tiny_llama
 
 TEXTS = [

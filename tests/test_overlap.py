@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import REPO
 
-from regionbench.overlap import agreement, check_same_model, jaccard, overlap_coefficient
-from regionbench.regions import Region
+from regionbench.regions.overlap import agreement, check_same_model, jaccard, overlap_coefficient
+from regionbench.regions.select import Region
 
 
 def region(indices: dict[str, list[int]], shapes=None, **meta) -> Region:

@@ -116,7 +116,7 @@ def test_multirun_logs_one_parent_and_nested_jobs(sweep):
 def test_paired_table_on_the_parent_is_what_report_prints_from_the_runs(sweep, capsys):
     """`tracking.baseline={ratio:0}`: the parent logs sweep_paired.md; `report --baseline ratio=0
     --over seed` regenerates it, character for character, from the finished sweep's runs alone."""
-    from regionbench import report
+    from regionbench.report import tables as report
 
     cwd, _ = sweep
     uri = f"sqlite:///{cwd}/mlruns/mlflow.db"
@@ -227,8 +227,8 @@ def test_help_lists_groups(tmp_path, cache_dir):
 
 
 def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir, monkeypatch):
-    from regionbench import plots
-    from regionbench.cache import fingerprint_model
+    from regionbench.common.cache import fingerprint_model
+    from regionbench.report import plots
 
     titles = {}  # each run figure's title, as drawn
 
@@ -280,7 +280,7 @@ def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir, 
 def test_freeze_job_saves_the_trained_model_when_asked(store, sandbox_test_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from regionbench.regions import Region
+    from regionbench.regions.select import Region
 
     cfg = compose(
         [
@@ -481,7 +481,7 @@ def test_dimension_and_coordinate_regions_run_and_say_where_they_live(store, ove
 def test_half_precision_scores_are_their_own_cache_entry(store, sandbox_test_dir):
     """importance.store_dtype=bfloat16: another cache entry (the stored precision is part of the
     key), stored in bf16, and the job selects the same number of entries from it."""
-    from regionbench.cache import ScoreCache
+    from regionbench.common.cache import ScoreCache
 
     client, runs = MlflowClient(tracking_uri=store), {}
     for dtype in ("float32", "bfloat16"):

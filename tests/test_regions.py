@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from regionbench.regions import REGIONS, Region, exact_k, select, split_name, topk_mask
+from regionbench.regions.select import REGIONS, Region, exact_k, select, split_name, topk_mask
 
 SHAPES = {
     "model.layers.0.self_attn.q_proj.weight": (7, 13),  # odd numel 91
@@ -310,7 +310,7 @@ def test_files_of_older_versions_still_load(tmp_path):
 
 
 def test_a_mask_file_for_another_model_is_refused_naming_the_parameter(tmp_path):
-    from regionbench.interventions import intervene
+    from regionbench.interventions.weights import intervene
     from regionbench.testing import tiny_llama
 
     model, other = tiny_llama(), tiny_llama(hidden=32, inter=64)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from regionbench import report
-from regionbench.tracking import Tracker, resolve_uri
+from regionbench.report import tables as report
+from regionbench.tracking.client import Tracker, resolve_uri
 
 
 def _sweep(tracker: Tracker, name: str, jobs: list[tuple[dict, dict]], step: int = 0) -> str:

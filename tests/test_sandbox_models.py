@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from regionbench import sandbox
-from regionbench.cache import fingerprint_model
+from regionbench.common.cache import fingerprint_model
 from regionbench.sandbox import corpus, languages, models
 from regionbench.sandbox.__main__ import sample_lines
 
@@ -210,7 +210,7 @@ DAMAGES = [
 def test_a_damaged_folder_is_one_line_naming_the_rebuild_command(built, tmp_path, damage, reason):
     import re
 
-    from regionbench.models import load_model
+    from regionbench.models.loading import load_model
 
     copy = _damaged_copy(built, tmp_path, damage)
     hint = f"rebuild it with: python -m regionbench.sandbox build {NAME} --force --cache-dir "

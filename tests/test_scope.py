@@ -1,7 +1,7 @@
 """The scope on ten architectures against hand-written lists of each block's weight matrices.
 
 The expected module names are written out from the architectures (checked once against
-`named_parameters`), never derived from `regionbench.scope`, so a wrong block finder or a bias
+`named_parameters`), never derived from `regionbench.models.scope`, so a wrong block finder or a bias
 slipping into `matrices` shows up as a set difference.
 """
 
@@ -14,7 +14,7 @@ import torch
 import transformers as tf
 from torch import nn
 
-from regionbench.scope import SCOPES, scoped_params, transformer_blocks
+from regionbench.models.scope import SCOPES, scoped_params, transformer_blocks
 
 # Token ids inside the tiny vocabulary: the configs' defaults (32000, 50256, ...) are not.
 IDS = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}

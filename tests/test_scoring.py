@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regionbench.data.packing import pack
-from regionbench.regions import select
-from regionbench.scope import scoped_params
-from regionbench.scoring import METRICS, compute_importance, importance_samples
+from regionbench.common.packing import pack
+from regionbench.importance import METRICS, compute_importance, importance_samples
+from regionbench.models.scope import scoped_params
+from regionbench.regions.select import select
 from regionbench.testing import char_tokenizer, tiny_llama
 
 TEXTS = {
@@ -272,7 +272,7 @@ def test_iter_scores_holds_one_language_while_computing_the_next(monkeypatch):
     import gc
     import weakref
 
-    from regionbench.scoring import compute
+    from regionbench.importance import compute
 
     previous: list[weakref.ref] = []
     alive_at_next: list[bool] = []
@@ -302,9 +302,9 @@ def test_a_killed_scoring_resumes_where_it_stopped(tmp_path, monkeypatch):
     computes only the rest, and stores exactly the scores of an uninterrupted run."""
     from conftest import compose
 
-    from regionbench.cache import ScoreCache
+    from regionbench.common.cache import ScoreCache
     from regionbench.config import RunConfig
-    from regionbench.scoring import cached_scores, score_samples
+    from regionbench.importance import cached_scores, score_samples
 
     model = tiny_llama()
     g = torch.Generator().manual_seed(3)
@@ -346,7 +346,7 @@ def test_a_killed_scoring_resumes_where_it_stopped(tmp_path, monkeypatch):
 def test_gradient_checkpointing_gives_the_same_scores_and_leaves_the_model_as_it_was(monkeypatch):
     from transformers.models.llama import modeling_llama
 
-    from regionbench.scoring import compute
+    from regionbench.importance import compute
 
     model = tiny_llama()
     g = torch.Generator().manual_seed(5)
@@ -369,7 +369,7 @@ def test_gradient_checkpointing_gives_the_same_scores_and_leaves_the_model_as_it
 
 
 def compute_importance_on(model, windows, **kwargs):
-    from regionbench.scoring import score_samples
+    from regionbench.importance import score_samples
 
     return score_samples(model, windows, "taylor", batch_size=2, progress=False, **kwargs)
 
@@ -377,7 +377,7 @@ def compute_importance_on(model, windows, **kwargs):
 def test_gradient_checkpointing_is_refused_with_active_dropout():
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from regionbench.scoring import compute
+    from regionbench.importance import compute
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2)).eval()

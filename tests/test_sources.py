@@ -8,7 +8,7 @@ import json
 import pytest
 
 from regionbench.data.local import hash_split as _hash_split
-from regionbench.texts import load_texts
+from regionbench.data.sources import load_texts
 
 DOCS = [f"document number {i} about the sea and the mountains." for i in range(60)]
 
@@ -172,7 +172,7 @@ def test_flores_importance_and_training_text_never_overlap(monkeypatch):
 
 def test_belebele_codes_and_source_tasks():
     from regionbench.data.languages import FLORES200_CODES
-    from regionbench.texts import default_tasks
+    from regionbench.data.sources import default_tasks
 
     assert FLORES200_CODES["zh"] == "zho_Hans" and FLORES200_CODES["ar"] == "arb_Arab"
     assert default_tasks("sandbox") == ("sandbox_grammar",) and default_tasks("local") == ()

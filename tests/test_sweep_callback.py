@@ -7,9 +7,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from regionbench import report
 from regionbench.callbacks import MlflowSweepCallback
-from regionbench.tracking import Tracker
+from regionbench.report import tables as report
+from regionbench.tracking.client import Tracker
 
 
 @pytest.fixture

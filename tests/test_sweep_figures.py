@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from regionbench import sweep_figures
+from regionbench.report import sweep as sweep_figures
 
 
 def _run(name: str, metrics: dict[str, float], params: dict[str, str] | None = None):
@@ -113,7 +113,7 @@ def test_titles_say_what_was_done_to_which_model():
 def test_spread_is_the_mean_sample_sd_and_t_interval():
     from scipy import stats
 
-    from regionbench.plots import spread
+    from regionbench.report.plots import spread
 
     values = [1.2, 1.5, 1.9, float("nan"), None]
     s = spread(values)
@@ -130,7 +130,7 @@ def test_spread_is_the_mean_sample_sd_and_t_interval():
 def test_seeded_sweep_gets_its_figures_with_the_seeds_averaged(tmp_path, monkeypatch):
     from scipy import stats
 
-    from regionbench import plots
+    from regionbench.report import plots
 
     runs, history = [], {}
     for metric in ("taylor", "random"):
@@ -176,7 +176,7 @@ def test_seeded_sweep_gets_its_figures_with_the_seeds_averaged(tmp_path, monkeyp
 
 
 def test_plot_inputs_are_checked(tmp_path):
-    from regionbench.plots import condition_points
+    from regionbench.report.plots import condition_points
 
     with pytest.raises(ValueError, match="'a' has 1 values for 2 categories"):
         condition_points(

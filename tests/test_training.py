@@ -12,13 +12,13 @@ import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from regionbench.common.names import forgetting_metrics
+from regionbench.common.packing import pack
 from regionbench.config import InterventionConfig
-from regionbench.data.packing import pack
-from regionbench.interventions import restore_after
-from regionbench.names import forgetting_metrics
-from regionbench.plots import forgetting_curve, sweep_plot
+from regionbench.interventions.training import check, train_frozen
+from regionbench.interventions.weights import restore_after
+from regionbench.report.plots import forgetting_curve, sweep_plot
 from regionbench.testing import tiny_llama
-from regionbench.training import check, train_frozen
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

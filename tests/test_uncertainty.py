@@ -10,9 +10,9 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
+from regionbench.common.torchtools import stable_seed
+from regionbench.evaluation.intervals import paired_bootstrap, paired_bootstrap_languages
 from regionbench.evaluation.perplexity import LangPerplexity
-from regionbench.torchtools import stable_seed
-from regionbench.uncertainty import paired_bootstrap, paired_bootstrap_languages
 
 # The generating process of the coverage test. Per document: tokens t = 5 + Poisson(Gamma(2, 50))
 # (mean 105, long-tailed), per-token loss mu ~ Gamma(4, 0.75) (mean 3 nats: the document's

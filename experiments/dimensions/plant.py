@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from regionbench.cache import cache_root, fingerprint_model
-from regionbench.models import load_model
-from regionbench.outliers import detect, massive_activations
-from regionbench.texts import load_texts
+from regionbench.common.cache import cache_root, fingerprint_model
+from regionbench.data.sources import load_texts
+from regionbench.models.loading import load_model
+from regionbench.regions.outliers import detect, massive_activations
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ import math
 import statistics
 from collections import defaultdict
 
-from regionbench.report import aggregate, markdown, sweep_runs
-from regionbench.tracking import Tracker
+from regionbench.report.tables import aggregate, markdown, sweep_runs
+from regionbench.tracking.client import Tracker
 
 
 def frozen_set(params: dict) -> str:

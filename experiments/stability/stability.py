@@ -35,7 +35,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from regionbench import overlap, regions, scoring, texts
+from regionbench.data import sources as texts
+from regionbench.importance import compute as scoring
+from regionbench.regions import overlap
+from regionbench.regions import select as regions
 
 DEFAULT_NS = (8, 16, 32, 64, 128, 256, 512)
 Scores = Mapping[str, Mapping[str, Tensor]]  # {lang: {param: score}}
@@ -241,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--plot", default="stability.png", help="PNG path (default: ./stability.png)")
     args = ap.parse_args(argv)
 
-    from regionbench.models import load_model
+    from regionbench.models.loading import load_model
 
     def log(msg: str) -> None:  # progress on stderr: stdout keeps only the results
         print(msg, file=sys.stderr, flush=True)

@@ -1,3 +1,7 @@
-"""Text mechanisms every source shares: packing documents into token windows (`packing`), local
-folders (`local`), streamed hub corpora (`hub`) and the paper's language codes (`languages`).
-Texts by source name, the sandbox included, are `regionbench.texts`."""
+"""Data (`data=`): text per language by source name, the same shape from every source.
+
+sources     texts by source (sandbox, local, hub corpora) and the run's language policy
+local       local folders of .txt / .jsonl / .parquet files
+hub         hub corpora streamed through `datasets`
+languages   the paper's language codes and their FLORES names
+"""

@@ -12,7 +12,7 @@ import itertools
 import string
 from collections.abc import Iterator
 
-from regionbench.choices import check_choice
+from regionbench.common.choices import check_choice
 from regionbench.data.languages import FLORES_CODES
 from regionbench.data.local import by_hash
 

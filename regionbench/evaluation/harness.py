@@ -20,6 +20,7 @@ from unittest import mock
 import numpy as np
 import torch
 
+from regionbench.common.torchtools import modes_kept
 from regionbench.evaluation.catalog import (
     _check_lm_eval_version,
     _quiet_lm_eval,
@@ -27,7 +28,6 @@ from regionbench.evaluation.catalog import (
     _task_list,
 )
 from regionbench.evaluation.task_files import PPL_GROUP
-from regionbench.torchtools import modes_kept
 
 # How run_lm_eval sets add_bos_token; cached evaluations scored under another policy are stale.
 BOS_POLICY = f"{PPL_GROUP}:False,others:lm-eval-default"

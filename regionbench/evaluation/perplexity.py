@@ -23,7 +23,7 @@ bytes gives a cost per unit of raw text that can be compared across all of them.
 
 Each result also keeps its documents' own totals (`doc_nll`, `doc_tokens`, `doc_bytes`), because
 documents, not tokens, are the independent units of the evaluation set: a bootstrap over them
-(`regionbench.uncertainty`) says how far a ratio to the unmodified model could move on other
+(`regionbench.evaluation.intervals`) says how far a ratio to the unmodified model could move on other
 documents of the same kind.
 """
 
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from regionbench.data.packing import prefix_token_id
-from regionbench.torchtools import modes_kept
+from regionbench.common.packing import prefix_token_id
+from regionbench.common.torchtools import modes_kept
 
 TOKENS_PER_ROW = 2048  # batch_size * this bounds a batch's padded tokens (and its logits)
 

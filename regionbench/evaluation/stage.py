@@ -15,11 +15,12 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from regionbench import names, sandbox
-from regionbench.cache import JsonCache, cache_key, fingerprint_texts
+from regionbench import sandbox
+from regionbench.common import names
+from regionbench.common.cache import JsonCache, cache_key, fingerprint_texts
 from regionbench.config import RunConfig
 from regionbench.data.languages import FLORES200_CODES, FLORES_CODES
-from regionbench.texts import default_tasks
+from regionbench.data.sources import default_tasks
 
 log = logging.getLogger(__name__)
 # Bump when the same inputs would give another baseline (the task files or the BOS policy).
@@ -185,7 +186,7 @@ def evaluate(
     results (for the run's artifact)."""
     metrics: dict[str, float] = {}
     if run.eval.perplexity:
-        from regionbench.uncertainty import paired_bootstrap_languages
+        from regionbench.evaluation.intervals import paired_bootstrap_languages
 
         with clock("eval"):
             ppl = perplexities(run, model, tok, eval_texts)

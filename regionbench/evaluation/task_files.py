@@ -41,7 +41,7 @@ def task_folder(
 ) -> Path:
     """Our tasks for these inputs in a folder private to this process (written once per
     content, so every job of a sweep gives lm-eval the same include_path; removed at exit)."""
-    from regionbench.cache import cache_key
+    from regionbench.common.cache import cache_key
 
     key = cache_key(kind="lm-eval tasks", ppl_texts=ppl_texts, grammar_pairs=grammar_pairs)
     folder = _FOLDERS.get(key)

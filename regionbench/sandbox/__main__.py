@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from regionbench.cache import cache_root
+from regionbench.common.cache import cache_root
 from regionbench.sandbox import corpus
 from regionbench.sandbox.languages import HELDOUT_LANGS, LANGUAGES, PRETRAIN_LANGS
 from regionbench.sandbox.models import SANDBOX_MODELS, _recipe, ensure_sandbox_model, read_metadata

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 
-from regionbench.choices import check_choice
+from regionbench.common.choices import check_choice
 from regionbench.sandbox.languages import LANGUAGES, LanguageSpec, check_langs
 from regionbench.sandbox.lexicon import Lexicon, adj_form, lexicon, noun_form, verb_words
 from regionbench.sandbox.meaning import NounPhrase, Sentence, draw_document, rng_for

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from itertools import permutations, product
 
-from regionbench.choices import check_choice
+from regionbench.common.choices import check_choice
 from regionbench.sandbox.corpus import render_sentence
 from regionbench.sandbox.languages import LANGUAGES, ORDERS
 from regionbench.sandbox.lexicon import adj_form, lexicon, noun_form, verb_words

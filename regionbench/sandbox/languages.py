@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from regionbench.choices import check_choice
+from regionbench.common.choices import check_choice
 
 ORDERS = ("SVO", "SOV", "VSO", "VOS", "OVS", "OSV")
 

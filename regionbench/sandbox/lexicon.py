@@ -8,7 +8,7 @@ import functools
 import random
 from dataclasses import dataclass, replace
 
-from regionbench.choices import check_choice
+from regionbench.common.choices import check_choice
 from regionbench.sandbox.languages import LANGUAGES, LanguageSpec
 from regionbench.sandbox.meaning import (
     N_ADJS,

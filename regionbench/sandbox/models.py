@@ -24,14 +24,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from regionbench.cache import file_sha256, fingerprint_model, publish_dir
-from regionbench.choices import check_choice
-from regionbench.data.packing import pack_ids
+from regionbench.common.cache import file_sha256, fingerprint_model, publish_dir
+from regionbench.common.choices import check_choice
+from regionbench.common.packing import pack_ids
+from regionbench.common.torchtools import lr_factor
 from regionbench.sandbox import corpus
 from regionbench.sandbox.languages import PRETRAIN_LANGS
 from regionbench.sandbox.meaning import CORPUS_VERSION
 from regionbench.sandbox.tokenizer import train_tokenizer
-from regionbench.torchtools import lr_factor
 
 log = logging.getLogger(__name__)
 

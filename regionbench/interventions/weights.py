@@ -14,7 +14,7 @@ The original masked values are copied aside before anything changes and written 
 also when the block raises, so restoring does not depend on inverting the operation (x·0 or bf16
 rounding cannot be undone). A removal that changes none of the region's entries (they are all
 already 0) is an error, not a result. `freeze` is listed because it is a value of the
-`intervention` axis, but it is a training intervention (regionbench.training.train_frozen), not
+`intervention` axis, but it is a training intervention (regionbench.interventions.training.train_frozen), not
 an in-place edit; `restore_after` undoes it (and any change) from a CPU snapshot of the model.
 """
 
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from regionbench.choices import check_choice
+from regionbench.common.choices import check_choice
+from regionbench.common.torchtools import modes_kept, seeded_generator
 from regionbench.config import RunConfig
-from regionbench.torchtools import modes_kept, seeded_generator
 
 INTERVENTIONS: dict[str, str] = {
     "remove": "set the region to 0 (the paper's removal)",
@@ -100,7 +100,7 @@ def check_intervention(kind: str, *, factor: float = 0.0, std: float = 0.0) -> s
     if kind == "freeze":
         raise ValueError(
             "intervention 'freeze' is a training intervention, not an in-place edit: "
-            "intervention=freeze runs training (regionbench.training.train_frozen)"
+            "intervention=freeze runs training (regionbench.interventions.training.train_frozen)"
         )
     if kind == "scale" and not math.isfinite(factor):
         raise ValueError(f"factor {factor!r} must be a finite number for intervention 'scale'")

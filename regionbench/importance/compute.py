@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from regionbench.choices import check_choice
-from regionbench.data.packing import pack
-from regionbench.scope import scoped_params
-from regionbench.scoring.distributed import rank_world
-from regionbench.scoring.metrics import METRICS, Metric
-from regionbench.torchtools import modes_kept
+from regionbench.common.choices import check_choice
+from regionbench.common.packing import pack
+from regionbench.common.torchtools import modes_kept
+from regionbench.importance.distributed import rank_world
+from regionbench.importance.metrics import METRICS, Metric
+from regionbench.models.scope import scoped_params
 
 
 def iter_batches(windows: Tensor, batch_size: int) -> Iterator[Tensor]:
@@ -266,7 +266,7 @@ def iter_scores(
     taken: a caller that stores each and lets it go (the score cache) holds one language's
     scores at a time, however many languages there are. Checks run before the first pair.
 
-    `resume` (a `regionbench.cache.Partial`) keeps each finished language and, every
+    `resume` (a `regionbench.common.cache.Partial`) keeps each finished language and, every
     `checkpoint_every` batches, the accumulators of the current one: a run interrupted and
     started again continues from there, with the same result as an uninterrupted run."""
     spec = METRICS[check_choice("metric", metric, METRICS)]

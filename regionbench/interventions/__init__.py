@@ -1,4 +1,10 @@
-"""Freeze training: further pre-train a model on target-language text while a frozen set of
+"""Interventions: what a job does to the region of a loaded model.
+
+    weights    remove / scale / noise in place, undone bit-exactly (`intervene`, `restore_after`)
+    frozen     the frozen set, fp32 master weights and the optimizer step that keeps it exact
+    training   the further pre-training loop of `intervention=freeze` (`train_frozen`)
+
+Freeze training: further pre-train a model on target-language text while a frozen set of
 parameter entries (a region) stays bit-identical, and measure what the other languages forget.
 
 This is the paper's third experiment (Zhang et al., ACL 2024, §5): freezing the core linguistic
@@ -30,8 +36,3 @@ its 14 GB of weights, before activations.  fp32 parameters train as they are (no
 CUDA bf16 autocast when the whole model is fp32.  There is no loss scaling: fp16 gradients that
 underflow are lost, as they would be without masters.
 """
-
-from regionbench.training.frozen import LOW_PRECISION
-from regionbench.training.loop import check, train_frozen
-
-__all__ = ["LOW_PRECISION", "check", "train_frozen"]

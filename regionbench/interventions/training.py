@@ -12,12 +12,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from regionbench.choices import check_choice
+from regionbench.common.choices import check_choice
+from regionbench.common.names import train as train_metric
+from regionbench.common.packing import pack
+from regionbench.common.torchtools import SCHEDULES, lr_factor, modes_kept
 from regionbench.config import InterventionConfig
-from regionbench.data.packing import pack
-from regionbench.names import train as train_metric
-from regionbench.torchtools import SCHEDULES, lr_factor, modes_kept
-from regionbench.training.frozen import LOW_PRECISION, frozen_sets, into_master, optimizer_step
+from regionbench.interventions.frozen import LOW_PRECISION, frozen_sets, into_master, optimizer_step
 
 EvalFn = Callable[[int], Mapping[str, float]]
 LogFn = Callable[[dict[str, float], int], None]

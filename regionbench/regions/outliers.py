@@ -30,10 +30,10 @@ import torch
 from torch import Tensor, nn
 from transformers.pytorch_utils import Conv1D
 
-from regionbench.cache import JsonCache, cache_key, fingerprint_texts
-from regionbench.data.packing import encode, prefix_token_id
-from regionbench.scope import transformer_blocks
-from regionbench.torchtools import modes_kept
+from regionbench.common.cache import JsonCache, cache_key, fingerprint_texts
+from regionbench.common.packing import encode, prefix_token_id
+from regionbench.common.torchtools import modes_kept
+from regionbench.models.scope import transformer_blocks
 
 MAX_TOKENS = 512  # per document, including the BOS; also cut to the model's context
 

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from regionbench import liveness, names
+from regionbench.common import names
+from regionbench.tracking import liveness
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_hash(raw: Mapping[str, Any]) -> str:
     """What makes two jobs the same job: the resolved config, less where it is recorded and
     cached (`tracking`, `paths`) and `resume` itself."""
-    from regionbench.cache import cache_key
+    from regionbench.common.cache import cache_key
 
     return cache_key(
         config={k: v for k, v in raw.items() if k not in ("tracking", "paths", "resume", "hydra")}
@@ -414,7 +415,7 @@ class Tracker:
         self, run_id: str, rows: list[dict], per_dim: list[int], *, title: str, marked=()
     ) -> None:
         """`region_dims.csv` (entries per hidden dimension) and its plot `region_dims.png`."""
-        from regionbench.plots import dimension_profile
+        from regionbench.report.plots import dimension_profile
 
         if rows:
             self.log_rows(run_id, rows, "region_dims.csv")
@@ -551,7 +552,7 @@ class Heartbeat:
 
 def _density(rows: list[dict], path: Path, title: str) -> Path:
     """The share of each block matrix a region selects, layers × modules."""
-    from regionbench.plots import heatmap
+    from regionbench.report.plots import heatmap
 
     layers = sorted({r["layer"] for r in rows if r["layer"] is not None})
     modules = sorted({r["module"] for r in rows if r["layer"] is not None})

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from regionbench.interventions import param_masks
+from regionbench.interventions.weights import param_masks
 
 # Parameters of these dtypes train through fp32 master weights (package docstring).
 LOW_PRECISION = (torch.bfloat16, torch.float16)

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from regionbench.choices import check_choice
+from regionbench.common.choices import check_choice
 
 SCOPES: dict[str, str] = {
     "matrices": "the weight matrices (>= 2-D) of the transformer blocks: no bias, norm or embedding",

@@ -1,7 +1,7 @@
 """Confidence intervals for a modified model's perplexity ratio to the unmodified model: a paired
 bootstrap over evaluation documents.
 
-    from regionbench.uncertainty import paired_bootstrap, paired_bootstrap_languages
+    from regionbench.evaluation.intervals import paired_bootstrap, paired_bootstrap_languages
     paired_bootstrap(base["en"], mod["en"])  # {"ppl_ratio": {"value", "lo", "hi"}, "bpb_diff": ..}
     paired_bootstrap_languages(base, mod)    # {"langs": {lang: ...}, "mean": ...}
 
@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from regionbench.torchtools import stable_seed
+from regionbench.common.torchtools import stable_seed
 
 DOC_FIELDS = ("doc_nll", "doc_tokens", "doc_bytes")
 STATS = {

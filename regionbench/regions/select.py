@@ -39,10 +39,10 @@ import torch
 from torch import Tensor
 
 import regionbench
-from regionbench.cache import atomic_file, tensors_sha256
-from regionbench.choices import check_choice
+from regionbench.common.cache import atomic_file, tensors_sha256
+from regionbench.common.choices import check_choice
+from regionbench.common.torchtools import seeded_generator
 from regionbench.config import RunConfig
-from regionbench.torchtools import seeded_generator
 
 FORMAT = "regionbench-region-v1"
 
@@ -308,7 +308,7 @@ def check_ratio(ratio) -> float:
 
 def check(run: RunConfig, langs: Sequence[str]) -> None:
     """`ratio` and `region.*` against the run's importance languages `langs`, up front."""
-    from regionbench.scoring import METRICS
+    from regionbench.importance import METRICS
 
     check_ratio(run.ratio)
     r = run.region

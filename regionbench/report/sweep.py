@@ -24,9 +24,9 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from regionbench import names
-from regionbench.plots import Spread, spread
-from regionbench.tracking import Tracker
+from regionbench.common import names
+from regionbench.report.plots import Spread, spread
+from regionbench.tracking.client import Tracker
 
 MAX_OVERLAP_RUNS = 60  # pairwise agreement of more regions is a table nobody reads
 MAX_MASK_BYTES = 50 * 2**20  # packed bits: a 1/8 of the scored parameters (7B: ~800 MB)
@@ -181,7 +181,7 @@ def sweep_plots(
 ) -> list[Path]:
     """The sweep's figures (module docstring) in `out`; `history` reads a run's per-step
     metric, for the forgetting curves of a freeze sweep."""
-    from regionbench.plots import condition_points, heatmap
+    from regionbench.report.plots import condition_points, heatmap
 
     groups = conditions(runs, params, over)
     if not groups:
@@ -270,7 +270,7 @@ def _along_axis(
 ) -> list[Path]:
     """The headline metric against a numeric swept axis (the ratio, if it is swept), one line
     per combination of the other swept values."""
-    from regionbench.plots import condition_lines
+    from regionbench.report.plots import condition_lines
 
     metric = headline_metric(runs)
     keys = condition_keys(params, over)
@@ -318,7 +318,7 @@ def _forgetting_curves(
     groups: Mapping, label: Mapping, history: History, out: Path, done_what: str
 ) -> list[Path]:
     """Freeze sweeps: each condition's forgetting at every evaluation step, mean over seeds."""
-    from regionbench.plots import condition_lines
+    from regionbench.report.plots import condition_lines
 
     runs = [r for members in groups.values() for r in members]
     metric = headline_metric(runs)
@@ -358,9 +358,9 @@ def region_overlap(
     job's saved mask file) as `region_overlap.csv` and a Jaccard heatmap `region_overlap.png`,
     one row per condition (its first seed's region). Skipped for more than 60 conditions or
     masks over 50 MB (a 7B model's masks are gigabytes)."""
-    from regionbench.overlap import agreement
-    from regionbench.plots import heatmap
-    from regionbench.regions import Region
+    from regionbench.regions.overlap import agreement
+    from regionbench.regions.select import Region
+    from regionbench.report.plots import heatmap
 
     groups = conditions(runs, params, over) if params else {}
     if groups and len(groups) < len([r for r in runs if r.info.status == "FINISHED"]):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from regionbench.regions import Region
+from regionbench.regions.select import Region
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from regionbench import sandbox
-from regionbench.cache import cache_root
-from regionbench.choices import check_choice
+from regionbench.common.cache import cache_root
+from regionbench.common.choices import check_choice
 from regionbench.config import RunConfig
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@
 The paper's §3.3: the core region is not spread evenly over the hidden dimensions but
 concentrates on a few, and perturbing one parameter there can destroy a model. A dimension d of
 the residual stream is the column d of every matrix that reads the stream and the row d of every
-matrix that writes it (`regionbench.residual`); `profile` counts a region's entries per
+matrix that writes it (`regionbench.models.residual`); `profile` counts a region's entries per
 dimension, so "is the core concentrated?" becomes the share of the region in its top-d
 dimensions against the d / hidden share an evenly spread region would have. Outlier-aware
 selections (`around_dims`) take the core with given dimensions left out (refilled from the
@@ -26,12 +26,12 @@ import torch
 from torch import Tensor, nn
 
 import regionbench
-from regionbench import names
+from regionbench.common import names
+from regionbench.common.torchtools import seeded_generator
 from regionbench.config import RunConfig
-from regionbench.regions import SCORED, Region, empty, exact_k, select, topk_mask
-from regionbench.residual import Side, hidden_size, residual_sides
-from regionbench.scope import scoped_params
-from regionbench.torchtools import seeded_generator
+from regionbench.models.residual import Side, hidden_size, residual_sides
+from regionbench.models.scope import scoped_params
+from regionbench.regions.select import SCORED, Region, empty, exact_k, select, topk_mask
 
 _COORD = re.compile(r"^\s*([\w.]+)\s*\[\s*(\d+)\s*(?:,\s*(\d+)\s*)?\]\s*$")
 

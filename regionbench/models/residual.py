@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from regionbench.scope import transformer_blocks
-from regionbench.torchtools import modes_kept
+from regionbench.common.torchtools import modes_kept
+from regionbench.models.scope import transformer_blocks
 
 _SIDES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its sides (per process)
 

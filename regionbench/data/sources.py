@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Iterable, Iterator
 
 from regionbench import sandbox
-from regionbench.choices import check_choice
+from regionbench.common.choices import check_choice
 from regionbench.config import DataConfig, RunConfig
 from regionbench.data import hub, local
 from regionbench.data.languages import FLORES_CODES, PAPER_EVAL_LANGS, PAPER_IMPORTANCE_LANGS

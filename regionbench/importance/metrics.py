@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from regionbench.torchtools import seeded_generator
+from regionbench.common.torchtools import seeded_generator
 
 # Bump when the same inputs would give other scores: cached entries of the old way are then misses.
 ALGORITHM = 2  # 2: equal samples per language, per-sample mean losses summed

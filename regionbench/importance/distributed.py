@@ -73,7 +73,7 @@ def serve(load_model: Callable[[dict], torch.nn.Module]) -> int:
     of scorings joined."""
     import torch.distributed as dist
 
-    from regionbench.scoring.compute import iter_scores
+    from regionbench.importance.compute import iter_scores
 
     served = 0
     while (message := _broadcast(None)) is not None:

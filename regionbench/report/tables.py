@@ -1,12 +1,12 @@
 """Comparison tables and plots from MLflow runs: the sweep summary and the experiment READMEs.
 
-    python -m regionbench.report                         # the latest sweep, as a markdown table
-    python -m regionbench.report --parent RUN_ID --metrics ppl_ratio/mean lm_eval/sandbox_grammar/acc
-    python -m regionbench.report --group metric.name region.name ratio --over seed \\
+    python -m regionbench.report.tables                         # the latest sweep, as a markdown table
+    python -m regionbench.report.tables --parent RUN_ID --metrics ppl_ratio/mean lm_eval/sandbox_grammar/acc
+    python -m regionbench.report.tables --group metric.name region.name ratio --over seed \\
         --metrics forget/mean learn/mean                   # mean ± std across seeds
-    python -m regionbench.report --baseline ratio=0 --over seed --metrics forget/gmean
+    python -m regionbench.report.tables --baseline ratio=0 --over seed --metrics forget/gmean
                                        # each condition / the baseline of the same seed, 95% CI
-    python -m regionbench.report --url                   # the MLflow UI address of the latest
+    python -m regionbench.report.tables --url                   # the MLflow UI address of the latest
                                                          # sweep's runs table (make ui prints it)
 
 The store is ./mlruns/mlflow.db unless --uri names another; one that does not exist is an error.
@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from regionbench import names
+from regionbench.common import names
 from regionbench.config import TrackingConfig
-from regionbench.plots import spread
-from regionbench.sweep_figures import (
+from regionbench.report.plots import spread
+from regionbench.report.sweep import (
     condition_keys,
     conditions,
     headline_metric,
@@ -41,7 +41,7 @@ from regionbench.sweep_figures import (
     sweep_plots,
     what_was_done,
 )
-from regionbench.tracking import CONFIG_HASH_TAG, StoreError, Tracker
+from regionbench.tracking.client import CONFIG_HASH_TAG, StoreError, Tracker
 
 DEFAULT_METRICS = (names.REGION_FRACTION, names.PPL_MEAN, names.PPL_RATIO_MEAN)
 # not a sweep's axes for the default columns (a group's choice repeats the values it sets)
@@ -597,7 +597,7 @@ def sweep_runs(tracker: Tracker, parent: str | None = None, *, all_sweeps: bool 
 
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
-        prog="python -m regionbench.report",
+        prog="python -m regionbench.report.tables",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

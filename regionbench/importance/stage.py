@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from regionbench.choices import check_choice
+from regionbench.common.choices import check_choice
 from regionbench.config import RunConfig
-from regionbench.scoring import distributed
-from regionbench.scoring.compute import iter_scores, score_samples
-from regionbench.scoring.metrics import ALGORITHM, METRICS
+from regionbench.importance import distributed
+from regionbench.importance.compute import iter_scores, score_samples
+from regionbench.importance.metrics import ALGORITHM, METRICS
 
 STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -21,8 +21,8 @@ STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 def check(run: RunConfig) -> None:
     """`metric`, `importance.*` and (data=local) the importance text, before any model is
     loaded."""
-    from regionbench.scope import SCOPES
-    from regionbench.texts import check_documents, importance_langs
+    from regionbench.data.sources import check_documents, importance_langs
+    from regionbench.models.scope import SCOPES
 
     check_choice("metric", run.metric.name, METRICS)
     imp = run.importance
@@ -87,7 +87,7 @@ def cached_scores(
     stored on a miss. The key holds every input that changes the scores; `fingerprints` are the
     token windows' (they stand for the text, the tokenizer and the samples' count and length)
     and the model's."""
-    from regionbench.cache import Partial, ScoreCache, cache_key
+    from regionbench.common.cache import Partial, ScoreCache, cache_key
 
     samples_fp, model_fp = fingerprints
     imp, per_language = run.importance, METRICS[run.metric.name].per_language
