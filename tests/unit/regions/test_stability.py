@@ -4,14 +4,14 @@ on inputs whose answers are known by hand."""
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 from regionbench.testing import tiny_llama
 
-SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "stability" / "stability.py"
+SCRIPT = REPO / "experiments" / "stability" / "stability.py"
 _spec = importlib.util.spec_from_file_location("stability", SCRIPT)
 stability = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(stability)
