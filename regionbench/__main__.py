@@ -287,7 +287,7 @@ def main() -> None:
     import hydra
 
     from regionbench.config import register
-    from regionbench.tracking.client import stop_once
+    from regionbench.tracking.stopping import stop_once
 
     register()  # the typed schema conf/config.yaml builds on
     check_command_line(sys.argv[1:])

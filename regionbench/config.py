@@ -15,6 +15,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,28 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values (logged as their repr)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_hash(raw: Mapping[str, Any]) -> str:
+    """What makes two jobs the same job: the resolved config, less where it is recorded and
+    cached (`tracking`, `paths`) and `resume` itself."""
+    from regionbench.common.cache import cache_key
+
+    return cache_key(
+        config={k: v for k, v in raw.items() if k not in ("tracking", "paths", "resume", "hydra")}
+    )
 
 
 def register() -> None:

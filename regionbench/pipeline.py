@@ -19,7 +19,8 @@ from typing import Any
 import regionbench
 from regionbench.common import names
 from regionbench.common.cache import cache_root
-from regionbench.config import RunConfig
+from regionbench.common.stopwatch import Stopwatch
+from regionbench.config import RunConfig, config_hash, flatten
 from regionbench.data import sources as texts
 from regionbench.evaluation import stage as evaluation
 from regionbench.importance.stage import check as check_importance
@@ -34,15 +35,12 @@ from regionbench.tracking.client import (
     PARENT_ENV,
     REUSED_TAG,
     SWEEP_ENV,
-    Stopwatch,
     StoreError,
     Tracker,
-    config_hash,
-    flatten,
     git_sha,
-    stoppable,
 )
 from regionbench.tracking.client import check as check_tracking
+from regionbench.tracking.stopping import stoppable
 
 log = logging.getLogger(__name__)
 SESSION = Session()  # the process's own: the jobs of a basic-launcher sweep share it
@@ -280,11 +278,23 @@ def _where_it_lives(job: Job, model, region, found: dict) -> dict[str, float]:
     """The region's summary and dimension profile as artifacts; its concentration, its share on
     the model's massive-activation dimensions and the super weights it contains as metrics."""
     run = job.run
-    density = f"{_what(run)} of {_model_name(run)}: share of each block matrix selected"
-    job.tracker.log_region(job.run_id, region, mask=run.tracking.save_region, title=density)
+    from regionbench.report.plots import dimension_profile, region_density
+
+    tracker, run_id = job.tracker, job.run_id
+    summary = region.summary()
+    tracker.log_rows(run_id, summary, "region_summary.csv")
+    if region.numel and run.tracking.save_region:
+        tracker.log_file(run_id, region.save, "region.safetensors")
+    if region.numel:
+        title = f"{_what(run)} of {_model_name(run)}: share of each block matrix selected"
+        draw = lambda path: region_density(summary, path, title)  # noqa: E731
+        tracker.log_file(run_id, draw, "region_density.png")
     metrics, rows, per_dim = dimensions.where_it_lives(model, region, found)
-    title = f"{_what(run)} of {_model_name(run)}: entries per hidden dimension"
-    job.tracker.log_profile(job.run_id, rows, per_dim, title=title, marked=found["dims"])
+    if rows:
+        title = f"{_what(run)} of {_model_name(run)}: entries per hidden dimension"
+        tracker.log_rows(run_id, rows, "region_dims.csv")
+        draw = lambda path: dimension_profile(per_dim, path, title=title, marked=found["dims"])  # noqa: E731
+        tracker.log_file(run_id, draw, "region_dims.png")
     return metrics
 
 

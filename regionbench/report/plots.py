@@ -489,3 +489,22 @@ def heatmap(
         bar.ax.yaxis.set_minor_formatter(NullFormatter())
     _titles(fig, ax, title)
     return _save(fig, path)
+
+
+def region_density(rows: list[dict], path: Path, title: str) -> Path:
+    """The share of each block matrix a region selects, layers × modules."""
+    layers = sorted({r["layer"] for r in rows if r["layer"] is not None})
+    modules = sorted({r["module"] for r in rows if r["layer"] is not None})
+    cell = {(r["layer"], r["module"]): r["fraction"] for r in rows}
+    values = [[cell.get((layer, m), math.nan) for m in modules] for layer in layers]
+    top = max((v for line in values for v in line if math.isfinite(v)), default=1.0)
+    return heatmap(
+        values,
+        [f"layer {x}" for x in layers],
+        modules,
+        path,
+        label="share selected",
+        title=title,
+        fmt="{:.3f}",
+        limits=(0.0, top or 1.0),  # from 0: a region selected per matrix shows one colour
+    )

@@ -10,7 +10,6 @@ that jobs, launchers and `mlflow ui` started elsewhere agree on one store:
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -21,8 +20,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from regionbench.common import names
 from regionbench.tracking import liveness
+from regionbench.tracking.heartbeat import Heartbeat
+from regionbench.tracking.stopping import Uninterrupted
 
 log = logging.getLogger(__name__)
 
@@ -47,92 +47,6 @@ def resolve_uri(uri: str | None = None, base_dir: str | os.PathLike | None = Non
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     return uri
-
-
-# ---------------------------------------------------------------- interrupts and the store
-# A KeyboardInterrupt raised in the middle of an SQLite commit leaves the store locked for the
-# rest of the process, so the KILLED status could never be written.  `python -m regionbench`
-# installs `interrupt_handler` for SIGINT and SIGTERM; it raises KeyboardInterrupt at once, except
-# during an MLflow call, where the interrupt waits until the call returns.
-_interrupts = {"depth": 0, "pending": False}
-
-
-@contextlib.contextmanager
-def deferred_interrupts() -> Iterator[None]:
-    _interrupts["depth"] += 1
-    try:
-        yield
-    finally:
-        _interrupts["depth"] -= 1
-    if _interrupts["depth"] == 0 and _interrupts["pending"]:
-        _interrupts["pending"] = False
-        raise KeyboardInterrupt
-
-
-def interrupt_handler(signum: int, frame: Any) -> None:
-    if _interrupts["depth"]:
-        _interrupts["pending"] = True
-    else:
-        raise KeyboardInterrupt
-
-
-def stop_once(on_first: Callable[[int], Any] | None = None) -> Callable[[int, Any], None]:
-    """A SIGINT/SIGTERM handler that unwinds the job like Ctrl-C on the first signal (after the
-    MLflow call in progress, see `interrupt_handler`) and ignores the ones that follow, so a burst
-    of signals cannot cut the cleanup that ends the runs KILLED."""
-    seen: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        if seen:
-            log.warning("signal %d ignored: already stopping (SIGKILL forces it)", signum)
-            return
-        seen.append(signum)
-        if on_first is not None:
-            on_first(signum)
-        interrupt_handler(signum, frame)
-
-    handler.regionbench = True  # type: ignore[attr-defined]
-    return handler
-
-
-@contextlib.contextmanager
-def stoppable() -> Iterator[None]:
-    """SIGTERM unwinds this job like Ctrl-C, so its run ends KILLED: in a launcher's job process
-    (joblib, submitit: whose own handler ignores SIGTERM) for as long as the job runs. The main
-    process of `python -m regionbench` has installed its own handler already."""
-    import signal
-    import threading
-
-    current = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread() or getattr(
-        current, "regionbench", False
-    ):
-        yield
-        return
-    signal.signal(signal.SIGTERM, stop_once())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, current)
-
-
-class _Uninterrupted:
-    """A proxy of an MlflowClient whose method calls are never cut by an interrupt."""
-
-    def __init__(self, target: Any):
-        self._target = target
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._target, name)
-        if not callable(attr):
-            return attr
-
-        @functools.wraps(attr)
-        def call(*args, **kwargs):
-            with deferred_interrupts():
-                return attr(*args, **kwargs)
-
-        return call
 
 
 def _artifact_root(uri: str) -> str | None:
@@ -165,28 +79,6 @@ def git_sha() -> str:
         return "unknown"
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values (logged as their repr)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def config_hash(raw: Mapping[str, Any]) -> str:
-    """What makes two jobs the same job: the resolved config, less where it is recorded and
-    cached (`tracking`, `paths`) and `resume` itself."""
-    from regionbench.common.cache import cache_key
-
-    return cache_key(
-        config={k: v for k, v in raw.items() if k not in ("tracking", "paths", "resume", "hydra")}
-    )
-
-
 def check(run, groups: Sequence[str] = ()) -> None:
     """`tracking.baseline` and `tracking.pair_over` name config keys (`ratio`, `metric.name`) or
     config groups (`frozen_set`: those under conf/, and `groups` Hydra composed from elsewhere):
@@ -209,7 +101,7 @@ def check(run, groups: Sequence[str] = ()) -> None:
             f"tracking.baseline {baseline!r} is not a mapping: write tracking.baseline={{ratio:0}} "
             "(or {frozen_set:none}, {metric.name:random})"
         )
-    from regionbench.config import config_groups
+    from regionbench.config import config_groups, flatten
 
     groups = {*groups, *config_groups()}
     keys = set(flatten(run.to_dict()))
@@ -226,21 +118,6 @@ def check(run, groups: Sequence[str] = ()) -> None:
                 f"tracking.{option} names {key!r}, which is neither a config key nor a config "
                 f"group: {hint}"
             )
-
-
-class Stopwatch:
-    """Collects `time/<stage>_s`: the wall-clock seconds of each stage of a job."""
-
-    def __init__(self):
-        self.times: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, stage: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.times[names.time(stage)] = time.perf_counter() - start
 
 
 @contextlib.contextmanager
@@ -303,7 +180,7 @@ class Tracker:
         _reachable(self.uri)
         try:
             with _store_setup_lock(self.uri):
-                self.client = _Uninterrupted(MlflowClient(tracking_uri=self.uri))
+                self.client = Uninterrupted(MlflowClient(tracking_uri=self.uri))
                 found = self.client.get_experiment_by_name(experiment)  # creates the schema
                 if found is None and not create:  # a reader: a typo must not become an experiment
                     names = [e.name for e in self.client.search_experiments()]
@@ -398,30 +275,6 @@ class Tracker:
             write(path)
             self.log_artifact(run_id, path)
 
-    def log_region(
-        self, run_id: str, region, *, mask: bool = True, title: str = "the region's density"
-    ) -> None:
-        """`region_summary.csv` (selected entries per layer x module), its plot
-        `region_density.png` under `title` and, with `mask`, the mask file `region.safetensors`
-        (loadable with `rb.Region.load`)."""
-        rows = region.summary()
-        self.log_rows(run_id, rows, "region_summary.csv")
-        if mask and region.numel:
-            self.log_file(run_id, region.save, "region.safetensors")
-        if region.numel:
-            self.log_file(run_id, lambda path: _density(rows, path, title), "region_density.png")
-
-    def log_profile(
-        self, run_id: str, rows: list[dict], per_dim: list[int], *, title: str, marked=()
-    ) -> None:
-        """`region_dims.csv` (entries per hidden dimension) and its plot `region_dims.png`."""
-        from regionbench.report.plots import dimension_profile
-
-        if rows:
-            self.log_rows(run_id, rows, "region_dims.csv")
-            draw = lambda path: dimension_profile(per_dim, path, title=title, marked=marked)  # noqa: E731
-            self.log_file(run_id, draw, "region_dims.png")
-
     def end_run(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
         if error:
             self.set_tags(run_id, {"error": error.strip().splitlines()[-1][:500]})
@@ -493,79 +346,3 @@ class Tracker:
     def beating(self, run_id: str, interval_s: float, parent_run_id: str | None = None):
         """A `Heartbeat` on `run_id` (a context manager)."""
         return Heartbeat(self.client._target, run_id, interval_s, parent_run_id)
-
-
-class Heartbeat:
-    """A daemon thread that stamps `regionbench.heartbeat` (epoch seconds) on a run every
-    `interval_s`, so a run whose node was lost is found stale from other hosts. With a parent
-    run, it also watches the sweep: when the parent has ended (the sweep was killed) or its
-    process is gone, it stops this job as SIGTERM would (the job's run ends KILLED), so no job
-    outlives its sweep under any launcher. `reason` says why it stopped the job."""
-
-    def __init__(self, client, run_id: str, interval_s: float, parent_run_id: str | None = None):
-        import threading
-
-        self.client, self.run_id, self.interval_s = client, run_id, interval_s
-        self.parent_run_id = parent_run_id
-        self.reason: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop, name="regionbench-heartbeat", daemon=True
-        )
-
-    def __enter__(self) -> Heartbeat:
-        if self.interval_s and self.interval_s > 0:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.client.set_tag(self.run_id, liveness.HEARTBEAT_TAG, str(int(time.time())))
-                self.reason = self._sweep_gone()
-            except Exception as err:  # noqa: BLE001 - a missed beat must never fail the job
-                log.debug("heartbeat of %s failed: %s", self.run_id, err)
-                continue
-            if self.reason and not self._stop.is_set():
-                import _thread
-                import signal
-
-                log.error("stopping: %s", self.reason)
-                _thread.interrupt_main(signal.SIGTERM)
-                return
-
-    def _sweep_gone(self) -> str | None:
-        if not self.parent_run_id:
-            return None
-        parent = self.client.get_run(self.parent_run_id)
-        if parent.info.status != "RUNNING":
-            return f"the sweep's parent run {self.parent_run_id} ended {parent.info.status}"
-        if liveness.owner_alive(parent.data.tags) is False:
-            return f"the sweep's process {parent.data.tags.get(liveness.PID_TAG)} is gone"
-        return None
-
-
-def _density(rows: list[dict], path: Path, title: str) -> Path:
-    """The share of each block matrix a region selects, layers × modules."""
-    from regionbench.report.plots import heatmap
-
-    layers = sorted({r["layer"] for r in rows if r["layer"] is not None})
-    modules = sorted({r["module"] for r in rows if r["layer"] is not None})
-    cell = {(r["layer"], r["module"]): r["fraction"] for r in rows}
-    values = [[cell.get((layer, m), math.nan) for m in modules] for layer in layers]
-    top = max((v for line in values for v in line if math.isfinite(v)), default=1.0)
-    return heatmap(
-        values,
-        [f"layer {x}" for x in layers],
-        modules,
-        path,
-        label="share selected",
-        title=title,
-        fmt="{:.3f}",
-        limits=(0.0, top or 1.0),  # from 0: a region selected per matrix shows one colour
-    )

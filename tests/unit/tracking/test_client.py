@@ -7,7 +7,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from regionbench.tracking.client import StoreError, Tracker, flatten, resolve_uri
+from regionbench.config import flatten
+from regionbench.tracking.client import StoreError, Tracker, resolve_uri
 
 
 def test_default_uri_is_absolute_sqlite(tmp_path):
@@ -56,7 +57,7 @@ def test_an_interrupt_waits_until_the_mlflow_call_is_done(tmp_path):
     interrupt is raised when the call returns, and at once outside MLflow calls."""
     import pytest
 
-    from regionbench.tracking.client import deferred_interrupts, interrupt_handler
+    from regionbench.tracking.stopping import deferred_interrupts, interrupt_handler
 
     with pytest.raises(KeyboardInterrupt):
         interrupt_handler(15, None)

@@ -19,11 +19,9 @@ from regionbench.tracking.client import (
     CONFIG_HASH_TAG,
     PARENT_ENV,
     Tracker,
-    deferred_interrupts,
     resolve_uri,
-    stop_once,
-    stoppable,
 )
+from regionbench.tracking.stopping import deferred_interrupts, stop_once, stoppable
 
 
 def _dead_pid() -> int:
