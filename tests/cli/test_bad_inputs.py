@@ -3,7 +3,7 @@ a wrong name, type, range or file, and what the user must get for each: one line
 and what is valid, a non-zero exit, no FINISHED run in the store, nothing half-written in the
 cache.
 
-Most cases are stopped by the command line's own checks (`__main__.check_command_line`, the
+Most cases are stopped by the command line's own checks (`preflight.check_command_line`, the
 first thing `main()` does: before Hydra starts and before any store, cache or model is touched);
 they run in this process. Broken files that only show when the job opens them run as a job
 (`pipeline.run_job`), and a representative few as the real command, read back through
@@ -22,7 +22,7 @@ import pytest
 from conftest import SMALL, compose, run_cli
 from mlflow.tracking import MlflowClient
 
-import regionbench.__main__ as entry
+import regionbench.preflight as entry
 from regionbench.data.local import hash_split
 from regionbench.pipeline import run_job
 from regionbench.session import Session
