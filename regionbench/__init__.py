@@ -26,7 +26,7 @@ _API = {
     "load_texts": ("regionbench.data.sources", "load_texts"),
     "importance": ("regionbench.importance.compute", "compute_importance"),
     "select": ("regionbench.regions.select", "select"),
-    "Region": ("regionbench.regions.select", "Region"),
+    "Region": ("regionbench.regions.region", "Region"),
     "intervene": ("regionbench.interventions.weights", "intervene"),
     "perplexity": ("regionbench.evaluation.perplexity", "perplexity"),
     "train_frozen": ("regionbench.interventions.training", "train_frozen"),

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from regionbench.regions.overlap import agreement, check_same_model
-from regionbench.regions.select import Region
+from regionbench.regions.region import Region
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,7 +31,8 @@ from regionbench.common.torchtools import seeded_generator
 from regionbench.config import RunConfig
 from regionbench.models.residual import Side, hidden_size, residual_sides
 from regionbench.models.scope import scoped_params
-from regionbench.regions.select import SCORED, Region, empty, exact_k, select, topk_mask
+from regionbench.regions.region import Region, empty
+from regionbench.regions.select import SCORED, exact_k, select, topk_mask
 
 _COORD = re.compile(r"^\s*([\w.]+)\s*\[\s*(\d+)\s*(?:,\s*(\d+)\s*)?\]\s*$")
 

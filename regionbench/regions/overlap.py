@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from regionbench.regions.select import Region
+from regionbench.regions.region import Region
 
 
 @dataclass(frozen=True)

@@ -359,7 +359,7 @@ def region_overlap(
     one row per condition (its first seed's region). Skipped for more than 60 conditions or
     masks over 50 MB (a 7B model's masks are gigabytes)."""
     from regionbench.regions.overlap import agreement
-    from regionbench.regions.select import Region
+    from regionbench.regions.region import Region
     from regionbench.report.plots import heatmap
 
     groups = conditions(runs, params, over) if params else {}

@@ -280,7 +280,7 @@ def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir, 
 def test_freeze_job_saves_the_trained_model_when_asked(store, sandbox_test_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from regionbench.regions.select import Region
+    from regionbench.regions.region import Region
 
     cfg = compose(
         [

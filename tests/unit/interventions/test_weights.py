@@ -7,7 +7,8 @@ import torch
 
 from regionbench.importance import compute_importance
 from regionbench.interventions.weights import INTERVENTIONS, intervene
-from regionbench.regions.select import Region, select
+from regionbench.regions.region import Region
+from regionbench.regions.select import select
 from regionbench.testing import tiny_llama
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_scope import ARCHS, build
+from archs import ARCHS, build
 
 from regionbench.interventions.weights import intervene
 from regionbench.models.residual import hidden_size, residual_sides

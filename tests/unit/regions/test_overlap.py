@@ -11,7 +11,7 @@ import torch
 from conftest import REPO
 
 from regionbench.regions.overlap import agreement, check_same_model, jaccard, overlap_coefficient
-from regionbench.regions.select import Region
+from regionbench.regions.region import Region
 
 
 def region(indices: dict[str, list[int]], shapes=None, **meta) -> Region:

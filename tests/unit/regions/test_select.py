@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from regionbench.regions.select import REGIONS, Region, exact_k, select, split_name, topk_mask
+from regionbench.regions.region import Region, split_name
+from regionbench.regions.select import REGIONS, exact_k, select, topk_mask
 
 SHAPES = {
     "model.layers.0.self_attn.q_proj.weight": (7, 13),  # odd numel 91
