@@ -25,7 +25,7 @@ import time
 import torch
 
 from regionbench.common import cache
-from regionbench.regions.select import select
+from regionbench.regions.kinds import select
 
 
 def timed(fn) -> float:

@@ -64,7 +64,7 @@ def child(args) -> dict:
 
     from regionbench.common.cache import ScoreCache
     from regionbench.importance import iter_batches, iter_scores, score_samples
-    from regionbench.regions import select as regions
+    from regionbench.regions import kinds as regions
 
     torch.set_num_threads(args.threads)
     model = _model(args)

@@ -10,7 +10,7 @@ README's command (`mlflow ui --backend-store-uri sqlite:///LAUNCH_DIR/mlruns/mlf
 free port of 127.0.0.1; the browser is Playwright (from PyPI) driving the system's Chromium
 (`--chromium`, default: `chromium` on the PATH), so nothing is downloaded. Screenshots:
 
-  runs_table.png          the address `python -m regionbench.report.tables --url` prints
+  runs_table.png          the address `python -m regionbench.report --url` prints
   parent_run.png          the sweep's parent run: its description (what was compared, numbers)
   experiment_default.png  the experiment opened without that address (MLflow 3.17: GenAI view)
 

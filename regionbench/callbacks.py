@@ -21,6 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 import regionbench
+from regionbench.config import TrackingConfig, section
 from regionbench.tracking import liveness
 from regionbench.tracking.client import (
     PARENT_ENV,
@@ -53,9 +54,22 @@ def _launch_command() -> str:
     return shlex.join([Path(sys.argv[0]).name, *args])
 
 
+def _typed(config: DictConfig, key: str) -> Any:
+    """The sweep's `key` (`tracking`, `resume`) as the schema types it, defaults included."""
+    node = config.get(key)
+    if node is None:
+        return section({}, key)
+    value = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    return section({key: value}, key)
+
+
+def _tracking(config: DictConfig) -> TrackingConfig:
+    return _typed(config, "tracking")
+
+
 def _tracker(config: DictConfig) -> Tracker:
-    tracking = config.get("tracking") or {}
-    return Tracker(tracking.get("uri"), tracking.get("experiment") or "regionbench")
+    tracking = _tracking(config)
+    return Tracker(tracking.uri, tracking.experiment)
 
 
 def _end_if_interrupted(tracker: Tracker, parent: str, heartbeat) -> None:
@@ -100,11 +114,11 @@ class MlflowSweepCallback(Callback):
             },
         )
         tracker.set_tags(self.parent, {"sweep_id": self.parent})
-        tracking = config.get("tracking") or {}
-        stale = tracker.mark_stale(tracking.get("stale_after_s") or 900.0)
+        tracking = _tracking(config)
+        stale = tracker.mark_stale(tracking.stale_after_s)
         if stale:
             log.warning("%d runs left RUNNING by dead processes were marked FAILED", stale)
-        self.heartbeat = tracker.beating(self.parent, tracking.get("heartbeat_s") or 0)
+        self.heartbeat = tracker.beating(self.parent, tracking.heartbeat_s)
         self.heartbeat.__enter__()
         tracker.log_params(
             self.parent,
@@ -114,7 +128,7 @@ class MlflowSweepCallback(Callback):
                 "sweep_dir": str(Path(config.hydra.sweep.dir).resolve()),
                 "launch_dir": os.getcwd(),
                 "command": _launch_command(),
-                "resume": bool(config.get("resume")),
+                "resume": _typed(config, "resume"),
             },
         )
         os.environ[PARENT_ENV] = os.environ[SWEEP_ENV] = self.parent
@@ -133,7 +147,7 @@ class MlflowSweepCallback(Callback):
             sys.exit(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from regionbench.report.tables import summarize_sweep
+        from regionbench.report.summary import summarize_sweep
 
         if self.parent is None:
             return
@@ -144,9 +158,8 @@ class MlflowSweepCallback(Callback):
         failed = [r.info.run_name for r in children if r.info.status != "FINISHED"]
         summary_error = None
         try:
-            tracking = config.get("tracking") or {}
-            baseline = dict(tracking.get("baseline") or {})
-            over = list(tracking.get("pair_over") or [])
+            tracking = _tracking(config)
+            baseline, over = dict(tracking.baseline or {}), list(tracking.pair_over)
             table = summarize_sweep(tracker, self.parent, children, baseline, over)
             print(table)
         except Exception:  # noqa: BLE001 - Hydra would only warn and exit 0: say it, exit 1

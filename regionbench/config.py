@@ -201,6 +201,21 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+def section(tree: Mapping[str, Any], key: str) -> Any:
+    """`tree[key]` of a raw config tree as the schema types it (a section as its dataclass, with
+    its defaults), before the whole tree is validated: what a job needs to record itself, e.g.
+    `section(raw, "tracking").uri`. A wrong key or type is a one-line ValueError."""
+    hint, default = _schema_field(key)
+    if key not in tree:
+        return default
+    value = tree[key]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, f"{key}.")
+    if not _conforms(value, hint):
+        raise ValueError(type_error(key, value))
+    return value
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values (logged as their repr)."""
     out: dict[str, Any] = {}

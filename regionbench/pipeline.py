@@ -20,22 +20,22 @@ import regionbench
 from regionbench.common import names
 from regionbench.common.cache import cache_root
 from regionbench.common.stopwatch import Stopwatch
-from regionbench.config import RunConfig, config_hash, flatten
+from regionbench.config import RunConfig, config_hash, flatten, section
 from regionbench.data import sources as texts
 from regionbench.evaluation import stage as evaluation
 from regionbench.importance.stage import check as check_importance
-from regionbench.interventions import training
-from regionbench.interventions import weights as interventions
+from regionbench.interventions import kinds as interventions
+from regionbench.interventions.weights import restore_after
 from regionbench.models import loading as models
+from regionbench.plan import Plan
 from regionbench.regions import dimensions
-from regionbench.regions import select as regions
+from regionbench.regions import kinds as regions
 from regionbench.session import Loaded, Session
 from regionbench.tracking.client import (
     CONFIG_HASH_TAG,
     PARENT_ENV,
     REUSED_TAG,
     SWEEP_ENV,
-    StoreError,
     Tracker,
     git_sha,
 )
@@ -46,20 +46,21 @@ log = logging.getLogger(__name__)
 SESSION = Session()  # the process's own: the jobs of a basic-launcher sweep share it
 
 
-def validate(run: RunConfig, groups: Sequence[str] = ()) -> RunConfig:
+def validate(run: RunConfig, groups: Sequence[str] = ()) -> Plan:
     """Every stage checks its own options, cheaply, before a model or dataset is touched
-    (`groups`: the config groups Hydra composed, which `tracking.baseline` may name)."""
+    (`groups`: the config groups Hydra composed, which `tracking.baseline` may name); the job's
+    plan, which the stages then receive."""
     check_tracking(run, groups)
     cache_root(run.paths.cache_dir)  # a folder we can write, before any work goes into it
     texts.check(run)
     models.check(run)
-    check_importance(run)
-    regions.check(run, texts.importance_langs(run))
+    plan = Plan.of(run)
+    texts.check_targets(run, plan.target_langs)
+    check_importance(run, reads_text=plan.reads_text)
+    regions.check(run, plan.importance_langs)
     interventions.check(run)
-    if run.intervention.name == "freeze":
-        training.check(run.intervention)
     evaluation.check(run)
-    return run
+    return plan
 
 
 def run_job(
@@ -77,15 +78,15 @@ def run_job(
 
     raw = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     raw.pop("hydra", None)
-    track = raw.get("tracking") or {}
     try:
-        tracker = Tracker(track.get("uri"), track.get("experiment") or "regionbench")
-    except StoreError as err:  # nowhere to record the job: say why, do no work
+        track = section(raw, "tracking")
+        tracker = Tracker(track.uri, track.experiment)
+    except ValueError as err:  # nowhere to record the job (StoreError too): say why, do no work
         log.error("job %r failed: %s", name, err)
         return {"status": "FAILED", "run_id": None, "name": name, "error": str(err)}
     job_hash = config_hash(raw)
     parent = os.environ.get(PARENT_ENV)
-    if raw.get("resume"):
+    if section(raw, "resume"):
         done = tracker.finished_run(job_hash)
         if done is not None:
             return _reuse(tracker, done, name, job_num, parent)
@@ -94,24 +95,23 @@ def run_job(
         "job_num": job_num,
         "git_sha": git_sha(),
         "regionbench_version": regionbench.__version__,
-        "model_id": (raw.get("model") or {}).get("name", ""),
+        "model_id": section(raw, "model").name,
         CONFIG_HASH_TAG: job_hash,
     }
     run_id = tracker.start_run(name, parent_run_id=parent, tags=tags)
     output_dir = Path(output_dir or tempfile.mkdtemp(prefix="regionbench-"))
-    interval = track.get("heartbeat_s", 60.0)  # checked with the rest, in validate()
-    heartbeat = tracker.beating(
-        run_id, interval if isinstance(interval, int | float) else 0, parent
-    )
+    heartbeat = tracker.beating(run_id, track.heartbeat_s, parent)  # range: validate()
     try:
         with stoppable(), heartbeat:
             tracker.log_params(
                 run_id, flatten(raw) | {f"choice.{k}": v for k, v in (choices or {}).items()}
             )
-            run = validate(RunConfig.from_cfg(raw), list(choices or {}))
+            run = RunConfig.from_cfg(raw)
+            plan = validate(run, list(choices or {}))
             run.device = models.device_for_job(run.device, job_num)
             tracker.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(raw)), "config.yaml")
-            metrics = _execute(Job(run, tracker, run_id, output_dir), session or SESSION)
+            job = Job(run, plan, tracker, run_id, output_dir, dict(choices or {}))
+            metrics = _execute(job, session or SESSION)
     except KeyboardInterrupt:
         tracker.end_run(run_id, "KILLED", error=heartbeat.reason or "interrupted")
         raise
@@ -153,26 +153,28 @@ def serve_importance(session: Session | None = None) -> int:
 
 @dataclass
 class Job:
-    """One job's config, its MLflow run, its output folder and its stage clock."""
+    """One job's config and plan, its MLflow run, its output folder and its stage clock."""
 
     run: RunConfig
+    plan: Plan
     tracker: Tracker
     run_id: str
     out: Path
+    choices: dict[str, str] = field(default_factory=dict)  # the config groups it chose
     clock: Stopwatch = field(default_factory=Stopwatch)
 
 
 def _execute(job: Job, session: Session) -> dict[str, float]:
-    run, tracker, run_id, clock = job.run, job.tracker, job.run_id, job.clock
+    run, plan, tracker, run_id, clock = job.run, job.plan, job.tracker, job.run_id, job.clock
     cache_dir = session.cache_dir(run)
-    imp_langs, ev_langs = texts.importance_langs(run), texts.eval_langs(run)
-    freeze = run.intervention.name == "freeze"
-    if freeze:
-        ev_langs += [lang for lang in texts.target_langs(run) if lang not in ev_langs]
 
     with clock("data"):
         eval_texts = texts.load_texts(
-            run.data.source, "eval", ev_langs, run.data.eval_docs, **texts.reading(run.data)
+            run.data.source,
+            "eval",
+            list(plan.eval_langs),
+            run.data.eval_docs,
+            **texts.reading(run.data),
         )
         tasks = evaluation.prepare(run, eval_texts)  # task errors before model work
 
@@ -182,7 +184,7 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
     tracker.set_tags(run_id, {"model_fingerprint": model_fp})
 
     with clock("importance"):
-        scores, samples_fp, key, hit = session.scores(run, imp_langs)
+        scores, samples_fp, key, hit = session.scores(run, plan)
     log.info("importance %s (%s)", "cache hit" if hit else "computed", key[:12])
     tracker.set_tags(run_id, {"importance_key": key, "importance_cache": "hit" if hit else "miss"})
 
@@ -190,19 +192,18 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
         found = session.outliers(run, eval_texts)
     with clock("select"):
         fps = (samples_fp, model_fp)
-        region = dimensions.for_run(run, scores, imp_langs, model, fps, found["dims"])
+        langs = list(plan.importance_langs)
+        region = regions.build(run, scores, langs, model, fps, found["dims"])
     metrics = {names.REGION_PARAMS: float(region.numel), names.REGION_FRACTION: region.fraction}
     metrics |= _where_it_lives(job, model, region, found)
 
     base = evaluation.baseline(
         run, model, tok, eval_texts, tasks, model_fp, cache_dir, session.baselines
     )
-    if freeze:
-        metrics |= _freeze(job, loaded, region, eval_texts, tasks, base)
+    if plan.trains:
+        metrics |= _train(job, loaded, region, eval_texts, tasks, base)
     else:
-        iv = run.intervention
-        kw = {"factor": iv.factor, "std": iv.std, "seed": run.seed, "relative": iv.relative}
-        with interventions.intervene(model, region, iv.name, **kw) as applied:
+        with plan.intervention.apply(model, region, run.intervention, run.seed) as applied:
             metrics[names.CHANGED] = float(applied.changed)
             evaluated, results = evaluation.evaluate(
                 run, model, tok, eval_texts, tasks, base, clock
@@ -217,13 +218,14 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
     return metrics
 
 
-def _freeze(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> dict:
-    """Further pre-training with the region frozen; the loaded model is restored afterwards."""
-    from regionbench.report.plots import forgetting_curve
+def _train(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> dict:
+    """Further pre-training on the target languages, the region treated as the intervention
+    says (freeze: held fixed); the loaded model is restored afterwards."""
+    from regionbench.report.run_figures import forgetting_curve
 
-    run, tracker, run_id, clock = job.run, job.tracker, job.run_id, job.clock
+    run, plan, tracker, run_id, clock = job.run, job.plan, job.tracker, job.run_id, job.clock
     model, tok, iv = loaded.model, loaded.tokenizer, run.intervention
-    targets = texts.target_langs(run)
+    targets = list(plan.target_langs)
     train_texts = texts.load_texts(
         run.data.source, "train", targets, iv.train_docs, **texts.reading(run.data)
     )
@@ -238,15 +240,14 @@ def _freeze(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> 
     def log_fn(metrics: dict[str, float], step: int) -> None:
         tracker.log_metrics(run_id, metrics, step=step)
 
-    frozen = region if region.numel > 0 else None
     save_dir = job.out / "model" if iv.save_model else None
-    with interventions.restore_after(model) as snapshot:  # one model serves every job
+    with restore_after(model) as snapshot:  # one model serves every job
         with clock("train"):
-            summary = training.train_frozen(
+            summary = plan.intervention.train(
                 model,
                 tok,
                 train_texts,
-                frozen,
+                region if region.numel > 0 else None,
                 iv,
                 seed=run.seed,
                 eval_fn=eval_fn,
@@ -262,10 +263,9 @@ def _freeze(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> 
         log.info("trained model saved to %s", summary["saved_to"])
     # forget/* and learn/* were logged per step by log_fn; the run shows the last step's value.
     if summary["history"]:
-        targets_text = ", ".join(targets)
         title = (
-            f"{_what(run)} frozen while training {_model_name(run)} on {targets_text} "
-            f"(seed {run.seed})"
+            f"{_what(job)} {plan.intervention.word} while training {_model_name(run)} on "
+            f"{', '.join(targets)} (seed {run.seed})"
         )
         draw = lambda path: forgetting_curve(summary["history"], path, title=title)  # noqa: E731
         tracker.log_file(run_id, draw, "forgetting_curve.png")
@@ -277,39 +277,35 @@ def _freeze(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> 
 def _where_it_lives(job: Job, model, region, found: dict) -> dict[str, float]:
     """The region's summary and dimension profile as artifacts; its concentration, its share on
     the model's massive-activation dimensions and the super weights it contains as metrics."""
-    run = job.run
-    from regionbench.report.plots import dimension_profile, region_density
+    from regionbench.report.run_figures import dimension_profile, region_density
 
-    tracker, run_id = job.tracker, job.run_id
+    run, tracker, run_id = job.run, job.tracker, job.run_id
     summary = region.summary()
     tracker.log_rows(run_id, summary, "region_summary.csv")
     if region.numel and run.tracking.save_region:
         tracker.log_file(run_id, region.save, "region.safetensors")
     if region.numel:
-        title = f"{_what(run)} of {_model_name(run)}: share of each block matrix selected"
+        title = f"{_what(job)} of {_model_name(run)}: share of each block matrix selected"
         draw = lambda path: region_density(summary, path, title)  # noqa: E731
         tracker.log_file(run_id, draw, "region_density.png")
     metrics, rows, per_dim = dimensions.where_it_lives(model, region, found)
     if rows:
-        title = f"{_what(run)} of {_model_name(run)}: entries per hidden dimension"
+        title = f"{_what(job)} of {_model_name(run)}: entries per hidden dimension"
         tracker.log_rows(run_id, rows, "region_dims.csv")
         draw = lambda path: dimension_profile(per_dim, path, title=title, marked=found["dims"])  # noqa: E731
         tracker.log_file(run_id, draw, "region_dims.png")
     return metrics
 
 
-def _what(run) -> str:
+def _what(job: Job) -> str:
     """The region in words for a run's own figures: "taylor core 5%", "taylor monolingual latn
-    5%", "nothing" (ratio 0)."""
-    if run.ratio == 0:
+    5%", "top-dims" (a preset, by its name), "nothing" (the empty region)."""
+    if job.plan.baseline:
         return "nothing"
-    words = [run.metric.name, run.region.name]
-    lang = getattr(run.region, "lang", None)
-    if lang:
-        words.append(str(lang))
-    if run.ratio:
-        words.append(f"{run.ratio * 100:g}%")
-    return " ".join(words)
+    params = {k: str(v) for k, v in flatten(job.run.to_dict()).items()}
+    if job.choices.get("region"):
+        params["choice.region"] = job.choices["region"]
+    return " ".join(w for w in job.plan.region.words(params) if w)
 
 
 def _model_name(run) -> str:

@@ -19,6 +19,7 @@ from regionbench.config import RunConfig
 from regionbench.data.sources import iter_texts, reading
 from regionbench.importance import importance_samples, seq_len_for
 from regionbench.models.loading import load_model
+from regionbench.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +104,17 @@ class Session:
             self._samples = (what, samples, fingerprint_samples(samples))
         return self._samples[1], self._samples[2]
 
-    def scores(self, run: RunConfig, langs: list[str]) -> tuple[dict, str, str, bool]:
-        """(scores, samples fingerprint, cache key, cache hit) of the run's metric on `langs`:
-        nothing to score at ratio 0 or for a region given by position; no text read for a
-        language-independent metric."""
-        from regionbench.importance import METRICS, cached_scores
-        from regionbench.regions.dimensions import needs_scores
+    def scores(self, run: RunConfig, plan: Plan) -> tuple[dict, str, str, bool]:
+        """(scores, samples fingerprint, cache key, cache hit) of the run's metric on the plan's
+        importance languages: nothing to score at ratio 0 or for a region given by position; no
+        text read for a language-independent metric."""
+        from regionbench.importance import cached_scores
 
-        if not needs_scores(run):
+        if not plan.scores:
             return {}, "", "none (no ranking)" if run.ratio else "none (ratio=0)", True
         loaded = self.load(run)
-        per_language = METRICS[run.metric.name].per_language
-        samples, samples_fp = self.importance_samples(run, langs) if per_language else ({}, "")
+        langs = list(plan.importance_langs)
+        samples, samples_fp = self.importance_samples(run, langs) if plan.reads_text else ({}, "")
         root = self.cache_dir(run) / "importance"
         fingerprints = (samples_fp, loaded.fingerprint)
         scores, key, hit = cached_scores(run, loaded.model, samples, langs, fingerprints, root)

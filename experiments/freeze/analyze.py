@@ -18,7 +18,8 @@ import math
 import statistics
 from collections import defaultdict
 
-from regionbench.report.tables import aggregate, markdown, sweep_runs
+from regionbench.report.cli import sweep_runs
+from regionbench.report.tables import aggregate, markdown
 from regionbench.tracking.client import Tracker
 
 

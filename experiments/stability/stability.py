@@ -37,8 +37,8 @@ from torch import Tensor
 
 from regionbench.data import sources as texts
 from regionbench.importance import compute as scoring
+from regionbench.regions import kinds as regions
 from regionbench.regions import overlap
-from regionbench.regions import select as regions
 
 DEFAULT_NS = (8, 16, 32, 64, 128, 256, 512)
 Scores = Mapping[str, Mapping[str, Tensor]]  # {lang: {param: score}}

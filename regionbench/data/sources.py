@@ -11,7 +11,7 @@ further-trained on) and checks `data.*` before any model work.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from regionbench import sandbox
 from regionbench.common.choices import check_choice
@@ -128,8 +128,8 @@ def eval_langs(run: RunConfig) -> list[str]:
 
 
 def target_langs(run: RunConfig) -> list[str]:
-    """Freeze-training languages: as set, else the sandbox's first held-out language, else the
-    first evaluation language."""
+    """Further-training languages (of an intervention that trains): as set, else the sandbox's
+    first held-out language, else the first evaluation language."""
     if run.intervention.target_langs:
         return list(run.intervention.target_langs)
     if run.data.source == "sandbox":
@@ -144,13 +144,17 @@ def check(run: RunConfig) -> None:
     hub.check_config(d.source, d.config)
     check_langs(d.source, importance_langs(run), d.path)
     check_langs(d.source, eval_langs(run), d.path)
-    if run.intervention.name == "freeze":
-        check_langs(d.source, target_langs(run), d.path)
     if isinstance(d.eval_docs, bool) or not isinstance(d.eval_docs, int) or d.eval_docs < 1:
         raise ValueError(f"data.eval_docs {d.eval_docs!r} must be an integer >= 1")
     check_documents(run, "eval", eval_langs(run))
-    if run.intervention.name == "freeze":
-        check_documents(run, "train", target_langs(run))
+
+
+def check_targets(run: RunConfig, targets: Sequence[str]) -> None:
+    """The languages a training job further trains on (`Plan.target_langs`) exist and have
+    training text."""
+    if targets:
+        check_langs(run.data.source, targets, run.data.path)
+        check_documents(run, "train", targets)
 
 
 def check_documents(run: RunConfig, split: str, langs: Iterable[str]) -> None:

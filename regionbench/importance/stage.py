@@ -18,9 +18,9 @@ from regionbench.importance.metrics import ALGORITHM, METRICS
 STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def check(run: RunConfig) -> None:
-    """`metric`, `importance.*` and (data=local) the importance text, before any model is
-    loaded."""
+def check(run: RunConfig, *, reads_text: bool) -> None:
+    """`metric`, `importance.*` and, when the job scores text (`reads_text`, from its plan),
+    the importance text of data=local, before any model is loaded."""
     from regionbench.data.sources import check_documents, importance_langs
     from regionbench.models.scope import SCOPES
 
@@ -56,11 +56,7 @@ def check(run: RunConfig) -> None:
             isinstance(value, bool) or not isinstance(value, int) or value < low
         ):
             raise ValueError(f"{key} {value!r} must be an integer >= {low}")
-    # Text is scored when the region ranks entries by a per-language metric (as
-    # dimensions.needs_scores decides): every importance language must have some.
-    r = run.region
-    ranked = r.name != "coordinates" and (r.name != "dimension" or r.top_dims is not None)
-    if run.ratio > 0 and ranked and METRICS[run.metric.name].per_language:
+    if reads_text:  # every importance language must have some
         check_documents(run, "importance", importance_langs(run))
 
 

@@ -102,7 +102,7 @@ def train_frozen(
     The model and tokenizer are saved to `save_dir` only if it is given and `cfg.save_model`.
     """
     if not isinstance(cfg, InterventionConfig):
-        cfg = InterventionConfig(**{"name": "freeze", **cfg})
+        cfg = InterventionConfig(**cfg)
     check(cfg)
     langs = list(cfg.target_langs or train_texts)
     for lang in langs:

@@ -1,43 +1,29 @@
-"""In-place interventions on a loaded model's region, undone bit-exactly when the block ends.
+"""Editing a loaded model's weights in place, undone bit-exactly: the mechanism of the in-place
+interventions (`regionbench.interventions.kinds`), and the snapshot that undoes training.
 
-    with intervene(model, region, "remove") as applied:  # region entries set to 0
+    with edited(model, region, lambda p, old, name: torch.zeros_like(old)) as applied:
         ppl = perplexity(model, tok, texts)
         applied.changed                                  # entries whose value it changed
     # here every parameter is bitwise what it was: one loaded model serves many jobs
+    with restore_after(model) as snapshot:               # anything, training included
+        ...
 
-`remove` zeroes the region (the paper's removal), `scale` multiplies it by `factor`, `noise` adds
-seeded Gaussian noise of standard deviation `std` — in weight units, or with `relative=True` in
-units of each matrix's RMS (so one setting perturbs matrices of different scales alike); it is
-drawn in fp32 on CPU from a per-parameter seed, added in fp32 and rounded to the parameter's
-dtype, so bf16 models get the same draw as fp32 ones. Only the masked entries are touched.
-The original masked values are copied aside before anything changes and written back on exit,
-also when the block raises, so restoring does not depend on inverting the operation (x·0 or bf16
-rounding cannot be undone). A removal that changes none of the region's entries (they are all
-already 0) is an error, not a result. `freeze` is listed because it is a value of the
-`intervention` axis, but it is a training intervention (regionbench.interventions.training.train_frozen), not
-an in-place edit; `restore_after` undoes it (and any change) from a CPU snapshot of the model.
+Only the masked entries are touched. The original masked values are copied aside before
+anything changes and written back on exit, also when the block raises, so restoring does not
+depend on inverting the operation (x·0 or bf16 rounding cannot be undone). `restore_after`
+undoes any change (training) from a CPU snapshot of the model.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from regionbench.common.choices import check_choice
-from regionbench.common.torchtools import modes_kept, seeded_generator
-from regionbench.config import RunConfig
-
-INTERVENTIONS: dict[str, str] = {
-    "remove": "set the region to 0 (the paper's removal)",
-    "scale": "multiply the region by `factor`",
-    "noise": "add seeded Gaussian noise N(0, std²) to the region",
-    "freeze": "further pre-train with the region held fixed (training, not in-place)",
-}
+from regionbench.common.torchtools import modes_kept
 
 
 @dataclass
@@ -84,45 +70,18 @@ def param_masks(
     return list(merged.values())
 
 
-def _new_values(kind: str, old: Tensor, name: str, factor: float, std: float, seed: int) -> Tensor:
-    if kind == "remove":
-        return torch.zeros_like(old)
-    if kind == "scale":
-        return (old.float() * factor).to(old.dtype)
-    gen = seeded_generator(seed, name)
-    noise = torch.randn(old.shape, generator=gen, dtype=torch.float32) * std
-    return (old.float() + noise.to(old.device)).to(old.dtype)
-
-
-def check_intervention(kind: str, *, factor: float = 0.0, std: float = 0.0) -> str:
-    """Validate an in-place intervention's name and arguments (one-line ValueError)."""
-    kind = check_choice("intervention", kind, INTERVENTIONS)
-    if kind == "freeze":
-        raise ValueError(
-            "intervention 'freeze' is a training intervention, not an in-place edit: "
-            "intervention=freeze runs training (regionbench.interventions.training.train_frozen)"
-        )
-    if kind == "scale" and not math.isfinite(factor):
-        raise ValueError(f"factor {factor!r} must be a finite number for intervention 'scale'")
-    if kind == "noise" and not (math.isfinite(std) and std >= 0):
-        raise ValueError(f"std {std!r} must be a finite number >= 0 for intervention 'noise'")
-    return kind
+# (parameter, the region's old values in it, parameter name) -> their new values
+NewValues = Callable[[nn.Parameter, Tensor, str], Tensor]
 
 
 @contextlib.contextmanager
-def intervene(
-    model: nn.Module,
-    region,
-    kind: str = "remove",
-    *,
-    factor: float = 0.0,
-    std: float = 0.0,
-    seed: int = 0,
-    relative: bool = False,
+def edited(
+    model: nn.Module, region, new_values: NewValues, *, must_change: str | None = None
 ) -> Iterator[Applied]:
-    """Apply `kind` to the entries of `region` (a Region or {param name: bool mask}) in place;
-    restore them bit-exactly on exit. Yields an `Applied` with the counts."""
-    kind = check_intervention(kind, factor=factor, std=std)
+    """Set the entries of `region` (a Region or {param name: bool mask}) to
+    `new_values(param, old, name)` in place; restore them bit-exactly on exit. `must_change`
+    names an edit that is an error when it changes no entry (a removal of zeros). Yields an
+    `Applied` with the counts."""
     targets = param_masks(model, region)  # all checks before the first write
     saved: list[tuple[Tensor, Tensor, Tensor]] = []
     selected = changed = 0
@@ -133,17 +92,14 @@ def intervene(
                 if not bool(mask.any()):
                     continue
                 old = p[mask]  # advanced indexing copies: these bits are what we restore
-                scale = std
-                if kind == "noise" and relative:
-                    scale = std * float(p.detach().float().square().mean().sqrt())
-                new = _new_values(kind, old, name, factor, scale, seed)
+                new = new_values(p, old, name)
                 saved.append((p, mask, old))
                 p[mask] = new
                 selected += old.numel()
                 changed += int((new != old).sum())
-        if kind == "remove" and selected and not changed:
+        if must_change and selected and not changed:
             raise ValueError(
-                f"removing the region changes none of its {selected} entries: they "
+                f"{must_change} the region changes none of its {selected} entries: they "
                 "are all 0 already (a pruned or zero-initialised model?)"
             )
         yield Applied(model, selected, changed)
@@ -152,13 +108,6 @@ def intervene(
             # Reverse order, so parameters that share storage come back right too.
             for p, mask, old in reversed(saved):
                 p[mask] = old
-
-
-def check(run: RunConfig) -> None:
-    """`intervention.*` of an in-place intervention, up front (freeze: `training.check`)."""
-    iv = run.intervention
-    if check_choice("intervention", iv.name, INTERVENTIONS) != "freeze":
-        check_intervention(iv.name, factor=iv.factor, std=iv.std)
 
 
 class Snapshot:

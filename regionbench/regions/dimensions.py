@@ -25,14 +25,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-import regionbench
 from regionbench.common import names
-from regionbench.common.torchtools import seeded_generator
-from regionbench.config import RunConfig
 from regionbench.models.residual import Side, hidden_size, residual_sides
-from regionbench.models.scope import scoped_params
-from regionbench.regions.region import Region, empty
-from regionbench.regions.select import SCORED, exact_k, select, topk_mask
+from regionbench.regions.region import Region
+from regionbench.regions.select import exact_k, topk_mask
 
 _COORD = re.compile(r"^\s*([\w.]+)\s*\[\s*(\d+)\s*(?:,\s*(\d+)\s*)?\]\s*$")
 
@@ -77,9 +73,7 @@ def dimension_region(
             f"region.layers {sorted(layers or [])} / region.modules {list(modules or [])} leave "
             f"no matrix; modules look like {sorted({s.module for s in sides.values()})}"
         )
-    return Region(
-        masks=masks, meta={"region": "dimension", "dims": json.dumps(dims)} | (meta or {})
-    )
+    return Region(masks=masks, meta={"dims": json.dumps(dims)} | (meta or {}))
 
 
 def parse_coordinates(entries: Iterable[str] | str | Path) -> list[tuple[str, tuple[int, ...]]]:
@@ -117,7 +111,7 @@ def coordinates_region(model: nn.Module, entries, *, meta: dict | None = None) -
         ):
             raise ValueError(f"coordinate {name}{list(index)} is outside its shape {list(shape)}")
         masks.setdefault(name, torch.zeros(shape, dtype=torch.bool))[index] = True
-    return Region(masks=masks, meta={"region": "coordinates"} | (meta or {}))
+    return Region(masks=masks, meta=dict(meta or {}))
 
 
 def around_dims(
@@ -154,8 +148,7 @@ def around_dims(
             k = min(k, int((~on).sum()))
             total = total.masked_fill(on, float("-inf"))
         masks[name] = topk_mask(total, k, name=name)
-    kind = "outliers" if only else "core_minus_outliers"
-    return Region(masks=masks, meta={"region": kind, "dims": json.dumps(dims)} | (meta or {}))
+    return Region(masks=masks, meta={"dims": json.dumps(dims)} | (meta or {}))
 
 
 @dataclass(frozen=True)
@@ -210,60 +203,6 @@ def profile(region: Region, sides: Mapping[str, Side], hidden: int) -> Profile:
         other = 1 - side.axis
         per_dim += mask.to(torch.long).sum(dim=other)
     return Profile(per_dim=per_dim, on_stream=int(per_dim.sum()))
-
-
-def needs_scores(run: RunConfig) -> bool:
-    """Whether the run's region ranks entries by importance (else no text is scored)."""
-    r = run.region
-    if run.ratio == 0 or r.name == "coordinates":
-        return False
-    return r.name in SCORED or (r.name == "dimension" and r.top_dims is not None)
-
-
-def for_run(
-    run: RunConfig,
-    scores,
-    langs: Sequence[str],
-    model: nn.Module,
-    fingerprints: tuple[str, str],
-    outlier_dims: Sequence[int] = (),
-) -> Region:
-    """The run's region, described by its origin for the mask file: a ranking of `scores` at
-    `ratio` (the empty region over the scope's parameters at ratio 0), dimensions of the
-    residual stream, or given coordinates; `outlier_dims` are the model's massive-activation
-    dimensions (core_minus_outliers, outliers)."""
-    samples_fp, model_fp = fingerprints
-    meta = {
-        "model_id": run.model.name,
-        "revision": str(run.model.revision),
-        "metric": run.metric.name,
-        "languages": ",".join(langs),
-        "data_fingerprint": samples_fp,
-        "model_fingerprint": model_fp,
-        "regionbench_version": regionbench.__version__,
-    }
-    r = run.region
-    if r.name == "coordinates":
-        return coordinates_region(model, r.coordinates or r.file, meta=meta)
-    if r.name == "dimension":
-        sides = residual_sides(model)
-        if r.dims is not None:
-            dims = r.dims
-        elif r.random_dims is not None:
-            gen = seeded_generator(run.seed, "random dimensions")
-            dims = torch.randperm(hidden_size(model), generator=gen)[: r.random_dims].tolist()
-        else:
-            core = select(scores, run.ratio, "core", langs=langs)
-            dims = profile(core, sides, hidden_size(model)).top_dims(r.top_dims)
-        return dimension_region(model, sides, dims, layers=r.layers, modules=r.modules, meta=meta)
-    if run.ratio == 0:
-        imp = run.importance
-        return empty(scoped_params(model, imp.scope, imp.include, imp.exclude), meta)
-    if r.name in ("core_minus_outliers", "outliers"):
-        only = r.name == "outliers"
-        sides = residual_sides(model)
-        return around_dims(scores, run.ratio, langs, sides, outlier_dims, only=only, meta=meta)
-    return select(scores, run.ratio, r.name, lang=r.lang, langs=langs, meta=meta)
 
 
 def where_it_lives(model: nn.Module, region: Region, found: dict) -> tuple[dict, list, list]:

@@ -1,5 +1,5 @@
-"""`python -m regionbench.report`: tables from MLflow runs (see `regionbench.report.tables`)."""
+"""`python -m regionbench.report`: tables from MLflow runs (see `regionbench.report.cli`)."""
 
-from regionbench.report.tables import main
+from regionbench.report.cli import main
 
 main()

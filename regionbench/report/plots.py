@@ -48,7 +48,7 @@ def spread(values: Iterable[float], level: float = 0.95) -> Spread:
     return Spread(len(vals), mean, sd, mean - half, mean + half)
 
 
-def _figure(panels: int = 1, *, width: float = 6.4, height: float = 4.2):
+def new_figure(panels: int = 1, *, width: float = 6.4, height: float = 4.2):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -60,7 +60,7 @@ def _figure(panels: int = 1, *, width: float = 6.4, height: float = 4.2):
     return fig, axes
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, format=path.suffix[1:] or "png")
@@ -103,7 +103,7 @@ def ratio_axis(ax, values, *, axis: str = "y") -> None:
         (ax.set_ylim if axis == "y" else ax.set_xlim)(lo - pad, hi + pad)
 
 
-def _legend_outside(ax, title: str | None = None) -> None:
+def legend_outside(ax, title: str | None = None) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         ax.legend(
@@ -148,7 +148,7 @@ def condition_points(
         if len(points) != len(categories):
             raise ValueError(f"{label!r} has {len(points)} values for {len(categories)} categories")
     width = max(6.4, 0.55 * len(categories) * max(1, len(series)) ** 0.5 + 3.5)
-    fig, (ax,) = _figure(1, width=width, height=4.4)
+    fig, (ax,) = new_figure(1, width=width, height=4.4)
     step = 0.8 / len(series)
     for i, ((label, points), color) in enumerate(zip(series, colors(len(series)), strict=True)):
         xs = [c - 0.4 + step * (i + 0.5) for c in range(len(categories))]
@@ -171,9 +171,9 @@ def condition_points(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, axis="y", which="major", alpha=0.3)
-    _legend_outside(ax)
-    _titles(fig, ax, title, note)
-    return _save(fig, path)
+    legend_outside(ax)
+    set_titles(fig, ax, title, note)
+    return save_figure(fig, path)
 
 
 def condition_lines(
@@ -191,7 +191,7 @@ def condition_lines(
     neighbour so that equal values stay visible. With `ratio`, the y axis is a ratio axis."""
     if not series or not any(points for _, points in series):
         raise ValueError("condition_lines needs at least one condition with a point")
-    fig, (ax,) = _figure(1, width=7.6, height=4.4)
+    fig, (ax,) = new_figure(1, width=7.6, height=4.4)
     xs = [p[0] for _, points in series for p in points]
     # conditions with equal values would hide each other: each is shifted a little along x
     nudge = 0.008 * (max(xs) - min(xs)) if len(series) > 1 else 0.0
@@ -217,12 +217,12 @@ def condition_lines(
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="major", alpha=0.3)
-    _legend_outside(ax)
-    _titles(fig, ax, title, note)
-    return _save(fig, path)
+    legend_outside(ax)
+    set_titles(fig, ax, title, note)
+    return save_figure(fig, path)
 
 
-def _titles(fig, ax, title: str, note: str = "") -> None:
+def set_titles(fig, ax, title: str, note: str = "") -> None:
     """The figure's title (what was done, to which model) and under it a note on how to read
     it (what the bars are), each wrapped to the figure's width."""
     width = fig.get_figwidth()
@@ -235,69 +235,6 @@ def _wrap(text: str, chars: int) -> str:
     import textwrap
 
     return "\n".join(textwrap.fill(line, max(chars, 20)) for line in text.splitlines())
-
-
-_MEANS = ("mean", "gmean")
-
-
-def forgetting_curve(
-    history: Sequence[tuple[int, Mapping[str, float]]], path: str | Path, *, title: str = ""
-) -> Path:
-    """Plot `forget/<lang>` (solid) and `learn/<lang>` (dashed) perplexity ratios against the
-    optimizer step, with their average over languages in bold black (the geometric `gmean` if
-    logged; none for a single language), on a ratio axis with the no-change line at 1.
-
-    `history` is `train_frozen(...)["history"]`: [(step, {metric: value})]; other keys are
-    ignored.  Returns the written path (PNG unless the suffix says otherwise).
-    """
-    series: dict[str, list[tuple[int, float]]] = {}
-    for step, metrics in history:
-        for key, value in metrics.items():
-            if key.startswith(("forget/", "learn/")) and value is not None:
-                series.setdefault(key, []).append((int(step), float(value)))
-    if not series:
-        keys = sorted({k for _, m in history for k in m})
-        raise ValueError(f"history has no forget/<lang> or learn/<lang> metrics; keys: {keys}")
-
-    fig, (ax,) = _figure(width=7.6)
-    langs = sorted({k.split("/", 1)[1] for k in series} - {"mean", "gmean"})
-    color = dict(zip(langs, colors(len(langs)), strict=True))
-    for kind in ("forget", "learn"):  # one average per kind (geometric if logged), none of one
-        own = [k for k in series if k.startswith(f"{kind}/") and k.split("/")[1] not in _MEANS]
-        for drop in (f"{kind}/mean", f"{kind}/gmean"):
-            if len(own) < 2 or (drop.endswith("/mean") and f"{kind}/gmean" in series):
-                series.pop(drop, None)
-    for key in sorted(series, key=lambda k: (k.split("/")[1] in _MEANS, k)):
-        points = sorted(series[key])
-        steps, values = [s for s, _ in points], [v for _, v in points]
-        kind, lang = key.split("/", 1)
-        style = "--" if kind == "learn" else "-"
-        if lang in _MEANS:
-            ax.plot(steps, values, style, color="black", linewidth=2.5, label=key)
-        else:
-            ax.plot(
-                steps,
-                values,
-                style,
-                color=color[lang],
-                marker="o",
-                markersize=3,
-                linewidth=1.2,
-                label=key,
-            )
-    ratio_axis(ax, [v for points in series.values() for _, v in points])
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("perplexity ratio (now / before training)")
-    ax.grid(True, which="major", alpha=0.3)
-    _legend_outside(ax)
-    _titles(
-        fig,
-        ax,
-        title or "forgetting during freeze training",
-        "forget/<lang> (solid): the languages not trained on, above 1 = forgotten; "
-        "learn/<lang> (dashed): the training language",
-    )
-    return _save(fig, path)
 
 
 def _is_number(value: object) -> bool:
@@ -337,7 +274,7 @@ def sweep_plot(
         xs.sort()
     groups = list(dict.fromkeys(str(row.get(group)) for row in rows)) if group else [None]
 
-    fig, axes = _figure(len(ys))
+    fig, axes = new_figure(len(ys))
     palette = colors(len(groups))
     for ax, y in zip(axes, ys, strict=True):
         for gi, g in enumerate(groups):
@@ -381,47 +318,10 @@ def sweep_plot(
         ax.set_ylabel(y)
         ax.grid(True, alpha=0.3)
         if group:
-            _legend_outside(ax)
+            legend_outside(ax)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
-
-
-def dimension_profile(
-    per_dim: Sequence[int], path: str | Path, *, title: str = "", marked: Sequence[int] = ()
-) -> Path:
-    """Where a region lives: its entries per hidden dimension of the residual stream (left;
-    `marked` dimensions, e.g. massive-activation ones, in red) and the share of the region in its
-    top-d dimensions against an evenly spread region (right, log d axis)."""
-    counts = [int(c) for c in per_dim]
-    total, hidden = sum(counts), len(counts)
-    if not hidden or not total:
-        raise ValueError("dimension_profile needs a region with entries on the residual stream")
-    fig, (left, right) = _figure(2)
-    left.bar(range(hidden), counts, width=1.0, color="tab:blue")
-    for i, d in enumerate(marked):
-        label = "massive-activation dimension" if i == 0 else None
-        left.bar([d], [counts[d]], width=1.0, color="tab:red", label=label)
-    left.axhline(total / hidden, color="grey", linestyle=":", linewidth=1, label="evenly spread")
-    left.set_xlabel("hidden dimension of the residual stream")
-    left.set_ylabel("region entries (rows of writers + columns of readers)")
-    left.legend(fontsize="small", loc="upper right")
-    ranked = sorted(counts, reverse=True)
-    shares, running = [], 0
-    for c in ranked:
-        running += c
-        shares.append(running / total)
-    ds = list(range(1, hidden + 1))
-    right.plot(ds, shares, color="tab:blue", label="this region")
-    right.plot(ds, [d / hidden for d in ds], color="grey", linestyle=":", label="evenly spread")
-    right.set_xscale("log")
-    right.set_xlabel("top-d dimensions (d)")
-    right.set_ylabel("share of the region's entries")
-    right.set_ylim(0, 1.02)
-    right.grid(True, which="major", alpha=0.3)
-    right.legend(fontsize="small", loc="lower right")
-    fig.suptitle(title or "region entries per hidden dimension")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def heatmap(
@@ -450,7 +350,7 @@ def heatmap(
         raise ValueError(f"heatmap values {data.shape} do not match {len(rows)} x {len(cols)}")
     finite = data[np.isfinite(data)]
     width = max(6.4, 0.75 * len(cols) + 3 + 0.07 * max(map(len, rows), default=0))  # labels
-    fig, (ax,) = _figure(1, width=width, height=max(3.2, 0.5 * len(rows) + 1.8))
+    fig, (ax,) = new_figure(1, width=width, height=max(3.2, 0.5 * len(rows) + 1.8))
     norm, cmap = None, "viridis"
     if center is not None and finite.size:
         lo, hi = float(finite.min()), float(finite.max())
@@ -487,24 +387,5 @@ def heatmap(
         bar.set_ticks(ticks)
         bar.ax.yaxis.set_major_formatter(FormatStrFormatter(f"%.{digits}g"))
         bar.ax.yaxis.set_minor_formatter(NullFormatter())
-    _titles(fig, ax, title)
-    return _save(fig, path)
-
-
-def region_density(rows: list[dict], path: Path, title: str) -> Path:
-    """The share of each block matrix a region selects, layers × modules."""
-    layers = sorted({r["layer"] for r in rows if r["layer"] is not None})
-    modules = sorted({r["module"] for r in rows if r["layer"] is not None})
-    cell = {(r["layer"], r["module"]): r["fraction"] for r in rows}
-    values = [[cell.get((layer, m), math.nan) for m in modules] for layer in layers]
-    top = max((v for line in values for v in line if math.isfinite(v)), default=1.0)
-    return heatmap(
-        values,
-        [f"layer {x}" for x in layers],
-        modules,
-        path,
-        label="share selected",
-        title=title,
-        fmt="{:.3f}",
-        limits=(0.0, top or 1.0),  # from 0: a region selected per matrix shows one colour
-    )
+    set_titles(fig, ax, title)
+    return save_figure(fig, path)

@@ -25,6 +25,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from regionbench.common import names
+from regionbench.config import InterventionConfig
+from regionbench.interventions.kinds import INTERVENTIONS, Intervention
+from regionbench.regions.kinds import REGION_KINDS, RegionKind
 from regionbench.report.plots import Spread, spread
 from regionbench.tracking.client import Tracker
 
@@ -32,8 +35,6 @@ MAX_OVERLAP_RUNS = 60  # pairwise agreement of more regions is a table nobody re
 MAX_MASK_BYTES = 50 * 2**20  # packed bits: a 1/8 of the scored parameters (7B: ~800 MB)
 MAX_POINT_CONDITIONS = 8  # more conditions side by side per language: the heatmap alone
 MAX_POINT_LANGUAGES = 12
-# the regions whose size is `ratio` (the others are given by dims, coordinates or detectors)
-_SIZED_REGIONS = ("core", "core_bottom", "monolingual", "core_minus_outliers")
 _DESCRIBED = ("metric.name", "region.name", "region.lang", "ratio", "intervention.name")
 
 History = Callable[[str, str], Sequence[tuple[int, float]]]  # (run id, metric) -> [(step, value)]
@@ -60,22 +61,15 @@ def describe(params: Mapping[str, str], keys: Sequence[str], *, ratio: bool = Tr
     frozen", "taylor monolingual latn 5%", "unmodified" (ratio 0), "nothing frozen"; the swept
     `keys` the words do not cover follow as key=value. Without `ratio`, the size is left out
     (for a figure whose x axis is the ratio)."""
-    frozen = params.get("intervention.name") == "freeze"
+    kind, iv = _region_kind(params), _intervention(params)
     region = params.get("region.name", "")
     preset = params.get("choice.region", region)  # region=top-dims: a preset of `dimension`
-    size = _number(params.get("ratio"))
     words: list[str] = []
-    if region in _SIZED_REGIONS and size == 0:
-        words.append("nothing frozen" if frozen else "unmodified")
+    if kind is not None and kind.empty_at_zero and _number(params.get("ratio")) == 0:
+        words.append(f"nothing {iv.word}" if iv is not None and iv.word else "unmodified")
     else:
-        words.append(params.get("metric.name", "") if region in _SIZED_REGIONS else "")
-        words.append(preset if preset != region and region not in _SIZED_REGIONS else region)
-        if region == "monolingual":
-            words.append(params.get("region.lang", ""))
-        if ratio and region in _SIZED_REGIONS and size is not None:
-            words.append(f"{size * 100:g}%")
-        if frozen:
-            words.append("frozen")
+        words += kind.words(params, ratio=ratio) if kind is not None else [region]
+        words.append(iv.word if iv is not None else "")
     for key in keys:
         value = params.get(key, "")
         if (
@@ -109,24 +103,24 @@ def what_was_done(runs: Sequence) -> str:
     first = runs[0].data.params
     shared = {k: v for k, v in first.items() if all(r.data.params.get(k) == v for r in runs)}
     model = Path(first.get("model.name", "the model")).name
-    kind = first.get("intervention.name", "remove")
-    if kind == "freeze":
-        targets = first.get("intervention.target_langs", "").strip("[]").replace("'", "")
-        text = f"Further training {model} on {targets or 'new text'} with weights frozen"
-    elif kind == "scale":
-        factor = shared.get("intervention.factor")
-        text = f"Scaling regions of {model}" + (f" by {factor}" if factor else "")
-    elif kind == "noise":
-        std = shared.get("intervention.std")
-        text = f"Adding noise{f' (std {std})' if std else ''} to regions of {model}"
-    else:
-        text = f"Removing regions of {model}"
-    size, region = _number(shared.get("ratio")), shared.get("region.name")
-    if size and region in ("core", "core_bottom"):
+    iv = _intervention(first) or INTERVENTIONS[InterventionConfig().name]
+    text = iv.title(model, shared)
+    size = _number(shared.get("ratio"))
+    kind = _region_kind(shared) if "region.name" in shared else None
+    if size and kind is not None and kind.sized == "exact":
         text += f" ({size * 100:g}% of each matrix)"
-    elif size and region in _SIZED_REGIONS:  # a part of the top k: smaller than k
+    elif size and kind is not None and kind.sized == "within":  # a part of the top k
         text += f" (from the top {size * 100:g}% of each matrix)"
     return text
+
+
+def _region_kind(params: Mapping[str, str]) -> RegionKind | None:
+    """The region kind a run names (None for a name this version does not know)."""
+    return REGION_KINDS.get(params.get("region.name", ""))
+
+
+def _intervention(params: Mapping[str, str]) -> Intervention | None:
+    return INTERVENTIONS.get(params.get("intervention.name", ""))
 
 
 def _number(value) -> float | None:

@@ -1,53 +1,28 @@
-"""Comparison tables and plots from MLflow runs: the sweep summary and the experiment READMEs.
+"""Tables from MLflow runs: rows of params and metrics, aggregated over seeds, paired with a
+baseline run, as markdown or CSV (what `python -m regionbench.report` prints).
 
-    python -m regionbench.report.tables                         # the latest sweep, as a markdown table
-    python -m regionbench.report.tables --parent RUN_ID --metrics ppl_ratio/mean lm_eval/sandbox_grammar/acc
-    python -m regionbench.report.tables --group metric.name region.name ratio --over seed \\
-        --metrics forget/mean learn/mean                   # mean ± std across seeds
-    python -m regionbench.report.tables --baseline ratio=0 --over seed --metrics forget/gmean
-                                       # each condition / the baseline of the same seed, 95% CI
-    python -m regionbench.report.tables --url                   # the MLflow UI address of the latest
-                                                         # sweep's runs table (make ui prints it)
-
-The store is ./mlruns/mlflow.db unless --uri names another; one that does not exist is an error.
+    rows = rows_of(runs, ["metric.name", "ratio"], ["ppl_ratio/mean"])
+    aggregate(rows, ["metric.name", "ratio"], ["ppl_ratio/mean"])          # mean ± std, with n
+    paired_table(runs, {"ratio": "0"}, ["seed"], params, metrics)          # over the baseline
+    print(markdown(rows))
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
-import logging
 import math
 import statistics
-import tempfile
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
+from collections.abc import Sequence
 
 from regionbench.common import names
-from regionbench.config import TrackingConfig
 from regionbench.report.plots import spread
-from regionbench.report.sweep import (
-    condition_keys,
-    conditions,
-    headline_metric,
-    labels,
-    language_order,
-    region_overlap,
-    sweep_plots,
-    what_was_done,
-)
-from regionbench.tracking.client import CONFIG_HASH_TAG, StoreError, Tracker
+from regionbench.tracking.client import Tracker
 
 DEFAULT_METRICS = (names.REGION_FRACTION, names.PPL_MEAN, names.PPL_RATIO_MEAN)
 # not a sweep's axes for the default columns (a group's choice repeats the values it sets)
 _IGNORED_PARAMS = ("paths.", "tracking.", "choice.", "resume")
-log = logging.getLogger(__name__)
-
 
 def swept_params(runs: Sequence) -> list[str]:
     """Params whose values differ between the runs: the sweep's axes."""
@@ -116,7 +91,7 @@ def paired(
     from scipy import stats
 
     def is_base(row):
-        return all(_same(row.get(k), v) for k, v in baseline.items())
+        return all(same_value(row.get(k), v) for k, v in baseline.items())
 
     base_rows = [r for r in rows if is_base(r)]
     if not base_rows:
@@ -162,7 +137,7 @@ def paired(
     return out
 
 
-def _same(logged, wanted) -> bool:
+def same_value(logged, wanted) -> bool:
     """A logged param equals a wanted value: as text, or as numbers (ratio 0 is logged 0.0)."""
     if str(logged) == str(wanted):
         return True
@@ -212,7 +187,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _interesting_metrics(runs: Sequence) -> list[str]:
+def interesting_metrics(runs: Sequence) -> list[str]:
     logged = sorted({k for r in runs for k in r.data.metrics})
     extra = [n for n in logged if n in (names.FORGET_MEAN, names.FORGET_GMEAN, names.LEARN_MEAN)]
     return [m for m in DEFAULT_METRICS if m in logged] + extra + lm_eval_headlines(logged)
@@ -233,433 +208,16 @@ def lm_eval_headlines(logged) -> list[str]:
     return sorted(k for k in main if k.split("/")[1] in top)
 
 
-def _log_table(tracker: Tracker, parent_id: str, rows: list[dict], stem: str) -> str:
+def log_table(tracker: Tracker, parent_id: str, rows: list[dict], stem: str) -> str:
     table = markdown(rows)
-    tracker.log_text(parent_id, _csv(rows), f"{stem}.csv")
+    tracker.log_text(parent_id, to_csv(rows), f"{stem}.csv")
     tracker.log_text(parent_id, table + "\n", f"{stem}.md")
     return table
 
 
-def _csv(rows: list[dict]) -> str:
+def to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
-
-
-# ------------------------------------------------------------------ the sweep's comparison table
-def _is_baseline(params: Mapping[str, str], baseline: Mapping | None) -> bool:
-    """A condition is the sweep's baseline: it matches `tracking.baseline` (a config group's
-    choice is the param `choice.<group>`), or without one, it is the unmodified model."""
-    if baseline:
-        return all(_same(params.get(k, params.get(f"choice.{k}")), v) for k, v in baseline.items())
-    return _same(params.get("ratio"), 0) and params.get("region.name") != "dimension"
-
-
-def comparison(
-    runs: Sequence,
-    params: Sequence[str],
-    over: Sequence[str] = ("seed",),
-    baseline: Mapping | None = None,
-) -> tuple[list[dict], list[str], list[str]]:
-    """One row per condition (the finished runs sharing every swept value but `over`), the
-    baseline condition(s) first: `condition` (in words), the swept values, `n`, and for every
-    metric its mean over the condition's runs and their sample standard deviation (`<m> sd`,
-    empty for one run); lm-eval metrics also `<m> stderr`, lm-eval's standard error over the
-    task's items (mean over the runs); one `ppl_ratio/<lang>` column per language.
-    Returns (rows, headline metrics, per-language metrics)."""
-    groups = conditions(runs, params, over)
-    keys = condition_keys(params, over)
-    label = labels(groups, keys)
-    done = [r for members in groups.values() for r in members]
-    logged = {k for r in done for k in r.data.metrics}
-    metrics = [m for m in _COMPARED if m in logged] + lm_eval_headlines(logged)
-    langs = [
-        k.split("/", 1)[1]
-        for k in logged
-        if k.startswith("ppl_ratio/") and k != names.PPL_RATIO_MEAN and k.count("/") == 1
-    ]
-    langs = [f"ppl_ratio/{g}" for g in language_order(langs, list(label.values()))]
-    rows = []
-    for key, members in groups.items():
-        row = {"condition": label[key], **dict(zip(keys, key, strict=True)), "n": len(members)}
-        for m in [*metrics, *langs]:
-            s = spread(r.data.metrics.get(m) for r in members)
-            row[m], row[f"{m} sd"] = s.mean, s.sd
-            if f"{m}_stderr" in logged:
-                row[f"{m} stderr"] = spread(r.data.metrics.get(f"{m}_stderr") for r in members).mean
-        rows.append(row)
-    first = [_is_baseline(groups[key][0].data.params, baseline) for key in groups]
-    rows = [row for row, b in zip(rows, first, strict=True) if b] + [
-        row for row, b in zip(rows, first, strict=True) if not b
-    ]
-    return rows, metrics, langs
-
-
-_COMPARED = (
-    names.REGION_FRACTION,
-    names.PPL_RATIO_MEAN,
-    names.PPL_MEAN,
-    names.FORGET_GMEAN,
-    names.FORGET_MEAN,
-    names.LEARN_MEAN,
-)
-
-
-def _cell(row: Mapping, metric: str) -> str:
-    """mean ± sd (sd over the condition's runs, when there are several), (se x) for lm-eval."""
-    mean, sd, se = row.get(metric), row.get(f"{metric} sd"), row.get(f"{metric} stderr")
-    if mean is None or not math.isfinite(mean):
-        return "–"
-    text = f"{mean:.4g}"
-    if sd is not None and math.isfinite(sd):
-        text += f" ± {sd:.2g}"
-    if se is not None and math.isfinite(se):
-        text += f" (se {se:.2g})"
-    return text
-
-
-def _short(metric: str) -> str:
-    return metric.removeprefix("lm_eval/")
-
-
-def comparison_markdown(
-    rows: list[dict], metrics: Sequence[str], langs: Sequence[str], heading: str, limit=None
-) -> str:
-    """The comparison as markdown: a headline table and, with `langs`, a per-language table
-    (means; their sd is in the CSV). `limit` keeps that many conditions, baseline first."""
-    shown = rows if limit is None else rows[:limit]
-    lines = [heading, ""]
-    lines += [
-        "| condition | n | " + " | ".join(_short(m) for m in metrics) + " |",
-        "|---|---|" + "---|" * len(metrics),
-    ]
-    lines += [
-        f"| {r['condition']} | {r['n']} | " + " | ".join(_cell(r, m) for m in metrics) + " |"
-        for r in shown
-    ]
-    if len(shown) < len(rows):
-        lines.append(f"\n({len(rows) - len(shown)} more conditions in `sweep_comparison.md`)")
-    if langs:
-        lines += [
-            "",
-            "Perplexity ratio to the unmodified model per language (mean over each "
-            "condition's runs; their sd in `sweep_comparison.csv`):",
-            "",
-            "| condition | " + " | ".join(m.split("/", 1)[1] for m in langs) + " |",
-            "|---|" + "---|" * len(langs),
-        ]
-        lines += [
-            f"| {r['condition']} | " + " | ".join(_mean(r.get(m)) for m in langs) + " |"
-            for r in shown
-        ]
-    return "\n".join(lines)
-
-
-def _mean(value) -> str:
-    return f"{value:.4g}" if value is not None and math.isfinite(value) else "–"
-
-
-def summarize_sweep(
-    tracker: Tracker,
-    parent_id: str,
-    runs: Sequence,
-    baseline: dict | None = None,
-    over: Sequence[str] = ("seed",),
-) -> str:
-    """Log the sweep's comparison to its parent run and return it as markdown:
-    `sweep_comparison.csv/.md` (one row per condition, `comparison`), with a `baseline` the
-    paired table `sweep_paired.csv/.md` (`report --baseline ... --over ...` prints the same
-    from the runs alone), the figures (`sweep_figures`), a short description of what was
-    compared and the headline numbers (the parent's `mlflow.note.content`, shown on its page),
-    and a saved view of the runs table (`ui_view`) that `report --url` opens."""
-    if not runs:
-        return "(no finished jobs)"
-    params = swept_params(runs)
-    rows, metrics, langs = comparison(runs, params, over, baseline)
-    if not rows:
-        return "(no finished jobs)"
-    done = [r for r in runs if r.info.status == "FINISHED"]
-    what = what_was_done(done)
-    heading = (
-        f"{what}: {len(done)} jobs in {len(rows)} conditions. Each cell: the mean over the "
-        "condition's n jobs ± their sample standard deviation; lm-eval metrics also give "
-        "lm-eval's standard error over the task's items (se)."
-    )
-    table = comparison_markdown(rows, metrics, langs, heading)
-    tracker.log_text(parent_id, _csv(rows), "sweep_comparison.csv")
-    tracker.log_text(parent_id, table + "\n", "sweep_comparison.md")
-    if baseline:
-        try:
-            paired_rows = paired_table(runs, baseline, over, params, _interesting_metrics(runs))
-        except SystemExit as err:  # no or ambiguous baseline: the jobs stand, the table cannot
-            log.error("no paired table: %s", err)
-        else:
-            table += "\n\n" + _log_table(tracker, parent_id, paired_rows, "sweep_paired")
-    view = ui_view(parent_id, runs, params, over, metrics)
-    tracker.client.set_experiment_tag(
-        tracker.experiment_id, _VIEW_TAG + parent_id, json.dumps(view)
-    )
-    link = ui_path(tracker.experiment_id, parent_id)
-    tracker.set_tags(
-        parent_id, {"mlflow.note.content": sweep_note(tracker, parent_id, runs, rows, link)}
-    )
-    # the figures last: a figure that cannot be drawn leaves the tables, view and note logged
-    with tempfile.TemporaryDirectory() as tmp:
-        history = _history(tracker)
-        for path in sweep_plots(runs, params, Path(tmp), over=over, history=history):
-            tracker.log_artifact(parent_id, path)
-        for path in region_overlap(tracker, runs, Path(tmp), params=params, over=over):
-            tracker.log_artifact(parent_id, path)
-    return table
-
-
-def _history(tracker: Tracker):
-    def read(run_id: str, metric: str) -> list[tuple[int, float]]:
-        return [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, metric)]
-
-    return read
-
-
-def sweep_note(
-    tracker: Tracker, parent_id: str, runs: Sequence, rows: list[dict], link: str
-) -> str:
-    """The parent run's description: what was compared and the extremes of the headline metric
-    first (the UI shows the first lines until "Show more"), then each condition's headline
-    numbers, how the sweep was launched, and where the rest is."""
-    done = [r for r in runs if r.info.status == "FINISHED"]
-    parent = tracker.run(parent_id).data.params
-    metric = headline_metric(done)
-    lm_eval = lm_eval_headlines({k for r in done for k in r.data.metrics})[:2]
-    lines = [
-        f"**{what_was_done(done)}**: {len(rows)} conditions, {len(done)} of {len(runs)} jobs "
-        "finished."
-    ]
-    ranked = sorted(
-        (r for r in rows if metric and math.isfinite(r[metric])),
-        key=lambda r: r[metric],
-        reverse=True,
-    )
-    if len(ranked) > 1:
-        hi, lo = ranked[0], ranked[-1]
-        lines[0] += (
-            f" Highest {metric}: **{hi['condition']}** ({hi[metric]:.4g}); lowest: "
-            f"**{lo['condition']}** ({lo[metric]:.4g})."
-        )
-    shown = [m for m in (metric, *lm_eval) if m]
-    lines += ["", *comparison_markdown(rows, shown, [], "", limit=NOTE_ROWS).splitlines()[2:], ""]
-    if parent.get("command"):
-        lines += [f"Launched with `{parent['command']}` in `{parent.get('launch_dir', '?')}`."]
-    lines += [
-        "Every condition and language: `sweep_comparison.md` (Artifacts); figures: "
-        "`ppl_ratio_by_language.png`, `ppl_ratio_heatmap.png` and the other PNGs there. "
-        f"[The jobs of this sweep, grouped by condition]({link}).",
-    ]
-    return "\n".join(lines)
-
-
-NOTE_ROWS = 12  # conditions in the parent's description; the rest are in sweep_comparison.md
-
-
-# ---------------------------------------------------------------------------- the MLflow UI view
-# MLflow's UI keeps a shared view of an experiment's runs table (what its Share button writes)
-# as an experiment tag `mlflow.sharedViewState.<key>`, opened by `?viewStateShareKey=<key>`:
-# search filter, sort, visible columns, column widths and grouping. Per-run state (which rows
-# are expanded) is not part of it, so the jobs are shown grouped by condition, which lists them
-# without a click (a sweep's jobs nested under its parent run would need one).
-_VIEW_TAG = "mlflow.sharedViewState."
-_RUN_NAME_COLUMN = "attributes.`Run Name`"
-
-
-def ui_view(
-    parent_id: str,
-    runs: Sequence,
-    params: Sequence[str],
-    over: Sequence[str],
-    metrics: Sequence[str],
-) -> dict:
-    """The runs-table view of one sweep: its jobs (`sweep_id` tag), oldest first, grouped by
-    condition (or, with one job per condition, listed under one group), with the compared
-    `metrics` (the headline first) and the swept params as the first columns after the run
-    names, which are wide enough to read."""
-    keys = condition_keys(params, over)
-    groups = conditions(runs, params, over)
-    repeated = any(len(members) > 1 for members in groups.values())
-    group_by = (
-        [{"mode": "param", "groupByData": k} for k in keys]
-        if repeated and keys
-        else [{"mode": "tag", "groupByData": "mlflow.parentRunId"}]
-    )
-    names = [r.info.run_name or "" for r in runs]
-    if group_by[0]["mode"] == "param":  # MLflow labels a group "Group: key: value, ..."
-        names += [", ".join(f"{k}: {v}" for k, v in zip(keys, key, strict=True)) for key in groups]
-    longest = max(map(len, names))
-    first = headline_metric([r for members in groups.values() for r in members])
-    metrics = sorted(metrics, key=lambda m: m != first)  # stable: the headline first
-    columns = [
-        *(f"metrics.`{m}`" for m in metrics),
-        *(f"params.`{p}`" for p in sorted(params, key=lambda p: p in over)),
-    ]
-    return {
-        "searchFilter": f"tags.sweep_id = '{parent_id}'",
-        "orderByKey": "attributes.start_time",
-        "orderByAsc": True,
-        "startTime": "ALL",
-        "lifecycleFilter": "Active",
-        "modelVersionFilter": "All Runs",
-        "datasetsFilter": [],
-        "selectedColumns": columns,
-        # the compared metrics right after the run names (MLflow puts other columns after)
-        "columnOrder": [_RUN_NAME_COLUMN, *columns],
-        "columnWidths": {_RUN_NAME_COLUMN: min(420, 110 + 7 * longest)},
-        "groupBy": {"aggregateFunction": "average", "groupByKeys": group_by},
-    }
-
-
-def ui_path(experiment_id: str, parent_id: str | None = None) -> str:
-    """The UI route of an experiment's runs table in MLflow's "Model training" view (3.17 opens
-    every experiment in its GenAI view otherwise), in a sweep's saved view if given."""
-    path = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
-    return path + (f"&viewStateShareKey={parent_id}" if parent_id else "")
-
-
-def sweep_url(tracker: Tracker, parent: str | None, port: int, *, every_experiment: bool) -> str:
-    """The address of a sweep's runs table in `mlflow ui --port PORT` on this machine: sweep
-    `parent`, else the latest one (of every experiment, or of the tracker's)."""
-    if parent is None:
-        ids = (
-            [e.experiment_id for e in tracker.client.search_experiments()]
-            if every_experiment
-            else [tracker.experiment_id]
-        )
-        found = tracker.client.search_runs(
-            ids,
-            filter_string="tags.`regionbench.sweep` = 'true'",
-            max_results=1,
-            order_by=["attributes.start_time DESC"],
-        )
-        where = "the store" if every_experiment else f"experiment {tracker.experiment!r}"
-        if not found:
-            raise SystemExit(f"no sweep found in {where} ({tracker.uri})")
-        run = found[0]
-    else:
-        run = tracker.run(parent)
-    experiment = tracker.client.get_experiment(run.info.experiment_id)
-    key = run.info.run_id if _VIEW_TAG + run.info.run_id in experiment.tags else None
-    return f"http://127.0.0.1:{port}/{ui_path(run.info.experiment_id, key)}"
-
-
-def local_store(uri: str | None) -> Path | None:
-    """The file or folder a local tracking URI names (the default ./mlruns/mlflow.db, a sqlite
-    or file URI, a path), resolved as `Tracker` resolves it but without creating anything;
-    None for a tracking server."""
-    if not uri:
-        return Path.cwd() / "mlruns" / "mlflow.db"
-    if uri.startswith("sqlite:///"):
-        return Path.cwd() / uri[len("sqlite:///") :]  # an absolute path stays itself
-    if uri.startswith("file:"):
-        return Path(urlparse(uri).path)
-    if "://" not in uri:
-        return Path.cwd() / uri
-    return None
-
-
-def sweep_runs(tracker: Tracker, parent: str | None = None, *, all_sweeps: bool = False) -> list:
-    """The jobs of sweep `parent` (default: the experiment's latest sweep; a resumed sweep's
-    reused runs included; a failed job is a row without values), or with `all_sweeps` every
-    finished job of every sweep in the experiment, each job once: a job that ran in several
-    sweeps counts by its latest finished run."""
-    if all_sweeps:
-        runs = tracker.client.search_runs(
-            [tracker.experiment_id],
-            filter_string="attributes.status = 'FINISHED'",
-            max_results=5000,
-            order_by=["attributes.start_time DESC"],
-        )
-        latest: dict[str, Any] = {}
-        for run in runs:
-            if "mlflow.parentRunId" in run.data.tags:
-                latest.setdefault(run.data.tags.get(CONFIG_HASH_TAG) or run.info.run_id, run)
-        return sorted(latest.values(), key=lambda r: r.info.start_time)
-    if parent is None:
-        sweeps = tracker.client.search_runs(
-            [tracker.experiment_id],
-            filter_string="tags.`regionbench.sweep` = 'true'",
-            max_results=1,
-            order_by=["attributes.start_time DESC"],
-        )
-        if not sweeps:
-            raise SystemExit(f"no sweep found in experiment {tracker.experiment!r}")
-        parent = sweeps[0].info.run_id
-    return tracker.sweep_members(parent)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        prog="python -m regionbench.report.tables",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--uri", default=None, help="tracking URI (default ./mlruns/mlflow.db)")
-    ap.add_argument(
-        "--experiment", default=None, help="default: regionbench (with --url: every experiment)"
-    )
-    ap.add_argument("--parent", default=None, help="sweep run id (default: the latest sweep)")
-    ap.add_argument("--metrics", nargs="*", default=None)
-    ap.add_argument("--params", nargs="*", default=None, help="columns (default: swept params)")
-    ap.add_argument("--group", nargs="*", default=None, help="aggregate over runs sharing these")
-    ap.add_argument(
-        "--over",
-        nargs="*",
-        default=None,
-        help="aggregate over these params (e.g. seed), grouping by the rest",
-    )
-    ap.add_argument(
-        "--baseline",
-        default=None,
-        help="KEY=VALUE[,KEY=VALUE]: each run over the matching run with the same --over values",
-    )
-    ap.add_argument("--all-sweeps", action="store_true", help="every job in the experiment")
-    ap.add_argument(
-        "--url",
-        action="store_true",
-        help="print the MLflow UI address of the sweep's runs table (mlflow ui --port PORT)",
-    )
-    ap.add_argument("--port", type=int, default=5000, help="the UI's port, for --url")
-    args = ap.parse_args(argv)
-    store = local_store(args.uri)
-    if store is not None and not store.exists():
-        raise SystemExit(
-            f"error: no MLflow store at {store}: run this where the sweep was launched (its "
-            "mlruns/ folder is there) or pass --uri"
-        )
-    every = args.url and args.experiment is None
-    try:  # MLflow's own "Default" experiment is always there; nothing is created to look
-        tracker = Tracker(
-            args.uri, "Default" if every else args.experiment or "regionbench", create=False
-        )
-    except StoreError as err:
-        raise SystemExit(f"error: {err}") from None
-    if args.url:
-        print(sweep_url(tracker, args.parent, args.port, every_experiment=every))
-        return
-    if tracker.mark_stale(TrackingConfig.stale_after_s):  # never shown, never left RUNNING
-        log.warning("runs left RUNNING by dead processes were marked FAILED")
-    runs = sweep_runs(tracker, args.parent, all_sweeps=args.all_sweeps)
-    metrics = args.metrics or _interesting_metrics(runs)
-    params = args.params if args.params is not None else swept_params(runs)
-    params = list(dict.fromkeys([*(args.group or []), *params]))
-    rows = rows_of(runs, params, metrics)
-    if args.baseline:
-        base = parse_baseline(args.baseline)
-        rows = paired_table(runs, base, args.over or [], params, metrics, args.group)
-    elif args.group:
-        rows = aggregate(rows, args.group, metrics)
-    elif args.over:
-        rows = aggregate(rows, [p for p in params if p not in args.over], metrics)
-    print(markdown(rows))
-
-
-if __name__ == "__main__":
-    main()

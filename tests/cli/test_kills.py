@@ -138,7 +138,7 @@ def test_resume_after_sigterm_runs_only_the_missing_jobs(tmp_path, cache_dir, sa
         rows = list(csv.DictReader(fh))
     assert sorted(float(row["ratio"]) for row in rows) == [0.01, 0.03, 0.05, 0.1]
 
-    from regionbench.report import tables as report
+    from regionbench.report import cli as report
     from regionbench.tracking.client import Tracker
 
     tracker = Tracker(f"sqlite:///{tmp_path}/mlruns/mlflow.db")

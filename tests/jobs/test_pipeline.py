@@ -116,7 +116,7 @@ def test_multirun_logs_one_parent_and_nested_jobs(sweep):
 def test_paired_table_on_the_parent_is_what_report_prints_from_the_runs(sweep, capsys):
     """`tracking.baseline={ratio:0}`: the parent logs sweep_paired.md; `report --baseline ratio=0
     --over seed` regenerates it, character for character, from the finished sweep's runs alone."""
-    from regionbench.report import tables as report
+    from regionbench.report import cli as report
 
     cwd, _ = sweep
     uri = f"sqlite:///{cwd}/mlruns/mlflow.db"
@@ -228,7 +228,7 @@ def test_help_lists_groups(tmp_path, cache_dir):
 
 def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir, monkeypatch):
     from regionbench.common.cache import fingerprint_model
-    from regionbench.report import plots
+    from regionbench.report import run_figures
 
     titles = {}  # each run figure's title, as drawn
 
@@ -239,9 +239,10 @@ def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir, 
 
         return wrapper
 
-    monkeypatch.setattr(plots, "forgetting_curve", recording(plots.forgetting_curve, "curve"))
-    monkeypatch.setattr(plots, "heatmap", recording(plots.heatmap, "density"))
-    monkeypatch.setattr(plots, "dimension_profile", recording(plots.dimension_profile, "dims"))
+    figures = run_figures
+    monkeypatch.setattr(figures, "forgetting_curve", recording(figures.forgetting_curve, "curve"))
+    monkeypatch.setattr(figures, "heatmap", recording(figures.heatmap, "density"))
+    monkeypatch.setattr(figures, "dimension_profile", recording(figures.dimension_profile, "dims"))
 
     cfg = compose(
         [

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from regionbench.callbacks import MlflowSweepCallback
-from regionbench.report import tables as report
+from regionbench.report import summary
 from regionbench.tracking.client import Tracker
 
 
@@ -33,7 +33,7 @@ def test_a_failing_summary_fails_the_sweep_and_its_parent(sweep, monkeypatch, ca
     def broken(*args, **kw):
         raise RuntimeError("no plot today")
 
-    monkeypatch.setattr(report, "summarize_sweep", broken)
+    monkeypatch.setattr(summary, "summarize_sweep", broken)
     with pytest.raises(SystemExit) as stop:
         callback.on_multirun_end(config)
     assert stop.value.code == 1

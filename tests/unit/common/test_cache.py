@@ -324,7 +324,7 @@ def test_lazy_mapping_reads_from_disk(tmp_path: Path):
 
 
 def test_selection_streams_from_a_lazy_entry(tmp_path):
-    from regionbench.regions.select import select
+    from regionbench.regions.kinds import select
 
     cache, key, s = ScoreCache(tmp_path), cache_key(**BASE), scores()
     cache.put(key, s)
@@ -518,7 +518,7 @@ def test_files_get_the_modes_of_the_umask(tmp_path, mask):
     import stat
 
     from regionbench.common.cache import JsonCache, Partial, publish_dir
-    from regionbench.regions.select import select
+    from regionbench.regions.kinds import select
 
     old = os.umask(mask)
     try:

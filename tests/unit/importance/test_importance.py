@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from regionbench.common.packing import pack
 from regionbench.importance import METRICS, compute_importance, importance_samples
 from regionbench.models.scope import scoped_params
-from regionbench.regions.select import select
+from regionbench.regions.kinds import select
 from regionbench.testing import char_tokenizer, tiny_llama
 
 TEXTS = {

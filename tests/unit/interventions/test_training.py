@@ -17,7 +17,8 @@ from regionbench.common.packing import pack
 from regionbench.config import InterventionConfig
 from regionbench.interventions.training import check, train_frozen
 from regionbench.interventions.weights import restore_after
-from regionbench.report.plots import forgetting_curve, sweep_plot
+from regionbench.report.plots import sweep_plot
+from regionbench.report.run_figures import forgetting_curve
 from regionbench.testing import tiny_llama
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

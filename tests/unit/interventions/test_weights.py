@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from regionbench.importance import compute_importance
-from regionbench.interventions.weights import INTERVENTIONS, intervene
+from regionbench.interventions.kinds import INTERVENTIONS, intervene
+from regionbench.regions.kinds import select
 from regionbench.regions.region import Region
-from regionbench.regions.select import select
 from regionbench.testing import tiny_llama
 
 

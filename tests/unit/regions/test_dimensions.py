@@ -8,7 +8,7 @@ import pytest
 import torch
 from archs import ARCHS, build
 
-from regionbench.interventions.weights import intervene
+from regionbench.interventions.kinds import intervene
 from regionbench.models.residual import hidden_size, residual_sides
 from regionbench.regions.dimensions import (
     around_dims,
@@ -16,7 +16,8 @@ from regionbench.regions.dimensions import (
     dimension_region,
     profile,
 )
-from regionbench.regions.select import exact_k, select
+from regionbench.regions.kinds import select
+from regionbench.regions.select import exact_k
 
 # The modules that write the residual stream, per architecture (written out by hand).
 WRITERS = {
@@ -182,7 +183,7 @@ def test_core_minus_outliers_and_outliers():
 
 
 def test_dimension_profile_plot_is_a_png_and_refuses_an_empty_region(tmp_path):
-    from regionbench.report.plots import dimension_profile
+    from regionbench.report.run_figures import dimension_profile
 
     path = dimension_profile([3, 0, 9, 1], tmp_path / "p.png", title="t", marked=[2])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

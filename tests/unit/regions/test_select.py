@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from regionbench.regions.kinds import REGION_KINDS, select
 from regionbench.regions.region import Region, split_name
-from regionbench.regions.select import REGIONS, exact_k, select, topk_mask
+from regionbench.regions.select import exact_k, topk_mask
 
 SHAPES = {
     "model.layers.0.self_attn.q_proj.weight": (7, 13),  # odd numel 91
@@ -157,7 +158,7 @@ def test_bad_region_and_lang_errors():
     s["bb"]["model.layers.0.input_layernorm.weight"][2] = float("nan")
     with pytest.raises(ValueError, match="contain NaN"):
         select(s, 0.1, "core")
-    assert set(REGIONS) >= {"core", "core_bottom", "monolingual"}
+    assert set(REGION_KINDS) >= {"core", "core_bottom", "monolingual"}
 
 
 def test_summary_rows_per_layer_and_module():
@@ -311,7 +312,7 @@ def test_files_of_older_versions_still_load(tmp_path):
 
 
 def test_a_mask_file_for_another_model_is_refused_naming_the_parameter(tmp_path):
-    from regionbench.interventions.weights import intervene
+    from regionbench.interventions.kinds import intervene
     from regionbench.testing import tiny_llama
 
     model, other = tiny_llama(), tiny_llama(hidden=32, inter=64)

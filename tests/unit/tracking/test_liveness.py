@@ -13,7 +13,7 @@ import pytest
 from conftest import SMALL, compose
 from mlflow.tracking import MlflowClient
 
-from regionbench.report import tables as report
+from regionbench.report import cli as report
 from regionbench.tracking import liveness
 from regionbench.tracking.client import (
     CONFIG_HASH_TAG,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from regionbench.report import tables as report
+from regionbench.report import cli as report
+from regionbench.report.summary import summarize_sweep
 from regionbench.tracking.client import Tracker, resolve_uri
 
 
@@ -309,7 +310,7 @@ def test_sweep_comparison_is_one_row_per_condition_over_its_seeds(seeded_sweep, 
     import io
 
     tracker, parent, jobs = seeded_sweep
-    report.summarize_sweep(tracker, parent, tracker.children(parent), {}, ["seed"])
+    summarize_sweep(tracker, parent, tracker.children(parent), {}, ["seed"])
     rows = list(
         csv.DictReader(io.StringIO(_artifact(tracker, parent, "sweep_comparison.csv", tmp_path)))
     )
@@ -345,7 +346,7 @@ def test_parent_run_describes_the_sweep_and_opens_its_runs_table(seeded_sweep, c
     import json
 
     tracker, parent, jobs = seeded_sweep
-    report.summarize_sweep(tracker, parent, tracker.children(parent), {}, ["seed"])
+    summarize_sweep(tracker, parent, tracker.children(parent), {}, ["seed"])
     note = tracker.run(parent).data.tags["mlflow.note.content"]
     n, mean, sd = _reference(jobs, "taylor", "0.05", "ppl_ratio/mean")
     means = {
