@@ -11,56 +11,133 @@ further-trained on) and checks `data.*` before any model work.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from regionbench import sandbox
 from regionbench.common.choices import check_choice
 from regionbench.config import DataConfig, RunConfig
 from regionbench.data import hub, local
-from regionbench.data.languages import FLORES_CODES, PAPER_EVAL_LANGS, PAPER_IMPORTANCE_LANGS
+from regionbench.data.languages import PAPER_EVAL_LANGS, PAPER_IMPORTANCE_LANGS
 
 SPLITS = ("train", "importance", "eval")
-SOURCES = ("sandbox", "local", *hub.DATASETS)
-# lm-eval tasks that come with a source (the default `eval.lm_eval.tasks`).
-SOURCE_TASKS: dict[str, tuple[str, ...]] = {"sandbox": ("sandbox_grammar",)}
 
 
-def default_tasks(source: str) -> tuple[str, ...]:
-    """The lm-eval tasks a source brings along (sandbox: its grammar pairs; others: none)."""
-    return SOURCE_TASKS.get(source, ())
+@dataclass(frozen=True)
+class Source:
+    """A value of the `data` axis: where one language's documents of one split come from."""
+
+    name: str
+    doc: str
+    # (split, lang, reading) -> the documents; `reading` holds path, config, text_field, seed
+    docs: Callable[[str, str, dict], Iterable[str]]
+    # path -> the languages it has; () = open-ended (any code the hub dataset has)
+    langs: Callable[[str | None], tuple[str, ...]]
+    # (purpose: importance | eval, path) -> the languages a run uses when none are given
+    default_langs: Callable[[str, str | None], tuple[str, ...]]
+    streamed: bool = False  # read lazily from a hub: "all the text" cannot be asked for
+    parallel: bool = False  # the i-th evaluation document says the same in every language
+    tasks: tuple[str, ...] = ()  # the lm-eval tasks it brings along (eval.lm_eval.tasks: null)
+    n_docs: Mapping[str, int] | None = None  # documents per split when none are asked for
+    heldout: tuple[str, ...] = ()  # languages its models never saw: the default training target
+    # (languages, pairs per language) -> {lang: minimal pairs} for the grammar task, if any
+    grammar: Callable[[Sequence[str], int], dict] | None = None
+    # (path, lang, split, text_field): a one-line error when a language has no such documents
+    check_docs: Callable[[str | None, str, str, str], None] | None = None
 
 
-def default_langs(source: str, purpose: str, path: str | None = None) -> tuple[str, ...]:
-    """Languages a run uses when none are given: the sandbox's own, a folder's, or the paper's."""
-    if source == "sandbox":
-        return tuple(sandbox.PRETRAIN_LANGS)
-    if source == "local":
-        return tuple(sorted(local.langs(local.root(path))))
+def _paper_langs(purpose: str, path: str | None) -> tuple[str, ...]:
     return PAPER_IMPORTANCE_LANGS if purpose == "importance" else PAPER_EVAL_LANGS
 
 
-def available_langs(source: str, path: str | None = None) -> tuple[str, ...]:
-    if source == "sandbox":
-        return tuple(sandbox.LANGUAGES)
-    if source == "local":
-        return tuple(sorted(local.langs(local.root(path))))
-    if source == "flores":
-        return tuple(FLORES_CODES)
-    return ()  # open-ended: any code the hub dataset has
+def _local_langs(path: str | None) -> tuple[str, ...]:
+    return tuple(sorted(local.langs(local.root(path))))
 
 
-def check_langs(source: str, langs: Iterable[str], path: str | None = None) -> list[str]:
+def _hub(name: str, doc: str, **kw) -> Source:
+    def docs(split: str, lang: str, reading: dict) -> Iterable[str]:
+        return hub.docs(
+            name, lang, split, reading["text_field"], path=reading["path"], config=reading["config"]
+        )
+
+    return Source(name, doc, docs, lambda path: (), _paper_langs, streamed=True, **kw)
+
+
+SOURCES: dict[str, Source] = {
+    s.name: s
+    for s in (
+        Source(
+            "sandbox",
+            "the parallel synthetic languages of the built-in sandbox",
+            docs=lambda split, lang, r: sandbox.stream(split, lang, seed=r["seed"]),
+            langs=lambda path: tuple(sandbox.LANGUAGES),
+            default_langs=lambda purpose, path: tuple(sandbox.PRETRAIN_LANGS),
+            parallel=True,
+            tasks=("sandbox_grammar",),
+            n_docs=sandbox.DEFAULT_DOCS,
+            heldout=tuple(sandbox.HELDOUT_LANGS),
+            grammar=lambda langs, n: {
+                lang: sandbox.minimal_pairs(lang, n)
+                for lang in langs
+                if lang in sandbox.PRETRAIN_LANGS
+            },
+        ),
+        Source(
+            "local",
+            "a folder of <lang>.txt / .jsonl / .parquet files (data.path)",
+            docs=lambda split, lang, r: local.docs(
+                local.root(r["path"]), lang, split, r["text_field"]
+            ),
+            langs=_local_langs,
+            default_langs=lambda purpose, path: _local_langs(path),
+            check_docs=lambda path, lang, split, field: local.check_docs(
+                local.root(path), lang, split, field
+            ),
+        ),
+        _hub("wikipedia", "Wikipedia dumps (wikimedia/wikipedia, 20231101.<lang>)"),
+        _hub("culturax", "CulturaX (uonlp/CulturaX), gated"),
+        _hub("c4", "multilingual C4 (allenai/c4)"),
+        _hub(
+            "flores",
+            "FLORES+ (openlanguagedata/flores_plus): devtest for evaluation, dev for the rest",
+            parallel=True,
+        ),
+    )
+}
+assert set(SOURCES) == {"sandbox", "local", *hub.DATASETS}  # every hub dataset has an entry
+
+
+def source(name: str) -> Source:
+    """The data source called `name`, or a one-line error naming the choices."""
+    return SOURCES[check_choice("data source", name, SOURCES)]
+
+
+def default_tasks(name: str) -> tuple[str, ...]:
+    """The lm-eval tasks a source brings along (sandbox: its grammar pairs; others: none)."""
+    return source(name).tasks
+
+
+def default_langs(name: str, purpose: str, path: str | None = None) -> tuple[str, ...]:
+    """Languages a run uses when none are given: the sandbox's own, a folder's, or the paper's."""
+    return source(name).default_langs(purpose, path)
+
+
+def available_langs(name: str, path: str | None = None) -> tuple[str, ...]:
+    return source(name).langs(path)
+
+
+def check_langs(name: str, langs: Iterable[str], path: str | None = None) -> list[str]:
     """One-line error for a language the source does not have, before any heavy work."""
-    choices = available_langs(source, path)
+    choices = available_langs(name, path)
     langs = list(langs)
     if choices:
         for lang in langs:
-            check_choice(f"language for data={source}", lang, choices)
+            check_choice(f"language for data={name}", lang, choices)
     return langs
 
 
 def iter_texts(
-    source: str,
+    name: str,
     split: str,
     lang: str,
     *,
@@ -70,20 +147,16 @@ def iter_texts(
     seed: int = 0,
 ) -> Iterator[str]:
     """A lazy stream of one language's non-empty documents (stripped) of one split."""
-    check_choice("data source", source, SOURCES)
+    entry = source(name)
     check_choice("split", split, SPLITS)
-    check_langs(source, [lang], path)
-    if source == "sandbox":
-        docs: Iterable[str] = sandbox.stream(split, lang, seed=seed)
-    elif source == "local":
-        docs = local.docs(local.root(path), lang, split, text_field)
-    else:
-        docs = hub.docs(source, lang, split, text_field, path=path, config=config)
+    check_langs(name, [lang], path)
+    reading = {"path": path, "config": config, "text_field": text_field, "seed": seed}
+    docs = entry.docs(split, lang, reading)
     return (d.strip() for d in docs if d and d.strip())
 
 
 def load_texts(
-    source: str = "sandbox",
+    name: str = "sandbox",
     split: str = "eval",
     langs: Iterable[str] | None = None,
     n_docs: int | None = None,
@@ -95,15 +168,15 @@ def load_texts(
 ) -> dict[str, list[str]]:
     """`{lang: [document, ...]}` for one split of one source (the first `n_docs` per language;
     the sandbox's default count when `n_docs` is None, every document for other sources)."""
-    check_choice("data source", source, SOURCES)
+    entry = source(name)
     check_choice("split", split, SPLITS)
-    langs = check_langs(source, langs or default_langs(source, split, path), path)
-    if source == "sandbox" and n_docs is None:
-        n_docs = sandbox.DEFAULT_DOCS[split]
+    langs = check_langs(name, langs or entry.default_langs(split, path), path)
+    if n_docs is None and entry.n_docs is not None:
+        n_docs = entry.n_docs[split]
     out = {}
     for lang in langs:
         docs = iter_texts(
-            source, split, lang, path=path, config=config, text_field=text_field, seed=seed
+            name, split, lang, path=path, config=config, text_field=text_field, seed=seed
         )
         out[lang] = list(docs if n_docs is None else itertools.islice(docs, n_docs))
     return out
@@ -132,15 +205,14 @@ def target_langs(run: RunConfig) -> list[str]:
     first held-out language, else the first evaluation language."""
     if run.intervention.target_langs:
         return list(run.intervention.target_langs)
-    if run.data.source == "sandbox":
-        return [sandbox.HELDOUT_LANGS[0]]
-    return [eval_langs(run)[0]]
+    heldout = source(run.data.source).heldout
+    return [heldout[0]] if heldout else [eval_langs(run)[0]]
 
 
 def check(run: RunConfig) -> None:
     """`data.*` and every language the run will read, before any model or dataset is touched."""
     d = run.data
-    check_choice("data source", d.source, SOURCES)
+    source(d.source)
     hub.check_config(d.source, d.config)
     check_langs(d.source, importance_langs(run), d.path)
     check_langs(d.source, eval_langs(run), d.path)
@@ -158,12 +230,10 @@ def check_targets(run: RunConfig, targets: Sequence[str]) -> None:
 
 
 def check_documents(run: RunConfig, split: str, langs: Iterable[str]) -> None:
-    """data=local: every language in `langs` has `split` documents, else one line saying how
-    to give some (an empty, unreadable or too small file fails here, not after the model loads).
-    Other sources are streamed: nothing is read up front."""
+    """Every language in `langs` has `split` documents, for a source whose files are read up
+    front (data=local: an empty, unreadable or too small file fails here, not after the model
+    loads, with one line saying how to give some). Streamed sources read nothing here."""
     d = run.data
-    if d.source != "local":
-        return
-    folder = local.root(d.path)
-    for lang in langs:
-        local.check_docs(folder, lang, split, d.text_field)
+    check = source(d.source).check_docs
+    for lang in langs if check is not None else ():
+        check(d.path, lang, split, d.text_field)

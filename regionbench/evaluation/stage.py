@@ -15,12 +15,11 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from regionbench import sandbox
 from regionbench.common import names
 from regionbench.common.cache import JsonCache, cache_key, fingerprint_texts
 from regionbench.config import RunConfig
 from regionbench.data.languages import FLORES200_CODES, FLORES_CODES
-from regionbench.data.sources import default_tasks
+from regionbench.data.sources import default_tasks, source
 
 log = logging.getLogger(__name__)
 # Bump when the same inputs would give another baseline (the task files or the BOS policy).
@@ -81,11 +80,8 @@ def prepare(run: RunConfig, eval_texts: dict[str, list[str]]) -> Tasks | None:
     tasks = list(lm_eval_tasks(run))
     if not tasks:
         return None
-    pairs = None
-    if run.data.source == "sandbox":
-        langs = [lang for lang in eval_texts if lang in sandbox.PRETRAIN_LANGS]
-        n = run.eval.lm_eval.grammar_pairs
-        pairs = {lang: sandbox.minimal_pairs(lang, n) for lang in langs}
+    grammar = source(run.data.source).grammar
+    pairs = grammar(list(eval_texts), run.eval.lm_eval.grammar_pairs) if grammar else None
     # a folder private to this process, never the shared cache: lm-eval reads code references
     root = task_files.task_folder(ppl_texts=eval_texts, grammar_pairs=pairs)
     if any("{" in t for t in tasks):

@@ -21,7 +21,7 @@ STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 def check(run: RunConfig, *, reads_text: bool) -> None:
     """`metric`, `importance.*` and, when the job scores text (`reads_text`, from its plan),
     the importance text of data=local, before any model is loaded."""
-    from regionbench.data.sources import check_documents, importance_langs
+    from regionbench.data.sources import check_documents, importance_langs, source
     from regionbench.models.scope import SCOPES
 
     check_choice("metric", run.metric.name, METRICS)
@@ -35,7 +35,7 @@ def check(run: RunConfig, *, reads_text: bool) -> None:
                 raise ValueError(
                     f"importance.{key} {pattern!r} is not a valid regular expression: {err}"
                 ) from None
-    streamed = run.data.source not in ("sandbox", "local")
+    streamed = source(run.data.source).streamed
     if imp.samples is None and streamed and run.ratio > 0 and METRICS[run.metric.name].per_language:
         raise ValueError(
             f"importance.samples null (all the text) cannot stream all of data={run.data.source}: "

@@ -24,6 +24,7 @@ DEFAULT_METRICS = (names.REGION_FRACTION, names.PPL_MEAN, names.PPL_RATIO_MEAN)
 # not a sweep's axes for the default columns (a group's choice repeats the values it sets)
 _IGNORED_PARAMS = ("paths.", "tracking.", "choice.", "resume")
 
+
 def swept_params(runs: Sequence) -> list[str]:
     """Params whose values differ between the runs: the sweep's axes."""
     keys = sorted({k for r in runs for k in r.data.params})
