@@ -137,6 +137,11 @@ class ImportanceConfig:
     samples: int | None = 64  # per language (equal weight); null = as many as all languages have
     seq_len: int | None = None  # null = 512 (the paper's), or the model's context if shorter
     batch_size: int = 16
+    # How text becomes samples: windows (packed documents cut into full windows) | documents
+    # (one document per sample, cut at seq_len, padding masked out: the authors')
+    packing: str = "windows"
+    drop_long: bool = False  # packing=documents: leave out documents over seq_len (the authors')
+    loss: str = "sample_mean"  # sample_mean | batch_mean (token mean over a batch: the authors')
     store_dtype: str = "float32"  # float32 | bfloat16 | float16: cached scores (in the cache key)
     accumulate_device: str | None = None  # null = each weight's device; cpu spares GPU memory
     # Batches between checkpoints of a language's accumulators (a killed job resumes from the
