@@ -126,6 +126,11 @@ class EvalConfig:
     perplexity: bool = True
     batch_size: int = 32
     max_length: int | None = None  # perplexity window: null = the model's context, as lm-eval
+    # rolling (corpus-level, every document whole) | paper (the same, and the authors' own beside
+    # it as ppl_paper/<lang>: exp of the mean batch loss on documents of <= paper_seq_len tokens)
+    ppl_protocol: str = "rolling"
+    paper_batch_size: int = 16  # documents per batch of the paper protocol (the authors' 16)
+    paper_seq_len: int | None = None  # null = 512 (theirs), or the model's context if shorter
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
 
 

@@ -182,6 +182,7 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
         loaded = session.load(run)
     model, tok, model_fp = loaded.model, loaded.tokenizer, loaded.fingerprint
     tracker.set_tags(run_id, {"model_fingerprint": model_fp})
+    evaluation.check_texts(run, tok, eval_texts, loaded.context)  # before the importance pass
 
     with clock("importance"):
         scores, samples_fp, key, hit = session.scores(run, imp_langs)
@@ -235,7 +236,8 @@ def _freeze(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> 
         # Step 0 is the unmodified model, whose evaluation is already cached.
         now = evaluation.perplexities(run, model, tok, eval_texts) if step else None
         ppl = before if step == 0 else {lang: r["ppl"] for lang, r in now.items()}
-        return names.forgetting_metrics(before, ppl, targets)
+        paper = evaluation.paper_metrics(run, model, tok, eval_texts, base, now=step > 0)
+        return names.forgetting_metrics(before, ppl, targets) | paper
 
     def log_fn(metrics: dict[str, float], step: int) -> None:
         tracker.log_metrics(run_id, metrics, step=step)
