@@ -77,7 +77,7 @@ class OutliersConfig:
 class InterventionConfig:
     """The intervention axis: an in-place edit of the region, or (`freeze`) further pre-training
     with the region held bit-identical. The freeze settings' defaults are the sandbox study's; the
-    paper's are lr 5e-5, weight decay 0.001, seq_len 512."""
+    authors' are in conf/experiment/paper_llama2_7b_freeze.yaml."""
 
     name: str = "remove"
     factor: float = 0.5  # scale: the region is multiplied by it
@@ -94,7 +94,18 @@ class InterventionConfig:
     grad_accum: int = 1
     seq_len: int = 128
     max_grad_norm: float | None = 1.0  # null: no clipping
+    clip_frozen: bool = (
+        False  # the clipped norm counts the frozen entries' gradients (the authors')
+    )
     schedule: str = "linear"  # linear | cosine | constant, after linear warmup
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW's (torch's defaults)
+    decay_params: str = "matrices"  # weight decay on: matrices | all (norm gains too: the authors')
+    # How text becomes training samples, as importance.packing: windows | documents (padded)
+    packing: str = "windows"
+    drop_long: bool = False  # packing=documents: leave out documents over seq_len (the authors')
+    # Regexes of parameter names that train even inside the region (the authors' frozen set:
+    # [norm], their `'norm' not in name`)
+    freeze_exclude: list[str] = field(default_factory=list)
     eval_every: int = 25  # 0: only before and after training
     log_every: int = 1
     save_model: bool = False  # write the trained model as an HF folder into the run's output
