@@ -258,7 +258,10 @@ def _freeze(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> 
                 save_dir=save_dir,
             )
         changed = snapshot.changed()
-        metrics, results = evaluation.evaluate(run, model, tok, eval_texts, tasks, base, clock)
+        # ppl_paper/* as forget/*: logged per step by log_fn, the last step's is the run's value
+        metrics, results = evaluation.evaluate(
+            run, model, tok, eval_texts, tasks, base, clock, paper=False
+        )
     if tasks is not None:
         tracker.log_dict(run_id, results, "lm_eval_results.json")
     if summary["saved_to"]:

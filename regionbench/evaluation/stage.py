@@ -264,10 +264,11 @@ def baseline(
 
 
 def evaluate(
-    run: RunConfig, model, tok, eval_texts, tasks: Tasks | None, base: dict, clock
+    run: RunConfig, model, tok, eval_texts, tasks: Tasks | None, base: dict, clock, *, paper=True
 ) -> tuple[dict[str, float], dict]:
     """Every evaluation of the model as it is now, as metrics against `base`; and lm-eval's
-    results (for the run's artifact)."""
+    results (for the run's artifact). `paper=False` leaves out `ppl_paper/*` (a freeze run logs
+    them at every evaluation step)."""
     metrics: dict[str, float] = {}
     if run.eval.perplexity:
         from regionbench.evaluation.intervals import paired_bootstrap_languages
@@ -280,7 +281,8 @@ def evaluate(
                 base_shared = {lang: base["ppl"][lang] for lang in shared}
                 intervals = paired_bootstrap_languages(base_shared, shared, seed=run.seed)
                 metrics |= names.interval_metrics(intervals)
-            metrics |= paper_metrics(run, model, tok, eval_texts, base)
+            if paper:
+                metrics |= paper_metrics(run, model, tok, eval_texts, base)
     results: dict = {}
     if tasks is not None:
         with clock("lm_eval"):
