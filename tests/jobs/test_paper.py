@@ -89,3 +89,60 @@ def test_ppl_paper_without_a_short_document_fails_before_the_importance_pass(sto
     assert "no evaluation document of 'latn' has at most 8 tokens" in result["error"]
     tags = MlflowClient(tracking_uri=store).get_run(result["run_id"]).data.tags
     assert "importance_key" not in tags  # stopped before it
+
+
+# What the paper freeze preset needs on the sandbox at debug size: a language sandbox-test's
+# tokenizer knows (its held-out ones give no document of <= 128 tokens), the sandbox's own
+# evaluation languages, and documents as long as its context.
+SANDBOX_FREEZE = ["intervention.target_langs=[latn]", "data.eval_langs=null"]
+SANDBOX_FREEZE.append("intervention.seq_len=128")
+
+
+def cosine(step, *, peak, warmup, total):
+    """The lr of 0-based optimizer step `step`: linear warm-up (step + 1) / warmup, then half a
+    cosine from the peak to 0 over the remaining steps."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+def test_paper_freeze_preset_runs_at_debug_size_with_its_cosine_schedule(store, sandbox_test_dir):
+    cfg = compose(
+        [
+            "+experiment=paper_llama2_7b_freeze",
+            "frozen_set=core-5",
+            *SMALL,
+            "data=sandbox",
+            "eval=default",
+            *SANDBOX_FREEZE,
+            f"tracking.uri={store}",
+            "tracking.experiment=paper-freeze",
+        ]
+    )
+    iv = cfg.intervention
+    assert (iv.lr, list(iv.betas), iv.schedule, iv.grad_accum, iv.packing) == (
+        5e-5,
+        [0.9, 0.95],
+        "cosine",
+        32,
+        "documents",
+    )
+    result = run_job(cfg, name="paper-freeze", session=Session())
+    assert result["status"] == "FINISHED", result
+    client = MlflowClient(tracking_uri=store)
+    run_id = result["run_id"]
+    lrs = client.get_metric_history(run_id, "train/lr")
+    assert [h.step for h in lrs] == [1, 2, 3, 4]  # one value per optimizer step
+    expected = [cosine(s, peak=5e-5, warmup=iv.warmup_steps, total=iv.steps) for s in range(4)]
+    assert [h.value for h in lrs] == pytest.approx(expected, rel=1e-9)
+    assert expected[-1] < expected[1]  # it decays
+    m = client.get_run(run_id).data.metrics
+    # the region (scope paper) covers 1 entry of each of sandbox-test's 4 norm gains at 5%;
+    # freeze_exclude [norm] trains them
+    assert m["train/frozen_params"] == m["region/params"] - 4
+    assert 0 < m["train/samples"] < 40  # debug's 40 documents, the long ones dropped
+    paper = client.get_metric_history(run_id, "ppl_paper/latn")
+    assert sorted(h.step for h in paper) == [0, 2, 4]  # each evaluation step once
+    assert m["ppl_paper/latn"] == next(h.value for h in paper if h.step == 4)
+    assert next(h.value for h in paper if h.step == 0) != m["ppl_paper/latn"]
+    assert {"ppl_paper_ratio/mean", "ppl_ratio/mean", "learn/latn"} <= set(m)
