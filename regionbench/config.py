@@ -78,7 +78,7 @@ class OutliersConfig:
 class InterventionConfig:
     """The intervention axis: an in-place edit of the region, or (`freeze`) further pre-training
     with the region held bit-identical. The freeze settings' defaults are the sandbox study's; the
-    paper's are lr 5e-5, weight decay 0.001, seq_len 512."""
+    authors' are in conf/experiment/paper_llama2_7b_freeze.yaml."""
 
     name: str = "remove"
     factor: float = 0.5  # scale: the region is multiplied by it
@@ -95,7 +95,18 @@ class InterventionConfig:
     grad_accum: int = 1
     seq_len: int = 128
     max_grad_norm: float | None = 1.0  # null: no clipping
+    clip_frozen: bool = (
+        False  # the clipped norm counts the frozen entries' gradients (the authors')
+    )
     schedule: str = "linear"  # linear | cosine | constant, after linear warmup
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW's (torch's defaults)
+    decay_params: str = "matrices"  # weight decay on: matrices | all (norm gains too: the authors')
+    # How text becomes training samples, as importance.packing: windows | documents (padded)
+    packing: str = "windows"
+    drop_long: bool = False  # packing=documents: leave out documents over seq_len (the authors')
+    # Regexes of parameter names that train even inside the region (the authors' frozen set:
+    # [norm], their `'norm' not in name`)
+    freeze_exclude: list[str] = field(default_factory=list)
     eval_every: int = 25  # 0: only before and after training
     log_every: int = 1
     save_model: bool = False  # write the trained model as an HF folder into the run's output
@@ -127,6 +138,11 @@ class EvalConfig:
     perplexity: bool = True
     batch_size: int = 32
     max_length: int | None = None  # perplexity window: null = the model's context, as lm-eval
+    # rolling (corpus-level, every document whole) | paper (the same, and the authors' own beside
+    # it as ppl_paper/<lang>: exp of the mean batch loss on documents of <= paper_seq_len tokens)
+    ppl_protocol: str = "rolling"
+    paper_batch_size: int = 16  # documents per batch of the paper protocol (the authors' 16)
+    paper_seq_len: int | None = None  # null = 512 (theirs), or the model's context if shorter
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
 
 
@@ -138,6 +154,11 @@ class ImportanceConfig:
     samples: int | None = 64  # per language (equal weight); null = as many as all languages have
     seq_len: int | None = None  # null = 512 (the paper's), or the model's context if shorter
     batch_size: int = 16
+    # How text becomes samples: windows (packed documents cut into full windows) | documents
+    # (one document per sample, cut at seq_len, padding masked out: the authors')
+    packing: str = "windows"
+    drop_long: bool = False  # packing=documents: leave out documents over seq_len (the authors')
+    loss: str = "sample_mean"  # sample_mean | batch_mean (token mean over a batch: the authors')
     store_dtype: str = "float32"  # float32 | bfloat16 | float16: cached scores (in the cache key)
     accumulate_device: str | None = None  # null = each weight's device; cpu spares GPU memory
     # Batches between checkpoints of a language's accumulators (a killed job resumes from the

@@ -182,6 +182,7 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
         loaded = session.load(run)
     model, tok, model_fp = loaded.model, loaded.tokenizer, loaded.fingerprint
     tracker.set_tags(run_id, {"model_fingerprint": model_fp})
+    evaluation.check_texts(run, tok, eval_texts, loaded.context)  # before the importance pass
 
     with clock("importance"):
         scores, samples_fp, key, hit = session.scores(run, plan)
@@ -235,7 +236,8 @@ def _train(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> d
         # Step 0 is the unmodified model, whose evaluation is already cached.
         now = evaluation.perplexities(run, model, tok, eval_texts) if step else None
         ppl = before if step == 0 else {lang: r["ppl"] for lang, r in now.items()}
-        return names.forgetting_metrics(before, ppl, targets)
+        paper = evaluation.paper_metrics(run, model, tok, eval_texts, base, now=step > 0)
+        return names.forgetting_metrics(before, ppl, targets) | paper
 
     def log_fn(metrics: dict[str, float], step: int) -> None:
         tracker.log_metrics(run_id, metrics, step=step)
@@ -255,7 +257,10 @@ def _train(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> d
                 save_dir=save_dir,
             )
         changed = snapshot.changed()
-        metrics, results = evaluation.evaluate(run, model, tok, eval_texts, tasks, base, clock)
+        # ppl_paper/* as forget/*: logged per step by log_fn, the last step's is the run's value
+        metrics, results = evaluation.evaluate(
+            run, model, tok, eval_texts, tasks, base, clock, paper=False
+        )
     if tasks is not None:
         tracker.log_dict(run_id, results, "lm_eval_results.json")
     if summary["saved_to"]:

@@ -83,12 +83,15 @@ class Session:
         return self.loaded
 
     def importance_samples(self, run: RunConfig, langs: list[str]) -> tuple[dict, str]:
-        """The same number of fixed-length token windows per importance language (equal weight)
-        and their fingerprint, read and tokenized once for the jobs that share them."""
+        """The same number of fixed-length token samples per importance language (equal weight;
+        `importance.packing`) and their fingerprint, read and tokenized once for the jobs that
+        share them."""
         loaded = self.load(run)
         seq_len = seq_len_for(run, loaded.context)
+        imp = run.importance
         what = json.dumps(
-            [run.data.source, langs, seq_len, run.importance.samples, reading(run.data)]
+            [run.data.source, langs, seq_len, imp.samples, reading(run.data)]
+            + [imp.packing, imp.drop_long]
         )
         if self._samples is None or self._samples[0] != what:
             self._samples = None  # one text set at a time: 10k x 512 x 6 languages is 250 MB
@@ -96,7 +99,14 @@ class Session:
                 lang: iter_texts(run.data.source, "importance", lang, **reading(run.data))
                 for lang in langs
             }
-            samples = importance_samples(loaded.tokenizer, streams, seq_len, run.importance.samples)
+            samples = importance_samples(
+                loaded.tokenizer,
+                streams,
+                seq_len,
+                imp.samples,
+                packing=imp.packing,
+                drop_long=imp.drop_long,
+            )
             log.info(
                 "importance text: %d samples of %d tokens per language",
                 *next(iter(samples.values())).shape,

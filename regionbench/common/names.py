@@ -1,6 +1,7 @@
 """The names of everything regionbench logs to MLflow, built here and nowhere else.
 
     perplexity_metrics({"latn": {"ppl": 5.2, "bpb": 1.1}}, base)  # ppl/latn, bpb/latn, ppl_ratio/...
+    paper_perplexity_metrics({"latn": {"ppl": 5.0}}, base)        # ppl_paper/latn, ppl_paper_ratio/..
     lm_eval_metrics(results)                                      # lm_eval/<task>/<metric>
     forgetting_metrics(before, after, ["armn"])                   # forget/<lang>, learn/<lang>
 
@@ -21,6 +22,8 @@ SUPER_WEIGHTS = "region/super_weights"  # super weights the region contains
 OUTLIER_DIMS = "model/outlier_dims"  # massive-activation dimensions the detector found
 PPL_RATIO_MEAN = "ppl_ratio/mean"
 PPL_MEAN = "ppl/mean"
+PPL_PAPER_MEAN = "ppl_paper/mean"
+PPL_PAPER_RATIO_MEAN = "ppl_paper_ratio/mean"
 FORGET_MEAN = "forget/mean"
 FORGET_GMEAN = "forget/gmean"
 LEARN_MEAN = "learn/mean"
@@ -60,6 +63,20 @@ def perplexity_metrics(ppl: Mapping[str, Mapping], base: Mapping[str, Mapping]) 
         if lang in base:
             out[f"ppl_ratio/{lang}"] = r["ppl"] / base[lang]["ppl"]
     return _with_means(out, ("ppl", "bpb", "ppl_ratio"))
+
+
+def paper_perplexity_metrics(
+    ppl: Mapping[str, Mapping], base: Mapping[str, Mapping]
+) -> dict[str, float]:
+    """`ppl_paper/<lang>` (the authors' perplexity, `eval.ppl_protocol=paper`) and
+    `ppl_paper_ratio/<lang>` (to the unmodified model's, where it has the language), and their
+    means."""
+    out: dict[str, float] = {}
+    for lang, r in ppl.items():
+        out[f"ppl_paper/{lang}"] = r["ppl"]
+        if lang in base:
+            out[f"ppl_paper_ratio/{lang}"] = r["ppl"] / base[lang]["ppl"]
+    return _with_means(out, ("ppl_paper", "ppl_paper_ratio"))
 
 
 def interval_metrics(intervals: Mapping) -> dict[str, float]:

@@ -21,6 +21,13 @@ perplexity), so it cannot compare languages, scripts or model families. The summ
 log-likelihood of a document is tokenizer-independent, and dividing it by the document's UTF-8
 bytes gives a cost per unit of raw text that can be compared across all of them.
 
+`paper_perplexity` is the other protocol, the authors' (the `evaluation()` of their released
+scripts): documents of at most 512 tokens (BOS and EOS counted; longer ones left out, as their
+preprocessing drops them), one per row, right-padded, in batches of 16; each batch's loss is the
+mean NLL over its target tokens (the text and the EOS), and the perplexity is exp of the mean of
+those batch losses. That is not exp(total NLL / total tokens): a batch of short documents weighs
+as much as a batch of long ones, and the value depends on how documents are batched.
+
 Each result also keeps its documents' own totals (`doc_nll`, `doc_tokens`, `doc_bytes`), because
 documents, not tokens, are the independent units of the evaluation set: a bootstrap over them
 (`regionbench.evaluation.intervals`) says how far a ratio to the unmodified model could move on other
@@ -37,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from regionbench.common.packing import prefix_token_id
+from regionbench.common.packing import lm_inputs, pack_documents, prefix_token_id
 from regionbench.common.torchtools import modes_kept
 
 TOKENS_PER_ROW = 2048  # batch_size * this bounds a batch's padded tokens (and its logits)
@@ -60,6 +67,16 @@ class LangPerplexity:
     doc_nll: tuple[float, ...]
     doc_tokens: tuple[int, ...]
     doc_bytes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PaperPerplexity:
+    """One language's perplexity under the authors' protocol (module docstring)."""
+
+    ppl: float  # exp(mean of batch_loss)
+    batch_loss: tuple[float, ...]  # each batch's mean NLL per target token, in nats
+    docs: int  # documents scored: at most seq_len tokens with BOS and EOS
+    dropped: int  # documents left out as longer
 
 
 def default_max_length(model, tokenizer) -> int:
@@ -155,6 +172,50 @@ def perplexity(
             doc_tokens=toks,
             doc_bytes=byts,
         )
+    return out
+
+
+def paper_perplexity(
+    model,
+    tokenizer,
+    texts: dict[str, list[str]],
+    *,
+    seq_len: int = 512,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, PaperPerplexity]:
+    """The authors' perplexity of every language (module docstring): its documents of at most
+    `seq_len` tokens in input order, `batch_size` per batch (the last one may be smaller). A
+    language with no such document is an error. The model's train/eval mode is restored."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size {batch_size!r} is not a positive integer")
+    device = getattr(model, "device", None) or next(model.parameters()).device
+    out = {}
+    with torch.inference_mode(), modes_kept(model, training=False):
+        for lang, docs in texts.items():
+            docs = list(docs)
+            try:
+                samples = pack_documents(tokenizer, docs, seq_len, drop_long=True)
+            except ValueError as err:
+                raise ValueError(f"paper perplexity of language {lang!r}: {err}") from None
+            losses = []
+            for start in tqdm(
+                range(0, len(samples), batch_size), desc=f"paper ppl [{lang}]", disable=not progress
+            ):
+                inputs = {
+                    k: v.to(device)
+                    for k, v in lm_inputs(samples[start : start + batch_size]).items()
+                }
+                labels = inputs.pop("labels")[:, 1:]
+                logits = model(**inputs, use_cache=False).logits[:, :-1]
+                nll = _row_nll(logits, labels.to(logits.device)).sum()
+                losses.append(float(nll) / int((labels != -100).sum()))
+            out[lang] = PaperPerplexity(
+                ppl=math.exp(sum(losses) / len(losses)),
+                batch_loss=tuple(losses),
+                docs=len(samples),
+                dropped=len(docs) - len(samples),
+            )
     return out
 
 

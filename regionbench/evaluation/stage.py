@@ -3,8 +3,13 @@ work; the unmodified model's evaluation (the baseline every ratio is taken again
 disk; and each evaluation of a (modified) model as named metrics.
 
     tasks = prepare(run, eval_texts)                  # None when no lm-eval task is asked for
+    check_texts(run, tok, eval_texts, context)        # once the tokenizer is there
     base = baseline(run, model, tok, eval_texts, tasks, model_fp, cache_dir, memo)
     metrics, results = evaluate(run, model, tok, eval_texts, tasks, base)
+
+Perplexity is the corpus-level rolling one (`perplexity.perplexity`); `eval.ppl_protocol=paper`
+adds the authors' (`perplexity.paper_perplexity`) beside it, in the baseline and in every
+evaluation, as `ppl_paper/<lang>` and `ppl_paper_ratio/<lang>`.
 """
 
 from __future__ import annotations
@@ -17,11 +22,17 @@ from pathlib import Path
 
 from regionbench.common import names
 from regionbench.common.cache import JsonCache, cache_key, fingerprint_texts
+from regionbench.common.choices import check_choice
 from regionbench.config import RunConfig
 from regionbench.data.languages import FLORES200_CODES, FLORES_CODES
 from regionbench.data.sources import default_tasks, source
 
 log = logging.getLogger(__name__)
+PPL_PROTOCOLS = {
+    "rolling": "every document whole, rolling windows, exp(total NLL / total tokens) (lm-eval's)",
+    "paper": "also the authors': documents of <= eval.paper_seq_len tokens in batches of "
+    "eval.paper_batch_size, exp of the mean batch loss (ppl_paper/<lang>)",
+}
 # Bump when the same inputs would give another baseline (the task files or the BOS policy).
 BASELINE_FORMAT = 2  # 2: per-document totals, for the paired bootstrap
 
@@ -48,11 +59,19 @@ def check(run: RunConfig) -> None:
         ("eval.lm_eval.batch_size", le.batch_size),
         ("eval.lm_eval.grammar_pairs", le.grammar_pairs),
         ("eval.max_length", ev.max_length),
+        ("eval.paper_batch_size", ev.paper_batch_size),
     ):
         if value is not None and (
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise ValueError(f"{key} {value!r} must be an integer >= 1")
+    check_choice("eval.ppl_protocol", ev.ppl_protocol, PPL_PROTOCOLS)
+    if ev.paper_seq_len is not None and (
+        isinstance(ev.paper_seq_len, bool)
+        or not isinstance(ev.paper_seq_len, int)
+        or ev.paper_seq_len < 2
+    ):
+        raise ValueError(f"eval.paper_seq_len {ev.paper_seq_len!r} must be an integer >= 2")
     limit = le.limit  # lm-eval: below 1 a fraction of each task's examples, else a count
     if limit is not None and (
         isinstance(limit, bool)
@@ -114,6 +133,62 @@ def perplexities(run: RunConfig, model, tok, texts) -> dict[str, dict]:
     return {lang: asdict(r) for lang, r in res.items()}
 
 
+def wants_paper(run: RunConfig) -> bool:
+    """Whether the run asks for the authors' perplexity beside the rolling one."""
+    return run.eval.perplexity and run.eval.ppl_protocol == "paper"
+
+
+def paper_seq_len(run: RunConfig, context: int) -> int:
+    """`eval.paper_seq_len`, or the authors' 512 capped at the model's `context` length."""
+    seq_len = run.eval.paper_seq_len or min(512, context)
+    if seq_len > context:
+        raise ValueError(
+            f"eval.paper_seq_len {seq_len} is longer than the model's context of {context} "
+            f"tokens; choose eval.paper_seq_len <= {context}"
+        )
+    return seq_len
+
+
+def check_texts(run: RunConfig, tok, eval_texts: dict[str, list[str]], context: int) -> None:
+    """With the paper protocol, every evaluation language has a document of at most
+    `paper_seq_len` tokens: a one-line error as soon as the tokenizer is loaded, not after the
+    importance pass."""
+    if not wants_paper(run):
+        return
+    seq_len = paper_seq_len(run, context)
+    extra = 1 + (tok.eos_token_id is not None)  # the prefix token and the EOS
+    for lang, docs in eval_texts.items():
+        lengths = [len(ids) + extra for ids in tok(docs, add_special_tokens=False)["input_ids"]]
+        if not any(n <= seq_len for n in lengths):
+            raise ValueError(
+                f"eval.ppl_protocol=paper: no evaluation document of {lang!r} has at most "
+                f"{seq_len} tokens (eval.paper_seq_len; the shortest of {len(docs)} has "
+                f"{min(lengths, default=0)}): raise data.eval_docs or eval.paper_seq_len"
+            )
+
+
+def paper_perplexities(run: RunConfig, model, tok, texts) -> dict[str, dict]:
+    """The authors' perplexity per language (`eval.paper_*`); {} unless the run asks for it."""
+    if not wants_paper(run):
+        return {}
+    from regionbench.evaluation.perplexity import default_max_length, paper_perplexity
+
+    seq_len = paper_seq_len(run, default_max_length(model, tok))
+    res = paper_perplexity(
+        model, tok, texts, seq_len=seq_len, batch_size=run.eval.paper_batch_size, progress=False
+    )
+    return {lang: asdict(r) for lang, r in res.items()}
+
+
+def paper_metrics(run: RunConfig, model, tok, texts, base: dict, *, now: bool = True) -> dict:
+    """`ppl_paper/*` of the model as it is (`now`), or of the unmodified model (the baseline's),
+    against the baseline; {} unless the run asks for the paper protocol."""
+    if not wants_paper(run):
+        return {}
+    ppl = paper_perplexities(run, model, tok, texts) if now else base["ppl_paper"]
+    return names.paper_perplexity_metrics(ppl, base["ppl_paper"])
+
+
 def lm_eval(run: RunConfig, model, tok, tasks: Tasks | None) -> tuple[dict[str, float], dict]:
     """(`lm_eval/<task>/<metric>` metrics, lm-eval's results dict)."""
     if tasks is None:
@@ -159,6 +234,12 @@ def baseline(
         tasks=list(tasks.names) if tasks else None,
         bos=BOS_POLICY if tasks else None,
         format=BASELINE_FORMAT,
+        # only when asked for: the keys of baselines cached without it stay what they were
+        **(
+            {"paper": {"seq_len": run.eval.paper_seq_len, "batch_size": run.eval.paper_batch_size}}
+            if wants_paper(run)
+            else {}
+        ),
     )
     if key in memo:
         return memo[key]
@@ -166,7 +247,10 @@ def baseline(
     def compute() -> dict:
         log.info("evaluating the unmodified model (once; cached)")
         ppl = perplexities(run, model, tok, eval_texts) if run.eval.perplexity else {}
-        return {"ppl": ppl, "lm_eval": lm_eval(run, model, tok, tasks)[0]}
+        out = {"ppl": ppl, "lm_eval": lm_eval(run, model, tok, tasks)[0]}
+        if wants_paper(run):
+            out["ppl_paper"] = paper_perplexities(run, model, tok, eval_texts)
+        return out
 
     base, hit = JsonCache(cache_dir / "baselines").get_or_compute(key, compute)
     if hit:
@@ -176,10 +260,11 @@ def baseline(
 
 
 def evaluate(
-    run: RunConfig, model, tok, eval_texts, tasks: Tasks | None, base: dict, clock
+    run: RunConfig, model, tok, eval_texts, tasks: Tasks | None, base: dict, clock, *, paper=True
 ) -> tuple[dict[str, float], dict]:
     """Every evaluation of the model as it is now, as metrics against `base`; and lm-eval's
-    results (for the run's artifact)."""
+    results (for the run's artifact). `paper=False` leaves out `ppl_paper/*` (a freeze run logs
+    them at every evaluation step)."""
     metrics: dict[str, float] = {}
     if run.eval.perplexity:
         from regionbench.evaluation.intervals import paired_bootstrap_languages
@@ -192,6 +277,8 @@ def evaluate(
                 base_shared = {lang: base["ppl"][lang] for lang in shared}
                 intervals = paired_bootstrap_languages(base_shared, shared, seed=run.seed)
                 metrics |= names.interval_metrics(intervals)
+            if paper:
+                metrics |= paper_metrics(run, model, tok, eval_texts, base)
     results: dict = {}
     if tasks is not None:
         with clock("lm_eval"):

@@ -12,9 +12,13 @@ Samples: every language is scored on the same number of fixed-length samples (`s
 of `seq_len` tokens, packed by `regionbench.common.packing`: the paper's 10,000 samples of 512
 tokens), so S = Σ_ℓ score_ℓ weighs languages equally and a language with more text does not pull
 the core towards itself. `samples=None` takes as many as the language with the least text gives.
+`packing="documents"` makes one sample of each document instead (cut at `seq_len`, or left out
+with `drop_long`; the padding is masked out of the loss): the authors' samples.
 The loss of a sample is its mean next-token cross-entropy L_s; a batch's loss is the sum of its
-samples' losses, so Σ_b ∇L(b) = Σ_s ∇L_s whatever the batching, and a partial last batch weighs by
-its size. `taylor` is then |θ · Σ_s ∇L_s| (the paper's order: gradients summed first, then θ·,
+samples' losses (`loss="sample_mean"`), so Σ_b ∇L(b) = Σ_s ∇L_s whatever the batching, and a
+partial last batch weighs by its size. `loss="batch_mean"` is the authors' (Hugging Face's loss
+of a micro-batch): the mean over all the batch's target tokens, so a long document weighs more
+and the batching matters. `taylor` is then |θ · Σ_s ∇L_s| (the paper's order: gradients summed first, then θ·,
 then |·|); `taylor_abs` and `fisher` fold each batch's gradient as it comes (per-batch saliency).
 
 Scope: the parameters scored are chosen by `regionbench.models.scope` (default: the weight matrices of

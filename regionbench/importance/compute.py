@@ -7,14 +7,22 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from regionbench.common.choices import check_choice
-from regionbench.common.packing import pack
+from regionbench.common.packing import PACKINGS, lm_inputs, pack, pack_documents
 from regionbench.common.torchtools import modes_kept
 from regionbench.importance.distributed import rank_world
 from regionbench.importance.metrics import METRICS, Metric
 from regionbench.models.scope import scoped_params
+
+# How a batch's loss is formed from its samples' next-token losses (`importance.loss`).
+LOSSES = {
+    "sample_mean": "the sum of each sample's mean token loss: every sample weighs the same",
+    "batch_mean": "the mean over every target token of the batch (Hugging Face's loss over a "
+    "micro-batch, as in the authors' script): a long document weighs more",
+}
 
 
 def iter_batches(windows: Tensor, batch_size: int) -> Iterator[Tensor]:
@@ -24,24 +32,60 @@ def iter_batches(windows: Tensor, batch_size: int) -> Iterator[Tensor]:
 
 
 def importance_samples(
-    tokenizer, texts: Mapping[str, Iterable[str]], seq_len: int, samples: int | None = None
+    tokenizer,
+    texts: Mapping[str, Iterable[str]],
+    seq_len: int,
+    samples: int | None = None,
+    *,
+    packing: str = "windows",
+    drop_long: bool = False,
 ) -> dict[str, Tensor]:
-    """{lang: [samples, seq_len] token windows}: the same number for every language.
+    """{lang: [samples, seq_len] token samples}: the same number for every language.
 
-    `samples=None` packs all of each language's text and keeps as many windows as the language
-    with the least text has; otherwise each language must give `samples` windows (documents
-    beyond those are not read).
+    `packing="windows"` packs documents into full windows; `"documents"` gives one document per
+    sample, right-padded (with `drop_long`, longer documents are left out instead of cut; see
+    `regionbench.common.packing`). `samples=None` reads all of each language's text and keeps
+    as many samples as the language with the least text has; otherwise each language must give
+    `samples` (documents beyond those are not read).
     """
+    check_choice("packing", packing, PACKINGS)
+    if drop_long and packing != "documents":
+        raise ValueError("drop_long needs packing='documents' (windows cut no document)")
     out = {}
     for lang, docs in texts.items():
         try:
-            out[lang] = pack(tokenizer, docs, seq_len, n_windows=samples)
+            if packing == "documents":
+                out[lang] = pack_documents(
+                    tokenizer, docs, seq_len, n_samples=samples, drop_long=drop_long
+                )
+            else:
+                out[lang] = pack(tokenizer, docs, seq_len, n_windows=samples)
         except ValueError as err:
             raise ValueError(f"importance text of language {lang!r}: {err}") from None
     if samples is None and out:
         n = min(w.shape[0] for w in out.values())
         out = {lang: w[:n] for lang, w in out.items()}
     return out
+
+
+def batch_loss(model: nn.Module, batch: Tensor, loss: str = "sample_mean") -> Tensor:
+    """The loss of one batch of samples (`LOSSES`), on the model's output device.
+
+    Full windows keep Hugging Face's token mean, times the rows for `sample_mean` (every row has
+    the same number of targets, so that is the sum of the rows' means); padded documents with
+    `sample_mean` average each row over its own targets.
+    """
+    device = _input_device(model)
+    inputs = {k: v.to(device) for k, v in lm_inputs(batch).items()}
+    if loss == "batch_mean":
+        return model(**inputs, use_cache=False).loss
+    if "attention_mask" not in inputs:
+        return model(**inputs, use_cache=False).loss * batch.shape[0]
+    labels = inputs.pop("labels")
+    logits = model(**inputs, use_cache=False).logits[:, :-1].float()
+    target = labels[:, 1:].to(logits.device)
+    nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none")  # 0 at -100
+    return (nll.view(target.shape).sum(dim=1) / (target != -100).sum(dim=1)).sum()
 
 
 def _input_device(model: nn.Module) -> torch.device:
@@ -129,6 +173,7 @@ def _gradient_scores(
     start: tuple[int, dict[str, Tensor]] | None = None,
     checkpoint: Callable[[int, dict[str, Tensor]], None] | None = None,
     every: int | None = None,
+    loss: str = "sample_mean",
 ) -> dict[str, Tensor]:
     """Fold every batch's gradient into fp32 accumulators and finalize them. `start` (batches
     done, raw accumulators) resumes an interrupted language; `checkpoint(batches done, accs)` is
@@ -161,7 +206,6 @@ def _gradient_scores(
     handles = [
         p.register_post_accumulate_grad_hook(make_hook(accs[name])) for name, p in params.items()
     ]
-    device = _input_device(model)
     # Under torch.distributed each rank folds every world-th batch (whole batches, so the
     # per-batch metrics fold the same batches as one process) and the sums are all-reduced.
     rank, world = rank_world()
@@ -172,11 +216,7 @@ def _gradient_scores(
         show = progress and rank == 0
         bar = tqdm(total=len(mine), initial=done, desc=desc, unit="batch", disable=not show)
         for i, batch in enumerate(mine[done:], start=done + 1):
-            batch = batch.to(device)
-            # HF's loss is the mean over the batch's tokens; times the rows it is the sum of the
-            # samples' mean losses, so each sample weighs the same in every batch.
-            loss = model(input_ids=batch, labels=batch, use_cache=False).loss * batch.shape[0]
-            loss.backward()
+            batch_loss(model, batch, loss).backward()
             bar.update()
             if checkpoint is not None and every and i % every == 0 and i < len(mine):
                 checkpoint(i, accs)
@@ -207,18 +247,24 @@ def compute_importance(
     seed: int = 0,
     progress: bool = True,
     accumulate_device: str | torch.device | None = None,
+    packing: str = "windows",
+    drop_long: bool = False,
+    loss: str = "sample_mean",
 ) -> dict[str, dict[str, Tensor]]:
     """Score every in-scope parameter for every language: {lang: {param name: fp32 CPU tensor}}.
 
-    `texts` {lang: documents} are packed into `samples` windows of `seq_len` tokens per language
-    (see the module docstring); static metrics (`magnitude`, `random`) read no text and return
-    the very same inner dict for every language.
+    `texts` {lang: documents} become `samples` samples of `seq_len` tokens per language
+    (`packing`, `drop_long`: `importance_samples`; `loss`: `LOSSES`); static metrics
+    (`magnitude`, `random`) read no text and return the very same inner dict for every language.
     """
     check_choice("metric", metric, METRICS)
+    check_choice("loss", loss, LOSSES)
     if not isinstance(texts, Mapping) or not texts:
         raise ValueError("texts must be a non-empty {language: [documents]} dict")
     if METRICS[metric].per_language:
-        windows = importance_samples(tokenizer, texts, seq_len, samples)
+        windows = importance_samples(
+            tokenizer, texts, seq_len, samples, packing=packing, drop_long=drop_long
+        )
     else:
         windows = dict.fromkeys(texts)
     return score_samples(
@@ -232,6 +278,7 @@ def compute_importance(
         seed=seed,
         progress=progress,
         accumulate_device=accumulate_device,
+        loss=loss,
     )
 
 
@@ -261,6 +308,7 @@ def iter_scores(
     resume=None,
     checkpoint_every: int | None = None,
     gradient_checkpointing: bool = False,
+    loss: str = "sample_mean",
 ) -> Iterator[tuple[str, Mapping[str, Tensor]]]:
     """(language, {param: score}) pairs, each language scored when the previous one has been
     taken: a caller that stores each and lets it go (the score cache) holds one language's
@@ -268,8 +316,10 @@ def iter_scores(
 
     `resume` (a `regionbench.common.cache.Partial`) keeps each finished language and, every
     `checkpoint_every` batches, the accumulators of the current one: a run interrupted and
-    started again continues from there, with the same result as an uninterrupted run."""
+    started again continues from there, with the same result as an uninterrupted run.
+    `loss`: how a batch's loss is formed (`LOSSES`)."""
     spec = METRICS[check_choice("metric", metric, METRICS)]
+    check_choice("loss", loss, LOSSES)
     if not samples:
         raise ValueError("samples must be a non-empty {language: token windows} dict")
     if isinstance(batch_size, bool) or int(batch_size) < 1:
@@ -312,6 +362,7 @@ def iter_scores(
                     start=start,
                     checkpoint=save if resume is not None and checkpoint_every else None,
                     every=checkpoint_every,
+                    loss=loss,
                 )
             if resume is not None:
                 resume.finish(lang, scores)

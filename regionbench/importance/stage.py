@@ -12,7 +12,7 @@ from torch import nn
 from regionbench.common.choices import check_choice
 from regionbench.config import RunConfig
 from regionbench.importance import distributed
-from regionbench.importance.compute import iter_scores, score_samples
+from regionbench.importance.compute import LOSSES, iter_scores, score_samples
 from regionbench.importance.metrics import ALGORITHM, METRICS
 
 STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -21,12 +21,20 @@ STORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 def check(run: RunConfig, *, reads_text: bool) -> None:
     """`metric`, `importance.*` and, when the job scores text (`reads_text`, from its plan),
     the importance text of data=local, before any model is loaded."""
+    from regionbench.common.packing import PACKINGS
     from regionbench.data.sources import check_documents, importance_langs, source
     from regionbench.models.scope import SCOPES
 
     check_choice("metric", run.metric.name, METRICS)
     imp = run.importance
     check_choice("importance.scope", imp.scope, SCOPES)
+    check_choice("importance.packing", imp.packing, PACKINGS)
+    check_choice("importance.loss", imp.loss, LOSSES)
+    if imp.drop_long and imp.packing != "documents":
+        raise ValueError(
+            f"importance.drop_long=true needs importance.packing=documents, not {imp.packing!r} "
+            "(windows cut the packed text: no document is too long)"
+        )
     for key in ("include", "exclude"):
         for pattern in getattr(imp, key):
             try:
@@ -103,6 +111,13 @@ def cached_scores(
     }
     if imp.store_dtype != "float32":  # keys of fp32 entries stay what they were
         inputs["store_dtype"] = imp.store_dtype
+    # The samples' fingerprint already tells packings apart; named too, for a reader of the
+    # entry's metadata. Defaults are left out: the keys of existing entries stay what they were.
+    if per_language and imp.packing != "windows":
+        inputs["packing"] = imp.packing
+        inputs["drop_long"] = imp.drop_long
+    if per_language and imp.loss != "sample_mean":
+        inputs["loss"] = imp.loss
     key = cache_key(**inputs)
 
     options = {
@@ -112,6 +127,7 @@ def cached_scores(
         "exclude": list(imp.exclude),
         "seed": run.seed,
         "gradient_checkpointing": imp.gradient_checkpointing,
+        "loss": imp.loss,
     }
 
     def compute():

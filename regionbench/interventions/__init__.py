@@ -20,6 +20,10 @@ How the frozen set stays exact: its values are saved before training and written
 optimizer step (AdamW's decoupled weight decay would otherwise shrink them even with a zero
 gradient).  Their gradients are also zeroed before clipping, so they neither inflate the clipped
 norm nor build Adam moments; an entry whose parameter is frozen as a whole leaves the optimizer.
+`clip_frozen=true` zeroes them after clipping instead, so the clipped norm counts them as the
+authors' code does (it restores the weights after each step and never touches the gradients);
+the weights every forward sees are the same either way.  `freeze_exclude` names parameters that
+train even inside the region (the authors' frozen set skips norm gains: `[norm]`).
 
 Low-precision models (bf16/fp16, as loaded on GPU) train through fp32 master weights.  AdamW
 stepping bf16 parameters directly rounds away every update below half a bf16 ulp: at the paper's

@@ -4,12 +4,14 @@ keeps the frozen entries bit-identical in both (see the package docstring)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from regionbench.common.packing import PAD, lm_inputs
 from regionbench.interventions.weights import param_masks
 
 # Parameters of these dtypes train through fp32 master weights (package docstring).
@@ -29,12 +31,20 @@ class FrozenEntries:
     values: torch.Tensor
 
 
-def frozen_sets(model: nn.Module, frozen: object) -> tuple[list[FrozenEntries], list[nn.Parameter]]:
-    """Resolve a masks dict / Region / None into partially and wholly frozen parameters."""
+def frozen_sets(
+    model: nn.Module, frozen: object, exclude: Sequence[str] = ()
+) -> tuple[list[FrozenEntries], list[nn.Parameter]]:
+    """Resolve a masks dict / Region / None into partially and wholly frozen parameters.
+    A parameter whose name matches a regex of `exclude` (re.search; a tied weight by its first
+    alias) is left out: it trains even where the region covers it."""
     if frozen is None:
         return [], []
     # Aliases of a tied weight are merged (their union is frozen), as for every intervention.
-    merged = [(param, mask.cpu()) for _, param, mask in param_masks(model, frozen, "frozen-set")]
+    merged = [
+        (param, mask.cpu())
+        for name, param, mask in param_masks(model, frozen, "frozen-set")
+        if not any(re.search(pattern, name) for pattern in exclude)
+    ]
 
     partial, whole = [], []
     for param, mask in merged:
@@ -68,17 +78,22 @@ def into_master(master: torch.Tensor) -> Callable[[torch.Tensor], None]:
 def optimizer_step(
     model, windows, batches, cfg, device, partial, masters, stepped, optimizer, *, autocast
 ):
-    """One optimizer step over `cfg.grad_accum` micro-batches; returns (loss, grad norm, lr).
+    """One optimizer step over `cfg.grad_accum` micro-batches; returns (loss, grad norm, lr,
+    tokens read).
 
-    `stepped` are the optimizer's tensors; `masters` maps a low-precision parameter to its fp32
-    master among them.  A non-finite loss or gradient norm skips the update (the caller then
-    fails), so NaNs never reach the weights.
+    Each micro-batch's loss is Hugging Face's token mean over its targets (padding excluded),
+    and the step's gradient their mean. `stepped` are the optimizer's tensors; `masters` maps a
+    low-precision parameter to its fp32 master among them.  A non-finite loss or gradient norm
+    skips the update (the caller then fails), so NaNs never reach the weights.
     """
     step_loss = torch.zeros((), device=device)
+    tokens = 0
     for _ in range(cfg.grad_accum):
-        batch = windows[next(batches)].to(device)
+        batch = windows[next(batches)]
+        tokens += int((batch != PAD).sum())
+        inputs = {k: v.to(device) for k, v in lm_inputs(batch).items()}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
-            loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+            loss = model(**inputs, use_cache=False).loss
         (loss / cfg.grad_accum).backward()
         # .to: with a device_map the loss lives on the last GPU
         step_loss += loss.detach().float().to(device) / cfg.grad_accum
@@ -86,19 +101,25 @@ def optimizer_step(
     lr = optimizer.param_groups[0]["lr"]
     if not math.isfinite(loss_value):
         optimizer.zero_grad(set_to_none=True)
-        return loss_value, math.nan, lr
+        return loss_value, math.nan, lr, tokens
 
-    with torch.no_grad():  # frozen grads out of the clipped norm and out of Adam's moments
-        for e in partial:
-            grad = masters.get(e.param, e.param).grad
-            if grad is not None:
-                grad.view(-1).index_fill_(0, e.index, 0.0)
+    def drop_frozen_grads() -> None:
+        with torch.no_grad():  # out of Adam's moments (and, unless clip_frozen, the clipped norm)
+            for e in partial:
+                grad = masters.get(e.param, e.param).grad
+                if grad is not None:
+                    grad.view(-1).index_fill_(0, e.index, 0.0)
+
+    if not cfg.clip_frozen:
+        drop_frozen_grads()
     # Always measured (max_norm inf scales by 1): an inf/NaN gradient with a finite loss (fp16
     # overflow) must skip the update too, or clipping would turn it into NaN weights.
     grad_norm = float(nn.utils.clip_grad_norm_(stepped, cfg.max_grad_norm or math.inf))
     if not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
-        return loss_value, grad_norm, lr
+        return loss_value, grad_norm, lr, tokens
+    if cfg.clip_frozen:  # counted in the norm, as the authors' restore-after-step does
+        drop_frozen_grads()
     optimizer.step()
     with torch.no_grad():
         for e in partial:  # undo weight decay (and any update) on the frozen set of a master ...
@@ -110,4 +131,4 @@ def optimizer_step(
         for e in partial:  # ... and on the model's own parameters, which stay bit-identical
             e.param.view(-1).index_copy_(0, e.index, e.values)
     optimizer.zero_grad(set_to_none=True)
-    return loss_value, grad_norm, lr
+    return loss_value, grad_norm, lr, tokens

@@ -4,6 +4,7 @@ its settings (`intervention.*`, one schema in `regionbench.config`)."""
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -14,11 +15,16 @@ from tqdm.auto import tqdm
 
 from regionbench.common.choices import check_choice
 from regionbench.common.names import train as train_metric
-from regionbench.common.packing import pack
+from regionbench.common.packing import PACKINGS, pack, pack_documents
 from regionbench.common.torchtools import SCHEDULES, lr_factor, modes_kept
 from regionbench.config import InterventionConfig
 from regionbench.interventions.frozen import LOW_PRECISION, frozen_sets, into_master, optimizer_step
 
+# Which trained parameters AdamW's weight decay applies to (`intervention.decay_params`).
+DECAY_PARAMS = {
+    "matrices": "matrices and embeddings, not norm gains or biases (as HF Trainer does)",
+    "all": "every trained parameter (the authors': their no-decay names match nothing in LLaMA)",
+}
 EvalFn = Callable[[int], Mapping[str, float]]
 LogFn = Callable[[dict[str, float], int], None]
 
@@ -38,9 +44,33 @@ def check(cfg: InterventionConfig) -> None:
     _check_float("weight_decay", cfg.weight_decay, positive=False)
     if cfg.max_grad_norm is not None:
         _check_float("max_grad_norm", cfg.max_grad_norm, positive=True)
-    if not isinstance(cfg.save_model, bool):
-        raise ValueError(f"intervention.save_model {cfg.save_model!r} is not a bool")
+    for name in ("save_model", "drop_long", "clip_frozen"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"intervention.{name} {getattr(cfg, name)!r} is not a bool")
     check_choice("intervention.schedule", cfg.schedule, SCHEDULES)
+    check_choice("intervention.decay_params", cfg.decay_params, DECAY_PARAMS)
+    check_choice("intervention.packing", cfg.packing, PACKINGS)
+    if cfg.drop_long and cfg.packing != "documents":
+        raise ValueError(
+            f"intervention.drop_long=true needs intervention.packing=documents, not "
+            f"{cfg.packing!r} (windows cut the packed text: no document is too long)"
+        )
+    betas = cfg.betas
+    if not (
+        isinstance(betas, list | tuple)
+        and len(betas) == 2
+        and all(
+            isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1 for b in betas
+        )
+    ):
+        raise ValueError(f"intervention.betas {betas!r} is not two numbers in [0, 1)")
+    for pattern in cfg.freeze_exclude:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as err:
+            raise ValueError(
+                f"intervention.freeze_exclude {pattern!r} is not a valid regular expression: {err}"
+            ) from None
     langs = cfg.target_langs
     if langs is not None and (not langs or len(set(langs)) != len(langs)):
         raise ValueError(f"intervention.target_langs {langs} is empty or has duplicates")
@@ -86,7 +116,8 @@ def train_frozen(
     set) with the frozen set bit-identical; `seed` fixes the data order and dropout draws.
 
     `frozen`: {param name: bool mask shaped like the parameter}, any object with such a `.masks`
-    (a `regions.Region`), or None (train everything).  All floating-point parameters train except
+    (a `regions.Region`), or None (train everything); parameters matching `cfg.freeze_exclude`
+    train whatever the mask says.  All floating-point parameters train except
     the frozen entries, whatever their `requires_grad` was; the flags are restored afterwards and
     the model is left in eval mode.  A bf16/fp16 model keeps its dtype and trains through fp32
     master weights (see the module docstring for why and for the memory it costs).
@@ -96,7 +127,8 @@ def train_frozen(
     `cfg.log_every` steps, loss averaged since the previous log) and passed to
     `log_fn(metrics, step)`.  Step k means "after k optimizer steps".
 
-    Returns {"final_loss", "steps", "tokens", "epochs", "time_s" (excluding evaluation),
+    Returns {"final_loss", "steps", "tokens" (read, padding not counted), "samples" (windows or
+    documents to draw from), "epochs", "time_s" (excluding evaluation),
     "eval_time_s", "tokens_per_s", "frozen_params", "trainable_params": floats (log them under
     `train/`), "history": [(step, metrics logged at each eval step)], "saved_to": str | None}.
     The model and tokenizer are saved to `save_dir` only if it is given and `cfg.save_model`.
@@ -109,11 +141,14 @@ def train_frozen(
         check_choice("training language", lang, train_texts)
         if not train_texts[lang]:
             raise ValueError(f"training text for language {lang!r} is empty")
-    partial, whole = frozen_sets(model, frozen)
+    partial, whole = frozen_sets(model, frozen, cfg.freeze_exclude)
 
     docs = [doc for lang in langs for doc in train_texts[lang]]
     try:
-        windows = pack(tokenizer, docs, cfg.seq_len, seed=seed)
+        if cfg.packing == "documents":  # the batches draw rows at random: no shuffle needed
+            windows = pack_documents(tokenizer, docs, cfg.seq_len, drop_long=cfg.drop_long)
+        else:
+            windows = pack(tokenizer, docs, cfg.seq_len, seed=seed)
     except ValueError as err:
         raise ValueError(f"training text: {err}") from None
     device = model.get_input_embeddings().weight.device
@@ -158,12 +193,15 @@ def train_frozen(
             p.grad = None  # a caller's stale .grad must not leak into the first update
             p.requires_grad_(id(p) not in whole_ids and p.is_floating_point())
         hooks = [p.register_post_accumulate_grad_hook(into_master(m)) for p, m in masters.items()]
-        # Decay matrices and embeddings only, not norm gains or biases (as HF Trainer does).
+        # decay_params=matrices: matrices and embeddings, not norm gains or biases.
+        vector_decay = cfg.weight_decay if cfg.decay_params == "all" else 0.0
         groups = [
             {"params": [p for p in stepped if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-            {"params": [p for p in stepped if p.ndim < 2], "weight_decay": 0.0},
+            {"params": [p for p in stepped if p.ndim < 2], "weight_decay": vector_decay},
         ]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+        optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas)
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda s: lr_factor(s, warmup=cfg.warmup_steps, total=cfg.steps, schedule=cfg.schedule),
@@ -182,10 +220,10 @@ def train_frozen(
             bar = tqdm(total=cfg.steps, desc="freeze-train", disable=not progress)
             try:
                 losses_since_log: list[float] = []
-                last_loss = math.nan
+                last_loss, tokens = math.nan, 0
                 eval_before, start = timers["eval"], time.perf_counter()
                 for step in range(1, cfg.steps + 1):
-                    last_loss, grad_norm, lr = optimizer_step(
+                    last_loss, grad_norm, lr, step_tokens = optimizer_step(
                         model,
                         windows,
                         batches,
@@ -202,6 +240,7 @@ def train_frozen(
                     if not math.isfinite(grad_norm):
                         raise FloatingPointError(f"gradient norm is {grad_norm} at step {step}")
                     scheduler.step()
+                    tokens += step_tokens
                     losses_since_log.append(last_loss)
                     metrics = {}
                     if step % cfg.log_every == 0 or step == cfg.steps:
@@ -238,11 +277,11 @@ def train_frozen(
         tokenizer.save_pretrained(save_dir)
         saved_to = str(save_dir)
 
-    tokens = cfg.steps * cfg.grad_accum * cfg.batch_size * cfg.seq_len
     return {
         "final_loss": last_loss,
         "steps": float(cfg.steps),
         "tokens": float(tokens),
+        "samples": float(len(windows)),
         "epochs": cfg.steps * cfg.grad_accum * cfg.batch_size / len(windows),
         "time_s": train_time,
         "eval_time_s": timers["eval"],

@@ -40,6 +40,7 @@ CLI_CASES = [
     ("group-frozen_set", ["+frozen_set=core-7"], ["frozen_set option 'core-7'", "core-5"]),
     ("group-experiment", ["+experiment=freez"], ["experiment option 'freez'", "'freeze'"]),
     ("group-debug", ["+debug=tiny"], ["debug option 'tiny'", "choices: default"]),
+    ("group-importance", ["+importance=papr"], ["importance option 'papr'", "'paper'"]),
     ("group-null", ["model=null"], ["model option 'null'", "choices:"]),
     # ratio: out of range and not a number
     ("ratio-negative", ["ratio=-0.1"], ["ratio -0.1 is outside [0, 1)"]),
@@ -91,6 +92,14 @@ CLI_CASES = [
     ("importance-seq-len", ["importance.seq_len=1"], ["importance.seq_len 1 must be an integer"]),
     ("store-dtype", ["importance.store_dtype=fp8"], ["'fp8': choices: bfloat16, float16"]),
     ("grammar-pairs", ["eval.lm_eval.grammar_pairs=0"], ["grammar_pairs 0 must be an integer"]),
+    ("packing", ["importance.packing=doc"], ["'doc': did you mean 'documents'"]),
+    ("drop-long-windows", ["importance.drop_long=true"], ["drop_long=true needs importance.pack"]),
+    ("ppl-protocol", ["eval.ppl_protocol=authors"], ["'authors': choices: paper, rolling"]),
+    (
+        "freeze-betas",
+        ["intervention=freeze", "intervention.betas=[0.9,1.5]"],
+        ["intervention.betas [0.9, 1.5] is not two numbers in [0, 1)"],
+    ),
     ("scale-factor-inf", ["intervention=scale", "intervention.factor=inf"], ["factor inf must"]),
     ("freeze-lr", ["intervention=freeze", "intervention.lr=0"], ["lr 0.0 is not a finite num"]),
     (

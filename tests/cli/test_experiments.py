@@ -14,6 +14,16 @@ from conftest import CONF, REPO, compose
 from mlflow.tracking import MlflowClient
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# What a study needs beyond `data=sandbox eval=default` to run on the sandbox at debug size.
+ON_SANDBOX = {
+    # a language sandbox-test's tokenizer knows (the held-out ones give no document of at most
+    # its 128-token context), the sandbox's evaluation languages, documents as long as that
+    "paper_llama2_7b_freeze": [
+        "intervention.target_langs=[latn]",
+        "data.eval_langs=null",
+        "intervention.seq_len=128",
+    ],
+}
 
 
 def sweep_size(values: str) -> int:
@@ -31,6 +41,7 @@ def test_every_experiment_runs_at_debug_size(experiment, tmp_path, cache_dir, sa
     cfg = compose([f"+experiment={experiment}", "+debug=default"])
     # A study of real models reads the hub; at debug size it runs on the sandbox instead.
     offline = [] if cfg.data.source == "sandbox" else ["data=sandbox", "eval=default"]
+    offline += ON_SANDBOX.get(experiment, [])
     env = dict(os.environ, REGIONBENCH_CACHE=str(cache_dir), PYTHONPATH=str(REPO))
     args = ["-m", f"+experiment={experiment}", "+debug=default", *offline]
     proc = subprocess.run(
@@ -55,3 +66,69 @@ def test_every_experiment_runs_at_debug_size(experiment, tmp_path, cache_dir, sa
     assert len(children) == jobs
     assert {c.info.status for c in children} == {"FINISHED"}
     assert all("ppl_ratio/mean" in c.data.metrics for c in children)
+
+
+@pytest.mark.parametrize(
+    ("experiment", "expected"),
+    [
+        (
+            "paper_llama2_7b",
+            {
+                "model.name": "meta-llama/Llama-2-7b-hf",
+                "importance.packing": "documents",
+                "importance.drop_long": True,
+                "importance.loss": "batch_mean",
+                "importance.batch_size": 8,
+                "importance.seq_len": 512,
+                "importance.samples": 10048,
+                "importance.scope": "paper",
+                "eval.ppl_protocol": "paper",
+                "eval.paper_batch_size": 16,
+            },
+        ),
+        (
+            "paper_llama2_7b_freeze",
+            {
+                "intervention.name": "freeze",
+                "intervention.lr": 5e-5,
+                "intervention.betas": [0.9, 0.95],
+                "intervention.weight_decay": 0.001,
+                "intervention.decay_params": "all",
+                "intervention.schedule": "cosine",
+                "intervention.warmup_steps": 100,
+                "intervention.max_grad_norm": 1.0,
+                "intervention.clip_frozen": True,
+                "intervention.seq_len": 512,
+                "intervention.packing": "documents",
+                "intervention.drop_long": True,
+                "intervention.freeze_exclude": ["norm"],
+                "importance.scope": "paper",
+                "importance.loss": "batch_mean",
+                "eval.ppl_protocol": "paper",
+            },
+        ),
+    ],
+)
+def test_paper_presets_show_the_authors_settings(experiment, expected, tmp_path, cache_dir):
+    """`python -m regionbench +experiment=<paper preset> --cfg job` prints the authors' settings
+    (and a global batch of 256 documents for freeze training)."""
+    env = dict(os.environ, REGIONBENCH_CACHE=str(cache_dir), PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-m", "regionbench", f"+experiment={experiment}", "--cfg", "job"],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    job = yaml.safe_load(proc.stdout)
+    for key, value in expected.items():
+        node = job
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, key
+    iv = job["intervention"]
+    if iv["name"] == "freeze":
+        assert iv["batch_size"] * iv["grad_accum"] == 256
+        assert iv["steps"] == 200_000 // 256

@@ -57,7 +57,8 @@ def test_defaults():
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_every_option_composes(group, option):
-    plus = "+" if group in ("frozen_set", "debug") else ""  # optional groups, not in the defaults
+    # optional groups, not in the defaults
+    plus = "+" if group in ("frozen_set", "debug", "importance") else ""
     overrides = [f"{plus}{group}={option}"]
     if (group, option) == ("region", "monolingual"):
         overrides.append("region.lang=latn")
@@ -84,6 +85,8 @@ def test_every_option_composes(group, option):
         assert run.data.source == option
     elif group == "frozen_set":
         assert run.ratio == {"1": 0.01, "5": 0.05}.get(option.rsplit("-", 1)[-1], 0.0)
+    elif group == "importance":
+        assert (run.importance.packing, run.importance.loss) == ("documents", "batch_mean")
     elif group == "debug":
         assert (run.model.name, run.importance.samples, run.intervention.steps) == (
             "sandbox-test",
@@ -97,6 +100,7 @@ def test_every_option_composes(group, option):
         "eval",
         "frozen_set",
         "debug",
+        "importance",
     ) or option.startswith("sandbox"):
         validate(run)  # cheap choices only: no hub, no files
 
@@ -107,7 +111,8 @@ def test_hub_corpora_bring_the_papers_sample_budget():
     run = RunConfig.from_cfg(compose(["data=wikipedia", "importance.samples=100"]))
     assert run.importance.samples == 100  # the command line still wins
     paper = RunConfig.from_cfg(compose(["+experiment=paper_llama2_7b"]))
-    assert (paper.importance.samples, paper.importance.seq_len) == (10000, 512)
+    # the authors' code scores 157 micro-steps of 64 sequences for its "10,000"
+    assert (paper.importance.samples, paper.importance.seq_len) == (10048, 512)
 
 
 def test_experiments_compose():
@@ -146,6 +151,12 @@ def test_experiments_compose():
         ),
         (["tracking.pair_over=[sed]"], "tracking.pair_over names 'sed'"),
         (["importance.store_dtype=fp8"], "unknown importance.store_dtype 'fp8'"),
+        (["importance.packing=document"], "unknown importance.packing 'document': did you mean"),
+        (["importance.loss=mean"], "unknown importance.loss 'mean'"),
+        (["importance.drop_long=true"], "importance.drop_long=true needs importance.packing="),
+        (["eval.ppl_protocol=papr"], "unknown eval.ppl_protocol 'papr': did you mean 'paper'"),
+        (["eval.paper_batch_size=0"], "eval.paper_batch_size 0 must be an integer >= 1"),
+        (["eval.paper_seq_len=1"], "eval.paper_seq_len 1 must be an integer >= 2"),
         (["importance.accumulate_device=gpu"], "unknown importance.accumulate_device 'gpu'"),
         (["eval.lm_eval.limit=-1"], "eval.lm_eval.limit -1.0 must be a count of examples"),
         (["eval.lm_eval.limit=2.5"], "eval.lm_eval.limit 2.5 must be a count of examples"),

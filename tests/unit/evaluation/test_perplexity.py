@@ -248,3 +248,55 @@ def test_the_log_softmax_chunks_may_split_a_window(model, tok, monkeypatch):
     for lang, texts in docs.items():
         assert cut[lang].doc_nll == pytest.approx(whole[lang].doc_nll, rel=1e-6)
         assert cut[lang].nll == pytest.approx(reference_nll(model, tok, texts, 7), rel=1e-5)
+
+
+# --- the authors' protocol ----------------------------------------------------------------------
+
+
+def authors_ppl(model, tok, docs, seq_len, batch_size):
+    """Their `evaluation()`, one document per forward: [BOS] ids [EOS], documents over seq_len
+    left out, each batch's loss the mean NLL over its targets (EOS included), exp of the mean
+    over batches."""
+    kept = []
+    for doc in docs:
+        seq = [tok.bos_token_id, *tok(doc, add_special_tokens=False).input_ids, tok.eos_token_id]
+        if len(seq) <= seq_len:
+            kept.append(torch.tensor(seq))
+    losses = []
+    for start in range(0, len(kept), batch_size):
+        nll, count = 0.0, 0
+        for seq in kept[start : start + batch_size]:
+            with torch.no_grad():
+                logits = model(seq[None, :-1]).logits[0].float()
+            nll += F.cross_entropy(logits, seq[1:], reduction="sum").item()
+            count += len(seq) - 1
+        losses.append(nll / count)
+    return math.exp(sum(losses) / len(losses)), len(kept), losses
+
+
+def test_paper_perplexity_is_exp_of_the_mean_batch_loss(model, tok):
+    from regionbench.evaluation.perplexity import paper_perplexity
+
+    docs = {lang: [*d, *LONG.get(lang, [])] * 2 for lang, d in TEXTS.items()}
+    res = paper_perplexity(model, tok, docs, seq_len=40, batch_size=2, progress=False)
+    for lang, texts in docs.items():
+        ppl, kept, losses = authors_ppl(model, tok, texts, 40, 2)
+        assert res[lang].ppl == pytest.approx(ppl, rel=1e-5)
+        assert res[lang].batch_loss == pytest.approx(losses, rel=1e-5)
+        assert (res[lang].docs, res[lang].dropped) == (kept, len(texts) - kept)
+    assert res["en"].dropped >= 2  # the long documents are left out
+    # not the corpus-level perplexity: batches weigh the same whatever their token counts
+    pooled = perplexity(model, tok, {"en": docs["en"]}, progress=False)["en"].ppl
+    assert res["en"].ppl != pytest.approx(pooled, rel=1e-3)
+
+
+def test_paper_perplexity_of_uniform_logits_is_the_vocabulary_size(tok):
+    from regionbench.evaluation.perplexity import paper_perplexity
+
+    flat = tiny_llama(vocab_size=VOCAB)
+    with torch.no_grad():
+        flat.lm_head.weight.zero_()
+    res = paper_perplexity(flat, tok, TEXTS, seq_len=64, batch_size=3, progress=False)
+    assert all(r.ppl == pytest.approx(VOCAB, rel=1e-6) for r in res.values())
+    with pytest.raises(ValueError, match="paper perplexity of language 'en'.*no sample"):
+        paper_perplexity(flat, tok, {"en": LONG["en"]}, seq_len=8, progress=False)

@@ -25,6 +25,18 @@ def _windows() -> dict[str, torch.Tensor]:
     return {lang: torch.randint(3, 64, (9, 16), generator=g) for lang in ("aa", "bb")}
 
 
+def _documents() -> dict[str, torch.Tensor]:
+    """Padded documents (the authors' samples) of 3 to 16 tokens, scored with batch_mean."""
+    from regionbench.common.packing import PAD
+
+    windows = _windows()
+    g = torch.Generator().manual_seed(8)
+    for w in windows.values():
+        for row, n in zip(w, torch.randint(3, 17, (len(w),), generator=g).tolist(), strict=True):
+            row[n:] = PAD
+    return windows
+
+
 def _rank(rank: int, world: int, store: str, out: str) -> None:
     import torch.distributed as dist
     from safetensors.torch import save_file
@@ -38,6 +50,10 @@ def _rank(rank: int, world: int, store: str, out: str) -> None:
         if rank == 0:
             flat = {f"{lang}/{n}": t for lang, d in scores.items() for n, t in d.items()}
             save_file(flat, f"{out}.{metric}.safetensors")
+    scores = score_samples(model, _documents(), batch_size=2, loss="batch_mean", progress=False)
+    if rank == 0:
+        flat = {f"{lang}/{n}": t for lang, d in scores.items() for n, t in d.items()}
+        save_file(flat, f"{out}.documents.safetensors")
     dist.destroy_process_group()
 
 
@@ -57,8 +73,13 @@ def test_scores_on_several_processes_equal_one_process(tmp_path, world):
         p.join(timeout=120)
         assert p.exitcode == 0
     model = tiny_llama()
-    for metric in METRICS:
-        single = score_samples(model, _windows(), metric, batch_size=2, progress=False)
+    for metric in (*METRICS, "documents"):
+        if metric == "documents":
+            single = score_samples(
+                model, _documents(), batch_size=2, loss="batch_mean", progress=False
+            )
+        else:
+            single = score_samples(model, _windows(), metric, batch_size=2, progress=False)
         shared = load_file(f"{out}.{metric}.safetensors")
         assert len(shared) == sum(len(d) for d in single.values())
         for lang, d in single.items():

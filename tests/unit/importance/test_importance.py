@@ -385,3 +385,180 @@ def test_gradient_checkpointing_is_refused_with_active_dropout():
     with pytest.raises(ValueError, match="active dropout"):
         compute_importance_on(model, windows, gradient_checkpointing=True)
     assert not compute._checkpointing(model) and not model.training
+
+
+# --- the authors' samples: one document each, padded, dropped when long, batch token mean -------
+
+DOCS = {
+    "aa": [
+        "the cat",
+        "a dog ran far, far away.",  # 26 tokens with BOS and EOS: over DOC_SEQ
+        "sat on it.",
+        "cats.",
+        "a mat, a hat",
+        "the dog and the cat sat.",  # over DOC_SEQ
+        "ran",
+        "far away now",
+        "on a mat.",
+        "hi there",
+    ],
+    "bb": ["zyx wvu", "tsr", "qpo nml kji hgf", "ba", "zyx wvu tsr qpo", "mnl", "k", "ji gf", "ed"],
+}
+DOC_SEQ, DOC_BATCH, DOC_N = 16, 3, 7
+
+
+def authors_samples(tok, docs, seq_len, n, drop_long):
+    """The authors' preprocessing: BOS (their tokenizer adds it) + tokens + EOS; a document
+    longer than seq_len (BOS and EOS counted) is dropped, or else cut by their loader."""
+    out = []
+    for doc in docs:
+        sample = [tok.bos_token_id, *tok(doc, add_special_tokens=False)["input_ids"]]
+        sample.append(tok.eos_token_id)
+        if len(sample) > seq_len:
+            if drop_long:
+                continue
+            sample = sample[:seq_len]
+        out.append(sample)
+    return out[:n]
+
+
+def authors_batch_loss(model, batch, seq_len, pad):
+    """Their collator and HF's loss: right-padded to seq_len with pad = EOS, labels -100 on the
+    padding, attention mask `ids != pad` with each row's first False set back to True (the real
+    EOS), then the mean NLL over every labelled target of the micro-batch."""
+    ids = torch.full((len(batch), seq_len), pad)
+    labels = torch.full((len(batch), seq_len), -100)
+    for row, sample in enumerate(batch):
+        ids[row, : len(sample)] = torch.tensor(sample)
+        labels[row, : len(sample)] = torch.tensor(sample)
+    mask = ids.ne(pad)
+    mask[(~mask).cumsum(dim=1) == 1] = True
+    logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1].float()
+    target = labels[:, 1:]
+    scored = target != -100
+    logp = F.log_softmax(logits, dim=-1).gather(2, target.clamp(min=0)[..., None])[..., 0]
+    return -(logp * scored).sum() / scored.sum()
+
+
+@pytest.mark.parametrize("drop_long", [True, False])
+def test_documents_batch_mean_is_the_authors_importance(tok, drop_long):
+    model = tiny_llama()
+    scores = compute_importance(
+        model,
+        tok,
+        DOCS,
+        "taylor",
+        samples=DOC_N,
+        seq_len=DOC_SEQ,
+        batch_size=DOC_BATCH,
+        packing="documents",
+        drop_long=drop_long,
+        loss="batch_mean",
+        progress=False,
+    )
+    params = block_matrices(model)
+    for lang, docs in DOCS.items():
+        samples = authors_samples(tok, docs, DOC_SEQ, DOC_N, drop_long)
+        assert len(samples) == DOC_N
+        if lang == "aa":  # the two long documents are what drop_long decides about
+            assert any(len(s) == DOC_SEQ and s[-1] != tok.eos_token_id for s in samples) is (
+                not drop_long
+            )
+        model.zero_grad(set_to_none=True)
+        for start in range(0, DOC_N, DOC_BATCH):  # 3 + 3 + 1: the gradients summed
+            batch = samples[start : start + DOC_BATCH]
+            authors_batch_loss(model, batch, DOC_SEQ, tok.eos_token_id).backward()
+        for name, p in params.items():
+            expected = (p.detach() * p.grad).abs()
+            torch.testing.assert_close(scores[lang][name], expected, rtol=1e-4, atol=1e-7)
+        model.zero_grad(set_to_none=True)
+
+
+def test_documents_sample_mean_sums_each_documents_own_mean_loss(tok):
+    model = tiny_llama()
+    kw = {"samples": DOC_N, "seq_len": DOC_SEQ, "packing": "documents", "drop_long": True}
+    mean = compute_importance(
+        model, tok, DOCS, batch_size=DOC_BATCH, loss="sample_mean", progress=False, **kw
+    )
+    one_batch = compute_importance(model, tok, DOCS, batch_size=DOC_N, progress=False, **kw)
+    batch = compute_importance(
+        model, tok, DOCS, batch_size=DOC_BATCH, loss="batch_mean", progress=False, **kw
+    )
+    for lang, docs in DOCS.items():
+        samples = authors_samples(tok, docs, DOC_SEQ, DOC_N, drop_long=True)
+        params, grads = per_sample_grads(model, samples)  # each document alone, unpadded
+        for name, p in params.items():
+            expected = (p.detach() * sum(g[name] for g in grads)).abs()
+            torch.testing.assert_close(mean[lang][name], expected, rtol=1e-4, atol=1e-7)
+            # sample_mean does not depend on the batching; batch_mean does weigh by length
+            torch.testing.assert_close(one_batch[lang][name], expected, rtol=1e-4, atol=1e-7)
+        ratio = [float((batch[lang][n] / mean[lang][n].clamp(min=1e-12)).median()) for n in params]
+        assert max(ratio) - min(ratio) > 1e-3  # not a constant factor of sample_mean
+
+
+def test_windows_batch_mean_is_the_token_mean_of_each_batch(tok):
+    """windows with batch_mean: each batch's HF loss as it is, so a partial batch of one weighs
+    as much as a full one (sample_mean multiplies it by the rows)."""
+    model = tiny_llama()
+    windows = reference_windows(tok, TEXTS["aa"], SEQ, N)
+    s = compute_importance(
+        model,
+        tok,
+        {"aa": TEXTS["aa"]},
+        samples=N,
+        seq_len=SEQ,
+        batch_size=BATCH,
+        loss="batch_mean",
+        progress=False,
+    )["aa"]
+    params, grads = per_sample_grads(model, windows)
+    for name, p in params.items():
+        summed = sum(sum(g[name] for g in grads[i : i + BATCH]) / len(grads[i : i + BATCH])
+                     for i in range(0, N, BATCH))  # fmt: skip
+        torch.testing.assert_close(s[name], (p.detach() * summed).abs(), rtol=1e-4, atol=1e-7)
+
+
+def test_packing_options_are_checked(tok):
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="unknown packing 'document': did you mean 'documents'"):
+        compute_importance(model, tok, DOCS, packing="document", progress=False)
+    with pytest.raises(ValueError, match="drop_long needs packing='documents'"):
+        compute_importance(model, tok, DOCS, drop_long=True, progress=False)
+    with pytest.raises(ValueError, match="unknown loss 'batch'"):
+        compute_importance(model, tok, DOCS, loss="batch", progress=False)
+    with pytest.raises(ValueError, match="language 'bb'.*gives 7 documents of at most 16 tokens"):
+        compute_importance(
+            model, tok, DOCS, samples=8, seq_len=DOC_SEQ, packing="documents", drop_long=True
+        )
+
+
+def test_packing_and_loss_are_in_the_cache_key_only_when_not_the_default(tmp_path, monkeypatch):
+    """Every input that changes the scores is in the key; the defaults add nothing, so the
+    entries cached before these options existed keep their keys."""
+    from conftest import compose
+
+    from regionbench.common import cache
+    from regionbench.config import RunConfig
+    from regionbench.importance import cached_scores
+
+    seen: list[dict] = []
+    real = cache.cache_key
+    monkeypatch.setattr(cache, "cache_key", lambda **kw: seen.append(kw) or real(**kw))
+    model = tiny_llama()
+    windows = {"aa": torch.randint(3, 64, (4, 8), generator=torch.Generator().manual_seed(0))}
+    fps = ("s" * 64, "m" * 64)
+    keys = []
+    for overrides in (
+        [],
+        ["importance.loss=batch_mean"],
+        ["importance.packing=documents"],
+        ["importance.packing=documents", "importance.drop_long=true"],
+    ):
+        run = RunConfig.from_cfg(compose(["importance.batch_size=2", *overrides]))
+        keys.append(cached_scores(run, model, windows, ["aa"], fps, tmp_path)[1])
+    assert len(set(keys)) == 4
+    old = {"model", "revision", "weights", "dtype", "metric", "samples", "batch_size", "scope"}
+    old |= {"include", "exclude", "seed", "algorithm"}
+    assert set(seen[0]) == old
+    assert set(seen[1]) == old | {"loss"} and seen[1]["loss"] == "batch_mean"
+    assert set(seen[3]) == old | {"packing", "drop_long"} and seen[3]["drop_long"] is True

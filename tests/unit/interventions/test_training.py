@@ -231,6 +231,13 @@ def test_pack_shuffles_bos_doc_eos_documents(tokenizer):
         ({"target_langs": []}, "target_langs .* is empty"),
         ({"schedule": "cosin"}, "schedule 'cosin': did you mean 'cosine'"),
         ({"max_grad_norm": float("nan")}, "max_grad_norm nan"),
+        ({"betas": [0.9]}, "betas \\[0.9\\] is not two numbers in \\[0, 1\\)"),
+        ({"betas": [0.9, 1.0]}, "betas .* is not two numbers"),
+        ({"decay_params": "al"}, "decay_params 'al': did you mean 'all'"),
+        ({"packing": "document"}, "packing 'document': did you mean 'documents'"),
+        ({"drop_long": True}, "drop_long=true needs intervention.packing=documents"),
+        ({"freeze_exclude": ["("]}, "freeze_exclude '\\(' is not a valid regular expression"),
+        ({"clip_frozen": 1}, "clip_frozen 1 is not a bool"),
     ],
 )
 def test_config_validation(change, message):
@@ -519,3 +526,120 @@ def test_a_callers_stale_gradients_are_neither_used_nor_lost(tokenizer):
     for (n, a), (_, b) in zip(clean.named_parameters(), dirty.named_parameters(), strict=True):
         assert torch.equal(a, b), n  # the same update, as if no .grad had been there
         assert b.grad is stale[n]  # and the caller's gradient is back where it was
+
+
+# --------------------------------------------------------------------- the authors' settings
+
+
+def test_freeze_exclude_trains_matching_parameters_inside_the_region(tokenizer):
+    """The authors' frozen set, `'layers.' in name and 'norm' not in name` of the region: the
+    region's norm gains train, its matrix entries stay bit-identical."""
+    model = tiny_llama()
+    masks = random_masks(model, fraction=0.5)  # every block parameter, norm gains included
+    norms = [n for n in masks if "norm" in n]
+    assert norms
+    before = snapshot(model)
+    summary = train_frozen(
+        model, tokenizer, TEXTS, masks, config(freeze_exclude=["norm"]), progress=False
+    )
+    for name, mask in masks.items():
+        new, old = dict(model.named_parameters())[name].detach(), before[name]
+        if name in norms:
+            assert int((new != old)[mask].sum()) == int(mask.sum()), name  # trained anyway
+        else:
+            assert torch.equal(new[mask], old[mask]), name
+    assert summary["frozen_params"] == sum(int(m.sum()) for n, m in masks.items() if n not in norms)
+
+
+def test_decay_params_all_decays_norm_gains_too(tokenizer):
+    """AdamW's decoupled decay shrinks a weight by lr * weight_decay * itself before the update:
+    after one step the two settings differ by exactly that, on vectors only."""
+    lr, wd = 1e-2, 0.1
+
+    def one_step(decay_params):
+        model = tiny_llama()
+        cfg = config(steps=1, lr=lr, weight_decay=wd, decay_params=decay_params)
+        train_frozen(model, tokenizer, TEXTS, None, cfg, progress=False)
+        return snapshot(model)
+
+    start, matrices, every = snapshot(tiny_llama()), one_step("matrices"), one_step("all")
+    for name, p0 in start.items():
+        if p0.ndim >= 2:
+            assert torch.equal(matrices[name], every[name]), name
+        else:
+            torch.testing.assert_close(
+                matrices[name] - every[name], p0 * lr * wd, rtol=1e-3, atol=1e-8
+            )
+
+
+def test_betas_reach_adamw(tokenizer, monkeypatch):
+    seen = []
+    real = torch.optim.AdamW
+
+    def spy(groups, **kwargs):
+        seen.append(kwargs)
+        return real(groups, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    train_frozen(tiny_llama(), tokenizer, TEXTS, None, config(steps=1), progress=False)
+    train_frozen(
+        tiny_llama(), tokenizer, TEXTS, None, config(steps=1, betas=[0.9, 0.95]), progress=False
+    )
+    assert [k["betas"] for k in seen] == [(0.9, 0.999), (0.9, 0.95)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_clip_frozen_counts_the_frozen_gradients_in_the_clipped_norm(tokenizer, dtype):
+    model = tiny_llama().to(dtype)
+    masks = random_masks(model, fraction=0.5)
+    g = torch.Generator().manual_seed(1)
+    masks["lm_head.weight"] = torch.rand(model.lm_head.weight.shape, generator=g) < 0.5
+    texts, batch = single_window(tokenizer)
+    reference = copy.deepcopy(model).train()
+    reference(input_ids=batch, labels=batch, use_cache=False).loss.backward()
+    everything = sum(float(p.grad.double().square().sum()) for p in reference.parameters())
+    before = snapshot(model)
+    logs = []
+    cfg = config(
+        target_langs=["zz"],
+        steps=1,
+        batch_size=1,
+        seq_len=batch.shape[1],
+        max_grad_norm=1e-3,
+        clip_frozen=True,
+    )
+    train_frozen(
+        model, tokenizer, texts, masks, cfg, log_fn=lambda m, s: logs.append(m), progress=False
+    )
+    assert logs[0]["train/grad_norm"] == pytest.approx(math.sqrt(everything), rel=1e-5)
+    for name, mask in masks.items():  # still frozen
+        assert torch.equal(dict(model.named_parameters())[name][mask], before[name][mask]), name
+
+
+def test_documents_packing_trains_on_padded_documents_with_the_padding_masked(tokenizer):
+    texts = {"ss": ["ab cd", "efg", "hij klm nop", "q", "a long document of more than sixteen"]}
+    model = tiny_llama()
+    seen = []
+
+    def record(module, args, kwargs):
+        seen.append({k: kwargs[k].clone() for k in ("input_ids", "attention_mask", "labels")})
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    cfg = config(
+        target_langs=["ss"], steps=3, batch_size=3, packing="documents", drop_long=True, seq_len=16
+    )
+    summary = train_frozen(model, tokenizer, texts, None, cfg, progress=False)
+    handle.remove()
+    assert summary["samples"] == 4  # the long document is left out
+    lengths = {len(tokenizer(d, add_special_tokens=False)["input_ids"]) + 2 for d in texts["ss"]}
+    real = 0
+    for inputs in seen:
+        mask = inputs["attention_mask"].bool()
+        assert (inputs["input_ids"][:, 0] == tokenizer.bos_token_id).all()
+        assert torch.equal(inputs["labels"] == -100, ~mask)  # the padding: no target, no attention
+        assert set(mask.sum(dim=1).tolist()) <= lengths - {max(lengths)}
+        rows = mask.sum(dim=1)
+        last = inputs["input_ids"][torch.arange(len(rows)), rows - 1]
+        assert (last == tokenizer.eos_token_id).all()  # each document ends with its EOS
+        real += int(mask.sum())
+    assert summary["tokens"] == real
