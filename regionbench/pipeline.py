@@ -46,10 +46,15 @@ log = logging.getLogger(__name__)
 SESSION = Session()  # the process's own: the jobs of a basic-launcher sweep share it
 
 
-def validate(run: RunConfig, groups: Sequence[str] = ()) -> Plan:
+def validate(run: RunConfig, groups: Sequence[str] = ()) -> RunConfig:
     """Every stage checks its own options, cheaply, before a model or dataset is touched
-    (`groups`: the config groups Hydra composed, which `tracking.baseline` may name); the job's
-    plan, which the stages then receive."""
+    (`groups`: the config groups Hydra composed, which `tracking.baseline` may name)."""
+    plan_job(run, groups)
+    return run
+
+
+def plan_job(run: RunConfig, groups: Sequence[str] = ()) -> Plan:
+    """`validate`, and the job's plan, which the stages then receive."""
     check_tracking(run, groups)
     cache_root(run.paths.cache_dir)  # a folder we can write, before any work goes into it
     texts.check(run)
@@ -107,7 +112,7 @@ def run_job(
                 run_id, flatten(raw) | {f"choice.{k}": v for k, v in (choices or {}).items()}
             )
             run = RunConfig.from_cfg(raw)
-            plan = validate(run, list(choices or {}))
+            plan = plan_job(run, list(choices or {}))
             run.device = models.device_for_job(run.device, job_num)
             tracker.log_text(run_id, OmegaConf.to_yaml(OmegaConf.create(raw)), "config.yaml")
             job = Job(run, plan, tracker, run_id, output_dir, dict(choices or {}))
