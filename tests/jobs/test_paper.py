@@ -20,6 +20,20 @@ def store(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('store')}/mlflow.db"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _own_cache(tmp_path_factory, sandbox_test_dir):
+    """These jobs fill a cache of their own: other tests expect the session cache without their
+    importance scores and baselines (a first job there must be an importance miss)."""
+    import os
+
+    cache = tmp_path_factory.mktemp("paper-cache")
+    (cache / "sandbox").symlink_to(sandbox_test_dir.parent)
+    saved = os.environ["REGIONBENCH_CACHE"]
+    os.environ["REGIONBENCH_CACHE"] = str(cache)
+    yield cache
+    os.environ["REGIONBENCH_CACHE"] = saved
+
+
 def authors_ppl(model, tok, docs, seq_len, batch_size):
     """The authors' `evaluation()`: each document [BOS] ids [EOS] if it has at most seq_len
     tokens, batches of batch_size in order, exp of the mean of the batches' token-mean NLL."""
