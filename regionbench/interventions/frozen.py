@@ -75,17 +75,12 @@ def into_master(master: torch.Tensor) -> Callable[[torch.Tensor], None]:
     return hook
 
 
-def optimizer_step(
-    model, windows, batches, cfg, device, partial, masters, stepped, optimizer, *, autocast
-):
-    """One optimizer step over `cfg.grad_accum` micro-batches; returns (loss, grad norm, lr,
-    tokens read).
+def accumulate(model, windows, batches, cfg, device, *, autocast) -> tuple[float, int]:
+    """Forward and backward over `cfg.grad_accum` micro-batches; (loss, tokens read).
 
     Each micro-batch's loss is Hugging Face's token mean over its targets (padding excluded),
-    and the step's gradient their mean. `stepped` are the optimizer's tensors; `masters` maps a
-    low-precision parameter to its fp32 master among them.  A non-finite loss or gradient norm
-    skips the update (the caller then fails), so NaNs never reach the weights.
-    """
+    and the step's gradient their mean (the parameters' hooks move it where the optimizer
+    reads it)."""
     step_loss = torch.zeros((), device=device)
     tokens = 0
     for _ in range(cfg.grad_accum):
@@ -97,11 +92,14 @@ def optimizer_step(
         (loss / cfg.grad_accum).backward()
         # .to: with a device_map the loss lives on the last GPU
         step_loss += loss.detach().float().to(device) / cfg.grad_accum
-    loss_value = step_loss.item()
-    lr = optimizer.param_groups[0]["lr"]
-    if not math.isfinite(loss_value):
-        optimizer.zero_grad(set_to_none=True)
-        return loss_value, math.nan, lr, tokens
+    return step_loss.item(), tokens
+
+
+def frozen_update(cfg, partial, masters, stepped, optimizer) -> float:
+    """Clip, step and restore the frozen set, after `accumulate`; the gradient norm. `stepped`
+    are the optimizer's tensors; `masters` maps a low-precision parameter to its fp32 master
+    among them. A non-finite gradient norm skips the update (the caller then fails), so NaNs
+    never reach the weights."""
 
     def drop_frozen_grads() -> None:
         with torch.no_grad():  # out of Adam's moments (and, unless clip_frozen, the clipped norm)
@@ -117,7 +115,7 @@ def optimizer_step(
     grad_norm = float(nn.utils.clip_grad_norm_(stepped, cfg.max_grad_norm or math.inf))
     if not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
-        return loss_value, grad_norm, lr, tokens
+        return grad_norm
     if cfg.clip_frozen:  # counted in the norm, as the authors' restore-after-step does
         drop_frozen_grads()
     optimizer.step()
@@ -131,4 +129,4 @@ def optimizer_step(
         for e in partial:  # ... and on the model's own parameters, which stay bit-identical
             e.param.view(-1).index_copy_(0, e.index, e.values)
     optimizer.zero_grad(set_to_none=True)
-    return loss_value, grad_norm, lr, tokens
+    return grad_norm

@@ -3,7 +3,7 @@ and the report ask instead of testing the name — whether it trains, how its op
 how it changes the region, and how it reads in a title.
 
     kind = intervention_kind(run.intervention.name)   # INTERVENTIONS[...], did-you-mean error
-    if kind.trains: ...                                # further training (freeze)
+    if kind.trains: ...                                # further training (freeze, train_region)
     with intervene(model, region, "remove") as applied:   # the notebook API (`rb.intervene`)
         ...
 
@@ -14,7 +14,9 @@ drawn in fp32 on CPU from a per-parameter seed, added in fp32 and rounded to the
 dtype, so bf16 models get the same draw as fp32 ones. All three are undone bit-exactly
 (`weights.edited`). A removal that changes none of the region's entries (they are all already
 0) is an error, not a result. `freeze` further pre-trains with the region held bit-identical
-(`training.train_frozen`); the pipeline undoes it from a snapshot (`weights.restore_after`).
+(`training.train_frozen`), `train_region` with everything *but* the region held bit-identical and
+the optimizer's state for the region alone (`training.train_region`); the pipeline undoes either
+from a snapshot (`weights.restore_after`).
 
 Add an intervention: one `Intervention` in `INTERVENTIONS`, one `conf/intervention/<name>.yaml`,
 one test (CONTRIBUTING.md, "Add an intervention").
@@ -35,6 +37,7 @@ from regionbench.common.torchtools import seeded_generator
 from regionbench.config import InterventionConfig, RunConfig
 from regionbench.interventions import training
 from regionbench.interventions.weights import Applied, NewValues, edited
+from regionbench.regions.kinds import region_kind
 
 # (the run's intervention settings, its seed) -> (param, old values, name) -> new values
 Edit = Callable[[InterventionConfig, int], NewValues]
@@ -88,6 +91,7 @@ class Intervention:
     train: Callable | None = None  # further training: `training.train_frozen`'s signature
     must_change: str | None = None  # an edit that changes nothing is an error ("removing")
     word: str = ""  # after the region in a condition's words: "random 1% frozen"
+    needs_region: bool = False  # an empty region (ratio=0) is an error, not a baseline
 
     @property
     def trains(self) -> bool:
@@ -106,9 +110,16 @@ class Intervention:
             yield done
 
 
+def _targets(shared: Mapping[str, str]) -> str:
+    return shared.get("intervention.target_langs", "").strip("[]").replace("'", "") or "new text"
+
+
 def _freeze_title(model: str, shared: Mapping[str, str]) -> str:
-    targets = shared.get("intervention.target_langs", "").strip("[]").replace("'", "")
-    return f"Further training {model} on {targets or 'new text'} with weights frozen"
+    return f"Further training {model} on {_targets(shared)} with weights frozen"
+
+
+def _train_region_title(model: str, shared: Mapping[str, str]) -> str:
+    return f"Further training only a region of {model} on {_targets(shared)}"
 
 
 INTERVENTIONS: dict[str, Intervention] = {
@@ -155,6 +166,16 @@ INTERVENTIONS: dict[str, Intervention] = {
             train=training.train_frozen,
             word="frozen",
         ),
+        Intervention(
+            "train_region",
+            "further pre-train only the region (the rest held fixed; optimizer state and fp32 "
+            "masters for the region alone)",
+            check=training.check_region,
+            title=_train_region_title,
+            train=training.train_region,
+            word="trained",
+            needs_region=True,
+        ),
     )
 }
 
@@ -165,8 +186,15 @@ def intervention_kind(name: str) -> Intervention:
 
 
 def check(run: RunConfig) -> None:
-    """`intervention.*`, up front."""
-    intervention_kind(run.intervention.name).check(run.intervention)
+    """`intervention.*`, up front; an intervention that acts only on the region refuses the empty
+    one (ratio=0 of a region that ratio sizes)."""
+    kind = intervention_kind(run.intervention.name)
+    kind.check(run.intervention)
+    if kind.needs_region and run.ratio == 0 and region_kind(run.region.name).empty_at_zero:
+        raise ValueError(
+            f"intervention={kind.name} with ratio=0: the region is empty and nothing would "
+            "train; choose ratio > 0 (full training is intervention=freeze ratio=0)"
+        )
 
 
 @contextlib.contextmanager
