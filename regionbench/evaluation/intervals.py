@@ -25,7 +25,8 @@ language (the sandbox, FLORES), a document that is hard in one language is hard 
 and the mean over languages is a statistic of the documents, not of each language apart. A
 replicate of the mean then draws one set of document indices and uses it for every language;
 drawing each language's indices on its own would treat the languages' errors as independent and
-cancel the shared part of their spread (on sandbox-m ~10% narrower). The languages of a
+average away the part of their spread they share (the more the languages agree on which
+documents are hard, the narrower that interval is than it should be). The languages of a
 non-parallel source are independent samples: each is resampled on its own.
 """
 
