@@ -12,7 +12,8 @@ condition in words ("taylor core 5%", "random 1% frozen", "unmodified"):
 * `ppl_ratio_heatmap.png`: the same as a condition × language table of colours;
 * `<metric>_vs_<axis>.png`: the headline ratio against a numeric swept axis (ratio);
 * `forgetting_by_condition.png`: freeze sweeps, forgetting at every evaluation step;
-* `region_overlap.png/.csv`: how much the conditions' regions agree (Jaccard).
+* `region_overlap.png/.csv/.md`: how much the conditions' regions agree (Jaccard), for the
+  pairs of the same model over the same parameters ("—" for the others).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def describe(params: Mapping[str, str], keys: Sequence[str], *, ratio: bool = Tr
     kind, iv = _region_kind(params), _intervention(params)
     region = params.get("region.name", "")
     preset = params.get("choice.region", region)  # region=top-dims: a preset of `dimension`
-    words: list[str] = []
+    # a sweep across models: which model first, by its short name ("sandbox-s taylor core 5%")
+    words: list[str] = [_model_name(params)] if "model.name" in keys else []
     if kind is not None and kind.empty_at_zero and _number(params.get("ratio")) == 0:
         words.append(f"nothing {iv.word}" if iv is not None and iv.word else "unmodified")
     else:
@@ -74,6 +76,7 @@ def describe(params: Mapping[str, str], keys: Sequence[str], *, ratio: bool = Tr
         value = params.get(key, "")
         if (
             key in _DESCRIBED
+            or key == "model.name"
             or value in ("", "None")
             or (preset != region and key.startswith("region."))
         ):
@@ -102,7 +105,14 @@ def what_was_done(runs: Sequence) -> str:
     each matrix)", "Further training sandbox-m on armn with weights frozen"."""
     first = runs[0].data.params
     shared = {k: v for k, v in first.items() if all(r.data.params.get(k) == v for r in runs)}
-    model = Path(first.get("model.name", "the model")).name
+    models = list(dict.fromkeys(_model_name(r.data.params) for r in runs))
+    model = (
+        models[0]
+        if len(models) == 1
+        else f"{', '.join(models[:-1])} and {models[-1]}"
+        if len(models) <= 3
+        else f"{len(models)} models"
+    )
     iv = _intervention(first) or INTERVENTIONS[InterventionConfig().name]
     text = iv.title(model, shared)
     size = _number(shared.get("ratio"))
@@ -112,6 +122,11 @@ def what_was_done(runs: Sequence) -> str:
     elif size and kind is not None and kind.sized == "within":  # a part of the top k
         text += f" (from the top {size * 100:g}% of each matrix)"
     return text
+
+
+def _model_name(params: Mapping[str, str]) -> str:
+    """A model by its short name: a hub id's or a folder's last part."""
+    return Path(params.get("model.name", "the model")).name
 
 
 def _region_kind(params: Mapping[str, str]) -> RegionKind | None:
@@ -278,15 +293,17 @@ def _along_axis(
         return []
     axis = "ratio" if "ratio" in numeric else numeric[0]
     others = [p for p in keys if p != axis]
-    # ratio 0 is one condition whatever the other values (no region): a point of its own
+    # ratio 0 is one condition whatever the region's values (no region): a point of its own,
+    # one per model in a sweep across models (each model's own unmodified evaluation)
     empty = [r for r in runs if axis == "ratio" and float(r.data.params[axis]) == 0]
     lines = conditions([r for r in runs if all(r is not e for e in empty)], others, over=())
+    models = [p for p in others if p.startswith("model.")]
     label = labels(lines, others, ratio=axis != "ratio")
     series, kinds = [], set()
-    if empty:
-        s, kind = _interval(empty, metric)
+    for members in conditions(empty, models, over=()).values():
+        s, kind = _interval(members, metric)
         kinds.add(kind)
-        series.append((describe(empty[0].data.params, []), [(0.0, s.mean, s.lo, s.hi)]))
+        series.append((describe(members[0].data.params, models), [(0.0, s.mean, s.lo, s.hi)]))
     for key, members in lines.items():
         points = []
         for x in sorted({float(r.data.params[axis]) for r in members}):
@@ -345,14 +362,25 @@ def _forgetting_curves(
     ]
 
 
+NOT_COMPARED = "—"  # a pair of regions that cannot be compared entry by entry
+_WHY = {
+    "different models": "regions of different models (their entries are not the same weights)",
+    "different parameters": "regions over different parameters",
+    "different shapes": "regions over parameters of different shapes",
+}
+
+
 def region_overlap(
     tracker: Tracker, runs: Sequence, out: Path, *, params: Sequence[str] = (), over=("seed",)
 ) -> list[Path]:
     """The pairwise agreement of the sweep's regions (Jaccard and overlap coefficient, from each
-    job's saved mask file) as `region_overlap.csv` and a Jaccard heatmap `region_overlap.png`,
-    one row per condition (its first seed's region). Skipped for more than 60 conditions or
-    masks over 50 MB (a 7B model's masks are gigabytes)."""
-    from regionbench.regions.overlap import agreement
+    job's saved mask file) as `region_overlap.csv` (one row per pair), `region_overlap.md` and a
+    Jaccard heatmap `region_overlap.png` (condition × condition), one entry per condition (its
+    first seed's region). Only regions of the same model (weight fingerprint) over the same
+    parameters are compared: a sweep across models shows its other pairs as "—" (a blank cell
+    in the figure), with the reason in the CSV's `not_compared` column. Skipped for more than
+    60 conditions or masks over 50 MB (a 7B model's masks are gigabytes)."""
+    from regionbench.regions.overlap import agreement, incomparable
     from regionbench.regions.region import Region
     from regionbench.report.plots import heatmap
 
@@ -376,28 +404,40 @@ def region_overlap(
     if len(regions) < 2:
         return []
     names_ = list(regions)
-    rows, matrix = [], []
-    for a in names_:
+    rows, matrix, reasons = [], [], []
+    for i, a in enumerate(names_):
         line = []
-        for b in names_:
-            agr = agreement(regions[a], regions[b])
-            line.append(agr.jaccard)
-            if names_.index(a) < names_.index(b):
+        for j, b in enumerate(names_):
+            why = incomparable(regions[a], regions[b])
+            agr = None if why else agreement(regions[a], regions[b])
+            line.append(agr.jaccard if agr else math.nan)
+            if why and why not in reasons:
+                reasons.append(why)
+            if i < j:
                 rows.append(
                     {
                         "a": a,
                         "b": b,
-                        "jaccard": agr.jaccard,
-                        "overlap_coefficient": agr.overlap_coefficient,
+                        "jaccard": agr.jaccard if agr else NOT_COMPARED,
+                        "overlap_coefficient": agr.overlap_coefficient if agr else NOT_COMPARED,
+                        "not_compared": why or "",
                     }
                 )
         matrix.append(line)
     csv_path = out / "region_overlap.csv"
     with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["a", "b", "jaccard", "overlap_coefficient"])
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     done = [r for _, r in chosen]
+    first = " (first seed of each condition)" if groups else ""
+    note = (
+        f"{NOT_COMPARED}: not compared, " + "; ".join(_WHY.get(w, w) for w in reasons)
+        if reasons
+        else ""
+    )
+    md_path = out / "region_overlap.md"
+    md_path.write_text(_overlap_markdown(names_, matrix, first, note))
     png = heatmap(
         matrix,
         names_,
@@ -405,11 +445,27 @@ def region_overlap(
         out / "region_overlap.png",
         label="Jaccard index",
         title=f"{what_was_done(done)}\nentries the regions share (Jaccard: shared / in either)"
-        + (" (first seed of each condition)" if groups else ""),
+        + first,
         fmt="{:.2f}",
         limits=(0.0, 1.0),
+        missing=NOT_COMPARED,
+        note=note,
     )
-    return [csv_path, png]
+    return [csv_path, md_path, png]
+
+
+def _overlap_markdown(names_: Sequence[str], matrix, first: str, note: str) -> str:
+    lines = [
+        f"Entries the regions share (Jaccard index: shared / in either){first}; the overlap "
+        "coefficient of each pair is in `region_overlap.csv`." + (f" {note}." if note else ""),
+        "",
+        "| | " + " | ".join(names_) + " |",
+        "|---|" + "---|" * len(names_),
+    ]
+    for name, line in zip(names_, matrix, strict=True):
+        cells = [f"{v:.3f}" if math.isfinite(v) else NOT_COMPARED for v in line]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 @contextlib.contextmanager
