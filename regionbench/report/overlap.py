@@ -45,11 +45,15 @@ def region_overlap(
     from regionbench.report.plots import heatmap
 
     groups = conditions(runs, params, over) if params else {}
-    if groups and len(groups) < len([r for r in runs if r.info.status == "FINISHED"]):
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    seeded = bool(groups) and len(groups) < len(finished)
+    # a job goes by its run name (its overrides), unless the conditions have several seeds or
+    # the jobs span models (whose ids or folders would fill the figure): by its condition
+    if seeded or (groups and len({r.data.params.get("model.name") for r in finished}) > 1):
         label = labels(groups, condition_keys(params, over))
         chosen = [(label[key], members[0]) for key, members in groups.items()]
     else:
-        chosen = [(r.info.run_name, r) for r in runs if r.info.status == "FINISHED"]
+        chosen = [(r.info.run_name, r) for r in finished]
     if not 2 <= len(chosen) <= MAX_OVERLAP_RUNS:
         return []
     regions = {}
@@ -90,7 +94,7 @@ def region_overlap(
         writer.writeheader()
         writer.writerows(rows)
     done = [r for _, r in chosen]
-    first = " (first seed of each condition)" if groups else ""
+    first = " (first seed of each condition)" if seeded else ""
     note = (
         f"{NOT_COMPARED}: not compared, " + "; ".join(_WHY.get(w, w) for w in reasons)
         if reasons

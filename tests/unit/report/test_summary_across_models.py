@@ -123,10 +123,11 @@ def test_overlap_compares_each_models_regions_only_among_themselves(sweep, tmp_p
 
 
 def _who(label: str) -> tuple[str, str]:
-    """(model, ratio) of a job from its run name, "model.name=/models/tiny-a ratio=0.05" (one
-    seed: each job is its own condition and goes by its run name)."""
-    values = dict(part.split("=", 1) for part in label.split())
-    return Path(values["model.name"]).name, values["ratio"]
+    """(model, ratio) of a region from its condition's name, "tiny-a taylor core 5%": in a sweep
+    across models the entries go by condition, the model's short name first, never by the run
+    names (the overrides, with every folder written out)."""
+    model, *_, size = label.split()
+    return model, f"{float(size.rstrip('%')) / 100:g}"
 
 
 def test_the_parent_is_summarized_and_names_the_models(sweep, tmp_path, monkeypatch):
