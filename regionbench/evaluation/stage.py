@@ -275,7 +275,20 @@ def evaluate(
             shared = {lang: r for lang, r in ppl.items() if lang in base["ppl"]}
             if shared:  # each ratio with its interval over the evaluation documents
                 base_shared = {lang: base["ppl"][lang] for lang in shared}
-                intervals = paired_bootstrap_languages(base_shared, shared, seed=run.seed)
+                parallel = source(run.data.source).parallel
+                intervals = paired_bootstrap_languages(
+                    base_shared, shared, seed=run.seed, parallel=parallel
+                )
+                if parallel and not intervals["mean"]["joint"]:
+                    counts = {lang: len(r["doc_nll"]) for lang, r in shared.items()}
+                    log.warning(
+                        "data=%s is parallel, but its languages have different numbers of "
+                        "evaluation documents (%s): the interval of each mean resamples every "
+                        "language on its own (metric %s = 0)",
+                        run.data.source,
+                        ", ".join(f"{lang} {c}" for lang, c in counts.items()),
+                        names.JOINT_INTERVAL,
+                    )
                 metrics |= names.interval_metrics(intervals)
             if paper:
                 metrics |= paper_metrics(run, model, tok, eval_texts, base)
