@@ -27,7 +27,7 @@ from regionbench.config import RegionConfig, RunConfig
 from regionbench.importance.metrics import METRICS
 from regionbench.models.residual import hidden_size, residual_sides
 from regionbench.models.scope import scoped_params
-from regionbench.regions import dimensions
+from regionbench.regions import dimensions, outliers
 from regionbench.regions.region import Region, empty
 from regionbench.regions.select import Pick, check_ratio, per_matrix, topk_mask, total
 
@@ -253,9 +253,11 @@ def region_kind(name: str) -> RegionKind:
 
 
 def check(run: RunConfig, langs: Sequence[str]) -> None:
-    """`ratio` and `region.*` against the run's importance languages `langs`, up front."""
+    """`ratio`, `region.*` against the run's importance languages `langs`, and `outliers.*`,
+    up front."""
     check_ratio(run.ratio)
     region_kind(run.region.name).check(run, langs)
+    outliers.check(run, langs)  # every run consults the detector
 
 
 def build(

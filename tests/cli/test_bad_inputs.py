@@ -88,6 +88,17 @@ CLI_CASES = [
     ("scope", ["importance.scope=matrix"], ["'matrix': did you mean 'matrices'"]),
     ("include-regex", ["importance.include=['[']"], ["importance.include '[' is not a valid reg"]),
     ("outliers-docs", ["outliers.docs=0"], ["outliers.docs 0 must be an integer >= 1"]),
+    (
+        "outliers-rule",
+        ["outliers.rule=sunn"],
+        ["outliers.rule 'sunn'", "choices: peak_median, sun"],
+    ),
+    ("outliers-median-factor", ["outliers.median_factor=1"], ["outliers.median_factor 1.0 must"]),
+    (
+        "outliers-abs-min",
+        ["outliers.abs_min=-1"],
+        ["outliers.abs_min -1.0 must be a finite number >= 0"],
+    ),
     ("importance-seq-len", ["importance.seq_len=1"], ["importance.seq_len 1 must be an integer"]),
     ("store-dtype", ["importance.store_dtype=fp8"], ["'fp8': choices: bfloat16, float16"]),
     ("grammar-pairs", ["eval.lm_eval.grammar_pairs=0"], ["grammar_pairs 0 must be an integer"]),
