@@ -61,6 +61,10 @@ class RegionConfig:
     random_dims: int | None = None  # d random dimensions (seeded by `seed`)
     layers: list[int] | None = None  # only these blocks (dimension)
     modules: list[str] | None = None  # only modules ending with these names (dimension)
+    # dimension: block matrices only (false: the embedding still writes d, every norm counts it,
+    # lm_head reads it), or also d's entries of the embeddings, lm_head, every norm's weight and
+    # bias and the stream writers' biases (true: removal zeroes d in the whole stream)
+    everywhere: bool = False
     # region=coordinates: 'param.name[row, col]' entries, or a file of them
     coordinates: list[str] | None = None
     file: str | None = None

@@ -137,7 +137,7 @@ def _dimension(src: Source) -> Region:
         dims = dimensions.profile(core, sides, hidden_size(model)).top_dims(r.top_dims)
     meta = src.meta | {"region": r.name}
     return dimensions.dimension_region(
-        model, sides, dims, layers=r.layers, modules=r.modules, meta=meta
+        model, sides, dims, layers=r.layers, modules=r.modules, everywhere=r.everywhere, meta=meta
     )
 
 
@@ -155,6 +155,11 @@ def _check_dimension(run: RunConfig, langs: Sequence[str]) -> None:
             raise ValueError(f"region.{key} {value!r} must be an integer >= 1")
     if r.top_dims is not None and run.ratio == 0:
         raise ValueError("region.top_dims ranks the dimensions of the core at `ratio`: ratio=0")
+    if r.everywhere and (r.layers is not None or r.modules is not None):
+        raise ValueError(
+            "region.everywhere=true takes dimension d in every block and outside them: drop "
+            "region.layers and region.modules"
+        )
 
 
 def _coordinates(src: Source) -> Region:
@@ -214,8 +219,9 @@ REGION_KINDS: dict[str, RegionKind] = {
         ),
         RegionKind(
             "dimension",
-            "every entry reading or writing the residual-stream dimensions region.dims, "
-            "region.top_dims (of the core at ratio) or region.random_dims",
+            "every block-matrix entry reading or writing the residual-stream dimensions "
+            "region.dims, region.top_dims (of the core at ratio) or region.random_dims; with "
+            "region.everywhere=true also their entries of the embeddings, lm_head and norms",
             _dimension,
             check=_check_dimension,
             ranks=lambda r: r.top_dims is not None,

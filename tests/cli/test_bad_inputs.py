@@ -116,6 +116,12 @@ CLI_CASES = [
     ),
     ("dimension-without-dims", ["region=dimension"], ["needs exactly one of region.dims"]),
     ("top-dims-zero", ["region=dimension", "region.top_dims=0"], ["top_dims 0 must be an int"]),
+    ("everywhere-type", ["region.everywhere=maybe"], ["region.everywhere 'maybe' is not true or"]),
+    (
+        "everywhere-layers",
+        ["region=dimension", "region.dims=[1]", "region.everywhere=true", "region.layers=[0]"],
+        ["region.everywhere=true takes dimension d in every block", "drop region.layers"],
+    ),
     ("data-source", ["data.source=xyz"], ["data source 'xyz': choices: c4, culturax"]),
     ("data-config", ["data.config=x"], ["data.config 'x' only applies to hub sources"]),
     ("pair-over", ["tracking.pair_over=[sed]"], ["names 'sed'", "did you mean seed"]),

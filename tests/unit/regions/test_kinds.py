@@ -72,3 +72,19 @@ def test_an_unknown_kind_is_one_line_with_the_choices():
         ValueError, match=r"unknown region 'cor': did you mean 'core'\? choices: coordinates, core"
     ):
         region_kind("cor")
+
+
+def test_a_dimension_everywhere_builds_through_the_registry(model_and_scores):
+    model, scores = model_and_scores
+    run = RunConfig.from_cfg({"region": {"name": "dimension", "dims": [3], "everywhere": True}})
+    check(run, LANGS)
+    region = build(run, scores, LANGS, model, ("s", "w"), OUTLIER_DIMS)
+    plain = build(_run("dimension"), scores, LANGS, model, ("s", "w"), OUTLIER_DIMS)
+    assert region.masks["model.embed_tokens.weight"][:, 3].all()
+    assert int(region.masks["model.norm.weight"].sum()) == 1
+    assert "model.embed_tokens.weight" not in plain.masks
+    layered = RunConfig.from_cfg(
+        {"region": {"name": "dimension", "dims": [3], "everywhere": True, "layers": [0]}}
+    )
+    with pytest.raises(ValueError, match="drop region.layers and region.modules"):
+        check(layered, LANGS)
