@@ -61,6 +61,10 @@ class RegionConfig:
     random_dims: int | None = None  # d random dimensions (seeded by `seed`)
     layers: list[int] | None = None  # only these blocks (dimension)
     modules: list[str] | None = None  # only modules ending with these names (dimension)
+    # dimension: block matrices only (false: the embedding still writes d, every norm counts it,
+    # lm_head reads it), or also d's entries of the embeddings, lm_head, every norm's weight and
+    # bias and the stream writers' biases (true: removal zeroes d in the whole stream)
+    everywhere: bool = False
     # region=coordinates: 'param.name[row, col]' entries, or a file of them
     coordinates: list[str] | None = None
     file: str | None = None
@@ -68,10 +72,17 @@ class RegionConfig:
 
 @dataclass
 class OutliersConfig:
-    """The massive-activation detector every run consults (paper §3.3; Sun et al. 2024)."""
+    """The massive-activation detector every run consults (paper §3.3), on the first `docs`
+    importance documents of each importance language (`regionbench.regions.outliers`)."""
 
-    factor: float = 100.0  # massive: largest |activation| >= factor x the layer's median
-    docs: int = 16  # evaluation documents per language the detector reads
+    # sun (Sun et al. 2024): an entry is massive when |a| > abs_min and |a| >= median_factor x
+    # the median |a| of its block's hidden states on its document; peak_median (regionbench's
+    # earlier rule): a dimension's largest |a| >= factor x the median of the per-dim largest |a|
+    rule: str = "sun"
+    abs_min: float = 100.0  # sun
+    median_factor: float = 1000.0  # sun
+    factor: float = 100.0  # peak_median
+    docs: int = 16  # importance documents per language the detector reads
 
 
 @dataclass
@@ -295,7 +306,13 @@ def _build(cls, tree: dict, where: str):
 
 # Keys whose range no stage checks (each stage checks its own: `ratio` in regions, importance.*
 # in scoring, ...): (lowest value, whether the lowest value itself is allowed).
-LIMITS = {"seed": (0, True), "outliers.docs": (1, True), "outliers.factor": (0, False)}
+LIMITS = {
+    "seed": (0, True),
+    "outliers.docs": (1, True),
+    "outliers.factor": (0, False),
+    "outliers.median_factor": (0, False),
+    "outliers.abs_min": (0, True),
+}
 
 
 def _check_limits(run: RunConfig) -> None:

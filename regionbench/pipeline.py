@@ -195,7 +195,7 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
     tracker.set_tags(run_id, {"importance_key": key, "importance_cache": "hit" if hit else "miss"})
 
     with clock("outliers"):
-        found = session.outliers(run, eval_texts)
+        found = session.outliers(run, plan)
     with clock("select"):
         fps = (samples_fp, model_fp)
         langs = list(plan.importance_langs)
