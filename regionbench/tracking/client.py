@@ -616,10 +616,6 @@ class Tracker:
         """A `Heartbeat` on `run_id` (a context manager)."""
         return Heartbeat(self.client._target, run_id, interval_s, parent_run_id)
 
-    def check_alive(self) -> None:
-        """`StoreLost` if this is a tracking server that no longer answers."""
-        self.client._target.check()
-
 
 def _staleness(run, stale_after_s: float) -> str | None:
     """Why a RUNNING run is known to be dead, or None: its owner process is gone (this host), or
