@@ -134,6 +134,11 @@ CLI_CASES = [
     ("data-source", ["data.source=xyz"], ["data source 'xyz': choices: c4, culturax"]),
     ("data-config", ["data.config=x"], ["data.config 'x' only applies to hub sources"]),
     ("pair-over", ["tracking.pair_over=[sed]"], ["names 'sed'", "did you mean seed"]),
+    (
+        "lm-eval-task-of-another-source",
+        ["data=local", "data.path={files}/two-splits", "eval.lm_eval.tasks=[sandbox_grammar]"],
+        ["lm-eval task 'sandbox_grammar' exists only with data=sandbox", "drop it from"],
+    ),
     ("experiment-null", ["tracking.experiment=null"], ["tracking.experiment null is not a str"]),
     ("resume", ["resume=maybe"], ["resume 'maybe' is not true or false"]),
     ("heartbeat", ["tracking.heartbeat_s=-1"], ["tracking.heartbeat_s must be a number of sec"]),
@@ -220,6 +225,9 @@ def files(tmp_path_factory) -> Path:
     (root / "one-doc" / "xx.txt").write_text(doc + "\n")
     (root / "no-config").mkdir()
     (root / "no-config" / "README").write_text("not a model\n")
+    for split in ("eval", "importance"):  # a good folder of texts
+        (root / "two-splits" / split).mkdir(parents=True)
+        (root / "two-splits" / split / "xx.txt").write_text("a document\n\nanother one\n")
     return root
 
 
