@@ -305,12 +305,13 @@ def test_builds_on_one_and_two_threads_give_the_same_bytes(built, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs
     _, reference = built
     want = sandbox.read_metadata(reference)
-    for folder in folders:
+    for folder, (out, _) in zip(folders, outs, strict=True):
         meta = sandbox.read_metadata(folder)
         assert meta["weights_sha256"] == want["weights_sha256"]
         assert meta["threads"] == models.BUILD_THREADS
         for fname in ("model.safetensors", "tokenizer.json", "config.json"):
             assert (folder / fname).read_bytes() == (reference / fname).read_bytes(), fname
+        assert f"weights sha256 {want['weights_sha256']}" in out.decode()  # published in full
 
 
 def _interrupt_at(monkeypatch, step, how="raise"):
@@ -487,3 +488,16 @@ def test_held_signals_wait_for_the_step_and_go_to_the_previous_handler():
     finally:
         signal.signal(signal.SIGTERM, previous)
 
+
+def test_info_prints_recipe_sha256_and_build_time(built, capsys):
+    from regionbench.sandbox.__main__ import main
+
+    cache, folder = built
+    meta = sandbox.read_metadata(folder)
+    assert main(["info", NAME, "sandbox-s", "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert f"  weights  sha256 {meta['weights_sha256']}\n" in out
+    sha = meta["files"]["model.safetensors"]["sha256"]
+    assert f"  file     sha256 {sha}  model.safetensors\n" in out
+    assert f"in {meta['build_seconds']} s" in out and "steps=12" in out
+    assert "(not built: python -m regionbench.sandbox build sandbox-s)" in out
