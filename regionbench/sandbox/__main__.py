@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as err:  # a damaged folder: the message names `build <name> --force`
         parser.exit(2, f"error: {err}\n")
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM, logged with where the build will resume
+        print("interrupted", file=sys.stderr)
+        return 130
     meta = read_metadata(folder)
     print(
         f"{folder}\n{meta['parameters']:,} parameters, final loss {meta['final_loss']:.3f}, "
