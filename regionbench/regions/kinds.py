@@ -27,9 +27,9 @@ from regionbench.config import RegionConfig, RunConfig
 from regionbench.importance.metrics import METRICS
 from regionbench.models.residual import hidden_size, residual_sides
 from regionbench.models.scope import scoped_params
-from regionbench.regions import dimensions
+from regionbench.regions import dimensions, outliers
 from regionbench.regions.region import Region, empty
-from regionbench.regions.select import Pick, check_ratio, per_matrix, topk_mask, total
+from regionbench.regions.select import Pick, check_ratio, exact_k, per_matrix, topk_mask, total
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,47 @@ def _number(value) -> float | None:
         return None
 
 
+def _too_small(ratio: float, scores: Mapping[str, Mapping[str, Tensor]]) -> str | None:
+    """Why a region sized by `ratio` is empty when no matrix is large enough for one entry."""
+    sizes = [t.numel() for per_lang in scores.values() for t in per_lang.values()]
+    if sizes and exact_k(ratio, max(sizes)) == 0:
+        return (
+            f"⌊ratio·numel⌋ is 0 in every matrix (the largest has {max(sizes)} entries); "
+            "raise the ratio"
+        )
+    return None
+
+
+def _why_built_empty(src: Source) -> str:
+    return _too_small(src.run.ratio, src.scores) or "it selected no entry"
+
+
+def _why_selection_empty(
+    scores: Mapping[str, Mapping[str, Tensor]],
+    ratio: float,
+    langs: Sequence[str],
+    lang: str | None,
+) -> str:
+    """Why a selection from scores came out empty, in one clause."""
+    small = _too_small(ratio, {name: scores[name] for name in langs})
+    if small or lang is None:
+        return small or "it selected no entry"
+    others = [m for m in langs if m != lang]
+    if all(torch.equal(scores[lang][n], scores[m][n]) for m in others for n in scores[lang]):
+        return (
+            f"the languages' scores are identical, so no entry is in {lang}'s top-k and in no "
+            "other's (a language-independent metric gives every language the same scores)"
+        )
+    return f"every entry of {lang}'s top-k is also in another language's top-k"
+
+
+def _empty(name: str, ratio: float, why: str) -> ValueError:
+    return ValueError(
+        f"region={name} at ratio {ratio:g} is empty: {why}. An empty region is not a result "
+        "(ratio=0 is the unmodified model)"
+    )
+
+
 @dataclass(frozen=True)
 class RegionKind:
     """A value of the `region` axis."""
@@ -74,6 +115,8 @@ class RegionKind:
     empty_at_zero: bool = True  # ratio 0 is the empty region: the unmodified model
     pick: Pick | None = None  # a per-matrix choice from scores: selectable with `select`
     needs_lang: bool = False  # region.lang names one importance language
+    # Why a region it built has no entry (one clause): what the error says instead of a result.
+    why_empty: Callable[[Source], str] = _why_built_empty
 
     def words(self, params: Mapping[str, str], *, ratio: bool = True) -> list[str]:
         """The region in a title, from one of its runs' params: ["taylor", "core", "5%"],
@@ -112,6 +155,13 @@ def _selected(src: Source) -> Region:
     return select(src.scores, src.run.ratio, r.name, lang=r.lang, langs=src.langs, meta=src.meta)
 
 
+def _no_outlier_entry(src: Source) -> str:
+    if not src.outlier_dims:
+        rule = outliers.Rule.of(src.run.outliers)
+        return f"the detector found no massive activation in the model ({rule.describe()})"
+    return f"the core has no entry on the massive dimensions {list(src.outlier_dims)}"
+
+
 def _around_outliers(only: bool) -> Callable[[Source], Region]:
     def build(src: Source) -> Region:
         sides = residual_sides(src.model)
@@ -137,7 +187,7 @@ def _dimension(src: Source) -> Region:
         dims = dimensions.profile(core, sides, hidden_size(model)).top_dims(r.top_dims)
     meta = src.meta | {"region": r.name}
     return dimensions.dimension_region(
-        model, sides, dims, layers=r.layers, modules=r.modules, meta=meta
+        model, sides, dims, layers=r.layers, modules=r.modules, everywhere=r.everywhere, meta=meta
     )
 
 
@@ -155,6 +205,11 @@ def _check_dimension(run: RunConfig, langs: Sequence[str]) -> None:
             raise ValueError(f"region.{key} {value!r} must be an integer >= 1")
     if r.top_dims is not None and run.ratio == 0:
         raise ValueError("region.top_dims ranks the dimensions of the core at `ratio`: ratio=0")
+    if r.everywhere and (r.layers is not None or r.modules is not None):
+        raise ValueError(
+            "region.everywhere=true takes dimension d in every block and outside them: drop "
+            "region.layers and region.modules"
+        )
 
 
 def _coordinates(src: Source) -> Region:
@@ -214,8 +269,9 @@ REGION_KINDS: dict[str, RegionKind] = {
         ),
         RegionKind(
             "dimension",
-            "every entry reading or writing the residual-stream dimensions region.dims, "
-            "region.top_dims (of the core at ratio) or region.random_dims",
+            "every block-matrix entry reading or writing the residual-stream dimensions "
+            "region.dims, region.top_dims (of the core at ratio) or region.random_dims; with "
+            "region.everywhere=true also their entries of the embeddings, lm_head and norms",
             _dimension,
             check=_check_dimension,
             ranks=lambda r: r.top_dims is not None,
@@ -242,6 +298,7 @@ REGION_KINDS: dict[str, RegionKind] = {
             "the core's ranking restricted to massive-activation dimensions (up to its size)",
             _around_outliers(only=True),
             sized="within",
+            why_empty=_no_outlier_entry,
         ),
     )
 }
@@ -253,9 +310,11 @@ def region_kind(name: str) -> RegionKind:
 
 
 def check(run: RunConfig, langs: Sequence[str]) -> None:
-    """`ratio` and `region.*` against the run's importance languages `langs`, up front."""
+    """`ratio`, `region.*` against the run's importance languages `langs`, and `outliers.*`,
+    up front."""
     check_ratio(run.ratio)
     region_kind(run.region.name).check(run, langs)
+    outliers.check(run, langs)  # every run consults the detector
 
 
 def build(
@@ -283,7 +342,11 @@ def build(
     if run.ratio == 0 and kind.empty_at_zero:
         imp = run.importance
         return empty(scoped_params(model, imp.scope, imp.include, imp.exclude), meta)
-    return kind.build(Source(run, scores, langs, model, meta, outlier_dims))
+    src = Source(run, scores, langs, model, meta, outlier_dims)
+    region = kind.build(src)
+    if region.numel == 0:  # only ratio 0 (returned above) gives the empty region
+        raise _empty(kind.name, run.ratio, kind.why_empty(src))
+    return region
 
 
 def select(
@@ -329,4 +392,7 @@ def select(
     if lang is not None:
         info["lang"] = lang
     info.setdefault("regionbench_version", regionbench.__version__)
-    return Region(masks=masks, meta=info)
+    region = Region(masks=masks, meta=info)
+    if ratio > 0 and region.numel == 0:
+        raise _empty(kind.name, ratio, _why_selection_empty(scores, ratio, langs, lang))
+    return region
