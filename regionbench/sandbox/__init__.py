@@ -2,7 +2,7 @@
 
     corpus     the parallel synthetic languages, every split (generate, stream)   no torch
     grammar    reading sentences back; the minimal pairs of the grammar task       no torch
-    languages, lexicon, meaning   what the corpus is made of                       no torch
+    languages, lexicon, meaning   what the corpus is made of; identify(text): its language
     tokenizer, models   the sandbox tokenizer and LLaMA models, built on first use
     checkpoint          a build's checkpoints: an interrupted build resumes, same bytes
     python -m regionbench.sandbox build sandbox-m | info | sample           (the command line)
@@ -13,6 +13,7 @@ The names a run needs are here; the modules say which part of the world they are
 from regionbench.sandbox.corpus import DEFAULT_DOCS, SPLITS, generate, stream
 from regionbench.sandbox.grammar import PAIR_KINDS, minimal_pairs, readings
 from regionbench.sandbox.languages import HELDOUT_LANGS, LANGUAGES, PRETRAIN_LANGS
+from regionbench.sandbox.lexicon import identify
 
 _MODELS = ("SANDBOX_MODELS", "ensure_sandbox_model", "is_complete", "read_metadata", "sandbox_path")
 
@@ -36,6 +37,7 @@ __all__ = [
     "SPLITS",
     "ensure_sandbox_model",
     "generate",
+    "identify",
     "is_complete",
     "minimal_pairs",
     "read_metadata",

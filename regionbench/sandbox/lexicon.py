@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import random
+import unicodedata
 from dataclasses import dataclass, replace
 
 from regionbench.common.choices import check_choice
@@ -160,3 +161,35 @@ def word_forms(lang: str) -> dict[str, tuple[str, int]]:
     for i, p in enumerate(lex.preps):
         forms[p] = ("prep", i)
     return forms
+
+
+@functools.cache
+def vocabulary(lang: str) -> frozenset[str]:
+    """Every word a text of `lang` can contain: its content-word forms, its prepositions and its
+    free-standing function words (an article, object or tense particle, where it has one)."""
+    spec, lex = LANGUAGES[check_choice("sandbox language", lang, LANGUAGES)], lexicon(lang)
+    free = {
+        lex.article: spec.article == "word",
+        lex.obj: spec.obj_case == "particle",
+        lex.past: spec.tense == "particle",
+    }
+    return frozenset(word_forms(lang)) | {w for w, standalone in free.items() if standalone}
+
+
+def words(text: str) -> list[str]:
+    """The words of a sandbox text: its runs of letters and combining marks (Devanagari's vowel
+    signs are marks), as the tokenizer splits them; punctuation, digits and terminators dropped."""
+    kept = "".join(c if unicodedata.category(c)[0] in "LM" else " " for c in text)
+    return kept.split()
+
+
+def identify(text: str, min_share: float = 0.5) -> str:
+    """The sandbox language `text` is written in: the one whose vocabulary holds the largest share
+    of its words, if that share is at least `min_share`; else "und" (no words, or mostly words of
+    no language: what a damaged model writes). Exact, since no two languages share a letter."""
+    found = words(text)
+    if not found:
+        return "und"
+    shares = {lang: sum(w in vocabulary(lang) for w in found) / len(found) for lang in LANGUAGES}
+    best = max(shares, key=shares.__getitem__)
+    return best if shares[best] >= min_share else "und"
