@@ -148,6 +148,20 @@ class LmEvalConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """What the model writes (regionbench/evaluation/generation.py): greedy continuations of the
+    evaluation documents' first tokens, the language each is written in (gen/lang_match/<lang>)."""
+
+    enabled: bool = False  # eval.generation.enabled=true: off by default (it costs a decode)
+    prompt_tokens: int = 16  # a prompt is an evaluation document's first tokens
+    new_tokens: int = 32  # greedy tokens per continuation
+    docs: int = 32  # prompts per language: the first documents longer than prompt_tokens
+    batch_size: int = 16
+    table_rows: int = 4  # per language in the run's before/after table (generations.json)
+    min_confidence: float = 0.5  # natural text (py3langid): below it a continuation is "und"
+
+
+@dataclass
 class EvalConfig:
     perplexity: bool = True
     batch_size: int = 32
@@ -158,6 +172,7 @@ class EvalConfig:
     paper_batch_size: int = 16  # documents per batch of the paper protocol (the authors' 16)
     paper_seq_len: int | None = None  # null = 512 (theirs), or the model's context if shorter
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
 @dataclass

@@ -45,6 +45,7 @@ from regionbench.tracking.client import check as check_tracking
 from regionbench.tracking.stopping import stoppable
 
 log = logging.getLogger(__name__)
+GENERATIONS = "generations.json"  # the before/after continuations table (eval.generation)
 SESSION = Session()  # the process's own: the jobs of a basic-launcher sweep share it
 
 
@@ -261,7 +262,9 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
             evaluated, results = evaluation.evaluate(
                 run, model, tok, eval_texts, tasks, base, clock
             )
-        metrics |= evaluated
+            written, table = evaluation.generations(run, model, tok, eval_texts, base, clock)
+        metrics |= evaluated | written
+        _log_generations(job, table)
         if tasks is not None:
             tracker.log_dict(run_id, results, "lm_eval_results.json")
     metrics |= clock.times
@@ -313,6 +316,9 @@ def _train(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> d
         metrics, results = evaluation.evaluate(
             run, model, tok, eval_texts, tasks, base, clock, paper=False
         )
+        written, table = evaluation.generations(run, model, tok, eval_texts, base, clock)
+    metrics |= written
+    _log_generations(job, table)
     if tasks is not None:
         tracker.log_dict(run_id, results, "lm_eval_results.json")
     if summary["saved_to"]:
@@ -329,6 +335,12 @@ def _train(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> d
     metrics |= {names.train(k): float(v) for k, v in summary.items() if isinstance(v, int | float)}
     metrics[names.CHANGED] = float(changed)
     return metrics
+
+
+def _log_generations(job: Job, table: dict) -> None:
+    """The before/after continuations (eval.generation) as the run's table artifact."""
+    if table and table["lang"]:
+        job.tracker.log_table(job.run_id, table, GENERATIONS)
 
 
 def _where_it_lives(job: Job, model, region, found: dict) -> dict[str, float]:

@@ -159,3 +159,10 @@ def forgetting_metrics(
             logs = [math.log(v) for v in out[kind].values()]
             metrics[f"{kind}/gmean"] = math.exp(sum(logs) / len(logs))
     return metrics
+
+
+def generation_metrics(shares: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """`gen/<kind>/<lang>` and `gen/<kind>/mean` from {lang: {kind: share}} (kinds: lang_match,
+    wrong_lang, distinct2; evaluation/generation.py defines them)."""
+    out = {f"gen/{kind}/{lang}": v for lang, found in shares.items() for kind, v in found.items()}
+    return _with_means(out, sorted({f"gen/{kind}" for found in shares.values() for kind in found}))

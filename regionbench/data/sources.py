@@ -44,6 +44,9 @@ class Source:
     grammar: Callable[[Sequence[str], int], dict] | None = None
     # (path, lang, split, text_field): a one-line error when a language has no such documents
     check_docs: Callable[[str | None, str, str, str], None] | None = None
+    # text -> the language it is written in, or "und" (eval.generation); None = natural text,
+    # identified with py3langid
+    identify: Callable[[str], str] | None = None
 
 
 def _paper_langs(purpose: str, path: str | None) -> tuple[str, ...]:
@@ -81,6 +84,7 @@ SOURCES: dict[str, Source] = {
                 for lang in langs
                 if lang in sandbox.PRETRAIN_LANGS
             },
+            identify=sandbox.identify,
         ),
         Source(
             "local",

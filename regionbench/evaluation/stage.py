@@ -6,10 +6,13 @@ disk; and each evaluation of a (modified) model as named metrics.
     check_texts(run, tok, eval_texts, context)        # once the tokenizer is there
     base = baseline(run, model, tok, eval_texts, tasks, model_fp, cache_dir, memo)
     metrics, results = evaluate(run, model, tok, eval_texts, tasks, base)
+    metrics, table = generations(run, model, tok, eval_texts, base, clock)  # {} unless asked
 
 Perplexity is the corpus-level rolling one (`perplexity.perplexity`); `eval.ppl_protocol=paper`
 adds the authors' (`perplexity.paper_perplexity`) beside it, in the baseline and in every
-evaluation, as `ppl_paper/<lang>` and `ppl_paper_ratio/<lang>`.
+evaluation, as `ppl_paper/<lang>` and `ppl_paper_ratio/<lang>`. `eval.generation.enabled=true`
+adds what the model writes (`generation`): the unmodified model's continuations are part of the
+cached baseline, the model's own give `gen/*` and the before/after table.
 """
 
 from __future__ import annotations
@@ -89,6 +92,12 @@ def check(run: RunConfig) -> None:
             f"eval.lm_eval.num_fewshot {shots!r} must be an integer >= 0; null = each task's own"
         )
     check_source_tasks(run)
+    from regionbench.data.sources import eval_langs
+    from regionbench.evaluation import generation
+
+    natural = source(run.data.source).identify is None
+    gen = ev.generation
+    generation.check(gen, natural=natural, langs=eval_langs(run) if gen.enabled else ())
 
 
 def check_source_tasks(run: RunConfig) -> None:
@@ -251,6 +260,7 @@ def baseline(
         tasks=list(tasks.names) if tasks else None,
         bos=BOS_POLICY if tasks else None,
         format=BASELINE_FORMAT,
+        **({"generation": _generation_key(run)} if run.eval.generation.enabled else {}),
         # only when asked for: the keys of baselines cached without it stay what they were
         **(
             {"paper": {"seq_len": run.eval.paper_seq_len, "batch_size": run.eval.paper_batch_size}}
@@ -267,6 +277,8 @@ def baseline(
         out = {"ppl": ppl, "lm_eval": lm_eval(run, model, tok, tasks)[0]}
         if wants_paper(run):
             out["ppl_paper"] = paper_perplexities(run, model, tok, eval_texts)
+        if run.eval.generation.enabled:
+            out["generation"] = generated(run, model, tok, eval_texts)
         return out
 
     base, hit = JsonCache(cache_dir / "baselines").get_or_compute(key, compute)
@@ -315,3 +327,42 @@ def evaluate(
             lm, results = lm_eval(run, model, tok, tasks)
         metrics |= lm | names.lm_eval_ratios(lm, base["lm_eval"])
     return metrics, results
+
+
+def _generation_key(run: RunConfig) -> dict:
+    gen = asdict(run.eval.generation)
+    del gen["enabled"], gen["table_rows"], gen["batch_size"]  # what is shown, how it is batched
+    return gen
+
+
+def generated(run: RunConfig, model, tok, eval_texts) -> dict[str, list[dict]]:
+    """The model's continuations of every language's prompts, each with its language."""
+    from regionbench.evaluation import generation
+
+    gen = run.eval.generation
+    identify = generation.identifier(
+        source(run.data.source).identify, list(eval_texts), gen.min_confidence
+    )
+    texts = generation.continuations(
+        model,
+        tok,
+        eval_texts,
+        prompt_tokens=gen.prompt_tokens,
+        new_tokens=gen.new_tokens,
+        docs=gen.docs,
+        batch_size=gen.batch_size,
+    )
+    return generation.identified(texts, identify)
+
+
+def generations(run: RunConfig, model, tok, eval_texts, base: dict, clock) -> tuple[dict, dict]:
+    """`gen/*` of the model as it is now, and the before/after table of continuations (the
+    unmodified model's from `base`); ({}, {}) unless `eval.generation.enabled`."""
+    if not run.eval.generation.enabled:
+        return {}, {}
+    from regionbench.evaluation import generation
+
+    with clock("generation"):
+        rows = generated(run, model, tok, eval_texts)
+    table = generation.before_after(base["generation"], rows, run.eval.generation.table_rows)
+    return generation.generation_metrics(rows), table

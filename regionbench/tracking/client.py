@@ -437,6 +437,12 @@ class Tracker:
         with self._artifact(run_id, name):
             self.client.log_dict(run_id, data, name)
 
+    def log_table(self, run_id: str, columns: Mapping[str, list], name: str) -> None:
+        """{column: values} as an MLflow table artifact (`name`.json; the UI shows it as a
+        table, and the run's "Evaluation" tab compares it across runs)."""
+        with self._artifact(run_id, name):
+            self.client.log_table(run_id, data=dict(columns), artifact_file=name)
+
     def log_figure(self, run_id: str, figure, name: str) -> None:
         with self._artifact(run_id, name):
             self.client.log_figure(run_id, figure, name)
