@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from regionbench.common import names
 
-INSTALL = "pip install 'py3langid>=0.4,<0.5'"  # the `langid` extra of pyproject.toml
+INSTALL = "pip install 'py3langid>=0.4,<0.5'"  # the `langid` extra: pip install -e '.[langid]'
 Identify = Callable[[str], str]
 
 
