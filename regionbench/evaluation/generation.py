@@ -141,8 +141,9 @@ def continuations(
 
 def _split(tok, prompt: list[int], new: list[int]) -> tuple[str, str]:
     """(prompt, continuation) as text, cut between whole characters: a byte-level BPE prompt can
-    end inside a character, which the continuation completes; that character goes with it."""
-    whole = tok.decode(prompt + new)
+    end inside a character, which the continuation completes (that character goes with it); a
+    character the last new token leaves unfinished is dropped."""
+    whole = tok.decode(prompt + new).rstrip("\ufffd")  # new tokens that end inside a character
     head = tok.decode(prompt).rstrip("\ufffd")
     if not whole.startswith(head):  # a decoder that does not work byte by byte
         return tok.decode(prompt), tok.decode(new)
