@@ -1,4 +1,4 @@
-"""MLflow, and nothing else: the one module that imports mlflow.
+"""MLflow runs, by explicit run id: with `tracking.store`, the only modules that import mlflow.
 
 Every job is one run; a sweep adds a parent run and nests its jobs under it. The default store is
 `sqlite:///<launch dir>/mlruns/mlflow.db` with artifacts in `mlruns/artifacts/`, always absolute so
@@ -52,6 +52,10 @@ SWEEP_KEYS_ENV = "REGIONBENCH_SWEEP_KEYS"
 CONFIG_HASH_TAG = "config_hash"  # the job's resolved config, less where it is recorded
 REUSED_TAG = "regionbench.reused."  # + run id, on a resumed sweep's parent: the job's number
 CODE_TAGS = ("regionbench_version", "git_sha")  # what made a run: resume=true reuses the same
+# On a job whose result cannot depend on its seed: its config less `seed`. A sweep runs one
+# job per condition hash; its other seeds are listed on the parent under SEED_REUSED_TAG.
+CONDITION_TAG = "regionbench.condition_hash"
+SEED_REUSED_TAG = "regionbench.seed_reused."  # + the job's number: the run that answers for it
 CLAIMED_TAG = "regionbench.claimed."  # + run id, on a resumed sweep's parent: run by another launch
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 
@@ -383,12 +387,31 @@ class Tracker:
                 return run
         return None
 
-    def _runs_of(self, config_hash: str, status: str, max_results: int) -> list:
+    def condition_run(self, condition: str, sweep_id: str, stale_after_s: float):
+        """(a FINISHED run of this seed-free condition in the sweep, or None; a RUNNING one
+        whose owner is alive, or None): the job that answers for every seed of the condition."""
+        scope = f" and tags.sweep_id = '{sweep_id}'"
+        done = self._runs_of(condition, "FINISHED", 1, tag=CONDITION_TAG, where=scope)
+        if done:
+            return done[0], None
+        running = self._runs_of(condition, "RUNNING", 100, tag=CONDITION_TAG, where=scope)
+        alive = [r for r in running if _staleness(r, stale_after_s) is None]
+        return None, (alive[0] if alive else None)
+
+    def _runs_of(
+        self,
+        config_hash: str,
+        status: str,
+        max_results: int,
+        *,
+        tag: str = CONFIG_HASH_TAG,
+        where: str = "",
+    ) -> list:
         return list(
             self.client.search_runs(
                 [self.experiment_id],
-                filter_string=f"tags.{CONFIG_HASH_TAG} = '{config_hash}' "
-                f"and attributes.status = '{status}'",
+                filter_string=f"tags.`{tag}` = '{config_hash}' "
+                f"and attributes.status = '{status}'{where}",
                 max_results=max_results,
                 order_by=["attributes.start_time DESC"],
             )
