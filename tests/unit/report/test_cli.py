@@ -275,6 +275,8 @@ def seeded_sweep(tmp_path):
             size = float(ratio)
             values = {f"ppl_ratio/{lang}": 1 + size * rng.uniform(1, 20) for lang in LANGS}
             values["ppl_ratio/mean"] = sum(values.values()) / len(LANGS)
+            values["ppl_ratio_lo/mean"] = values["ppl_ratio/mean"] * 0.99
+            values["ppl_ratio_hi/mean"] = values["ppl_ratio/mean"] * 1.01
             values["region/fraction"] = size
             values["lm_eval/grammar/acc"] = rng.uniform(0.6, 0.9)
             values["lm_eval/grammar/acc_stderr"] = rng.uniform(0.01, 0.05)
@@ -374,8 +376,15 @@ def test_parent_run_describes_the_sweep_and_opens_its_runs_table(seeded_sweep, c
         {"mode": "param", "groupByData": "metric.name"},
         {"mode": "param", "groupByData": "ratio"},
     ]
-    assert "metrics.`ppl_ratio/mean`" in view["selectedColumns"]
-    assert "params.`seed`" in view["selectedColumns"]
+    columns = view["selectedColumns"]
+    assert columns[:3] == [
+        "metrics.`ppl_ratio/mean`",
+        "metrics.`ppl_ratio_lo/mean`",
+        "metrics.`ppl_ratio_hi/mean`",
+    ]
+    assert {f"metrics.`ppl_ratio/{lang}`" for lang in LANGS} <= set(columns)
+    # grouped by condition: a seed column would show the mean of the seeds ("seed 1")
+    assert "params.`seed`" not in columns
     assert tags["mlflow.experimentKind"] == "custom_model_development"
 
     report.main(["--uri", tracker.uri, "--url", "--port", "5123"])
