@@ -499,3 +499,29 @@ def test_after_a_single_job_the_report_prints_its_languages(store, capsys):
     assert [line.split(" | ")[0] for line in lines[1:]] == ["| ratio=0.01", "| ratio=0.02"]
     with pytest.raises(SystemExit, match="no run 'nope'"):
         report.main(["--uri", tracker.uri, "--experiment", "freeze", "--runs", "nope"])
+
+
+def test_a_debug_sweep_says_so_in_its_description_and_tables(tmp_path):
+    """`+debug=default` numbers check the pipeline; its parent description, terminal table and
+    figure titles begin with the banner, those of another sweep do not."""
+    from conftest import SMALL, compose
+
+    from regionbench.config import RunConfig
+    from regionbench.report.sweep import DEBUG_BANNER
+
+    assert RunConfig.from_cfg(compose(SMALL)).debug is True
+    assert RunConfig.from_cfg(compose([])).debug is False
+    tracker = Tracker(resolve_uri(None, tmp_path), "dbg")
+    for debug in ("True", "False"):
+        jobs = [
+            (
+                {**_job("taylor", r, "0", {})[0], "debug": debug},
+                {"ppl_ratio/mean": 1.0 + float(r), "ppl_ratio/latn": 1.0 + float(r)},
+            )
+            for r in ("0.0", "0.05")
+        ]
+        parent = _sweep(tracker, f"debug={debug}", jobs)
+        table = summarize_sweep(tracker, parent, tracker.children(parent), {}, ["seed"])
+        note = tracker.run(parent).data.tags["mlflow.note.content"]
+        said = (debug == "True", debug == "True")
+        assert (note.startswith(f"**{DEBUG_BANNER} "), table.startswith(DEBUG_BANNER)) == said
