@@ -367,6 +367,11 @@ def test_parent_run_describes_the_sweep_and_opens_its_runs_table(seeded_sweep, c
     assert f"| taylor core 5% | 3 | {mean:.4g} ± {sd:.2g} |" in note
     link = f"#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
     assert f"({link}&viewStateShareKey={parent})" in note
+    # the comparison as the parent's metrics, one per condition and compared metric
+    logged = tracker.run(parent).data.metrics
+    for name, value in means.items():
+        key = f"ppl_ratio/mean/{name.replace('%', 'pct')}"
+        assert logged[key] == pytest.approx(value, rel=1e-12), key
 
     # the saved runs-table view the link opens: this sweep's jobs, grouped by condition
     tags = tracker.client.get_experiment(tracker.experiment_id).tags
