@@ -92,6 +92,9 @@ class Intervention:
     must_change: str | None = None  # an edit that changes nothing is an error ("removing")
     word: str = ""  # after the region in a condition's words: "random 1% frozen"
     needs_region: bool = False  # an empty region (ratio=0) is an error, not a baseline
+    # Whether `seed` can change its result (noise draws, training order); one that does not
+    # say is taken to, so a sweep never merges its seeds by mistake.
+    uses_seed: bool = True
 
     @property
     def trains(self) -> bool:
@@ -132,6 +135,7 @@ INTERVENTIONS: dict[str, Intervention] = {
             title=lambda model, shared: f"Removing regions of {model}",
             edit=_removed,
             must_change="removing",
+            uses_seed=False,
         ),
         Intervention(
             "scale",
@@ -146,6 +150,7 @@ INTERVENTIONS: dict[str, Intervention] = {
                 )
             ),
             edit=_scaled,
+            uses_seed=False,
         ),
         Intervention(
             "noise",
