@@ -61,9 +61,15 @@ class RegionConfig:
     random_dims: int | None = None  # d random dimensions (seeded by `seed`)
     layers: list[int] | None = None  # only these blocks (dimension)
     modules: list[str] | None = None  # only modules ending with these names (dimension)
-    # region=coordinates: 'param.name[row, col]' entries, or a file of them
+    # region=coordinates: 'param.name[row, col]' entries, or a file of them; region=file: a
+    # regionbench mask (.safetensors) or a LAPE neuron file (.pth)
     coordinates: list[str] | None = None
     file: str | None = None
+    file_langs: list[str] | None = None  # a LAPE file's languages in order (null: LAPE's 7)
+    # region=neurons / heads: whole units, `ratio` of them
+    pick: str = "core"  # how units are chosen from their scores: a per-matrix kind's pick
+    per_layer: bool = True  # ratio of each block's units (true) or of all blocks' (false: LAPE)
+    matched_random: bool = False  # random units instead, as many in each block as the pick's
 
 
 @dataclass
