@@ -7,6 +7,9 @@ its options are checked, how it is built, and how it reads in a title.
     region = build(run, scores, langs, model, fingerprints, outlier_dims)   # the run's region
     region = select(scores, ratio=0.01, region="core")   # the notebook API (`rb.select`)
 
+Unit kinds (`neurons`, `heads`: `regions.units`) select whole units with any kind's `pick`
+(`region.pick`), applied to the units' scores instead of a matrix's.
+
 Add a kind: one `RegionKind` in `REGION_KINDS`, one `conf/region/<name>.yaml`, one test
 (CONTRIBUTING.md, "Add a region kind").
 """
@@ -27,7 +30,8 @@ from regionbench.config import RegionConfig, RunConfig
 from regionbench.importance.metrics import METRICS
 from regionbench.models.residual import hidden_size, residual_sides
 from regionbench.models.scope import scoped_params
-from regionbench.regions import dimensions
+from regionbench.models.units import HEAD, NEURON, units_of
+from regionbench.regions import dimensions, units
 from regionbench.regions.region import Region, empty
 from regionbench.regions.select import Pick, check_ratio, per_matrix, topk_mask, total
 
@@ -52,6 +56,10 @@ def _no_check(run: RunConfig, langs: Sequence[str]) -> None:
     return None
 
 
+def _given(value) -> bool:
+    return value not in (None, "", "None", "null")
+
+
 def _number(value) -> float | None:
     try:
         return float(value)
@@ -69,20 +77,27 @@ class RegionKind:
     check: Callable[[RunConfig, Sequence[str]], None] = _no_check  # its options, up front
     ranks: Callable[[RegionConfig], bool] = _always  # orders entries by importance scores
     # How `ratio` sizes it: "exact" ⌊ratio·numel⌋ of each matrix, "within" a part of the top
-    # ⌊ratio·numel⌋ of each matrix, None: it does not (given by dimensions or coordinates).
+    # ⌊ratio·numel⌋ of each matrix, "units" a fraction of the units (neurons, heads), None: it
+    # does not (given by dimensions, coordinates or a file).
     sized: str | None = "exact"
     empty_at_zero: bool = True  # ratio 0 is the empty region: the unmodified model
     pick: Pick | None = None  # a per-matrix choice from scores: selectable with `select`
     needs_lang: bool = False  # region.lang names one importance language
+    takes_lang: bool = False  # region.lang may name one (specific: that language's part)
+    unit: str | None = None  # whole units of this kind (models.units), not entries
+    details: Callable[[Mapping[str, str]], list[str]] | None = None  # more words, from params
 
     def words(self, params: Mapping[str, str], *, ratio: bool = True) -> list[str]:
         """The region in a title, from one of its runs' params: ["taylor", "core", "5%"],
-        ["taylor", "monolingual", "latn", "5%"], ["top-dims"] (a preset of `dimension`)."""
+        ["taylor", "monolingual", "latn", "5%"], ["top-dims"] (a preset of `dimension`),
+        ["lape", "neurons", "specific", "global", "1%"]."""
         if self.sized is None:
             return [params.get("choice.region", self.name)]
         words = [params.get("metric.name", ""), self.name]
-        if self.needs_lang:
+        if self.needs_lang or (self.takes_lang and _given(params.get("region.lang"))):
             words.append(params.get("region.lang", ""))
+        if self.details is not None:
+            words += self.details(params)
         size = _number(params.get("ratio"))
         if ratio and size is not None:
             words.append(f"{size * 100:g}%")
@@ -103,6 +118,45 @@ def _monolingual(per_lang: Sequence[Tensor], k: int, lang_index: int | None, nam
     for i, s in enumerate(per_lang):
         if i != lang_index:
             mask &= ~topk_mask(s, k, name=name)
+    return mask
+
+
+def _shared(per_lang: Sequence[Tensor], k: int, lang_index: int | None, name: str) -> Tensor:
+    mask = topk_mask(per_lang[0], k, name=name)
+    for s in per_lang[1:]:
+        mask &= topk_mask(s, k, name=name)
+    return mask
+
+
+def _exclusive(per_lang: Sequence[Tensor], k: int, lang_index: int | None, name: str) -> Tensor:
+    return topk_mask(per_lang[lang_index], k, name=name) & ~_shared(per_lang, k, None, name)
+
+
+# LAPE's constants (identify.py): candidates need some language's score above this quantile of
+# every score (filter_rate), and a selected entry belongs to each language above it
+# (activation_bar_ratio, the same 0.95).
+SPECIFIC_QUANTILE = 0.95
+
+
+def _quantile(per_lang: Sequence[Tensor]) -> Tensor:
+    flat = torch.stack([s.float().reshape(-1) for s in per_lang]).reshape(-1)
+    return flat.kthvalue(max(1, round(flat.numel() * SPECIFIC_QUANTILE))).values
+
+
+def _specific(per_lang: Sequence[Tensor], k: int, lang_index: int | None, name: str) -> Tensor:
+    """LAPE's selection on any per-language scores: normalise over languages, the k lowest
+    entropies among the entries with some language's score above the 0.95 quantile of all
+    scores; with a language, those of the k whose score in it is above that quantile."""
+    stacked = torch.stack([s.float() for s in per_lang], dim=-1)  # [..., langs]
+    normed = stacked / stacked.sum(dim=-1, keepdim=True)
+    normed = torch.nan_to_num(normed, nan=0.0)
+    logs = torch.where(normed > 0, normed.log(), torch.zeros_like(normed))
+    entropy = -(normed * logs).sum(dim=-1)
+    bar = _quantile(per_lang)
+    entropy = entropy.masked_fill((stacked > bar).sum(dim=-1) == 0, float("inf"))
+    mask = topk_mask(-entropy, k, name=name)
+    if lang_index is not None:
+        mask &= per_lang[lang_index].float() > bar
     return mask
 
 
@@ -188,6 +242,117 @@ def _check_monolingual(run: RunConfig, langs: Sequence[str]) -> None:
         )
 
 
+def _per_language_only(run: RunConfig, what: str) -> None:
+    if not METRICS[run.metric.name].per_language and run.ratio > 0:
+        per_lang = sorted(n for n, m in METRICS.items() if m.per_language)
+        raise ValueError(
+            f"{what} needs a per-language metric, not {run.metric.name!r} (every language gets "
+            f"the same scores); choices: {', '.join(per_lang)}"
+        )
+
+
+def _check_shared(run: RunConfig, langs: Sequence[str]) -> None:
+    _per_language_only(run, f"region={run.region.name}")
+
+
+def _check_exclusive(run: RunConfig, langs: Sequence[str]) -> None:
+    _check_monolingual(run, langs)
+
+
+def _check_specific(run: RunConfig, langs: Sequence[str]) -> None:
+    if run.region.lang:
+        check_choice("region.lang (an importance language)", run.region.lang, langs)
+    _per_language_only(run, f"region={run.region.name}")
+
+
+def _picks() -> dict[str, RegionKind]:
+    return {name: kind for name, kind in REGION_KINDS.items() if kind.pick is not None}
+
+
+def _units_build(src: Source) -> Region:
+    run, r = src.run, src.run.region
+    kind, imp = REGION_KINDS[r.pick], run.importance
+    layers = units_of(src.model, REGION_KINDS[r.name].unit)
+    params = scoped_params(src.model, imp.scope, imp.include, imp.exclude)
+    per_lang = [units.unit_scores(layers, src.scores[lang]) for lang in src.langs]
+    lang_index = list(src.langs).index(r.lang) if r.lang else None
+    name = REGION_KINDS[r.name].unit
+    chosen = units.select_units(
+        per_lang, run.ratio, kind.pick, lang_index, per_layer=r.per_layer, name=name
+    )
+    if r.matched_random:
+        chosen = units.matched_random(chosen, run.seed, name)
+    meta = src.meta | {
+        "region": r.name,
+        "ratio": repr(run.ratio),
+        "pick": r.pick,
+        "per_layer": str(r.per_layer),
+        "matched_random": str(r.matched_random),
+        "selection": "per_layer" if r.per_layer else "global",
+    }
+    if r.lang:
+        meta["lang"] = r.lang
+    return units.units_region(layers, chosen, params, meta)
+
+
+def _check_units(run: RunConfig, langs: Sequence[str]) -> None:
+    r = run.region
+    picks = _picks()
+    pick = picks[check_choice("region.pick", r.pick, picks)]
+    if r.file:
+        raise ValueError(f"region.file is read by region=file, not region={r.name}")
+    if pick.needs_lang or pick.takes_lang:
+        pick.check(run, langs)
+    elif r.lang:
+        takes = ", ".join(n for n, k in picks.items() if k.needs_lang or k.takes_lang)
+        raise ValueError(f"region.lang applies to region.pick {takes}, not {r.pick!r}")
+    else:
+        pick.check(run, langs)
+
+
+def _unit_details(params: Mapping[str, str]) -> list[str]:
+    words = []
+    if params.get("region.pick", "core") != "core":
+        words.append(params["region.pick"])
+    if _given(params.get("region.lang")) and params.get("region.pick") in _lang_picks():
+        words.append(params["region.lang"])
+    if params.get("region.per_layer") == "False":
+        words.append("global")
+    if params.get("region.matched_random") == "True":
+        words.append("random-matched")
+    return words
+
+
+def _lang_picks() -> set[str]:
+    return {n for n, k in _picks().items() if k.needs_lang or k.takes_lang}
+
+
+def _file(src: Source) -> Region:
+    r, imp = src.run.region, src.run.importance
+    path = Path(r.file).expanduser()
+    meta = src.meta | {"region": r.name}
+    if path.suffix == ".safetensors":  # a regionbench mask file
+        if r.lang:
+            raise ValueError("region.lang picks a language of a LAPE file, not of a mask file")
+        region = Region.load(path, model=src.model)
+        return Region(
+            masks=region.masks, meta=region.meta | {"region": r.name, "region_file": str(path)}
+        )
+    params = scoped_params(src.model, imp.scope, imp.include, imp.exclude)
+    return units.lape_region(src.model, path, params, lang=r.lang, langs=r.file_langs, meta=meta)
+
+
+def _check_file(run: RunConfig, langs: Sequence[str]) -> None:
+    r = run.region
+    if not r.file:
+        raise ValueError(
+            "region=file needs region.file=<path>: a regionbench mask (.safetensors) or a LAPE "
+            "neuron file (.pth)"
+        )
+    if not Path(r.file).expanduser().is_file():
+        raise ValueError(f"region.file {r.file!r} is not a readable file")
+
+
 REGION_KINDS: dict[str, RegionKind] = {
     kind.name: kind
     for kind in (
@@ -243,6 +408,62 @@ REGION_KINDS: dict[str, RegionKind] = {
             _around_outliers(only=True),
             sized="within",
         ),
+        RegionKind(
+            "shared",
+            "top-k of every importance language's score at once (shared by all)",
+            _selected,
+            check=_check_shared,
+            sized="within",
+            pick=_shared,
+        ),
+        RegionKind(
+            "exclusive",
+            "top-k of score_lang that is not shared by every language (needs lang)",
+            _selected,
+            check=_check_exclusive,
+            sized="within",
+            pick=_exclusive,
+            needs_lang=True,
+        ),
+        RegionKind(
+            "specific",
+            "the k lowest entropies over languages of the normalised scores, among entries with "
+            "a language above the 0.95 quantile (LAPE's selection; region.lang: that language's)",
+            _selected,
+            check=_check_specific,
+            pick=_specific,
+            takes_lang=True,
+        ),
+        RegionKind(
+            "neurons",
+            "whole FFN neurons (row j of gate/up, column j of down): ratio of each block's "
+            "(region.per_layer) chosen by region.pick from their summed scores",
+            _units_build,
+            check=_check_units,
+            sized="units",
+            unit=NEURON,
+            details=_unit_details,
+        ),
+        RegionKind(
+            "heads",
+            "whole attention heads (rows of q and of their k/v group, columns of o): ratio of "
+            "each block's (region.per_layer) chosen by region.pick from their summed scores",
+            _units_build,
+            check=_check_units,
+            sized="units",
+            unit=HEAD,
+            details=_unit_details,
+        ),
+        RegionKind(
+            "file",
+            "the region of region.file: a regionbench mask, or LAPE's neuron file (region.lang: "
+            "one language, else the union)",
+            _file,
+            check=_check_file,
+            ranks=lambda r: False,
+            sized=None,
+            empty_at_zero=False,
+        ),
     )
 }
 
@@ -255,7 +476,15 @@ def region_kind(name: str) -> RegionKind:
 def check(run: RunConfig, langs: Sequence[str]) -> None:
     """`ratio` and `region.*` against the run's importance languages `langs`, up front."""
     check_ratio(run.ratio)
-    region_kind(run.region.name).check(run, langs)
+    kind = region_kind(run.region.name)
+    kind.check(run, langs)
+    scores_units = METRICS[run.metric.name].units if run.metric.name in METRICS else ()
+    if scores_units and kind.ranks(run.region) and kind.unit not in scores_units:
+        takes = ", ".join(n for n, k in REGION_KINDS.items() if k.unit in scores_units)
+        raise ValueError(
+            f"metric {run.metric.name!r} scores whole units, not entries: region={run.region.name} "
+            f"cannot rank by it; choices: {takes}"
+        )
 
 
 def build(
@@ -306,13 +535,13 @@ def select(
         raise ValueError("langs is empty: need at least one importance language")
     for name in langs:
         check_choice("language", name, scores)
-    if kind.needs_lang:
+    if kind.needs_lang or (kind.takes_lang and lang is not None):
         if lang is None:
             raise ValueError(f"region {kind.name!r} needs lang; choices: {', '.join(langs)}")
         check_choice("language", lang, langs)
         lang_index = langs.index(lang)
     elif lang is not None:
-        takes = ", ".join(repr(n) for n, k in picks.items() if k.needs_lang)
+        takes = ", ".join(repr(n) for n, k in picks.items() if k.needs_lang or k.takes_lang)
         raise ValueError(f"lang {lang!r} only applies to region {takes}, not {region!r}")
     else:
         lang_index = None
