@@ -30,8 +30,8 @@ from regionbench.config import RegionConfig, RunConfig
 from regionbench.importance.metrics import METRICS
 from regionbench.models.residual import hidden_size, residual_sides
 from regionbench.models.scope import scoped_params
-from regionbench.models.units import HEAD, NEURON, units_of
-from regionbench.regions import dimensions, units
+from regionbench.models.units import HEAD, NEURON
+from regionbench.regions import dimensions, picks, units
 from regionbench.regions.region import Region, empty
 from regionbench.regions.select import Pick, check_ratio, per_matrix, topk_mask, total
 
@@ -121,45 +121,6 @@ def _monolingual(per_lang: Sequence[Tensor], k: int, lang_index: int | None, nam
     return mask
 
 
-def _shared(per_lang: Sequence[Tensor], k: int, lang_index: int | None, name: str) -> Tensor:
-    mask = topk_mask(per_lang[0], k, name=name)
-    for s in per_lang[1:]:
-        mask &= topk_mask(s, k, name=name)
-    return mask
-
-
-def _exclusive(per_lang: Sequence[Tensor], k: int, lang_index: int | None, name: str) -> Tensor:
-    return topk_mask(per_lang[lang_index], k, name=name) & ~_shared(per_lang, k, None, name)
-
-
-# LAPE's constants (identify.py): candidates need some language's score above this quantile of
-# every score (filter_rate), and a selected entry belongs to each language above it
-# (activation_bar_ratio, the same 0.95).
-SPECIFIC_QUANTILE = 0.95
-
-
-def _quantile(per_lang: Sequence[Tensor]) -> Tensor:
-    flat = torch.stack([s.float().reshape(-1) for s in per_lang]).reshape(-1)
-    return flat.kthvalue(max(1, round(flat.numel() * SPECIFIC_QUANTILE))).values
-
-
-def _specific(per_lang: Sequence[Tensor], k: int, lang_index: int | None, name: str) -> Tensor:
-    """LAPE's selection on any per-language scores: normalise over languages, the k lowest
-    entropies among the entries with some language's score above the 0.95 quantile of all
-    scores; with a language, those of the k whose score in it is above that quantile."""
-    stacked = torch.stack([s.float() for s in per_lang], dim=-1)  # [..., langs]
-    normed = stacked / stacked.sum(dim=-1, keepdim=True)
-    normed = torch.nan_to_num(normed, nan=0.0)
-    logs = torch.where(normed > 0, normed.log(), torch.zeros_like(normed))
-    entropy = -(normed * logs).sum(dim=-1)
-    bar = _quantile(per_lang)
-    entropy = entropy.masked_fill((stacked > bar).sum(dim=-1) == 0, float("inf"))
-    mask = topk_mask(-entropy, k, name=name)
-    if lang_index is not None:
-        mask &= per_lang[lang_index].float() > bar
-    return mask
-
-
 # ---------------------------------------------------------------------------- builds and checks
 def _selected(src: Source) -> Region:
     r = src.run.region
@@ -228,41 +189,27 @@ def _check_coordinates(run: RunConfig, langs: Sequence[str]) -> None:
         raise ValueError(f"region.file {r.file!r} is not a readable file")
 
 
-def _check_monolingual(run: RunConfig, langs: Sequence[str]) -> None:
+def _check_per_language(run: RunConfig, langs: Sequence[str]) -> None:
+    """A pick that compares the languages' scores: a per-language metric; region.lang, if
+    given, an importance language."""
     r = run.region
-    if not r.lang:
-        raise ValueError("region=monolingual needs region.lang; choices: " + ", ".join(langs))
-    check_choice("region.lang (an importance language)", r.lang, langs)
+    if r.lang:
+        check_choice("region.lang (an importance language)", r.lang, langs)
     if not METRICS[run.metric.name].per_language and run.ratio > 0:
         per_lang = sorted(n for n, m in METRICS.items() if m.per_language)
         raise ValueError(
-            f"region=monolingual needs a per-language metric, not {run.metric.name!r} (every "
+            f"region={r.name} needs a per-language metric, not {run.metric.name!r} (every "
             f"language gets the same scores, so the region would be empty); choices: "
             f"{', '.join(per_lang)}"
         )
 
 
-def _per_language_only(run: RunConfig, what: str) -> None:
-    if not METRICS[run.metric.name].per_language and run.ratio > 0:
-        per_lang = sorted(n for n, m in METRICS.items() if m.per_language)
+def _check_monolingual(run: RunConfig, langs: Sequence[str]) -> None:
+    if not run.region.lang:
         raise ValueError(
-            f"{what} needs a per-language metric, not {run.metric.name!r} (every language gets "
-            f"the same scores); choices: {', '.join(per_lang)}"
+            f"region={run.region.name} needs region.lang; choices: " + ", ".join(langs)
         )
-
-
-def _check_shared(run: RunConfig, langs: Sequence[str]) -> None:
-    _per_language_only(run, f"region={run.region.name}")
-
-
-def _check_exclusive(run: RunConfig, langs: Sequence[str]) -> None:
-    _check_monolingual(run, langs)
-
-
-def _check_specific(run: RunConfig, langs: Sequence[str]) -> None:
-    if run.region.lang:
-        check_choice("region.lang (an importance language)", run.region.lang, langs)
-    _per_language_only(run, f"region={run.region.name}")
+    _check_per_language(run, langs)
 
 
 def _picks() -> dict[str, RegionKind]:
@@ -270,44 +217,26 @@ def _picks() -> dict[str, RegionKind]:
 
 
 def _units_build(src: Source) -> Region:
-    run, r = src.run, src.run.region
-    kind, imp = REGION_KINDS[r.pick], run.importance
-    layers = units_of(src.model, REGION_KINDS[r.name].unit)
-    params = scoped_params(src.model, imp.scope, imp.include, imp.exclude)
-    per_lang = [units.unit_scores(layers, src.scores[lang]) for lang in src.langs]
-    lang_index = list(src.langs).index(r.lang) if r.lang else None
-    name = REGION_KINDS[r.name].unit
-    chosen = units.select_units(
-        per_lang, run.ratio, kind.pick, lang_index, per_layer=r.per_layer, name=name
+    r = src.run.region
+    return units.build_units(
+        src.model,
+        src.run,
+        src.scores,
+        src.langs,
+        REGION_KINDS[r.name].unit,
+        REGION_KINDS[r.pick].pick,
+        src.meta,
     )
-    if r.matched_random:
-        chosen = units.matched_random(chosen, run.seed, name)
-    meta = src.meta | {
-        "region": r.name,
-        "ratio": repr(run.ratio),
-        "pick": r.pick,
-        "per_layer": str(r.per_layer),
-        "matched_random": str(r.matched_random),
-        "selection": "per_layer" if r.per_layer else "global",
-    }
-    if r.lang:
-        meta["lang"] = r.lang
-    return units.units_region(layers, chosen, params, meta)
 
 
 def _check_units(run: RunConfig, langs: Sequence[str]) -> None:
-    r = run.region
-    picks = _picks()
+    r, picks = run.region, _picks()
     pick = picks[check_choice("region.pick", r.pick, picks)]
-    if r.file:
-        raise ValueError(f"region.file is read by region=file, not region={r.name}")
-    if pick.needs_lang or pick.takes_lang:
-        pick.check(run, langs)
-    elif r.lang:
-        takes = ", ".join(n for n, k in picks.items() if k.needs_lang or k.takes_lang)
-        raise ValueError(f"region.lang applies to region.pick {takes}, not {r.pick!r}")
-    else:
-        pick.check(run, langs)
+    if r.lang and not (pick.needs_lang or pick.takes_lang):
+        raise ValueError(
+            f"region.lang applies to region.pick {', '.join(_lang_picks())}, not {r.pick!r}"
+        )
+    pick.check(run, langs)
 
 
 def _unit_details(params: Mapping[str, str]) -> list[str]:
@@ -323,23 +252,12 @@ def _unit_details(params: Mapping[str, str]) -> list[str]:
     return words
 
 
-def _lang_picks() -> set[str]:
-    return {n for n, k in _picks().items() if k.needs_lang or k.takes_lang}
+def _lang_picks() -> list[str]:
+    return [n for n, k in _picks().items() if k.needs_lang or k.takes_lang]
 
 
 def _file(src: Source) -> Region:
-    r, imp = src.run.region, src.run.importance
-    path = Path(r.file).expanduser()
-    meta = src.meta | {"region": r.name}
-    if path.suffix == ".safetensors":  # a regionbench mask file
-        if r.lang:
-            raise ValueError("region.lang picks a language of a LAPE file, not of a mask file")
-        region = Region.load(path, model=src.model)
-        return Region(
-            masks=region.masks, meta=region.meta | {"region": r.name, "region_file": str(path)}
-        )
-    params = scoped_params(src.model, imp.scope, imp.include, imp.exclude)
-    return units.lape_region(src.model, path, params, lang=r.lang, langs=r.file_langs, meta=meta)
+    return units.file_region(src.model, src.run, src.meta)
 
 
 def _check_file(run: RunConfig, langs: Sequence[str]) -> None:
@@ -412,17 +330,17 @@ REGION_KINDS: dict[str, RegionKind] = {
             "shared",
             "top-k of every importance language's score at once (shared by all)",
             _selected,
-            check=_check_shared,
+            check=_check_per_language,
             sized="within",
-            pick=_shared,
+            pick=picks.shared,
         ),
         RegionKind(
             "exclusive",
             "top-k of score_lang that is not shared by every language (needs lang)",
             _selected,
-            check=_check_exclusive,
+            check=_check_monolingual,
             sized="within",
-            pick=_exclusive,
+            pick=picks.exclusive,
             needs_lang=True,
         ),
         RegionKind(
@@ -430,8 +348,8 @@ REGION_KINDS: dict[str, RegionKind] = {
             "the k lowest entropies over languages of the normalised scores, among entries with "
             "a language above the 0.95 quantile (LAPE's selection; region.lang: that language's)",
             _selected,
-            check=_check_specific,
-            pick=_specific,
+            check=_check_per_language,
+            pick=picks.specific,
             takes_lang=True,
         ),
         RegionKind(

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from regionbench.common.torchtools import seeded_generator
-from regionbench.models.units import LayerUnits, neuron_units
+from regionbench.config import RunConfig
+from regionbench.models.scope import scoped_params
+from regionbench.models.units import LayerUnits, neuron_units, units_of
 from regionbench.regions.region import Region
 from regionbench.regions.select import Pick, exact_k
 
@@ -184,7 +187,11 @@ def lape_region(
         if lang is not None and names[i] != lang:
             continue
         for b, (lu, idx) in enumerate(zip(layers, per, strict=True)):
-            if not torch.is_tensor(idx) or idx.is_floating_point() or idx.dim() > 1:
+            if (
+                not torch.is_tensor(idx)
+                or idx.dim() > 1
+                or (idx.is_floating_point() and idx.numel())
+            ):
                 raise ValueError(f"{where}: [{i}][{b}] is not a 1-D tensor of neuron indices")
             idx = idx.reshape(-1).long()
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= lu.count):
@@ -197,3 +204,50 @@ def lape_region(
     if lang is not None:
         info["lang"] = lang
     return units_region(layers, chosen, params, info)
+
+
+def build_units(
+    model: nn.Module,
+    run: RunConfig,
+    scores: Mapping[str, Mapping[str, Tensor]],
+    langs: Sequence[str],
+    unit: str,
+    pick: Pick,
+    meta: dict,
+) -> Region:
+    """A run's unit region (`region=neurons|heads`): `pick` on the units' scores at `ratio`,
+    per block or global, or as many matched random units; masks over the importance scope."""
+    r, imp = run.region, run.importance
+    layers = units_of(model, unit)
+    params = scoped_params(model, imp.scope, imp.include, imp.exclude)
+    per_lang = [unit_scores(layers, scores[lang]) for lang in langs]
+    lang_index = list(langs).index(r.lang) if r.lang else None
+    chosen = select_units(per_lang, run.ratio, pick, lang_index, per_layer=r.per_layer, name=unit)
+    if r.matched_random:
+        chosen = matched_random(chosen, run.seed, unit)
+    info = dict(meta) | {
+        "region": r.name,
+        "ratio": repr(run.ratio),
+        "pick": r.pick,
+        "per_layer": str(r.per_layer),
+        "matched_random": str(r.matched_random),
+        "selection": "per_layer" if r.per_layer else "global",
+    }
+    if r.lang:
+        info["lang"] = r.lang
+    return units_region(layers, chosen, params, info)
+
+
+def file_region(model: nn.Module, run: RunConfig, meta: dict) -> Region:
+    """`region=file`: a regionbench mask file (.safetensors, checked against the model), else a
+    LAPE neuron file (`lape_region`)."""
+    r, imp = run.region, run.importance
+    path = Path(r.file).expanduser()
+    if path.suffix == ".safetensors":
+        if r.lang:
+            raise ValueError("region.lang picks a language of a LAPE file, not of a mask file")
+        region = Region.load(path, model=model)
+        return Region(region.masks, region.meta | {"region": r.name, "region_file": str(path)})
+    params = scoped_params(model, imp.scope, imp.include, imp.exclude)
+    info = dict(meta) | {"region": r.name}
+    return lape_region(model, path, params, lang=r.lang, langs=r.file_langs, meta=info)
