@@ -90,6 +90,11 @@ class InterventionConfig:
     factor: float = 0.5  # scale: the region is multiplied by it
     std: float = 0.01  # noise: standard deviation, in weight units...
     relative: bool = False  # ...or in units of each matrix's RMS
+    # fix / steer: activation interventions on the region's units, with reference values from
+    # the importance samples
+    statistic: str = "median"  # fix: median | mean over samples of each sample's mean activation
+    lang: str | None = None  # fix: the reference language; null = every importance language
+    steer: list[str] | None = None  # steer: [from, to]: adds factor × (mean in to - mean in from)
     # freeze:
     target_langs: list[str] | None = None  # null = the data's first held-out/eval language
     train_docs: int = 2000  # target-language documents per language

@@ -26,6 +26,7 @@ class Plan:
     target_langs: tuple[str, ...]  # trained on (none unless the intervention trains)
     scores: bool  # the region ranks entries by importance scores
     reads_text: bool  # ...with a per-language metric: importance text is read and scored
+    reads_reference: bool  # the intervention reads the importance text too (fix, steer)
     baseline: bool  # the region is empty: the job evaluates the unmodified model
 
     @property
@@ -42,6 +43,7 @@ class Plan:
         targets = tuple(sources.target_langs(run)) if intervention.trains else ()
         evaluated = tuple(sources.eval_langs(run))
         scores = run.ratio > 0 and region.ranks(run.region)
+        baseline = run.ratio == 0 and region.empty_at_zero
         return cls(
             region=region,
             intervention=intervention,
@@ -50,5 +52,6 @@ class Plan:
             target_langs=targets,
             scores=scores,
             reads_text=scores and metric.per_language,
-            baseline=run.ratio == 0 and region.empty_at_zero,
+            reads_reference=intervention.reads_text and not baseline,
+            baseline=baseline,
         )

@@ -66,6 +66,14 @@ def test_every_option_composes(group, option):
         overrides.append("region.dims=[0,3]")
     if (group, option) == ("region", "coordinates"):
         overrides.append("region.coordinates=['model.layers.0.mlp.down_proj.weight[0, 1]']")
+    if (group, option) in (("metric", "lape"), ("metric", "activation")):
+        overrides.append("region=neurons")  # they score whole units, not entries
+    if (group, option) == ("region", "exclusive"):
+        overrides.append("region.lang=latn")
+    if (group, option) == ("region", "file"):
+        overrides.append(f"region.file={__file__}")
+    if (group, option) == ("intervention", "steer"):
+        overrides.append("intervention.steer=[latn,cyrl]")
     if (group, option) == ("model", "hf"):
         overrides.append("model.name=/some/folder")
     if (group, option) == ("data", "local"):
@@ -74,6 +82,8 @@ def test_every_option_composes(group, option):
     # the option's own values reached the typed config (not just the defaults)
     if group in ("metric", "region", "intervention"):
         named = {"top-dims": "dimension", "random-dims": "dimension"}  # presets of one region
+        if group == "region":
+            named["lape"] = "neurons"
         assert getattr(run, group).name == named.get(option, option)
     elif group == "model":
         names = {"hf": "/some/folder", "llama2-7b": "meta-llama/Llama-2-7b-hf"}
