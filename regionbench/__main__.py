@@ -53,11 +53,13 @@ def main() -> None:
 
     import hydra
 
-    from regionbench.config import register
-    from regionbench.tracking.stopping import stop_once
+    from regionbench.config import LAUNCH_ENV, register
+    from regionbench.tracking.client import lost_store
+    from regionbench.tracking.stopping import stop_once, stop_reason
 
     register()  # the typed schema conf/config.yaml builds on
     check_command_line(sys.argv[1:])
+    os.environ[LAUNCH_ENV] = str(os.getpid())  # this launch's output folders: ${rb_launch:}
 
     from regionbench.importance import distributed
 
@@ -70,8 +72,12 @@ def main() -> None:
 
     # SIGTERM (`kill`, a scheduler's time limit) unwinds like Ctrl-C: the running job's MLflow run
     # and the sweep's parent run end KILLED instead of staying RUNNING forever.
-    received = [signal.SIGINT]
-    on_signal = stop_once(lambda signum: received.__setitem__(0, signum))  # then cleanup, once
+    received = [signal.SIGINT, False]  # the first signal, and whether a user sent it
+
+    def first(signum: int) -> None:
+        received[:] = [signum, stop_reason() is None]  # else this process stopped itself
+
+    on_signal = stop_once(first)  # then cleanup, once
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not ignored (nohup, &)
         signal.signal(signal.SIGINT, on_signal)
@@ -79,6 +85,11 @@ def main() -> None:
     try:
         hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(task)()
     except KeyboardInterrupt:
+        lost = lost_store()  # the tracking server went away mid-sweep: say so, once
+        if lost:
+            print(f"error: {lost}", file=sys.stderr)
+            if not received[1]:
+                sys.exit(1)
         print(f"regionbench: interrupted ({signal.Signals(received[0]).name})", file=sys.stderr)
         sys.exit(128 + received[0])
     finally:

@@ -9,6 +9,7 @@ gets the comparison table and plots, and the command exits non-zero naming any f
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import shlex
@@ -28,6 +29,7 @@ from regionbench.tracking.client import (
     SWEEP_ENV,
     SWEEP_KEYS_ENV,
     StoreError,
+    StoreLost,
     Tracker,
     git_sha,
 )
@@ -77,20 +79,28 @@ def _end_if_interrupted(tracker: Tracker, parent: str, heartbeat) -> None:
     submitit jobs; they end their own runs KILLED), end any job run they could not (a worker
     killed outright) and the parent KILLED."""
     heartbeat.__exit__(None, None, None)
-    if tracker.run(parent).info.status != "RUNNING":
+    try:
+        if tracker.run(parent).info.status != "RUNNING":
+            return
+    except StoreLost:  # said once already; the next contact marks its runs stale
+        liveness.stop_descendants()
         return
     stopped = liveness.stop_descendants()
     if stopped:
         log.info("stopped %d job processes", stopped)
-    for run in tracker.children(parent):
-        if run.info.status == "RUNNING":
-            tracker.end_run(run.info.run_id, "KILLED", error="interrupted: the sweep was stopped")
-    tracker.end_run(parent, "KILLED", error="interrupted")
+    with contextlib.suppress(StoreLost):  # said once, by the entry point
+        for run in tracker.children(parent):
+            if run.info.status == "RUNNING":
+                tracker.end_run(
+                    run.info.run_id, "KILLED", error="interrupted: the sweep was stopped"
+                )
+        tracker.end_run(parent, "KILLED", error="interrupted")
 
 
 class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
         self.failed: list[str] = []
+        self.claimed: list[str] = []  # jobs another launch was running (resume=true)
         self.parent: str | None = None
         self.heartbeat = None  # the parent's (a thread: stays in this process)
 
@@ -139,7 +149,9 @@ class MlflowSweepCallback(Callback):
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         result = job_return._return_value
-        if not isinstance(result, dict) or result.get("status") != "FINISHED":
+        if isinstance(result, dict) and result.get("status") == "CLAIMED":  # another launch's
+            self.claimed.append(" ".join(job_return.overrides or []) or "default")
+        elif not isinstance(result, dict) or result.get("status") != "FINISHED":
             self.failed.append(" ".join(job_return.overrides or []) or "default")
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -151,21 +163,33 @@ class MlflowSweepCallback(Callback):
 
         if self.parent is None:
             return
-        tracker = _tracker(config)
         if self.heartbeat is not None:
             self.heartbeat.__exit__(None, None, None)
+        try:
+            tracker = _tracker(config)
+        except StoreError as err:  # the store went away after the last job: one line, exit 1
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
         children = tracker.sweep_members(self.parent)
         failed = [r.info.run_name for r in children if r.info.status != "FINISHED"]
-        summary_error = None
+        summary_error, interrupted = None, False
         try:
             tracking = _tracking(config)
             baseline, over = dict(tracking.baseline or {}), list(tracking.pair_over)
             table = summarize_sweep(tracker, self.parent, children, baseline, over)
             print(table)
+        except KeyboardInterrupt:  # SIGTERM while the summary is written: the sweep is KILLED
+            interrupted = True
+            raise
         except Exception:  # noqa: BLE001 - Hydra would only warn and exit 0: say it, exit 1
             summary_error = traceback.format_exc()
         finally:
             status = "FAILED" if failed or not children or summary_error else "FINISHED"
+            if interrupted:
+                status, summary_error = (
+                    "KILLED",
+                    "interrupted while the sweep's summary was written",
+                )
             tracker.end_run(self.parent, status, error=summary_error)
             for var in (PARENT_ENV, SWEEP_ENV, SWEEP_KEYS_ENV):
                 os.environ.pop(var, None)
@@ -175,6 +199,12 @@ class MlflowSweepCallback(Callback):
             if served
             else f"MLflow: mlflow ui --backend-store-uri {tracker.uri}"
         )
+        if self.claimed:
+            print(
+                f"{len(self.claimed)} jobs were running in another launch, not here: "
+                f"{', '.join(self.claimed)}; relaunch with resume=true once it has ended to "
+                "compare every job in one sweep"
+            )
         if failed:
             print(
                 f"{len(failed)} of {len(children)} jobs failed: {', '.join(failed)}",

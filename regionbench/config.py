@@ -12,7 +12,9 @@ the pipeline before any model or dataset is touched.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -23,6 +25,7 @@ from typing import Any
 from regionbench.common.choices import check_choice
 
 SCHEMA = "regionbench_schema"
+LAUNCH_ENV = "REGIONBENCH_LAUNCH_ID"  # what `${rb_launch:}` gives the launch's processes
 
 
 def conf_dir() -> Path:
@@ -61,6 +64,10 @@ class RegionConfig:
     random_dims: int | None = None  # d random dimensions (seeded by `seed`)
     layers: list[int] | None = None  # only these blocks (dimension)
     modules: list[str] | None = None  # only modules ending with these names (dimension)
+    # dimension: block matrices only (false: the embedding still writes d, every norm counts it,
+    # lm_head reads it), or also d's entries of the embeddings, lm_head, every norm's weight and
+    # bias and the stream writers' biases (true: removal zeroes d in the whole stream)
+    everywhere: bool = False
     # region=coordinates: 'param.name[row, col]' entries, or a file of them; region=file: a
     # regionbench mask (.safetensors) or a LAPE neuron file (.pth)
     coordinates: list[str] | None = None
@@ -74,10 +81,17 @@ class RegionConfig:
 
 @dataclass
 class OutliersConfig:
-    """The massive-activation detector every run consults (paper §3.3; Sun et al. 2024)."""
+    """The massive-activation detector every run consults (paper §3.3), on the first `docs`
+    importance documents of each importance language (`regionbench.regions.outliers`)."""
 
-    factor: float = 100.0  # massive: largest |activation| >= factor x the layer's median
-    docs: int = 16  # evaluation documents per language the detector reads
+    # sun (Sun et al. 2024): an entry is massive when |a| > abs_min and |a| >= median_factor x
+    # the median |a| of its block's hidden states on its document; peak_median (regionbench's
+    # earlier rule): a dimension's largest |a| >= factor x the median of the per-dim largest |a|
+    rule: str = "sun"
+    abs_min: float = 100.0  # sun
+    median_factor: float = 1000.0  # sun
+    factor: float = 100.0  # peak_median
+    docs: int = 16  # importance documents per language the detector reads
 
 
 @dataclass
@@ -194,6 +208,33 @@ class TrackingConfig:
     stale_after_s: float = 900.0
 
 
+class Resume(enum.StrEnum):
+    """`resume=`: which earlier run of a job a re-launched sweep reuses instead of running it."""
+
+    NO = "false"  # none: every job runs
+    SAME = "true"  # a FINISHED run of the same config made by the same regionbench and git sha
+    ANY = "any"  # a FINISHED run of the same config, whatever code made it
+
+    @classmethod
+    def of(cls, value: Any) -> Resume:
+        """From the command line's `resume=true|false|any` (true and false arrive as bools)."""
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, bool):
+            return cls.SAME if value else cls.NO
+        if isinstance(value, str) and value.lower() in {r.value for r in cls}:
+            return cls(value.lower())
+        shown = repr(value) if isinstance(value, str) else show(value)
+        raise ValueError(
+            f"resume {shown} is not true or false or any (default: resume=false): true reuses "
+            "FINISHED runs made by the same regionbench version and git sha, any those of any code"
+        )
+
+
+# Keys whose schema type is `Any` (so that Hydra takes `true` and `any` alike), read by a parser.
+PARSERS: dict[str, Any] = {"resume": Resume.of}
+
+
 @dataclass
 class PathsConfig:
     cache_dir: str | None = None  # null = $REGIONBENCH_CACHE, else ~/.cache/regionbench
@@ -215,8 +256,9 @@ class RunConfig:
     seed: int = 0  # the random metric, noise, freeze training
     device: str = "auto"  # auto | cpu | cuda | cuda:N | job (GPU job_num mod GPUs: parallel sweeps)
     # Skip every job whose config already has a FINISHED run in the experiment (a re-launched
-    # sweep runs only what is missing; the new parent compares all of its jobs).
-    resume: bool = False
+    # sweep runs only what is missing; the new parent compares all of its jobs): false | true
+    # (a run made by the same regionbench version and git sha) | any (whatever code made it).
+    resume: Any = False  # read as a `Resume`
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> RunConfig:
@@ -239,13 +281,13 @@ def section(tree: Mapping[str, Any], key: str) -> Any:
     `section(raw, "tracking").uri`. A wrong key or type is a one-line ValueError."""
     hint, default = _schema_field(key)
     if key not in tree:
-        return default
+        return PARSERS[key](default) if key in PARSERS else default
     value = tree[key]
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, f"{key}.")
     if not _conforms(value, hint):
         raise ValueError(type_error(key, value))
-    return value
+    return PARSERS[key](value) if key in PARSERS else value
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -275,6 +317,26 @@ def register() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name=SCHEMA, node=RunConfig)
+    _register_resolvers()
+
+
+def launch_id() -> str:
+    """What tells two launches apart on one machine, in Hydra's output folders: the process id of
+    `python -m regionbench` (`LAUNCH_ENV`, which its job processes inherit), else this one's. Two
+    sweeps started in the same second in one folder used to share one sweep folder."""
+    return os.environ.get(LAUNCH_ENV) or str(os.getpid())
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    # cached like Hydra's own `now`, so every job of a sweep gets the sweep's value
+    OmegaConf.register_new_resolver("rb_launch", launch_id, use_cache=True, replace=True)
+
+
+# The job processes of a launcher (joblib, submitit) resolve hydra.sweep.dir again before any
+# regionbench code runs in them; they import this module when they unpickle the task.
+_register_resolvers()
 
 
 def _build(cls, tree: dict, where: str):
@@ -298,6 +360,8 @@ def _build(cls, tree: dict, where: str):
                 value = list(value)
             if not _conforms(value, hints[name]):
                 raise ValueError(type_error(f"{where}{name}", value))
+            if f"{where}{name}" in PARSERS:
+                value = PARSERS[f"{where}{name}"](value)
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -306,7 +370,13 @@ def _build(cls, tree: dict, where: str):
 
 # Keys whose range no stage checks (each stage checks its own: `ratio` in regions, importance.*
 # in scoring, ...): (lowest value, whether the lowest value itself is allowed).
-LIMITS = {"seed": (0, True), "outliers.docs": (1, True), "outliers.factor": (0, False)}
+LIMITS = {
+    "seed": (0, True),
+    "outliers.docs": (1, True),
+    "outliers.factor": (0, False),
+    "outliers.median_factor": (0, False),
+    "outliers.abs_min": (0, True),
+}
 
 
 def _check_limits(run: RunConfig) -> None:

@@ -20,7 +20,7 @@ import regionbench
 from regionbench.common import names
 from regionbench.common.cache import cache_root
 from regionbench.common.stopwatch import Stopwatch
-from regionbench.config import RunConfig, config_hash, flatten, section
+from regionbench.config import Resume, RunConfig, config_hash, flatten, section
 from regionbench.data import sources as texts
 from regionbench.evaluation import stage as evaluation
 from regionbench.importance.stage import check as check_importance
@@ -32,6 +32,8 @@ from regionbench.regions import dimensions
 from regionbench.regions import kinds as regions
 from regionbench.session import Loaded, Session
 from regionbench.tracking.client import (
+    CLAIMED_TAG,
+    CODE_TAGS,
     CONFIG_HASH_TAG,
     PARENT_ENV,
     REUSED_TAG,
@@ -56,7 +58,7 @@ def validate(run: RunConfig, groups: Sequence[str] = ()) -> RunConfig:
 def plan_job(run: RunConfig, groups: Sequence[str] = ()) -> Plan:
     """`validate`, and the job's plan, which the stages then receive."""
     check_tracking(run, groups)
-    cache_root(run.paths.cache_dir)  # a folder we can write, before any work goes into it
+    cache_root(run.paths.cache_dir)  # a folder we can use (read-only: its entries are served)
     texts.check(run)
     models.check(run)
     plan = Plan.of(run)
@@ -65,6 +67,7 @@ def plan_job(run: RunConfig, groups: Sequence[str] = ()) -> Plan:
     regions.check(run, plan.importance_langs)
     interventions.check(run)
     evaluation.check(run)
+    texts.check_reachable(run)  # last: a hub dataset answers (once per process and dataset)
     return plan
 
 
@@ -91,10 +94,6 @@ def run_job(
         return {"status": "FAILED", "run_id": None, "name": name, "error": str(err)}
     job_hash = config_hash(raw)
     parent = os.environ.get(PARENT_ENV)
-    if section(raw, "resume"):
-        done = tracker.finished_run(job_hash)
-        if done is not None:
-            return _reuse(tracker, done, name, job_num, parent)
     tags = {
         "sweep_id": os.environ.get(SWEEP_ENV, ""),
         "job_num": job_num,
@@ -103,7 +102,23 @@ def run_job(
         "model_id": section(raw, "model").name,
         CONFIG_HASH_TAG: job_hash,
     }
-    run_id = tracker.start_run(name, parent_run_id=parent, tags=tags)
+    if not parent:  # a job of no sweep: this is the store's next contact after a fault
+        tracker.mark_stale(track.stale_after_s)
+    resume = section(raw, "resume")
+    if resume is Resume.NO:
+        run_id = tracker.start_run(name, parent_run_id=parent, tags=tags)
+    else:
+        with tracker.claiming(lambda: cache_root(section(raw, "paths").cache_dir) / "locks"):
+            code = None if resume is Resume.ANY else {k: tags[k] for k in CODE_TAGS}
+            done, other_code = tracker.finished_run(job_hash, code)
+            if done is not None:
+                return _reuse(tracker, done, name, job_num, parent, resume)
+            if other_code is not None:
+                _say_other_code(name, other_code, tags)
+            running = tracker.running_run(job_hash, track.stale_after_s)
+            if running is not None:
+                return _claimed(tracker, running, name, job_num, parent)
+            run_id = tracker.start_run(name, parent_run_id=parent, tags=tags)
     output_dir = Path(output_dir or tempfile.mkdtemp(prefix="regionbench-"))
     heartbeat = tracker.beating(run_id, track.heartbeat_s, parent)  # range: validate()
     try:
@@ -130,11 +145,13 @@ def run_job(
     return {"status": "FINISHED", "run_id": run_id, "name": name, "metrics": metrics}
 
 
-def _reuse(tracker: Tracker, done, name: str, job_num: int, parent: str | None) -> dict[str, Any]:
+def _reuse(
+    tracker: Tracker, done, name: str, job_num: int, parent: str | None, resume: Resume
+) -> dict[str, Any]:
     """`resume=true` and this job already FINISHED: no new run; the sweep's parent lists the
     old one among its jobs."""
     run_id = done.info.run_id
-    log.info("job %r already FINISHED as run %s (resume=true): skipped", name, run_id)
+    log.info("job %r already FINISHED as run %s (resume=%s): skipped", name, run_id, resume)
     if parent:
         tracker.set_tags(parent, {f"{REUSED_TAG}{run_id}": job_num})
     metrics = dict(done.data.metrics)
@@ -145,6 +162,36 @@ def _reuse(tracker: Tracker, done, name: str, job_num: int, parent: str | None) 
         "metrics": metrics,
         "reused": True,
     }
+
+
+def _say_other_code(name: str, other, tags: dict) -> None:
+    """Why a FINISHED run of the job is not reused: other code made it."""
+    made = " at git ".join(other.data.tags.get(k, "unknown") for k in CODE_TAGS)
+    now = " at git ".join(str(tags[k]) for k in CODE_TAGS)
+    log.info(
+        "job %r: its FINISHED run %s was made by regionbench %s, this is %s: running it again "
+        "(resume=any reuses it)",
+        name,
+        other.info.run_id,
+        made,
+        now,
+    )
+
+
+def _claimed(tracker: Tracker, running, name: str, job_num: int, parent: str | None) -> dict:
+    """`resume=true` and another launch runs this job right now: not started twice."""
+    run_id, tags = running.info.run_id, running.data.tags
+    owner = f"pid {tags.get('regionbench.pid', '?')} on {tags.get('regionbench.host', '?')}"
+    log.info(
+        "job %r is running in another launch as run %s (%s): not started again; relaunch with "
+        "resume=true once it has ended to compare it here",
+        name,
+        run_id,
+        owner,
+    )
+    if parent:
+        tracker.set_tags(parent, {f"{CLAIMED_TAG}{run_id}": job_num})
+    return {"status": "CLAIMED", "run_id": run_id, "name": name, "claimed": True}
 
 
 def serve_importance(session: Session | None = None) -> int:
@@ -195,7 +242,7 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
     tracker.set_tags(run_id, {"importance_key": key, "importance_cache": "hit" if hit else "miss"})
 
     with clock("outliers"):
-        found = session.outliers(run, eval_texts)
+        found = session.outliers(run, plan)
     with clock("select"):
         fps = (samples_fp, model_fp)
         langs = list(plan.importance_langs)

@@ -7,6 +7,7 @@ cache or model is touched.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -71,6 +72,9 @@ def preflight(args: list[str], conf: Path) -> None:
                 f"cannot read the override {text!r} ({reason[0]}): write key=value, e.g. "
                 "ratio=0.05, data.eval_langs=[latn,cyrl], or key=a,b with -m for a sweep"
             ) from None
+    hydra_settings = {
+        o.key_or_group: o for o in parsed if o.key_or_group.startswith("hydra.")
+    }  # hydra.run.dir, hydra.sweep.dir: where Hydra writes
     parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]  # Hydra's settings
     sweeps = [o for o in parsed if o.is_sweep_override()]
     if sweeps and not multirun:
@@ -88,14 +92,62 @@ def preflight(args: list[str], conf: Path) -> None:
     for o in sweeps:  # each value of each swept key once, the other swept keys at their first
         others = [v for s in sweeps if s is not o for v in swept[s.input_line][:1]]
         jobs += [[*fixed, *others, one] for one in swept[o.input_line][:CHECKED_VALUES]]
+    runs = []
     for job in jobs if multirun else [fixed]:
         cfg, choices = _compose(job, conf, parsed)
         _check_required(cfg, choices, parsed, conf)
         run = RunConfig.from_cfg(cfg)  # keys and types: wrong in every job of a sweep alike
+        runs.append(run)
+    check_cwd(multirun, hydra_settings, [r.tracking.uri for r in runs])
     if not multirun:
         from regionbench.pipeline import validate
 
         validate(run, list(choices))
+    else:  # what every job of the sweep would find: once, before the first one
+        from regionbench.data.sources import check_reachable
+
+        for run in runs:
+            check_reachable(run)
+
+
+def check_cwd(multirun: bool, hydra_settings: dict, uris: list[str | None]) -> None:
+    """The current folder takes what goes there (Hydra's outputs/ or multirun/ folder, the
+    default MLflow store mlruns/), or this is one line now: Hydra's own error for an unwritable
+    folder is a 24-line traceback from its first mkdir."""
+    import tempfile
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = hydra_settings.get(key)
+    goes, fixes = [], []
+    if given is None or not os.path.isabs(str(given.value())):
+        goes.append("Hydra's multirun/ folder" if multirun else "Hydra's outputs/ folder")
+        fixes.append(f"{key}=/writable/folder")
+    if any(_local_relative(uri) for uri in uris):
+        goes.append("the MLflow store mlruns/")
+        fixes.append("tracking.uri=sqlite:////writable/mlflow.db")
+    if not goes:
+        return
+    try:
+        cwd = os.getcwd()
+    except OSError as err:
+        raise ValueError(f"the current folder is gone ({err.strerror}): cd to one") from None
+    try:
+        tempfile.TemporaryFile(dir=cwd).close()
+    except OSError as err:
+        raise ValueError(
+            f"the current folder {cwd} is not writable ({err.strerror or err}): "
+            f"{' and '.join(goes)} would go there; run from a writable folder, or set "
+            f"{' and '.join(fixes)}"
+        ) from None
+
+
+def _local_relative(uri: str | None) -> bool:
+    """Whether a tracking URI puts the store under the current folder (the default does)."""
+    if not uri:
+        return True
+    if uri.startswith("sqlite:///"):
+        return not uri.startswith("sqlite:////")
+    return "://" not in uri and not os.path.isabs(uri)
 
 
 def _values(override) -> list[str]:

@@ -8,6 +8,7 @@ importance text once. `pipeline.run_job` uses one process-wide session unless gi
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -135,20 +136,23 @@ class Session:
         the importance samples of the plan's languages, the very windows importance scores."""
         return self.importance_samples(run, list(plan.importance_langs))[0]
 
-    def outliers(self, run: RunConfig, eval_texts: dict[str, list[str]]) -> dict:
-        """The model's massive-activation dimensions and super weights, found on the first
-        `outliers.docs` evaluation documents of every language (once per model and text: the
-        result is cached on disk)."""
-        from regionbench.regions.outliers import detect
+    def outliers(self, run: RunConfig, plan: Plan) -> dict:
+        """The model's massive-activation dimensions and super weights under `outliers.rule`,
+        found on the first `outliers.docs` importance documents of every importance language
+        (the text the regions are found on, not the text they are evaluated on; once per model,
+        text and rule: the result is cached on disk)."""
+        from regionbench.regions.outliers import Rule, detect
 
         loaded = self.load(run)
-        docs = [d for lang in sorted(eval_texts) for d in eval_texts[lang][: run.outliers.docs]]
-        root = self.cache_dir(run)
+        docs = []
+        for lang in sorted(plan.importance_langs):
+            stream = iter_texts(run.data.source, "importance", lang, **reading(run.data))
+            docs += list(itertools.islice(stream, run.outliers.docs))
         return detect(
             loaded.model,
             loaded.tokenizer,
             docs,
             loaded.fingerprint,
-            root,
-            factor=run.outliers.factor,
+            self.cache_dir(run),
+            Rule.of(run.outliers),
         )

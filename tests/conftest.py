@@ -3,6 +3,7 @@ config composed and shrunk to a test-sized sandbox model."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -91,3 +92,45 @@ def compose(overrides: list[str]):
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str, *, filled: bool = False):
+    """A tmpfs of `size` (e.g. "256k") mounted on `folder` for the block (unmounted after it);
+    `filled`: a file takes all of its space, so the next write meets a full disk. Skips the test
+    where mounting is not permitted (not root, a container without CAP_SYS_ADMIN)."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mount.stderr.strip() or mount.returncode})")
+    try:
+        if filled:
+            fill(folder)
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def fill(folder: Path) -> None:
+    """Take every free byte of the filesystem under `folder`."""
+    import errno
+
+    with open(folder / ".filler", "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError as err:
+            assert err.errno == errno.ENOSPC, err
+
+
+def remount(folder: Path, options: str) -> None:
+    """`mount -o remount,OPTIONS` (ro, size=4m) of a tmpfs made by `tmpfs`."""
+    import subprocess
+
+    subprocess.run(["mount", "-o", f"remount,{options}", str(folder)], check=True)

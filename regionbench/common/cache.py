@@ -21,19 +21,24 @@ would write 0600), so a cache can be shared by a group. Work that parallel jobs 
 scores, the unmodified model's evaluation, outliers) goes through `get_or_compute`: the first job
 computes under a file lock, the others wait for it and read the stored entry, on one machine or
 across a shared filesystem.
+
+A cache this process cannot write (a shared, pre-filled one, read-only) serves the entries it
+holds; the first entry a job would have to write is a `CacheError` naming it, as is a full disk
+(naming the folder). An entry another user owns and this one cannot read is a permission problem
+of the shared cache (modes, umask), never taken for damage: it is kept, and named.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -130,6 +135,82 @@ def fingerprint_model(model: torch.nn.Module, *, full: bool = False, samples: in
 
 class Damaged(Exception):
     """A cache entry that is there but cannot be trusted; the message says why."""
+
+
+class CacheError(ValueError):
+    """A cache entry that cannot be written (a read-only cache, a full disk) or read (another
+    user's, without read access): one line naming it, the cause and the fix."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NO_ACCESS = (errno.EACCES, errno.EPERM)
+_READ_ONLY = (*_NO_ACCESS, errno.EROFS)
+
+
+def _errno_of(err: BaseException) -> int | None:
+    """The OS error number behind `err`: an OSError's, or the "(os error N)" that safetensors'
+    errors end with."""
+    if isinstance(err, OSError) and err.errno:
+        return err.errno
+    found = re.search(r"os error (\d+)\)", str(err))
+    return int(found.group(1)) if found else None
+
+
+@contextlib.contextmanager
+def writing(entry: str | os.PathLike, what: str = "cache entry") -> Iterator[None]:
+    """Turn a full disk or a cache this process cannot write, met while `entry` is written, into
+    a one-line `CacheError` naming the entry, its folder and the fix."""
+    entry = Path(entry)
+    try:
+        yield
+    except CacheError:
+        raise
+    except Exception as err:
+        code = _errno_of(err)
+        if code in _FULL:
+            file = Path(getattr(err, "filename", None) or entry).name
+            raise CacheError(
+                f"cannot write the {what} {entry}: {os.strerror(code)} ({file}): free space in "
+                f"{entry.parent}, or point paths.cache_dir (REGIONBENCH_CACHE) at a filesystem "
+                "with room"
+            ) from None
+        if code in _READ_ONLY:
+            raise CacheError(
+                f"cannot write the {what} {entry} ({os.strerror(code)}): this process cannot "
+                "write the cache; the entries it holds are used, this one is missing: make the "
+                "cache writable (a group's cache: chmod -R g+w and umask 002), or point "
+                "paths.cache_dir (REGIONBENCH_CACHE) at a writable folder"
+            ) from None
+        raise
+
+
+def _owner(path: Path) -> str:
+    """'owned by NAME, mode 0600' for the file at `path`, as far as it can be told."""
+    import pwd
+    import stat
+
+    try:
+        st = path.stat()
+    except OSError:
+        return "in a folder this user cannot enter"
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        user = f"uid {st.st_uid}"
+    return f"owned by {user}, mode {stat.S_IMODE(st.st_mode):04o}"
+
+
+def unreadable(path: str | os.PathLike, entry: str | os.PathLike | None = None) -> CacheError:
+    """The error for a cache file this user may not read: a permission problem of the shared
+    cache, not damage (the entry is kept)."""
+    path = Path(path)
+    entry = Path(entry or path)
+    return CacheError(
+        f"cache entry {entry} is not readable by this user ({path.name} {_owner(path)}): a "
+        "permission problem of the shared cache, not damage (the entry is kept): give the group "
+        f"read access (chmod -R g+rX {entry}) and have every user of the cache write with umask "
+        "002"
+    )
 
 
 # --- checksums and modes ------------------------------------------------------------------------
@@ -280,6 +361,8 @@ class ScoreCache:
         except FileNotFoundError as err:
             raise Damaged(f"{Path(err.filename or '?').name} is missing") from None
         except Exception as err:  # noqa: BLE001 - every other way to be unreadable
+            if _errno_of(err) in _NO_ACCESS:
+                raise unreadable(getattr(err, "filename", None) or entry, entry) from None
             raise Damaged(f"{type(err).__name__}: {err}".splitlines()[0][:200]) from None
 
     def get(self, key: str) -> dict[str, LazyTensors] | None:
@@ -466,28 +549,30 @@ class Partial:
         and holds their sha256: a kill in between leaves no JSON, so nothing to resume from)."""
         from safetensors.torch import save_file
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        state = {n: t.detach().to("cpu").contiguous() for n, t in accs.items()}
-        self._path(lang, "state.json").unlink(missing_ok=True)
-        with atomic_file(self._path(lang, "state.safetensors")) as tmp:
-            save_file(state, str(tmp))
-        info = {
-            "samples": samples,
-            "batch_size": batch_size,
-            "tensors": sorted(state),
-            "sha256": file_sha256(self._path(lang, "state.safetensors")),
-        }
-        with atomic_file(self._path(lang, "state.json")) as tmp:
-            tmp.write_text(json.dumps(info), encoding="utf-8")
+        with writing(self.folder, "importance checkpoint"):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            state = {n: t.detach().to("cpu").contiguous() for n, t in accs.items()}
+            self._path(lang, "state.json").unlink(missing_ok=True)
+            with atomic_file(self._path(lang, "state.safetensors")) as tmp:
+                save_file(state, str(tmp))
+            info = {
+                "samples": samples,
+                "batch_size": batch_size,
+                "tensors": sorted(state),
+                "sha256": file_sha256(self._path(lang, "state.safetensors")),
+            }
+            with atomic_file(self._path(lang, "state.json")) as tmp:
+                tmp.write_text(json.dumps(info), encoding="utf-8")
 
     def finish(self, lang: str, scores: Mapping[str, Tensor]) -> None:
         from safetensors.torch import save_file
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tensors = {n: t.detach().to("cpu").contiguous() for n, t in scores.items()}
-        digest = tensors_sha256((n, tensors[n]) for n in sorted(tensors))
-        with atomic_file(self._path(lang, "done.safetensors")) as tmp:
-            save_file(tensors, str(tmp), metadata={"sha256": digest})
+        with writing(self.folder, "importance checkpoint"):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tensors = {n: t.detach().to("cpu").contiguous() for n, t in scores.items()}
+            digest = tensors_sha256((n, tensors[n]) for n in sorted(tensors))
+            with atomic_file(self._path(lang, "done.safetensors")) as tmp:
+                save_file(tensors, str(tmp), metadata={"sha256": digest})
         for kind in ("state.json", "state.safetensors"):
             self._path(lang, kind).unlink(missing_ok=True)
 
@@ -514,6 +599,8 @@ class JsonCache:
         except FileNotFoundError:
             return None
         except OSError as err:
+            if err.errno in _NO_ACCESS:
+                raise unreadable(path) from None
             raise Damaged(f"{type(err).__name__}: {err}") from None
         try:
             entry = json.loads(text)
@@ -539,7 +626,7 @@ class JsonCache:
 
     def put(self, key: str, value: dict) -> None:
         entry = {"format": JSON_FORMAT, "key": key, "sha256": _json_sha256(value), "value": value}
-        with atomic_file(self.path(key)) as tmp:
+        with writing(self.path(key)), atomic_file(self.path(key)) as tmp:
             tmp.write_text(json.dumps(entry), encoding="utf-8")
 
     def get_or_compute(self, key: str, compute: Callable[[], dict]) -> tuple[dict, bool]:
@@ -578,10 +665,21 @@ def held(lock_path: str | os.PathLike, what: str) -> Iterator[None]:
     Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(lock_path))
     try:
-        lock.acquire(timeout=0)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.warning("another process is computing %s; waiting for it", what)
+            lock.acquire()
     except Timeout:
-        log.warning("another process is computing %s; waiting for it", what)
-        lock.acquire()
+        raise
+    except OSError as err:
+        if err.errno not in _NO_ACCESS or not Path(lock_path).exists():
+            raise
+        raise CacheError(
+            f"cannot take the lock {lock_path} ({os.strerror(err.errno)}: {_owner(Path(lock_path))}"
+            "): a permission problem of the shared cache, not damage: give the group write "
+            f"access (chmod g+w {lock_path}) and have every user of the cache write with umask 002"
+        ) from None
     try:
         yield
     finally:
@@ -596,7 +694,11 @@ def get_or_compute(
     value = get()
     if value is not None:
         return value, True
-    with held(f"{entry}.compute.lock", f"{entry.parent.name}/{entry.stem[:12]}"):
+    with contextlib.ExitStack() as stack:
+        with writing(entry):  # a read-only cache: named before anything is computed
+            stack.enter_context(
+                held(f"{entry}.compute.lock", f"{entry.parent.name}/{entry.stem[:12]}")
+            )
         value = get()  # stored by the process we waited for
         if value is not None:
             return value, True
@@ -620,7 +722,7 @@ def publish_dir(
     final = Path(final)
     if ready(final) and not force:
         return final
-    with held(f"{final}.lock", final.name):
+    with writing(final), held(f"{final}.lock", final.name):
         if ready(final) and not force:  # written by the process we waited for
             return final
         # Only the lock holder builds, so any temporary folder now is from a killed build.
@@ -652,16 +754,22 @@ def fsync(path: Path) -> None:
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     """The regionbench cache: the argument, else $REGIONBENCH_CACHE, else ~/.cache/regionbench;
-    a folder that cannot be made or written is a one-line `ValueError` naming it."""
+    a folder that cannot be made or read is a one-line `ValueError` naming it. One this process
+    cannot write is used as it is (a shared, pre-filled cache): its entries are served, and the
+    first entry a job would have to write is named then (`writing`)."""
     root = cache_dir or os.environ.get("REGIONBENCH_CACHE") or "~/.cache/regionbench"
     path = Path(root).expanduser().resolve()
+    where = "paths.cache_dir" if cache_dir else "the cache ($REGIONBENCH_CACHE)"
     try:
         path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
     except OSError as err:
-        where = "paths.cache_dir" if cache_dir else "the cache ($REGIONBENCH_CACHE)"
         raise ValueError(
             f"{where} {str(path)!r} is not a writable folder ({err.strerror or err}): "
             "point paths.cache_dir or REGIONBENCH_CACHE at one"
         ) from None
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise ValueError(
+            f"{where} {str(path)!r} is not a readable folder ({_owner(path)}): give this user "
+            "read access (chmod g+rX) or point paths.cache_dir or REGIONBENCH_CACHE elsewhere"
+        )
     return path

@@ -27,6 +27,9 @@ PPL_PAPER_RATIO_MEAN = "ppl_paper_ratio/mean"
 FORGET_MEAN = "forget/mean"
 FORGET_GMEAN = "forget/gmean"
 LEARN_MEAN = "learn/mean"
+# 1: the intervals of the `/mean`s resampled the documents jointly across languages (parallel
+# evaluation documents); 0: each language on its own
+JOINT_INTERVAL = "interval/joint"
 
 
 def dim_share(d: int) -> str:
@@ -81,9 +84,10 @@ def paper_perplexity_metrics(
 
 def interval_metrics(intervals: Mapping) -> dict[str, float]:
     """`ppl_ratio_lo/<lang>`, `ppl_ratio_hi/<lang>`, `bpb_diff/<lang>` (modified - unmodified)
-    and its `_lo`/`_hi`, and the same for `mean`, from `uncertainty.paired_bootstrap_languages`:
-    the paired bootstrap interval over the evaluation documents next to each point value."""
-    out: dict[str, float] = {}
+    and its `_lo`/`_hi`, and the same for `mean`, from `intervals.paired_bootstrap_languages`:
+    the paired bootstrap interval over the evaluation documents next to each point value; and
+    `interval/joint`, whether the mean's replicates drew the same documents in every language."""
+    out: dict[str, float] = {JOINT_INTERVAL: float(bool(intervals["mean"].get("joint")))}
     for lang, res in [*intervals["langs"].items(), ("mean", intervals["mean"])]:
         ratio, diff = res["ppl_ratio"], res["bpb_diff"]
         out[f"ppl_ratio_lo/{lang}"], out[f"ppl_ratio_hi/{lang}"] = ratio["lo"], ratio["hi"]

@@ -221,6 +221,30 @@ def check(run: RunConfig) -> None:
     check_documents(run, "eval", eval_langs(run))
 
 
+_REACHED: dict[tuple, str | None] = {}  # (source, path, config, lang) -> why not, or None
+
+
+def check_reachable(run: RunConfig) -> None:
+    """A streamed (hub) source's dataset answers: its first evaluation language's first document
+    is read, once per process and dataset, so an offline or gated dataset is one line before a
+    sweep's first job (`preflight`), not a failure in every job. Other sources read nothing."""
+    d = run.data
+    entry = SOURCES.get(d.source)
+    if entry is None or not entry.streamed:
+        return
+    langs = eval_langs(run)
+    key = (d.source, d.path, d.config, langs[0] if langs else None)
+    if key not in _REACHED:
+        _REACHED[key] = None
+        try:
+            if langs:
+                next(iter(entry.docs("eval", langs[0], {**reading(d), "seed": run.seed})), None)
+        except ValueError as err:
+            _REACHED[key] = str(err)
+    if _REACHED[key]:
+        raise ValueError(_REACHED[key])
+
+
 def check_targets(run: RunConfig, targets: Sequence[str]) -> None:
     """The languages a training job further trains on (`Plan.target_langs`) exist and have
     training text."""

@@ -4,6 +4,7 @@ bootstrap over evaluation documents.
     from regionbench.evaluation.intervals import paired_bootstrap, paired_bootstrap_languages
     paired_bootstrap(base["en"], mod["en"])  # {"ppl_ratio": {"value", "lo", "hi"}, "bpb_diff": ..}
     paired_bootstrap_languages(base, mod)    # {"langs": {lang: ...}, "mean": ...}
+    paired_bootstrap_languages(base, mod, parallel=True)   # parallel documents: joint resamples
 
 `base` and `mod` are `LangPerplexity` results (or their `dataclasses.asdict`, as cached) of the
 two models on the same documents. Is a ratio of 1.004 an effect or luck of the draw? The
@@ -18,6 +19,15 @@ Why paired: both models read the same documents, and most of the document-to-doc
 (a hard document is hard for both) is shared. Each bootstrap replicate draws one set of document
 indices and uses it for both models, so that shared variance cancels in the ratio; resampling
 the two models independently would count it twice and give intervals many times wider.
+
+Why jointly across languages on parallel data: where the i-th document says the same in every
+language (the sandbox, FLORES), a document that is hard in one language is hard in the others,
+and the mean over languages is a statistic of the documents, not of each language apart. A
+replicate of the mean then draws one set of document indices and uses it for every language;
+drawing each language's indices on its own would treat the languages' errors as independent and
+average away the part of their spread they share (the more the languages agree on which
+documents are hard, the narrower that interval is than it should be). The languages of a
+non-parallel source are independent samples: each is resampled on its own.
 """
 
 from __future__ import annotations
@@ -57,14 +67,23 @@ def paired_bootstrap_languages(
     n: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    parallel: bool = False,
 ) -> dict[str, object]:
     """`paired_bootstrap` for every language of two `{lang: result}` evaluations, and for the
     mean over languages of each statistic (the `ppl_ratio/mean` the runs log).
 
     Returns `{"langs": {lang: paired_bootstrap(...)}, "mean": {"ppl_ratio": {...},
-    "bpb_diff": {...}, "n", "level"}}`. A language's documents are resampled on their own, with
-    the seed `stable_seed(seed, lang)` (so its interval does not depend on the other languages);
-    a replicate of the mean averages the languages' replicates of the same index.
+    "bpb_diff": {...}, "n", "level", "joint"}}`. A language's own interval resamples its
+    documents on their own, with the seed `stable_seed(seed, lang)` (so it does not depend on
+    the other languages). The mean's replicates:
+
+    * `parallel` (the documents align across languages) and every language has the same number
+      of documents: `joint` is true; replicate r draws one vector of document indices (from
+      `np.random.default_rng(stable_seed(seed, JOINT))`, row r of `integers(0, docs, (n, docs))`)
+      and every language reads the same indices, empty documents included (they add nothing
+      to a sum, and dropping them would misalign the languages);
+    * otherwise `joint` is false: a replicate of the mean averages the languages' own
+      replicates of the same index.
     """
     _check(n, level)
     if set(base) != set(mod):
@@ -79,7 +98,31 @@ def paired_bootstrap_languages(
         for stat in STATS:
             mean_values[stat] = mean_values.get(stat, 0.0) + values[stat] / len(mod)
             mean_reps[stat] = mean_reps.get(stat, 0.0) + reps[stat] / len(mod)
-    return {"langs": langs, "mean": _summary(mean_values, mean_reps, level)}
+    joint = parallel and aligned(base, mod)
+    if joint:
+        mean_reps = _joint_replicates(base, mod, n, np.random.default_rng(stable_seed(seed, JOINT)))
+    return {"langs": langs, "mean": _summary(mean_values, mean_reps, level) | {"joint": joint}}
+
+
+JOINT = "mean over languages, jointly"  # the name the joint resample's seed derives from
+
+
+def aligned(base: Mapping[str, object], mod: Mapping[str, object]) -> bool:
+    """Every language of both evaluations has the same number of documents: the i-th
+    documents of a parallel set can be drawn together."""
+    fields = [_field(r, key) for r in [*base.values(), *mod.values()] for key in DOC_FIELDS]
+    counts = {None if f is None else len(f) for f in fields}
+    return len(counts) == 1 and counts.isdisjoint({None, 0})
+
+
+def _joint_replicates(base, mod, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The mean over languages of each statistic, for `n` replicates that draw the same
+    document indices in every language."""
+    totals = {lang: _totals(base[lang], mod[lang], drop_empty=False) for lang in mod}
+    docs = next(iter(totals.values())).shape[1]
+    idx = rng.integers(0, docs, size=(n, docs))
+    reps = [_stats(np.stack([row[idx].sum(axis=1) for row in rows])) for rows in totals.values()]
+    return {stat: sum(r[stat] for r in reps) / len(reps) for stat in STATS}
 
 
 def _check(n: int, level: float) -> None:
@@ -93,8 +136,8 @@ def _field(result, key: str):
     return result.get(key) if isinstance(result, Mapping) else getattr(result, key, None)
 
 
-def _totals(base, mod) -> np.ndarray:
-    """[6, docs] float64: nll, tokens, bytes of each non-empty document, base then modified."""
+def _totals(base, mod, *, drop_empty: bool = True) -> np.ndarray:
+    """[6, docs] float64: nll, tokens, bytes of each (non-empty) document, base then modified."""
     rows = [_field(r, key) for r in (base, mod) for key in DOC_FIELDS]
     if any(row is None for row in rows):
         raise ValueError(
@@ -112,7 +155,8 @@ def _totals(base, mod) -> np.ndarray:
         raise ValueError("base and modified documents differ in bytes: not the same documents")
     # An empty document adds nothing to any sum; left in, it would only make each replicate's
     # effective number of documents random.
-    totals = totals[:, totals[2] > 0]
+    if drop_empty:
+        totals = totals[:, totals[2] > 0]
     if totals.shape[1] == 0:
         raise ValueError("no document with any text to resample")
     return totals
@@ -140,7 +184,7 @@ def _replicates(base, mod, n: int, rng: np.random.Generator):
 
 
 def _summary(values, reps, level: float) -> dict[str, object]:
-    tails = [50 * (1 - level), 50 * (1 + level)]
+    tails = [50 - 50 * level, 50 + 50 * level]  # 2.5 and 97.5 exactly (1 - 0.95 is not 0.05)
     out: dict[str, object] = {}
     for stat in STATS:
         lo, hi = np.nanpercentile(reps[stat], tails)

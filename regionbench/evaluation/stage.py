@@ -25,7 +25,7 @@ from regionbench.common.cache import JsonCache, cache_key, fingerprint_texts
 from regionbench.common.choices import check_choice
 from regionbench.config import RunConfig
 from regionbench.data.languages import FLORES200_CODES, FLORES_CODES
-from regionbench.data.sources import default_tasks, source
+from regionbench.data.sources import SOURCES, default_tasks, source
 
 log = logging.getLogger(__name__)
 PPL_PROTOCOLS = {
@@ -88,6 +88,23 @@ def check(run: RunConfig) -> None:
         raise ValueError(
             f"eval.lm_eval.num_fewshot {shots!r} must be an integer >= 0; null = each task's own"
         )
+    check_source_tasks(run)
+
+
+def check_source_tasks(run: RunConfig) -> None:
+    """A task that a data source brings along (`Source.tasks`: sandbox_grammar, written from the
+    sandbox's grammar) exists only with that source: say so before any work, not "unknown task"
+    after the model has loaded."""
+    for task in run.eval.lm_eval.tasks or ():
+        for entry in SOURCES.values():
+            if entry.name == run.data.source or not isinstance(task, str):
+                continue
+            if any(task == own or task.startswith(f"{own}_") for own in entry.tasks):
+                raise ValueError(
+                    f"lm-eval task {task!r} exists only with data={entry.name} (it is written "
+                    f"from that source's own text): drop it from eval.lm_eval.tasks, or run "
+                    f"with data={entry.name}"
+                )
 
 
 def prepare(run: RunConfig, eval_texts: dict[str, list[str]]) -> Tasks | None:
@@ -275,7 +292,20 @@ def evaluate(
             shared = {lang: r for lang, r in ppl.items() if lang in base["ppl"]}
             if shared:  # each ratio with its interval over the evaluation documents
                 base_shared = {lang: base["ppl"][lang] for lang in shared}
-                intervals = paired_bootstrap_languages(base_shared, shared, seed=run.seed)
+                parallel = source(run.data.source).parallel
+                intervals = paired_bootstrap_languages(
+                    base_shared, shared, seed=run.seed, parallel=parallel
+                )
+                if parallel and not intervals["mean"]["joint"]:
+                    counts = {lang: len(r["doc_nll"]) for lang, r in shared.items()}
+                    log.warning(
+                        "data=%s is parallel, but its languages have different numbers of "
+                        "evaluation documents (%s): the interval of each mean resamples every "
+                        "language on its own (metric %s = 0)",
+                        run.data.source,
+                        ", ".join(f"{lang} {c}" for lang, c in counts.items()),
+                        names.JOINT_INTERVAL,
+                    )
                 metrics |= names.interval_metrics(intervals)
             if paper:
                 metrics |= paper_metrics(run, model, tok, eval_texts, base)

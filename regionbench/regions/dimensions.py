@@ -1,13 +1,18 @@
 """Regions made of residual-stream dimensions or of single coordinates, and where a region lives.
 
-    dimension_region(model, [2100], layers=[1])           # every entry reading or writing dim 2100
+    sides = residual_sides(model)
+    dimension_region(model, sides, [2100], layers=[1])     # every entry reading or writing dim 2100
+    dimension_region(model, sides, [2100], everywhere=True)   # and the embeddings', norms', ...
     coordinates_region(model, ["model.layers.1.mlp.down_proj.weight[2100, 3]"])
     profile(region, residual_sides(model), hidden_size(model))   # entries per hidden dimension
 
 The paper's §3.3: the core region is not spread evenly over the hidden dimensions but
 concentrates on a few, and perturbing one parameter there can destroy a model. A dimension d of
 the residual stream is the column d of every matrix that reads the stream and the row d of every
-matrix that writes it (`regionbench.models.residual`); `profile` counts a region's entries per
+matrix that writes it (`regionbench.models.residual`). That is all a dimension region takes
+by default: removing it leaves the embedding writing d, every norm counting d in its statistics
+(and scaling it by its gain) and `lm_head` reading it; `everywhere=True` also takes d's entries of
+those (`stream_vectors`), so that removal silences d in the whole stream. `profile` counts a region's entries per
 dimension, so "is the core concentrated?" becomes the share of the region in its top-d
 dimensions against the d / hidden share an evenly spread region would have. Outlier-aware
 selections (`around_dims`) take the core with given dimensions left out (refilled from the
@@ -27,18 +32,84 @@ from torch import Tensor, nn
 
 from regionbench.common import names
 from regionbench.models.residual import Side, hidden_size, residual_sides
+from regionbench.models.scope import transformer_blocks
 from regionbench.regions.region import Region
 from regionbench.regions.select import exact_k, topk_mask
 
 _COORD = re.compile(r"^\s*([\w.]+)\s*\[\s*(\d+)\s*(?:,\s*(\d+)\s*)?\]\s*$")
 
 
-def _dim_slice(shape: torch.Size, side: Side, dims: Sequence[int]) -> Tensor:
-    """Bool mask of the entries of a `shape` weight on hidden dimensions `dims` (its `side`)."""
+def _dim_slice(shape: torch.Size, axis: int, dims: Sequence[int]) -> Tensor:
+    """Bool mask of the entries of a `shape` tensor on hidden dimensions `dims` along `axis`."""
     mask = torch.zeros(shape, dtype=torch.bool)
     index = torch.tensor(sorted(set(dims)), dtype=torch.long)
-    mask.index_fill_(side.axis, index, True)
+    mask.index_fill_(axis, index, True)
     return mask
+
+
+def _is_matrix_layer(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def _is_stream_norm(module: nn.Module, own: dict, below: str | None, hidden: int) -> bool:
+    """A leaf whose own parameters are all vectors over the stream (a norm's gain and bias),
+    outside the blocks or a block's own child (not inside its attention or MLP)."""
+    if not own or list(module.children()) or (below is not None and "." in below):
+        return False
+    return all(p.dim() == 1 and p.shape[0] == hidden for p in own.values())
+
+
+def stream_vectors(model: nn.Module, sides: Mapping[str, Side]) -> dict[str, int]:
+    """{parameter name: its axis of hidden dimensions} for every parameter outside the block
+    matrices through which a residual-stream dimension enters, leaves or is scaled: the input
+    embedding and learned position embeddings as wide as the stream (column d), `lm_head`
+    (column d; a tied one is the embedding's tensor, named once), projections between the
+    embedding and the stream (OPT's project_in: row d, project_out: column d), the weight and
+    bias of every norm over the stream (entry d: each block's norms and the final one; a norm
+    inside an attention or MLP, such as a q/k norm, is over other axes and is left out), and the
+    bias of every block matrix that writes the stream (entry d). What `region.everywhere` adds."""
+    hidden = hidden_size(model)
+    names = {id(p): n for n, p in model.named_parameters()}  # a tied tensor: its first name
+    blocks = [prefix for prefix, _ in transformer_blocks(model)]
+    out: dict[str, int] = {}
+
+    def add(param, axis: int) -> None:
+        if param is not None and id(param) in names:
+            out.setdefault(names[id(param)], axis)
+
+    def in_blocks(path: str) -> str | None:
+        """The path below its block ("ln_1", "attn.c_proj"), None outside every block."""
+        for prefix in blocks:
+            if path.startswith(prefix + "."):
+                return path[len(prefix) + 1 :]
+        return None
+
+    head = model.get_output_embeddings()
+    if isinstance(head, nn.Linear) and head.in_features == hidden:
+        add(head.weight, 1)
+    for path, module in model.named_modules():
+        below = in_blocks(path)
+        own = dict(module.named_parameters(recurse=False))
+        if isinstance(module, nn.Embedding):
+            if below is None and module.embedding_dim == hidden:
+                add(module.weight, 1)
+        elif _is_matrix_layer(module):
+            if below is None and module is not head and isinstance(module, nn.Linear):
+                if module.out_features == hidden:  # writes the stream
+                    add(module.weight, 0)
+                    add(module.bias, 0)
+                elif module.in_features == hidden:  # reads it
+                    add(module.weight, 1)
+        elif _is_stream_norm(module, own, below, hidden):
+            for param in own.values():
+                add(param, 0)
+    for name, side in sides.items():
+        if side.role == "writes":
+            writer = model.get_submodule(name.removesuffix(".weight"))
+            bias = getattr(writer, "bias", None)
+            if bias is not None and bias.dim() == 1 and bias.shape[0] == hidden:
+                add(bias, 0)
+    return out
 
 
 def dimension_region(
@@ -48,10 +119,16 @@ def dimension_region(
     *,
     layers: Iterable[int] | None = None,
     modules: Iterable[str] | None = None,
+    everywhere: bool = False,
     meta: dict | None = None,
 ) -> Region:
     """Every entry of the stream's readers and writers on hidden dimensions `dims`, optionally in
-    blocks `layers` only and in modules whose name ends with one of `modules` only."""
+    blocks `layers` only and in modules whose name ends with one of `modules` only.
+
+    Only block matrices: removing d leaves the embedding writing d, every norm counting it and
+    `lm_head` reading it. `everywhere=True` also takes d's entries of those (`stream_vectors`),
+    so that removing the region zeroes d in the stream from the embedding on (a position
+    encoding that is a buffer, as XGLM's sinusoids, still writes it)."""
     dims, hidden = sorted(set(int(d) for d in dims)), hidden_size(model)
     if not dims:
         raise ValueError("region.dims is empty: name the hidden dimensions, e.g. [2100]")
@@ -67,13 +144,24 @@ def dimension_region(
             modules is None or side.module.endswith(modules)
         )
         shape = params[name].shape
-        masks[name] = _dim_slice(shape, side, dims) if chosen else torch.zeros(shape, dtype=bool)
+        masks[name] = (
+            _dim_slice(shape, side.axis, dims) if chosen else torch.zeros(shape, dtype=bool)
+        )
     if not any(m.any() for m in masks.values()):
         raise ValueError(
             f"region.layers {sorted(layers or [])} / region.modules {list(modules or [])} leave "
             f"no matrix; modules look like {sorted({s.module for s in sides.values()})}"
         )
-    return Region(masks=masks, meta={"dims": json.dumps(dims)} | (meta or {}))
+    if everywhere:
+        if layers is not None or modules is not None:
+            raise ValueError(
+                "region.everywhere=true takes dimension d in every block and outside them: "
+                "drop region.layers and region.modules"
+            )
+        for name, axis in stream_vectors(model, sides).items():
+            masks[name] = _dim_slice(params[name].shape, axis, dims)
+    info = {"dims": json.dumps(dims)} | ({"everywhere": "true"} if everywhere else {})
+    return Region(masks=masks, meta=info | (meta or {}))
 
 
 def parse_coordinates(entries: Iterable[str] | str | Path) -> list[tuple[str, tuple[int, ...]]]:
@@ -133,7 +221,7 @@ def around_dims(
     for name in scores[langs[0]]:
         total = sum(scores[lang][name].float() for lang in langs)
         k = exact_k(ratio, total.numel())
-        on = _dim_slice(total.shape, sides[name], dims) if name in sides and dims else None
+        on = _dim_slice(total.shape, sides[name].axis, dims) if name in sides and dims else None
         if on is None:
             masks[name] = (
                 torch.zeros(total.shape, dtype=torch.bool)

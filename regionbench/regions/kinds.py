@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -31,9 +30,9 @@ from regionbench.importance.metrics import METRICS
 from regionbench.models.residual import hidden_size, residual_sides
 from regionbench.models.scope import scoped_params
 from regionbench.models.units import HEAD, NEURON
-from regionbench.regions import dimensions, picks, units
+from regionbench.regions import checks, dimensions, outliers, picks, units
 from regionbench.regions.region import Region, empty
-from regionbench.regions.select import Pick, check_ratio, per_matrix, topk_mask, total
+from regionbench.regions.select import Pick, check_ratio, exact_k, per_matrix, topk_mask, total
 
 
 @dataclass(frozen=True)
@@ -67,6 +66,47 @@ def _number(value) -> float | None:
         return None
 
 
+def _too_small(ratio: float, scores: Mapping[str, Mapping[str, Tensor]]) -> str | None:
+    """Why a region sized by `ratio` is empty when no matrix is large enough for one entry."""
+    sizes = [t.numel() for per_lang in scores.values() for t in per_lang.values()]
+    if sizes and exact_k(ratio, max(sizes)) == 0:
+        return (
+            f"⌊ratio·numel⌋ is 0 in every matrix (the largest has {max(sizes)} entries); "
+            "raise the ratio"
+        )
+    return None
+
+
+def _why_built_empty(src: Source) -> str:
+    return _too_small(src.run.ratio, src.scores) or "it selected no entry"
+
+
+def _why_selection_empty(
+    scores: Mapping[str, Mapping[str, Tensor]],
+    ratio: float,
+    langs: Sequence[str],
+    lang: str | None,
+) -> str:
+    """Why a selection from scores came out empty, in one clause."""
+    small = _too_small(ratio, {name: scores[name] for name in langs})
+    if small or lang is None:
+        return small or "it selected no entry"
+    others = [m for m in langs if m != lang]
+    if all(torch.equal(scores[lang][n], scores[m][n]) for m in others for n in scores[lang]):
+        return (
+            f"the languages' scores are identical, so no entry is in {lang}'s top-k and in no "
+            "other's (a language-independent metric gives every language the same scores)"
+        )
+    return f"every entry of {lang}'s top-k is also in another language's top-k"
+
+
+def _empty(name: str, ratio: float, why: str) -> ValueError:
+    return ValueError(
+        f"region={name} at ratio {ratio:g} is empty: {why}. An empty region is not a result "
+        "(ratio=0 is the unmodified model)"
+    )
+
+
 @dataclass(frozen=True)
 class RegionKind:
     """A value of the `region` axis."""
@@ -86,6 +126,8 @@ class RegionKind:
     takes_lang: bool = False  # region.lang may name one (specific: that language's part)
     unit: str | None = None  # whole units of this kind (models.units), not entries
     details: Callable[[Mapping[str, str]], list[str]] | None = None  # more words, from params
+    # Why a region it built has no entry (one clause): what the error says instead of a result.
+    why_empty: Callable[[Source], str] = _why_built_empty
 
     def words(self, params: Mapping[str, str], *, ratio: bool = True) -> list[str]:
         """The region in a title, from one of its runs' params: ["taylor", "core", "5%"],
@@ -127,6 +169,13 @@ def _selected(src: Source) -> Region:
     return select(src.scores, src.run.ratio, r.name, lang=r.lang, langs=src.langs, meta=src.meta)
 
 
+def _no_outlier_entry(src: Source) -> str:
+    if not src.outlier_dims:
+        rule = outliers.Rule.of(src.run.outliers)
+        return f"the detector found no massive activation in the model ({rule.describe()})"
+    return f"the core has no entry on the massive dimensions {list(src.outlier_dims)}"
+
+
 def _around_outliers(only: bool) -> Callable[[Source], Region]:
     def build(src: Source) -> Region:
         sides = residual_sides(src.model)
@@ -152,64 +201,14 @@ def _dimension(src: Source) -> Region:
         dims = dimensions.profile(core, sides, hidden_size(model)).top_dims(r.top_dims)
     meta = src.meta | {"region": r.name}
     return dimensions.dimension_region(
-        model, sides, dims, layers=r.layers, modules=r.modules, meta=meta
+        model, sides, dims, layers=r.layers, modules=r.modules, everywhere=r.everywhere, meta=meta
     )
-
-
-def _check_dimension(run: RunConfig, langs: Sequence[str]) -> None:
-    r = run.region
-    given = [k for k in ("dims", "top_dims", "random_dims") if getattr(r, k) is not None]
-    if len(given) != 1:
-        raise ValueError(
-            f"region=dimension needs exactly one of region.dims=[...], region.top_dims=<d> or "
-            f"region.random_dims=<d>; got {', '.join(given) or 'none'}"
-        )
-    for key in ("top_dims", "random_dims"):
-        value = getattr(r, key)
-        if value is not None and (isinstance(value, bool) or value < 1):
-            raise ValueError(f"region.{key} {value!r} must be an integer >= 1")
-    if r.top_dims is not None and run.ratio == 0:
-        raise ValueError("region.top_dims ranks the dimensions of the core at `ratio`: ratio=0")
 
 
 def _coordinates(src: Source) -> Region:
     r = src.run.region
     meta = src.meta | {"region": r.name}
     return dimensions.coordinates_region(src.model, r.coordinates or r.file, meta=meta)
-
-
-def _check_coordinates(run: RunConfig, langs: Sequence[str]) -> None:
-    r = run.region
-    if not (r.coordinates or r.file):
-        raise ValueError(
-            "region=coordinates needs region.coordinates=['<param>[row, col]', ...] "
-            "or region.file=<path>"
-        )
-    if r.file and not Path(r.file).expanduser().is_file():
-        raise ValueError(f"region.file {r.file!r} is not a readable file")
-
-
-def _check_per_language(run: RunConfig, langs: Sequence[str]) -> None:
-    """A pick that compares the languages' scores: a per-language metric; region.lang, if
-    given, an importance language."""
-    r = run.region
-    if r.lang:
-        check_choice("region.lang (an importance language)", r.lang, langs)
-    if not METRICS[run.metric.name].per_language and run.ratio > 0:
-        per_lang = sorted(n for n, m in METRICS.items() if m.per_language)
-        raise ValueError(
-            f"region={r.name} needs a per-language metric, not {run.metric.name!r} (every "
-            f"language gets the same scores, so the region would be empty); choices: "
-            f"{', '.join(per_lang)}"
-        )
-
-
-def _check_monolingual(run: RunConfig, langs: Sequence[str]) -> None:
-    if not run.region.lang:
-        raise ValueError(
-            f"region={run.region.name} needs region.lang; choices: " + ", ".join(langs)
-        )
-    _check_per_language(run, langs)
 
 
 def _picks() -> dict[str, RegionKind]:
@@ -260,17 +259,6 @@ def _file(src: Source) -> Region:
     return units.file_region(src.model, src.run, src.meta)
 
 
-def _check_file(run: RunConfig, langs: Sequence[str]) -> None:
-    r = run.region
-    if not r.file:
-        raise ValueError(
-            "region=file needs region.file=<path>: a regionbench mask (.safetensors) or a LAPE "
-            "neuron file (.pth)"
-        )
-    if not Path(r.file).expanduser().is_file():
-        raise ValueError(f"region.file {r.file!r} is not a readable file")
-
-
 REGION_KINDS: dict[str, RegionKind] = {
     kind.name: kind
     for kind in (
@@ -290,17 +278,18 @@ REGION_KINDS: dict[str, RegionKind] = {
             "monolingual",
             "top-k of score_lang and of no other language's score (needs lang)",
             _selected,
-            check=_check_monolingual,
+            check=checks.monolingual,
             sized="within",
             pick=_monolingual,
             needs_lang=True,
         ),
         RegionKind(
             "dimension",
-            "every entry reading or writing the residual-stream dimensions region.dims, "
-            "region.top_dims (of the core at ratio) or region.random_dims",
+            "every block-matrix entry reading or writing the residual-stream dimensions "
+            "region.dims, region.top_dims (of the core at ratio) or region.random_dims; with "
+            "region.everywhere=true also their entries of the embeddings, lm_head and norms",
             _dimension,
-            check=_check_dimension,
+            check=checks.dimension,
             ranks=lambda r: r.top_dims is not None,
             sized=None,
             empty_at_zero=False,
@@ -309,7 +298,7 @@ REGION_KINDS: dict[str, RegionKind] = {
             "coordinates",
             "exactly the param[row, col] entries of region.coordinates or region.file",
             _coordinates,
-            check=_check_coordinates,
+            check=checks.coordinates,
             ranks=lambda r: False,
             sized=None,
             empty_at_zero=False,
@@ -325,12 +314,13 @@ REGION_KINDS: dict[str, RegionKind] = {
             "the core's ranking restricted to massive-activation dimensions (up to its size)",
             _around_outliers(only=True),
             sized="within",
+            why_empty=_no_outlier_entry,
         ),
         RegionKind(
             "shared",
             "top-k of every importance language's score at once (shared by all)",
             _selected,
-            check=_check_per_language,
+            check=checks.per_language,
             sized="within",
             pick=picks.shared,
         ),
@@ -338,7 +328,7 @@ REGION_KINDS: dict[str, RegionKind] = {
             "exclusive",
             "top-k of score_lang that is not shared by every language (needs lang)",
             _selected,
-            check=_check_monolingual,
+            check=checks.monolingual,
             sized="within",
             pick=picks.exclusive,
             needs_lang=True,
@@ -348,7 +338,7 @@ REGION_KINDS: dict[str, RegionKind] = {
             "the k lowest entropies over languages of the normalised scores, among entries with "
             "a language above the 0.95 quantile (LAPE's selection; region.lang: that language's)",
             _selected,
-            check=_check_per_language,
+            check=checks.per_language,
             pick=picks.specific,
             takes_lang=True,
         ),
@@ -377,7 +367,7 @@ REGION_KINDS: dict[str, RegionKind] = {
             "the region of region.file: a regionbench mask, or LAPE's neuron file (region.lang: "
             "one language, else the union)",
             _file,
-            check=_check_file,
+            check=checks.file,
             ranks=lambda r: False,
             sized=None,
             empty_at_zero=False,
@@ -392,10 +382,12 @@ def region_kind(name: str) -> RegionKind:
 
 
 def check(run: RunConfig, langs: Sequence[str]) -> None:
-    """`ratio` and `region.*` against the run's importance languages `langs`, up front."""
+    """`ratio`, `region.*` against the run's importance languages `langs`, and `outliers.*`,
+    up front."""
     check_ratio(run.ratio)
     kind = region_kind(run.region.name)
     kind.check(run, langs)
+    outliers.check(run, langs)  # every run consults the detector
     scores_units = METRICS[run.metric.name].units if run.metric.name in METRICS else ()
     if scores_units and kind.ranks(run.region) and kind.unit not in scores_units:
         takes = ", ".join(n for n, k in REGION_KINDS.items() if k.unit in scores_units)
@@ -430,7 +422,11 @@ def build(
     if run.ratio == 0 and kind.empty_at_zero:
         imp = run.importance
         return empty(scoped_params(model, imp.scope, imp.include, imp.exclude), meta)
-    return kind.build(Source(run, scores, langs, model, meta, outlier_dims))
+    src = Source(run, scores, langs, model, meta, outlier_dims)
+    region = kind.build(src)
+    if region.numel == 0:  # only ratio 0 (returned above) gives the empty region
+        raise _empty(kind.name, run.ratio, kind.why_empty(src))
+    return region
 
 
 def select(
@@ -476,4 +472,7 @@ def select(
     if lang is not None:
         info["lang"] = lang
     info.setdefault("regionbench_version", regionbench.__version__)
-    return Region(masks=masks, meta=info)
+    region = Region(masks=masks, meta=info)
+    if ratio > 0 and region.numel == 0:
+        raise _empty(kind.name, ratio, _why_selection_empty(scores, ratio, langs, lang))
+    return region

@@ -1,9 +1,10 @@
 """Massive activations and super weights: the few residual-stream dimensions that dwarf all the
 others, and the single weights that put them there.
 
-    acts = massive_activations(model, tok, docs)           # acts.dims == [1415, 2533] (LLaMA-2-7B)
-    found = super_weights(model, tok, docs, acts)         # [SuperWeight(param=..., index=(d, j))]
-    result = detect(model, tok, docs, fingerprint_model(model), cache_root())  # both, as JSON, once
+    rule = Rule()                                          # Sun et al.'s (outliers.rule=sun)
+    acts = massive_activations(model, tok, docs, rule)     # acts.dims == [1415, 2533] (LLaMA-2-7B)
+    found = super_weights(model, tok, docs, acts)          # [SuperWeight(param=..., index=(d, j))]
+    result = detect(model, tok, docs, fingerprint_model(model), cache_root(), rule)  # JSON, once
 
 - Sun et al. 2024, "Massive Activations in Large Language Models": a handful of hidden dimensions
   reach values thousands of times the median, appear after an early block and stay in the stream.
@@ -13,29 +14,108 @@ others, and the single weights that put them there.
 Why here: a region whose removal breaks a model may simply hold a super weight, which says nothing
 about languages; naming these weights lets a study exclude them or test them on their own.
 
+Two rules say what is massive (`outliers.rule`, `Rule`):
+- `sun` (the default), the paper's §2: an activation is massive "if its magnitude surpasses 100 and
+  is at least or around 1,000 times larger than the median magnitude of its hidden state". An
+  entry a of block i's output on one document is massive when |a| > `abs_min` (100) and
+  |a| >= `median_factor` (1000) x the median |a| over every entry (tokens x hidden dimensions) of
+  block i's output on that same document. Their code (`main_llm.py --exp2`) takes
+  `torch.median(feat_abs)` per layer and per sequence, so the median is per document here too, not
+  pooled over documents: one document's length or content does not move another's threshold.
+  `torch.median` is the lower of the two middle values, as in theirs.
+- `peak_median`, regionbench's earlier rule, kept to compare with figures made with it: dimension d
+  is massive at block i when its largest |a| over every token of every document is >= `factor`
+  (100) x the median over block i's hidden dimensions of their largest |a|. It has no absolute
+  floor and compares peaks with peaks, so small models can reach it with modest values.
+
 Each document is scored alone, as [BOS] + its tokens cut to `max_tokens` (and to the model's
 context): the papers find the spikes at the first token and the delimiters after it, and a
 document's own positions keep "where it peaks" meaningful, which packed windows would not. The
 stream after block i is read by a forward hook on block i, not from `output_hidden_states`: that
 tuple starts with the embeddings and, in transformers' LLaMA and GPT-2 among others, ends with
-the stream after the final norm instead of the last block's output.
+the stream after the final norm instead of the last block's output. The super weight is searched
+only among the block's matrices that write the residual stream (`residual_sides`): a reader as
+wide as the stream (LLaMA's q_proj) can have a large output at d and write nothing into it.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from transformers.pytorch_utils import Conv1D
 
 from regionbench.common.cache import JsonCache, cache_key, fingerprint_texts
+from regionbench.common.choices import check_choice
 from regionbench.common.packing import encode, prefix_token_id
 from regionbench.common.torchtools import modes_kept
+from regionbench.models.residual import residual_sides
 from regionbench.models.scope import transformer_blocks
 
+log = logging.getLogger(__name__)
+
 MAX_TOKENS = 512  # per document, including the BOS; also cut to the model's context
+ALGORITHM = 2  # bump when the same inputs would give another result (old cache entries miss)
+RULES = {
+    "sun": "|a| > outliers.abs_min and |a| >= outliers.median_factor x the median |a| of its "
+    "block's hidden states on its document (Sun et al. 2024)",
+    "peak_median": "a dimension's largest |a| >= outliers.factor x the median over its block's "
+    "dimensions of their largest |a| (regionbench's earlier rule)",
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What counts as massive: `sun` (abs_min, median_factor) or `peak_median` (factor)."""
+
+    name: str = "sun"
+    abs_min: float = 100.0
+    median_factor: float = 1000.0
+    factor: float = 100.0
+
+    @classmethod
+    def of(cls, config) -> Rule:
+        """The rule of an `OutliersConfig` (`run.outliers`), checked."""
+        return cls(
+            config.rule, float(config.abs_min), float(config.median_factor), float(config.factor)
+        ).checked()
+
+    def checked(self) -> Rule:
+        check_choice("outliers.rule", self.name, RULES)
+        for key, low in (("abs_min", 0.0), ("median_factor", 1.0), ("factor", 1.0)):
+            value = getattr(self, key)
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            ok = ok and math.isfinite(value) and (value >= low if key == "abs_min" else value > low)
+            if not ok:
+                why = "a number >= 0" if key == "abs_min" else "> 1: it is a multiple of a median"
+                raise ValueError(f"outliers.{key} {value!r} must be {why}")
+        return self
+
+    @property
+    def threshold(self) -> float:
+        """The multiple of the median its ratios are compared with."""
+        return self.median_factor if self.name == "sun" else self.factor
+
+    def key(self) -> dict:
+        """What decides its result (the cache key): only the rule's own thresholds."""
+        if self.name == "sun":
+            return {"rule": "sun", "abs_min": self.abs_min, "median_factor": self.median_factor}
+        return {"rule": self.name, "factor": self.factor}
+
+    def describe(self) -> str:
+        """The rule in one line, with its values, for errors and logs."""
+        if self.name == "sun":
+            return (
+                f"outliers.rule=sun: an entry with |a| > {self.abs_min:g} and |a| >= "
+                f"{self.median_factor:g} x the median |a| of its block's hidden states"
+            )
+        return (
+            f"outliers.rule={self.name}: a dimension whose largest |a| is >= {self.factor:g} x "
+            "the median of its block's per-dimension largest |a|"
+        )
 
 
 @dataclass(frozen=True)
@@ -44,22 +124,31 @@ class MassiveDim:
 
     dim: int
     first_layer: int  # the first block after which it is massive
-    layer: int  # the block after which its |activation| is largest
-    value: float  # that activation, signed
-    ratio: float  # |value| over the median of that block's per-dimension max |activation|
-    doc: int  # where it peaks: the document (index into `texts`)...
+    layer: int  # of the blocks where it is massive, the one where its spike is largest in |a|
+    value: float  # that spike, signed
+    ratio: float  # the rule's ratio there (`Activations.ratios`)
+    doc: int  # where it is: the document (index into `texts`)...
     position: int  # ...and its token (0: the BOS or EOS the document is conditioned on)
 
 
 @dataclass
 class Activations:
-    """Per block and hidden dimension, the largest |activation| over every token, and where."""
+    """Per block and hidden dimension: the largest |activation| over every token and where it is
+    (what a plot of the stream shows, and the `peak_median` rule's input); the median |a| of each
+    document at each block, and the largest of the entries the `sun` rule finds massive."""
 
-    max_abs: Tensor  # [blocks, hidden] fp32 CPU: what a plot of the stream shows
+    max_abs: Tensor  # [blocks, hidden] fp32 CPU
     value: Tensor  # [blocks, hidden] the signed activation at that maximum
     doc: Tensor  # [blocks, hidden] int64: the document it is in
     position: Tensor  # [blocks, hidden] int64: its token
-    factor: float
+    median: Tensor  # [docs, blocks] median |a| over all of a document's entries at a block
+    doc_max: Tensor  # [docs, blocks] largest |a| of a document at a block
+    spike_abs: Tensor  # [blocks, hidden] largest |a| of a sun-massive entry; 0: there is none
+    spike_value: Tensor  # [blocks, hidden] that entry, signed
+    spike_doc: Tensor  # [blocks, hidden] int64
+    spike_position: Tensor  # [blocks, hidden] int64
+    spike_ratio: Tensor  # [blocks, hidden] fp64: its |a| / its document's median (0: none)
+    rule: Rule
     max_tokens: int
     n_docs: int
     massive: dict[int, MassiveDim] = field(default_factory=dict)  # by dimension
@@ -70,10 +159,30 @@ class Activations:
         return sorted(self.massive)
 
     @property
-    def ratios(self) -> Tensor:
+    def peak_ratios(self) -> Tensor:
         """[blocks, hidden]: each max |activation| over its block's median of them."""
         median = self.max_abs.quantile(0.5, dim=1, keepdim=True)
         return self.max_abs / median.clamp_min(torch.finfo(torch.float32).tiny)
+
+    @property
+    def ratios(self) -> Tensor:
+        """[blocks, hidden]: the rule's ratio, massive where >= `rule.threshold`."""
+        return self.spike_ratio if self.rule.name == "sun" else self.peak_ratios.double()
+
+    @property
+    def max_entry_ratio(self) -> float:
+        """The largest |a| / its document's median at any block, whatever its |a|."""
+        tiny = torch.finfo(torch.float32).tiny
+        return float((self.doc_max.double() / self.median.double().clamp_min(tiny)).max())
+
+    def spike(self, layer: int, d: int) -> tuple[float, int, int]:
+        """(value, document, token) of the entry the rule judges at (block, dimension)."""
+        if self.rule.name == "sun":
+            picked = (self.spike_value, self.spike_doc, self.spike_position)
+        else:
+            picked = (self.value, self.doc, self.position)
+        value, doc, pos = (t[layer, d] for t in picked)
+        return float(value), int(doc), int(pos)
 
 
 @dataclass(frozen=True)
@@ -89,11 +198,9 @@ class SuperWeight:
     output_share: float  # weight x input over the stream's value at (layer, token, dim)
 
 
-def _check(texts: list[str], factor: float, max_tokens: int) -> None:
+def _check(texts: list[str], max_tokens: int) -> None:
     if isinstance(texts, str) or not texts:
         raise ValueError("texts must be a non-empty list of documents")
-    if not factor > 1:
-        raise ValueError(f"factor {factor!r} must be > 1: it is a multiple of the median")
     if isinstance(max_tokens, bool) or int(max_tokens) < 1:
         raise ValueError(f"max_tokens {max_tokens!r} is not a positive integer")
 
@@ -122,31 +229,50 @@ def _stream(output) -> Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+def _keep_larger(new: list[Tensor], old: list[Tensor] | None) -> list[Tensor]:
+    """Per entry, the (score, *where) of `new` where its score beats `old`'s (ties: the old)."""
+    if old is None:
+        return new
+    better = new[0] > old[0]
+    return [torch.where(better, n, o) for n, o in zip(new, old, strict=True)]
+
+
 def massive_activations(
     model: nn.Module,
     tokenizer,
     texts: list[str],
+    rule: Rule | None = None,
     *,
-    factor: float = 100.0,
     max_tokens: int = MAX_TOKENS,
 ) -> Activations:
-    """Largest |activation| of every block output and hidden dimension over all tokens of
-    `texts`; a dimension is massive at a block where it is >= `factor` x that block's median."""
-    _check(texts, factor, max_tokens)
+    """Every block output's largest |activation| per hidden dimension over all tokens of `texts`,
+    and the massive dimensions under `rule` (default: Sun et al.'s)."""
+    rule = (rule or Rule()).checked()
+    _check(texts, max_tokens)
     blocks = _blocks(model)
     peaks: list[list[Tensor] | None] = [None] * len(blocks)  # max_abs, value, doc, position
+    spikes: list[list[Tensor] | None] = [None] * len(blocks)  # sun: |a|, value, doc, pos, ratio
+    medians: list[list[float]] = [[] for _ in blocks]
+    doc_max: list[list[float]] = [[] for _ in blocks]
     current = {"doc": 0}
 
     def recorder(i: int):
         def record(module, args, output):
-            h = _stream(output)[0].detach().float()  # [seq, hidden]; batches of one document
-            top, pos = h.abs().max(dim=0)
-            new = [top, h.gather(0, pos[None])[0], torch.full_like(pos, current["doc"]), pos]
-            new = [t.cpu() for t in new]
-            if peaks[i] is not None:  # keep the earlier peak on ties
-                better = new[0] > peaks[i][0]
-                new = [torch.where(better, n, o) for n, o in zip(new, peaks[i], strict=True)]
-            peaks[i] = new
+            h = _stream(output)[0].detach().float()  # [seq, hidden]; one document a batch
+            a = h.abs()
+            doc = current["doc"]
+            top, pos = a.max(dim=0)
+            new = [top, h.gather(0, pos[None])[0], torch.full_like(pos, doc), pos]
+            peaks[i] = _keep_larger([t.cpu() for t in new], peaks[i])
+            median = a.flatten().median()
+            medians[i].append(float(median))
+            doc_max[i].append(float(a.max()))
+            # The definition, exactly: in fp64, factor x an fp32 median has no rounding.
+            massive = (a > rule.abs_min) & (a.double() >= rule.median_factor * median.double())
+            best, at = torch.where(massive, a, torch.zeros_like(a)).max(dim=0)
+            ratio = best.double() / median.double().clamp_min(torch.finfo(torch.float32).tiny)
+            new = [best, h.gather(0, at[None])[0], torch.full_like(at, doc), at, ratio]
+            spikes[i] = _keep_larger([t.cpu() for t in new], spikes[i])
 
         return record
 
@@ -163,37 +289,52 @@ def massive_activations(
     if any(p is None for p in peaks):
         raise ValueError(f"some transformer blocks of {type(model).__name__} never ran")
     max_abs, value, doc, position = (torch.stack([p[k] for p in peaks]) for k in range(4))
-    acts = Activations(max_abs, value, doc, position, float(factor), int(max_tokens), len(rows))
+    spike_abs, s_value, s_doc, s_position, s_ratio = (
+        torch.stack([s[k] for s in spikes]) for k in range(5)
+    )
+    acts = Activations(
+        max_abs,
+        value,
+        doc,
+        position,
+        median=torch.tensor(medians).T.contiguous(),
+        doc_max=torch.tensor(doc_max).T.contiguous(),
+        spike_abs=spike_abs,
+        spike_value=s_value,
+        spike_doc=s_doc,
+        spike_position=s_position,
+        spike_ratio=s_ratio,
+        rule=rule,
+        max_tokens=int(max_tokens),
+        n_docs=len(rows),
+    )
     ratios = acts.ratios
-    is_massive = ratios >= factor
+    is_massive = ratios >= rule.threshold
     for d in is_massive.any(dim=0).nonzero().flatten().tolist():
-        peak = int(max_abs[:, d].argmax())
+        at = is_massive[:, d].nonzero().flatten().tolist()
+        layer = max(at, key=lambda i: abs(acts.spike(i, d)[0]))  # the first of equal ones
+        spike, where, pos = acts.spike(layer, d)
         acts.massive[d] = MassiveDim(
             dim=d,
-            first_layer=int(is_massive[:, d].nonzero()[0, 0]),
-            layer=peak,
-            value=float(value[peak, d]),
-            ratio=float(ratios[peak, d]),
-            doc=int(doc[peak, d]),
-            position=int(position[peak, d]),
+            first_layer=at[0],
+            layer=layer,
+            value=spike,
+            ratio=float(ratios[layer, d]),
+            doc=where,
+            position=pos,
         )
     return acts
 
 
-def _is_matrix_layer(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear | Conv1D)
-
-
-def _trace(model: nn.Module, block: nn.Module, row: Tensor, pos: int):
-    """Run one document; return {matrix layer of `block`: (its input, its output) at token `pos`}
-    and the block's output there."""
+def _trace(model: nn.Module, block: nn.Module, layers: list[nn.Module], row: Tensor, pos: int):
+    """Run one document; return {each of `layers`: (its input, its output) at token `pos`} and
+    the output of `block` (the stream) there."""
     seen: dict[nn.Module, tuple[Tensor, Tensor]] = {}
     out: list[Tensor] = []
 
     def record(module, args, output):
         seen[module] = (args[0][0, pos].float().cpu(), output[0, pos].float().cpu())
 
-    layers = [m for m in block.modules() if _is_matrix_layer(m)]
     handles = [m.register_forward_hook(record) for m in layers]
     handles.append(
         block.register_forward_hook(lambda m, a, o: out.append(_stream(o)[0, pos].float().cpu()))
@@ -210,33 +351,50 @@ def _trace(model: nn.Module, block: nn.Module, row: Tensor, pos: int):
 def super_weights(
     model: nn.Module, tokenizer, texts: list[str], activations: Activations
 ) -> list[SuperWeight]:
-    """For each massive dimension d, in the block where it first appears and at the token where
-    it peaks there: the matrix layer whose output at d is largest in |value| (found from the
-    data, not by name: the down projection in LLaMA, `mlp.c_proj` in GPT-2), its input channel j
-    of largest |value|, and the weight that writes j into d."""
-    _check(texts, activations.factor, activations.max_tokens)
+    """For each massive dimension d, in the block where it first appears and at the token the
+    rule judged there: of the block's matrices that write the residual stream (the down
+    projection and o_proj in LLaMA, `mlp.c_proj` and `attn.c_proj` in GPT-2, `fc2` in OPT:
+    `residual_sides`), the one whose output at d is largest in |value|; its input channel j of
+    largest |value|, and the weight that writes j into d. None for a model whose stream writers
+    regionbench cannot find (logged)."""
+    _check(texts, activations.max_tokens)
     if len(texts) != activations.n_docs:
         raise ValueError(f"{len(texts)} texts, but the activations came from {activations.n_docs}")
+    if not activations.massive:
+        return []
+    try:
+        sides = residual_sides(model)
+    except ValueError as err:
+        log.warning("no super weights searched: %s", err)
+        return []
     blocks = _blocks(model)
     rows = _rows(model, tokenizer, texts, activations.max_tokens)
-    names = {id(p): name for name, p in model.named_parameters()}
-    hidden = activations.max_abs.shape[1]
+    writers: dict[int, list[tuple[str, nn.Module, int]]] = {}
+    for name, side in sides.items():
+        if side.role == "writes":
+            module = model.get_submodule(name.removesuffix(".weight"))
+            writers.setdefault(side.layer, []).append((name, module, side.axis))
     found = []
     for d, info in sorted(activations.massive.items()):
         layer = info.first_layer
-        doc, pos = int(activations.doc[layer, d]), int(activations.position[layer, d])
-        seen, stream = _trace(model, blocks[layer], rows[doc], pos)
-        # Only a layer as wide as the stream can write into it (GPT-2's c_fc and c_attn are not).
-        writers = [(m, io) for m, io in seen.items() if io[1].shape[-1] == hidden]
-        if not writers:
+        if not writers.get(layer):
             continue
-        module, (inp, outp) = max(writers, key=lambda w: abs(float(w[1][1][d])))
+        _, doc, pos = activations.spike(layer, d)
+        modules = [m for _, m, _ in writers[layer]]
+        seen, stream = _trace(model, blocks[layer], modules, rows[doc], pos)
+        ran = [w for w in writers[layer] if w[1] in seen]
+        if not ran:
+            continue
+        name, module, axis = max(ran, key=lambda w: abs(float(seen[w[1]][1][d])))
+        if float(seen[module][1][d]) == 0:  # no writer of the block wrote it (the embedding did)
+            continue
+        inp = seen[module][0]
         j = int(inp.abs().argmax())
-        index = (d, j) if isinstance(module, nn.Linear) else (j, d)  # Conv1D stores [in, out]
+        index = (d, j) if axis == 0 else (j, d)  # nn.Linear stores [out, in], Conv1D [in, out]
         weight = float(module.weight.detach()[index])
         found.append(
             SuperWeight(
-                param=names[id(module.weight)],
+                param=name,
                 index=index,
                 layer=layer,
                 dim=d,
@@ -254,35 +412,50 @@ def detect(
     texts: list[str],
     model_fingerprint: str,
     cache_dir: str | Path,
+    rule: Rule | None = None,
     *,
-    factor: float = 100.0,
     max_tokens: int = MAX_TOKENS,
 ) -> dict:
     """Massive activations and super weights as a JSON-able dict, computed once per model, texts,
-    factor and max_tokens (cached under `cache_dir/outliers`). `model_fingerprint` stands for the
+    rule and max_tokens (cached under `cache_dir/outliers`). `model_fingerprint` stands for the
     model and its tokenizer (e.g. `fingerprint_model(model)` for a model with its own tokenizer)."""
-    _check(texts, factor, max_tokens)
+    rule = (rule or Rule()).checked()
+    _check(texts, max_tokens)
     cache = JsonCache(Path(cache_dir) / "outliers")
     key = cache_key(
         kind="outliers",
+        algorithm=ALGORITHM,
         model=model_fingerprint,
         texts=fingerprint_texts({"x": list(texts)}),
-        factor=float(factor),
         max_tokens=int(max_tokens),
+        **rule.key(),
     )
 
     def compute() -> dict:
-        acts = massive_activations(model, tokenizer, texts, factor=factor, max_tokens=max_tokens)
+        acts = massive_activations(model, tokenizer, texts, rule, max_tokens=max_tokens)
         weights = super_weights(model, tokenizer, texts, acts)
         return {
-            "factor": float(factor),
+            "rule": asdict(rule),
+            "description": rule.describe(),
             "max_tokens": int(max_tokens),
             "n_docs": acts.n_docs,
             "dims": acts.dims,
             "massive": [asdict(acts.massive[d]) for d in acts.dims],
             "super_weights": [asdict(w) | {"index": list(w.index)} for w in weights],
-            "max_ratio": float(acts.ratios.max()),
+            "max_ratio": float(acts.ratios.max()),  # the rule's
+            "max_peak_ratio": float(acts.peak_ratios.max()),
+            "max_entry_ratio": acts.max_entry_ratio,  # whatever its |a|
+            "max_abs_value": float(acts.max_abs.max()),
             "max_abs": acts.max_abs.tolist(),  # [blocks][hidden], for plots
         }
 
     return cache.get_or_compute(key, compute)[0]
+
+
+def check(run, langs) -> None:
+    """`outliers.*` of a `RunConfig`, and that every language in `langs` (the importance
+    languages, whose text the detector reads) has importance documents, before any model work."""
+    from regionbench.data.sources import check_documents
+
+    Rule.of(run.outliers)
+    check_documents(run, "importance", langs)

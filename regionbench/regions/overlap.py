@@ -3,6 +3,7 @@
     jaccard(a, b)                      # |a ∩ b| / |a ∪ b| over every masked entry (1: the same)
     overlap_coefficient(a, b)          # |a ∩ b| / min(|a|, |b|) (1: one contains the other)
     agreement(a, b).per_matrix         # {param: jaccard} for the matrices both regions cover
+    incomparable(a, b)                 # why two regions cannot be compared, or None
     python -m regionbench.compare A.safetensors B.safetensors
 
 Regions compared must cover the same parameters with the same shapes; mask files must come from
@@ -67,6 +68,21 @@ def jaccard(a, b) -> float:
 
 def overlap_coefficient(a, b) -> float:
     return agreement(a, b).overlap_coefficient
+
+
+def incomparable(a: Region | Mapping[str, Tensor], b: Region | Mapping[str, Tensor]) -> str | None:
+    """Why `agreement` would refuse the pair, in words ("different models", "different
+    parameters", "different shapes"), or None when they can be compared. A sweep across models
+    compares the pairs it can and marks the others."""
+    fa, fb = (getattr(r, "meta", {}).get("model_fingerprint") for r in (a, b))
+    if fa and fb and fa != fb:
+        return "different models"
+    ma, mb = _masks(a), _masks(b)
+    if set(ma) != set(mb):
+        return "different parameters"
+    if any(ma[name].shape != mb[name].shape for name in ma):
+        return "different shapes"
+    return None
 
 
 def check_same_model(a: Region, b: Region) -> None:

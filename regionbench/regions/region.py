@@ -5,15 +5,18 @@
 
 Mask files are safetensors with one packed-bit uint8 tensor per parameter (numpy.packbits,
 big-endian bit order, C order) and string metadata (shapes, selected counts, a sha256 of the
-bits, model, metric, region, ratio, languages, data fingerprint, regionbench version), so they
-load without the run that made them. `Region.load` checks every mask against its shape, its
-count and the checksum, and (given the model) names and shapes against the model, before use.
+bits, model, metric, region, ratio, languages, data fingerprint, regionbench version, and a sha256
+of that metadata), so they load without the run that made them. `Region.load` checks every mask
+against its shape, its count and the checksum, the metadata against its own checksum (an edited
+`ratio` is damage, not a new region), and (given the model) names and shapes against the model,
+before use. Files of format v1 (before the metadata had a checksum) still load, with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -27,7 +30,9 @@ from torch import Tensor
 
 from regionbench.common.cache import atomic_file, tensors_sha256
 
-FORMAT = "regionbench-region-v1"
+FORMAT = "regionbench-region-v2"  # v2: `meta_sha256` covers the metadata
+OLD_FORMATS = ("regionbench-region-v1",)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,6 +95,7 @@ class Region:
                 "sha256": _digest(tensors, shapes, counts),
             }
         )
+        metadata["meta_sha256"] = _meta_digest(metadata)
         with atomic_file(path) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
         return path
@@ -108,11 +114,12 @@ class Region:
         where = f"region file {str(path)!r}"
         with safe_open(str(path), framework="np") as f:
             metadata = dict(f.metadata() or {})
-            if metadata.get("format") != FORMAT:
+            if metadata.get("format") not in (FORMAT, *OLD_FORMATS):
                 raise ValueError(
                     f"{str(path)!r} is not a regionbench region file "
                     f"(format {metadata.get('format')!r}, expected {FORMAT!r})"
                 )
+            _check_meta(metadata, where)
             try:
                 shapes = json.loads(metadata.pop("shapes"))
                 counts = json.loads(metadata.pop("counts", "null"))
@@ -158,7 +165,7 @@ class Region:
                     f"its 'counts' metadata says {counts.get(name)}"
                 )
             masks[name] = mask
-        for k in ("format", "encoding"):
+        for k in ("format", "encoding", "meta_sha256"):
             metadata.pop(k, None)
         return cls(masks=masks, meta=metadata)
 
@@ -168,6 +175,35 @@ def _digest(packed: Mapping[str, Tensor], shapes: Mapping, counts: Mapping | Non
     layout = json.dumps({"shapes": shapes, "counts": counts}, sort_keys=True)
     bits = tensors_sha256((n, packed[n]) for n in sorted(packed))
     return hashlib.sha256(f"{layout}\n{bits}".encode()).hexdigest()
+
+
+# Covered by `sha256` with the bits (so that a forged size is named as such), not by meta_sha256.
+_LAYOUT_KEYS = ("sha256", "meta_sha256", "shapes", "counts")
+
+
+def _meta_digest(metadata: Mapping[str, str]) -> str:
+    """sha256 of a mask file's metadata: its origin (model, metric, region, ratio, languages,
+    fingerprints, version) and format."""
+    meta = {k: v for k, v in metadata.items() if k not in _LAYOUT_KEYS}
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+
+
+def _check_meta(metadata: Mapping[str, str], where: str) -> None:
+    """The metadata matches its checksum (format v2), or a v1 file says once that it has none."""
+    if metadata.get("format") in OLD_FORMATS:
+        log.warning(
+            "%s is of format %s: its metadata (ratio, model, metric, ...) has no checksum, so an "
+            "edit of it cannot be told; save the region again to give it one",
+            where,
+            metadata["format"],
+        )
+        return
+    if metadata.get("meta_sha256") != _meta_digest(metadata):
+        raise ValueError(
+            f"{where} is damaged: its metadata (model, metric, region, ratio, languages, ...) "
+            "does not match its sha256: edited or corrupt; use the file the run saved, or make "
+            "the region again"
+        )
 
 
 def _check_fits(model, shapes: Mapping[str, list], where: str, model_id: str | None) -> None:

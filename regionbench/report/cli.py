@@ -82,6 +82,32 @@ def sweep_runs(tracker: Tracker, parent: str | None = None, *, all_sweeps: bool 
     return tracker.sweep_members(parent)
 
 
+def _check_parent(tracker: Tracker, parent: str) -> None:
+    """`--parent` names a run of the store, or this is one line naming the sweeps there are."""
+    try:
+        tracker.run(parent)
+        return
+    except Exception:  # noqa: BLE001 - MLflow's RESOURCE_DOES_NOT_EXIST, or a malformed id
+        pass
+    sweeps = tracker.client.search_runs(
+        [tracker.experiment_id],
+        filter_string="tags.`regionbench.sweep` = 'true'",
+        max_results=6,
+        order_by=["attributes.start_time DESC"],
+    )
+    there = ", ".join(f"{s.info.run_id} ({s.info.run_name})" for s in sweeps[:5])
+    more = " and older ones" if len(sweeps) > 5 else ""
+    raise SystemExit(
+        f"error: no run {parent!r} in the experiment {tracker.experiment!r} of {tracker.uri}: "
+        + (
+            f"its sweeps, newest first: {there}{more}; pass one to --parent, or leave --parent "
+            "out for the latest"
+            if sweeps
+            else "it has no sweeps; leave --parent out, or pass --experiment"
+        )
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         prog="python -m regionbench.report",
@@ -128,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     except StoreError as err:
         raise SystemExit(f"error: {err}") from None
+    if args.parent is not None:
+        _check_parent(tracker, args.parent)
     if args.url:
         print(sweep_url(tracker, args.parent, args.port, every_experiment=every))
         return

@@ -336,11 +336,14 @@ def heatmap(
     log: bool = False,
     fmt: str = "{:.3g}",
     limits: tuple[float, float] | None = None,
+    missing: str = "",
+    note: str = "",
 ) -> Path:
     """A labelled matrix: rows × cols, each cell annotated with its value. `center` (e.g. 1 for
     ratios) puts the neutral colour there with a diverging map; `log` colours by log values
     (ratios from ×0.5 to ×2 look alike on both sides); `limits` fixes the colour scale (0 to 1
-    for Jaccard, from 0 for shares) so that equal values never look different."""
+    for Jaccard, from 0 for shares) so that equal values never look different. A NaN cell is
+    left blank, with the text `missing` in it ("—": not compared); `note` says how to read it."""
     import numpy as np
     from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm
     from matplotlib.ticker import FormatStrFormatter, NullFormatter
@@ -380,6 +383,8 @@ def heatmap(
                     color=ink,
                     fontsize="small",
                 )
+            elif missing:
+                ax.text(j, i, missing, ha="center", va="center", color="0.5", fontsize="small")
     bar = fig.colorbar(image, ax=ax, label=label)
     if isinstance(norm, LogNorm):  # readable ratios (0.95, 1, 1.05), not 9.5 x 10^-1
         ticks = np.geomspace(norm.vmin, norm.vmax, 5).tolist()
@@ -387,5 +392,5 @@ def heatmap(
         bar.set_ticks(ticks)
         bar.ax.yaxis.set_major_formatter(FormatStrFormatter(f"%.{digits}g"))
         bar.ax.yaxis.set_minor_formatter(NullFormatter())
-    set_titles(fig, ax, title)
+    set_titles(fig, ax, title, note)
     return save_figure(fig, path)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from regionbench.common import names
 from regionbench.regions.kinds import REGION_KINDS
+from regionbench.report.overlap import region_overlap
 from regionbench.report.plots import spread
 from regionbench.report.sweep import (
     condition_keys,
@@ -23,7 +24,6 @@ from regionbench.report.sweep import (
     headline_metric,
     labels,
     language_order,
-    region_overlap,
     sweep_plots,
     what_was_done,
 )

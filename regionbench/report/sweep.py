@@ -11,16 +11,14 @@ condition in words ("taylor core 5%", "random 1% frozen", "unmodified"):
   conditions and 12 languages);
 * `ppl_ratio_heatmap.png`: the same as a condition × language table of colours;
 * `<metric>_vs_<axis>.png`: the headline ratio against a numeric swept axis (ratio);
-* `forgetting_by_condition.png`: freeze sweeps, forgetting at every evaluation step;
-* `region_overlap.png/.csv`: how much the conditions' regions agree (Jaccard).
+* `forgetting_by_condition.png`: freeze sweeps, forgetting at every evaluation step.
+
+How much the conditions' regions agree is `report.overlap.region_overlap`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -29,10 +27,7 @@ from regionbench.config import InterventionConfig
 from regionbench.interventions.kinds import INTERVENTIONS, Intervention
 from regionbench.regions.kinds import REGION_KINDS, RegionKind
 from regionbench.report.plots import Spread, spread
-from regionbench.tracking.client import Tracker
 
-MAX_OVERLAP_RUNS = 60  # pairwise agreement of more regions is a table nobody reads
-MAX_MASK_BYTES = 50 * 2**20  # packed bits: a 1/8 of the scored parameters (7B: ~800 MB)
 MAX_POINT_CONDITIONS = 8  # more conditions side by side per language: the heatmap alone
 MAX_POINT_LANGUAGES = 12
 _DESCRIBED = ("metric.name", "region.name", "region.lang", "ratio", "intervention.name")
@@ -64,7 +59,8 @@ def describe(params: Mapping[str, str], keys: Sequence[str], *, ratio: bool = Tr
     kind, iv = _region_kind(params), _intervention(params)
     region = params.get("region.name", "")
     preset = params.get("choice.region", region)  # region=top-dims: a preset of `dimension`
-    words: list[str] = []
+    # a sweep across models: which model first, by its short name ("sandbox-s taylor core 5%")
+    words: list[str] = [_model_name(params)] if "model.name" in keys else []
     if kind is not None and kind.empty_at_zero and _number(params.get("ratio")) == 0:
         words.append(f"nothing {iv.word}" if iv is not None and iv.word else "unmodified")
     else:
@@ -74,6 +70,7 @@ def describe(params: Mapping[str, str], keys: Sequence[str], *, ratio: bool = Tr
         value = params.get(key, "")
         if (
             key in _DESCRIBED
+            or key == "model.name"
             or value in ("", "None")
             or (preset != region and key.startswith("region."))
         ):
@@ -102,7 +99,14 @@ def what_was_done(runs: Sequence) -> str:
     each matrix)", "Further training sandbox-m on armn with weights frozen"."""
     first = runs[0].data.params
     shared = {k: v for k, v in first.items() if all(r.data.params.get(k) == v for r in runs)}
-    model = Path(first.get("model.name", "the model")).name
+    models = list(dict.fromkeys(_model_name(r.data.params) for r in runs))
+    model = (
+        models[0]
+        if len(models) == 1
+        else f"{', '.join(models[:-1])} and {models[-1]}"
+        if len(models) <= 3
+        else f"{len(models)} models"
+    )
     iv = _intervention(first) or INTERVENTIONS[InterventionConfig().name]
     text = iv.title(model, shared)
     size = _number(shared.get("ratio"))
@@ -112,6 +116,11 @@ def what_was_done(runs: Sequence) -> str:
     elif size and kind is not None and kind.sized == "within":  # a part of the top k
         text += f" (from the top {size * 100:g}% of each matrix)"
     return text
+
+
+def _model_name(params: Mapping[str, str]) -> str:
+    """A model by its short name: a hub id's or a folder's last part."""
+    return Path(params.get("model.name", "the model")).name
 
 
 def _region_kind(params: Mapping[str, str]) -> RegionKind | None:
@@ -278,15 +287,17 @@ def _along_axis(
         return []
     axis = "ratio" if "ratio" in numeric else numeric[0]
     others = [p for p in keys if p != axis]
-    # ratio 0 is one condition whatever the other values (no region): a point of its own
+    # ratio 0 is one condition whatever the region's values (no region): a point of its own,
+    # one per model in a sweep across models (each model's own unmodified evaluation)
     empty = [r for r in runs if axis == "ratio" and float(r.data.params[axis]) == 0]
     lines = conditions([r for r in runs if all(r is not e for e in empty)], others, over=())
+    models = [p for p in others if p.startswith("model.")]
     label = labels(lines, others, ratio=axis != "ratio")
     series, kinds = [], set()
-    if empty:
-        s, kind = _interval(empty, metric)
+    for members in conditions(empty, models, over=()).values():
+        s, kind = _interval(members, metric)
         kinds.add(kind)
-        series.append((describe(empty[0].data.params, []), [(0.0, s.mean, s.lo, s.hi)]))
+        series.append((describe(members[0].data.params, models), [(0.0, s.mean, s.lo, s.hi)]))
     for key, members in lines.items():
         points = []
         for x in sorted({float(r.data.params[axis]) for r in members}):
@@ -343,89 +354,6 @@ def _forgetting_curves(
             note=_interval_note(kinds, groups),
         )
     ]
-
-
-def region_overlap(
-    tracker: Tracker, runs: Sequence, out: Path, *, params: Sequence[str] = (), over=("seed",)
-) -> list[Path]:
-    """The pairwise agreement of the sweep's regions (Jaccard and overlap coefficient, from each
-    job's saved mask file) as `region_overlap.csv` and a Jaccard heatmap `region_overlap.png`,
-    one row per condition (its first seed's region). Skipped for more than 60 conditions or
-    masks over 50 MB (a 7B model's masks are gigabytes)."""
-    from regionbench.regions.overlap import agreement
-    from regionbench.regions.region import Region
-    from regionbench.report.plots import heatmap
-
-    groups = conditions(runs, params, over) if params else {}
-    if groups and len(groups) < len([r for r in runs if r.info.status == "FINISHED"]):
-        label = labels(groups, condition_keys(params, over))
-        chosen = [(label[key], members[0]) for key, members in groups.items()]
-    else:
-        chosen = [(r.info.run_name, r) for r in runs if r.info.status == "FINISHED"]
-    if not 2 <= len(chosen) <= MAX_OVERLAP_RUNS:
-        return []
-    regions = {}
-    with _quiet_artifact_downloads():
-        for name, r in chosen:
-            files = {a.path: a.file_size for a in tracker.client.list_artifacts(r.info.run_id)}
-            if files.get("region.safetensors", MAX_MASK_BYTES + 1) > MAX_MASK_BYTES:
-                continue
-            local = tracker.client.download_artifacts(r.info.run_id, "region.safetensors", str(out))
-            regions[name] = Region.load(local)
-            Path(local).unlink()
-    if len(regions) < 2:
-        return []
-    names_ = list(regions)
-    rows, matrix = [], []
-    for a in names_:
-        line = []
-        for b in names_:
-            agr = agreement(regions[a], regions[b])
-            line.append(agr.jaccard)
-            if names_.index(a) < names_.index(b):
-                rows.append(
-                    {
-                        "a": a,
-                        "b": b,
-                        "jaccard": agr.jaccard,
-                        "overlap_coefficient": agr.overlap_coefficient,
-                    }
-                )
-        matrix.append(line)
-    csv_path = out / "region_overlap.csv"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["a", "b", "jaccard", "overlap_coefficient"])
-        writer.writeheader()
-        writer.writerows(rows)
-    done = [r for _, r in chosen]
-    png = heatmap(
-        matrix,
-        names_,
-        names_,
-        out / "region_overlap.png",
-        label="Jaccard index",
-        title=f"{what_was_done(done)}\nentries the regions share (Jaccard: shared / in either)"
-        + (" (first seed of each condition)" if groups else ""),
-        fmt="{:.2f}",
-        limits=(0.0, 1.0),
-    )
-    return [csv_path, png]
-
-
-@contextlib.contextmanager
-def _quiet_artifact_downloads():
-    """MLflow draws a progress bar per downloaded file (a line per mask at the end of every
-    sweep); `MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR` is its switch, read at each download."""
-    var = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    saved = os.environ.get(var)
-    os.environ[var] = "false"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop(var, None)
-        else:
-            os.environ[var] = saved
 
 
 def language_order(langs: Sequence[str], job_names: Sequence[str]) -> list[str]:

@@ -23,6 +23,7 @@ from regionbench.tracking.client import Tracker
 DEFAULT_METRICS = (names.REGION_FRACTION, names.PPL_MEAN, names.PPL_RATIO_MEAN)
 # not a sweep's axes for the default columns (a group's choice repeats the values it sets)
 _IGNORED_PARAMS = ("paths.", "tracking.", "choice.", "resume")
+MODEL_PARAMS = "model."  # the params that say which model a run measured
 
 
 def swept_params(runs: Sequence) -> list[str]:
@@ -87,8 +88,10 @@ def paired(
     same seed: same data, same order) and the same value of every other column along which the
     baseline runs differ: with `--baseline metric.name=random`, taylor at ratio 0.05 and seed 1
     is paired with random at ratio 0.05 and seed 1; with `--baseline frozen_set=none` (one
-    unfrozen run per seed) every frozen set is paired with the unfrozen run of its seed. A run
-    with no such baseline is left out of its row's ratio."""
+    unfrozen run per seed) every frozen set is paired with the unfrozen run of its seed. The
+    model's columns (`model.*`) always match, unless the baseline names one (`--baseline
+    model.name=A`: every model over A): a ratio of model B is never taken over model A's
+    unmodified run. A run with no such baseline is left out of its row's ratio."""
     from scipy import stats
 
     def is_base(row):
@@ -99,7 +102,9 @@ def paired(
         raise SystemExit(f"no run matches the baseline {baseline}")
     columns = [c for c in rows[0] if c not in baseline and c not in ("run", "status", *metrics)]
     varying = [c for c in columns if len({str(r[c]) for r in base_rows}) > 1]
-    match = list(dict.fromkeys([*pair_on, *varying]))
+    # a run is never paired with another model's baseline, even where only one model has one
+    models = [c for c in columns if c.startswith(MODEL_PARAMS)]
+    match = list(dict.fromkeys([*pair_on, *models, *varying]))
     bases: dict[tuple, dict] = {}
     for r in base_rows:
         key = tuple(str(r[k]) for k in match)

@@ -4,7 +4,8 @@
     grammar    reading sentences back; the minimal pairs of the grammar task       no torch
     languages, lexicon, meaning   what the corpus is made of                       no torch
     tokenizer, models   the sandbox tokenizer and LLaMA models, built on first use
-    python -m regionbench.sandbox build sandbox-m | sample                  (the command line)
+    checkpoint          a build's checkpoints: an interrupted build resumes, same bytes
+    python -m regionbench.sandbox build sandbox-m | info | sample           (the command line)
 
 The names a run needs are here; the modules say which part of the world they are.
 """

@@ -12,14 +12,24 @@ file lock; a second process waits for the first and loads its model, and an inte
 leaves nothing that looks complete. The metadata file, written last, holds every file's size and
 sha256; a folder damaged later (a truncated model.safetensors, a missing config.json, an edited
 weight) is a one-line error naming the command that rebuilds it, before anything is loaded.
+
+A build says in one line what it builds, why, for about how long (measured on the spot) and where
+it will be cached; it checkpoints as it goes (`sandbox.checkpoint`: every CHECKPOINT_EVERY steps
+or CHECKPOINT_SECONDS, and at the end of the step a Ctrl-C or SIGTERM arrives in), and the next
+build resumes from the last checkpoint with the bytes an uninterrupted build would have given.
+Builds run under fixed torch settings (`build_settings`), so the weights' sha256, recorded in the
+metadata and printed by `python -m regionbench.sandbox build|info`, is the same whatever the
+caller's thread settings; it can differ on a CPU with other kernels or another torch version.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +39,7 @@ from regionbench.common.choices import check_choice
 from regionbench.common.packing import pack_ids
 from regionbench.common.torchtools import lr_factor
 from regionbench.sandbox import corpus
+from regionbench.sandbox.checkpoint import Checkpoint, HeldSignals, checkpoint_path
 from regionbench.sandbox.languages import PRETRAIN_LANGS
 from regionbench.sandbox.meaning import CORPUS_VERSION
 from regionbench.sandbox.tokenizer import train_tokenizer
@@ -41,7 +52,12 @@ RECIPE_VERSION = 1
 # so models of every size and seed share one tokenizer and their perplexities compare.
 CORPUS_SEED = 0
 METADATA = "regionbench_sandbox.json"  # written last: its presence marks a complete folder
-BUILD_THREADS = 2  # fixed, so a rebuild on the same machine reproduces the weights bit for bit
+# Always this many intra-op threads (also on a 1-core machine, and whatever the caller set): a
+# rebuild reproduces the weights bit for bit on CPUs with the same kernels (see build_settings).
+BUILD_THREADS = 2
+CHECKPOINT_EVERY = 50  # steps between checkpoints of a build in progress ...
+CHECKPOINT_SECONDS = 60.0  # ... or seconds, whichever comes first (and on Ctrl-C / SIGTERM)
+PREP_SECONDS_PER_DOC = 1e-3  # corpus, tokenizer and encoding of a build, on a busy 2-core CPU
 
 
 @dataclass(frozen=True)
@@ -123,15 +139,19 @@ def ensure_sandbox_model(
     progress: bool = True,
     seed: int = 0,
 ) -> Path:
-    """Return the folder of a sandbox model, building it first if it is missing (or `force`);
-    a damaged folder is a one-line ValueError that says how to rebuild it."""
+    """Return the folder of a sandbox model, building it first if it is missing (or `force`,
+    which also discards the checkpoints of an interrupted build); a build resumes from its last
+    checkpoint; a damaged folder is a one-line ValueError that says how to rebuild it."""
     _recipe(name)  # a bad name fails before any lock or folder
-    folder = publish_dir(
-        sandbox_path(name, cache_dir, seed),
-        lambda tmp: build_sandbox_model(name, tmp, seed=seed, progress=progress),
-        ready=is_complete,
-        force=force,
-    )
+    final = sandbox_path(name, cache_dir, seed)
+
+    def build(tmp: Path) -> None:  # under the folder's lock: one builder, one checkpoint writer
+        if force:
+            shutil.rmtree(checkpoint_path(final), ignore_errors=True)
+        why = "is rebuilt (--force)" if force and final.exists() else "is not in the cache"
+        build_sandbox_model(name, tmp, seed=seed, progress=progress, final=final, why=why)
+
+    folder = publish_dir(final, build, ready=is_complete, force=force)
     problem = damage(folder)
     if problem:
         hint = rebuild_hint(name, cache_dir, seed)
@@ -247,8 +267,18 @@ def pretrain(
     seed: int,
     progress: bool = True,
     desc: str = "pre-training",
+    checkpoint: Checkpoint | None = None,
+    resume: tuple[dict, dict] | None = None,
+    notes: dict | None = None,
+    on_step=None,
 ) -> list[float]:
-    """AdamW with warmup + cosine on packed sequences; returns the loss of every step."""
+    """AdamW with warmup + cosine on packed sequences; returns the loss of every step.
+
+    With `checkpoint`, the state is saved every CHECKPOINT_EVERY steps or CHECKPOINT_SECONDS
+    (with `notes`, and `seconds`: the build's time so far), and at the end of the step in which
+    Ctrl-C or SIGTERM arrived, which is then re-raised; `resume` (`checkpoint.load()`) continues
+    such a state with the same bytes an uninterrupted run would have. `on_step(steps_done)` runs
+    after each step (tests interrupt builds with it)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -264,8 +294,13 @@ def pretrain(
         eps=1e-8,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(recipe))
-    batches = _packed_batches(docs, recipe, seed)
     losses: list[float] = []
+    if resume is not None:
+        losses = _restore(model, opt, sched, *resume)
+    begin = len(losses)
+    batches = _packed_batches(docs, recipe, seed)
+    for _ in range(begin):  # the data order is replayed from the seed, not stored
+        next(batches)
     hooks = []
     if recipe.dropout:
         # Hooks, not config: the saved folder stays a plain LlamaForCausalLM.
@@ -282,30 +317,194 @@ def pretrain(
                 layer.self_attn.register_forward_hook(drop),
                 layer.mlp.register_forward_hook(drop),
             ]
+    start, saved = time.perf_counter(), (begin, time.perf_counter())
+    seconds_before = resume[1].get("seconds", 0.0) if resume is not None else 0.0
+
+    def save(done: int) -> None:
+        state = {**(notes or {}), "seconds": seconds_before + time.perf_counter() - start}
+        checkpoint.save(done, *_snapshot(model, opt, sched, losses, state))
+
     model.train()
-    with tqdm(total=recipe.steps, desc=desc, unit="step", disable=not progress) as bar:
-        for _ in range(recipe.steps):
-            x = next(batches)
-            loss = model(input_ids=x, labels=x).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            bar.update()
-            if len(losses) % 10 == 0:
-                bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.3f}")
-    for hook in hooks:
-        hook.remove()
-    model.eval()
+    bar = tqdm(total=recipe.steps, initial=begin, desc=desc, unit="step", disable=not progress)
+    try:
+        with HeldSignals() as held, bar:
+            for _ in range(begin, recipe.steps):
+                x = next(batches)
+                loss = model(input_ids=x, labels=x).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                bar.update()
+                if len(losses) % 10 == 0:
+                    bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.3f}")
+                done = len(losses)
+                if on_step is not None:
+                    on_step(done)
+                due = bool(CHECKPOINT_EVERY) and done - saved[0] >= CHECKPOINT_EVERY
+                due = due or time.perf_counter() - saved[1] >= CHECKPOINT_SECONDS
+                if checkpoint is not None and (held.received or (due and done < recipe.steps)):
+                    save(done)
+                    saved = (done, time.perf_counter())
+                if held.received:
+                    bar.close()
+                    kept = f"checkpoint saved in {checkpoint.folder}" if checkpoint else ""
+                    kept = f": {kept}, building it again resumes there" if kept else ""
+                    log.warning("%s interrupted at step %d of %d%s", desc, done, recipe.steps, kept)
+                    held.deliver()
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.eval()
     return losses
 
 
+def _snapshot(model, opt, sched, losses: list[float], state: dict) -> tuple[dict, dict]:
+    """(tensors, JSON state) of a training step's end: everything the next steps read."""
+    import torch
+
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    optim = opt.state_dict()
+    for index, entry in optim["state"].items():
+        for key, value in entry.items():
+            if not torch.is_tensor(value):
+                raise TypeError(f"optimizer state {key!r} is not a tensor: {value!r}")
+            tensors[f"optim/{index}/{key}"] = value
+    tensors["rng"] = torch.get_rng_state()
+    state = {
+        **state,
+        "losses": list(losses),
+        "param_groups": optim["param_groups"],
+        "scheduler": sched.state_dict(),
+    }
+    return tensors, state
+
+
+def _restore(model, opt, sched, tensors: dict, state: dict) -> list[float]:
+    """Put a `_snapshot` back (bit for bit); returns the losses so far."""
+    import torch
+
+    model.load_state_dict(
+        {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")},
+        strict=True,
+    )
+    optim: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/", 2)
+            optim.setdefault(int(index), {})[name] = value
+    groups = [{**g, "betas": tuple(g["betas"])} for g in state["param_groups"]]  # JSON: lists
+    opt.load_state_dict({"state": optim, "param_groups": groups})
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(tensors["rng"])
+    return [float(x) for x in state["losses"]]
+
+
+def build_identity(name: str, seed: int) -> dict:
+    """What a checkpoint must share with this build for a resume to give the bytes of an
+    uninterrupted build: recipe and seed, library versions and the CPU kernel family."""
+    import tokenizers
+    import torch
+    import transformers
+
+    return {
+        "name": name,
+        "seed": seed,
+        "recipe_version": RECIPE_VERSION,
+        "recipe_digest": recipe_digest(name),
+        "threads": BUILD_THREADS,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+    }
+
+
+@contextlib.contextmanager
+def build_settings():
+    """The torch settings of every build, restored afterwards: BUILD_THREADS intra-op threads and
+    deterministic algorithms (without filling new tensors, which only costs time here).
+
+    Measured with torch 2.13 on a 2-core AVX2 CPU, a training step gives the same bytes on 1, 2,
+    4 or 8 threads; what changes them is the CPU kernel family (ATEN_CPU_CAPABILITY=default
+    instead of avx2) and MKL's code path (MKL_CBWR), so the metadata records the former and the
+    torch version: the sha256 of a rebuild matches where those match."""
+    import torch
+    import torch.utils.deterministic as det
+
+    threads = torch.get_num_threads()
+    mode = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    fill = det.fill_uninitialized_memory
+    torch.set_num_threads(BUILD_THREADS)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    det.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        det.fill_uninitialized_memory = fill
+        torch.use_deterministic_algorithms(mode[0], warn_only=mode[1])
+        torch.set_num_threads(threads)
+
+
+def _step_seconds(recipe: SandboxRecipe, steps: int = 2) -> float:
+    """Seconds one training step takes on this machine right now: forward and backward of a
+    throwaway model on random tokens (after one warm-up step; the build's RNG is untouched)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(llama_config(recipe))
+        x = torch.randint(3, recipe.vocab_size, (recipe.batch_size, recipe.seq_len))
+        times = []
+        for _ in range(steps + 1):
+            begin = time.perf_counter()
+            model(input_ids=x, labels=x).loss.backward()
+            times.append(time.perf_counter() - begin)
+    return sum(times[1:]) / steps * 1.1  # + the optimizer step, about a tenth
+
+
+def _about(seconds: float) -> str:
+    if seconds < 90:
+        return f"about {max(10, round(seconds, -1)):.0f} s"
+    if seconds < 90 * 60:
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds // 3600:.0f} h {seconds % 3600 / 60:.0f} min"
+
+
+def announcement(name: str, recipe: SandboxRecipe, done: int, final: Path, why: str) -> str:
+    """The line a build starts with: what, why, for how long and where it will be cached."""
+    prep = PREP_SECONDS_PER_DOC * recipe.train_docs * len(PRETRAIN_LANGS)
+    left = _about(prep + (recipe.steps - done) * _step_seconds(recipe))
+    resumes = " (an interrupted build resumes from its last checkpoint)"
+    if done:
+        what = f"resuming its interrupted pre-training at step {done} of {recipe.steps}"
+        return f"{name} {why}: {what} ({left} left on this machine), then cached in {final}"
+    what = f"pre-training it once ({count_parameters(name) / 1e6:.2f}M parameters, "
+    what += f"{recipe.steps} steps, {left} on this machine)"
+    return f"{name} {why}: {what}, then cached in {final}{resumes}"
+
+
 def build_sandbox_model(
-    name: str, out_dir: str | os.PathLike, *, seed: int = 0, progress: bool = True
+    name: str,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    final: Path | None = None,
+    why: str = "is not in the cache",
+    on_step=None,
 ) -> Path:
-    """Train tokenizer and model from scratch into `out_dir` (not atomic: see ensure_...)."""
+    """Train tokenizer and model from scratch into `out_dir` (not atomic: see ensure_...).
+
+    `final` is the folder `out_dir` will be published as: the build says so in one line, keeps
+    its checkpoints beside it (`checkpoint_path`) and resumes from the last one; without it, it
+    trains in one go."""
     import torch
     import transformers
     from transformers import LlamaForCausalLM
@@ -313,14 +512,21 @@ def build_sandbox_model(
     recipe = _recipe(name)
     out = Path(out_dir)
     start = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(BUILD_THREADS, os.cpu_count() or 1))
-    try:
+    with build_settings():
+        ckpt = resume = None
+        if final is not None:
+            ckpt = Checkpoint(checkpoint_path(final), build_identity(name, seed))
+            resume = ckpt.load()
+            done = resume[1]["step"] if resume else 0
+            log.info("%s", announcement(name, recipe, done, final, why))
         texts = corpus.generate(
             "pretrain", PRETRAIN_LANGS, n_docs=recipe.train_docs, seed=CORPUS_SEED
         )
         tok_texts = [d for lang in texts for d in texts[lang][: recipe.tokenizer_docs]]
         tokenizer = train_tokenizer(tok_texts, recipe.vocab_size, recipe.seq_len)
+        tokenizer_sha = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+        if resume and resume[1].get("tokenizer_sha256") != tokenizer_sha:
+            resume = ckpt.discard("made with another tokenizer")
         all_docs = [d for lang in texts for d in texts[lang]]
         # The backend encodes without the length warning meant for single model inputs.
         docs = [
@@ -331,7 +537,16 @@ def build_sandbox_model(
             torch.manual_seed(seed)
             model = LlamaForCausalLM(llama_config(recipe)).to(torch.float32)
             losses = pretrain(
-                model, docs, recipe, seed=seed, progress=progress, desc=f"building {name}"
+                model,
+                docs,
+                recipe,
+                seed=seed,
+                progress=progress,
+                desc=f"building {name}",
+                checkpoint=ckpt,
+                resume=resume,
+                notes={"tokenizer_sha256": tokenizer_sha},
+                on_step=on_step,
             )
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
@@ -341,6 +556,7 @@ def build_sandbox_model(
             for p in sorted(out.iterdir())
             if p.is_file() and p.name != METADATA
         }
+        seconds = time.perf_counter() - start
         meta = {
             "name": name,
             "seed": seed,
@@ -354,17 +570,25 @@ def build_sandbox_model(
             "weights_sha256": fingerprint_model(model, full=True),
             "first_loss": losses[0],
             "final_loss": sum(losses[-20:]) / len(losses[-20:]),
-            "build_seconds": round(time.perf_counter() - start, 1),
+            # With a resume: the time of every session up to its last checkpoint, and this one.
+            "build_seconds": round(seconds + (resume[1]["seconds"] if resume else 0.0), 1),
+            "resumed_at_step": resume[1]["step"] if resume else None,
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "files": files,  # each file's size and sha256, checked before every load
         }
         (out / METADATA).write_text(json.dumps(meta, indent=1))
-    finally:
-        torch.set_num_threads(threads)
+        if ckpt is not None:
+            ckpt.clear()  # the model folder is complete: its checkpoints are spent
     log.info(
-        "built %s in %.0f s (final loss %.3f)", name, meta["build_seconds"], meta["final_loss"]
+        "built %s in %.0f s (final loss %.3f), weights sha256 %s",
+        name,
+        meta["build_seconds"],
+        meta["final_loss"],
+        meta["weights_sha256"],
     )
     return out
 

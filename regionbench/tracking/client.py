@@ -5,17 +5,27 @@ Every job is one run; a sweep adds a parent run and nests its jobs under it. The
 that jobs, launchers and `mlflow ui` started elsewhere agree on one store:
 
     mlflow ui --backend-store-uri sqlite:///$PWD/mlruns/mlflow.db
+
+Faults are one line, at once: a store that cannot be opened is a `StoreError` naming it (a SQLite
+file is probed before MLflow, which retries a bad one for two minutes, and created atomically, so
+a full disk cannot leave a half-made store); a tracking server that stops answering mid-sweep is
+a `StoreLost` after its first failed call (MLflow's own client would retry every call for
+minutes), which stops the sweep; a full artifact folder is named with the run it was for.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import logging
 import math
 import os
+import re
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +41,21 @@ SWEEP_ENV = "REGIONBENCH_SWEEP_ID"
 SWEEP_KEYS_ENV = "REGIONBENCH_SWEEP_KEYS"
 CONFIG_HASH_TAG = "config_hash"  # the job's resolved config, less where it is recorded
 REUSED_TAG = "regionbench.reused."  # + run id, on a resumed sweep's parent: the job's number
+CODE_TAGS = ("regionbench_version", "git_sha")  # what made a run: resume=true reuses the same
+CLAIMED_TAG = "regionbench.claimed."  # + run id, on a resumed sweep's parent: run by another launch
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
+
+# MLflow's client retries a failed HTTP call 7 times with growing pauses (about 4 minutes), each
+# attempt waiting up to 120 s for an answer, and a refused connection is retried like a slow
+# one: a sweep whose tracking server died hung for minutes per call. These settings bound a call
+# to 3 attempts within seconds for a server that is gone (30 s for one that hangs); the user's
+# own environment wins. After a failed call the Tracker asks the server's /health itself.
+HTTP_SETTINGS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 def resolve_uri(uri: str | None = None, base_dir: str | os.PathLike | None = None) -> str:
@@ -136,8 +160,145 @@ def _store_setup_lock(uri: str) -> Iterator[None]:
         yield
 
 
+# What MLflow says about a SQLite file whose schema was left part-way (its migrations stopped).
+_HALF_MADE = re.compile(r"already exists|out-of-date database schema|no such table|locate revision")
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _probe_sqlite(uri: str, db: Path) -> None:
+    """A SQLite store that exists opens as a database, or this is a `StoreError` now: MLflow
+    retries an unopenable file (a folder, garbage, no permission) for two minutes first."""
+    import sqlite3
+
+    if db.exists() and not db.is_file():
+        raise StoreError(
+            f"cannot use the MLflow store {uri}: {db} is a folder, not a SQLite file: move it "
+            "away, or point tracking.uri at a .db file (sqlite:////abs/path/mlflow.db)"
+        )
+    if not db.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)) as c:
+            c.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as err:
+        raise StoreError(
+            f"cannot use the MLflow store {uri}: {err} ({db} is not a SQLite database MLflow "
+            "can open: move it away, or point tracking.uri at another store)"
+        ) from None
+
+
+def _create_sqlite(uri: str, db: Path) -> None:
+    """Create a new SQLite store whole or not at all: MLflow builds its schema in a temporary file
+    beside it, which is renamed into place once complete. Created in place, a store whose creation
+    stopped part-way (a full disk) failed every later run with "table ... already exists"."""
+    if db.exists() and db.stat().st_size:  # an empty file is no store yet: replaced
+        return
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    tmp = db.with_name(f".{db.name}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp_uri = f"sqlite:///{tmp}"
+    try:
+        store = SqlAlchemyStore(tmp_uri, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
+        # the engine is cached by URI for the process: close it, or it keeps the file open
+        engines = getattr(SqlAlchemyStore, "_engine_map", {})
+        (engines.pop(tmp_uri, None) or store.engine).dispose()
+        os.replace(tmp, db)
+    except Exception as err:  # noqa: BLE001 - a disk full, a folder we cannot write: one line
+        text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if "full" in text or getattr(err, "errno", None) in _FULL:
+            raise StoreError(
+                f"cannot create the MLflow store {uri}: no space left on device in {db.parent} "
+                f"({text[:120]}); nothing was created: free space there, or point tracking.uri "
+                "at another folder"
+            ) from None
+        raise StoreError(f"cannot create the MLflow store {uri}: {text}") from None
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def _holds_no_runs(db: Path) -> bool:
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            tables = {
+                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            return (
+                "runs" not in tables or not con.execute("SELECT count(*) FROM runs").fetchone()[0]
+            )
+    except sqlite3.Error:
+        return False
+
+
 class StoreError(ValueError):
     """The MLflow store cannot be used (unreadable file, unknown scheme, server down, ...)."""
+
+
+class StoreLost(KeyboardInterrupt):
+    """The tracking server stopped answering in the middle of the work: nothing more can be
+    recorded. It unwinds like Ctrl-C (no handler of a failed job swallows it, so the sweep stops
+    instead of failing each of its jobs in turn); the entry point says it in one line. The runs it
+    could not end stay RUNNING until the next contact with the store marks them stale."""
+
+    PREFIX = "lost the MLflow tracking server"
+
+
+_LOST: dict[str, str] = {}  # tracking server -> why it is known to be gone (this process)
+
+
+def lost_store() -> str | None:
+    """Why a tracking server this process used was lost, or None."""
+    return next(iter(_LOST.values()), None)
+
+
+def _http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+class _Watched:
+    """An MlflowClient whose failed calls to a tracking server are followed by one /health
+    request of our own: a server that is gone is a `StoreLost` naming it after the first failed
+    call, and every later call of this process to it fails at once, without MLflow's retries."""
+
+    def __init__(self, target: Any, uri: str):
+        self._target, self._uri = target, uri
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr) or not _http(self._uri):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            if self._uri in _LOST:
+                raise StoreLost(_LOST[self._uri])
+            try:
+                return attr(*args, **kwargs)
+            except Exception:
+                self.check()
+                raise
+
+        return call
+
+    def check(self) -> None:
+        """`StoreLost` if the server does not answer /health within a few seconds."""
+        if self._uri not in _LOST:
+            try:
+                _reachable(self._uri, timeout_s=5.0)
+                return
+            except StoreError as err:
+                reason = re.search(r"\(([^()]*)\)", str(err))
+                why = reason.group(1) if reason else "no answer"
+                _LOST[self._uri] = (
+                    f"{StoreLost.PREFIX} {self._uri} mid-run ({why}): the sweep stopped; restart "
+                    "the server and relaunch the command with resume=true (runs it could not end "
+                    "are marked FAILED as stale then)"
+                )
+        raise StoreLost(_LOST[self._uri]) from None
 
 
 def _reachable(uri: str, timeout_s: float = 10.0) -> None:
@@ -177,10 +338,19 @@ class Tracker:
             self.uri = resolve_uri(uri)
         except OSError as err:  # `mlruns` is a file, an unwritable folder
             raise StoreError(f"cannot use the MLflow store {uri or './mlruns'}: {err}") from None
+        if _http(self.uri):
+            for var, value in HTTP_SETTINGS.items():
+                os.environ.setdefault(var, value)
         _reachable(self.uri)
+        db = Path(self.uri[len("sqlite:///") :]) if self.uri.startswith("sqlite:///") else None
+        if db is not None:
+            _probe_sqlite(self.uri, db)
         try:
             with _store_setup_lock(self.uri):
-                self.client = Uninterrupted(MlflowClient(tracking_uri=self.uri))
+                if db is not None:
+                    _create_sqlite(self.uri, db)
+                watched = _Watched(MlflowClient(tracking_uri=self.uri), self.uri)
+                self.client = Uninterrupted(watched)
                 found = self.client.get_experiment_by_name(experiment)  # creates the schema
                 if found is None and not create:  # a reader: a typo must not become an experiment
                     names = [e.name for e in self.client.search_experiments()]
@@ -199,8 +369,19 @@ class Tracker:
                     )
                 else:
                     self.experiment_id = found.experiment_id
+        except StoreError:
+            raise
+        except LookupError as err:
+            raise StoreError(f"cannot use the MLflow store {self.uri}: {err}") from None
         except Exception as err:  # noqa: BLE001 - every store failure, in one line
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            if db is not None and _HALF_MADE.search(str(err)) and _holds_no_runs(db):
+                # made part-way by a version that created stores in place
+                raise StoreError(
+                    f"cannot use the MLflow store {self.uri}: it is half-made (its creation "
+                    f"stopped part-way, e.g. on a full disk: {first[:120]}) and holds no runs: "
+                    f"remove it (rm {db}) and run again"
+                ) from None
             raise StoreError(f"cannot use the MLflow store {self.uri}: {first}") from None
         if found is not None and found.lifecycle_stage == "deleted":  # MLflow refuses its runs
             raise StoreError(
@@ -245,16 +426,47 @@ class Tracker:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def log_artifact(self, run_id: str, path: str | os.PathLike, subdir: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path=subdir)
+        with self._artifact(run_id, Path(path).name, subdir):
+            self.client.log_artifact(run_id, str(path), artifact_path=subdir)
 
     def log_text(self, run_id: str, text: str, name: str) -> None:
-        self.client.log_text(run_id, text, name)
+        with self._artifact(run_id, name):
+            self.client.log_text(run_id, text, name)
 
     def log_dict(self, run_id: str, data: dict, name: str) -> None:
-        self.client.log_dict(run_id, data, name)
+        with self._artifact(run_id, name):
+            self.client.log_dict(run_id, data, name)
 
     def log_figure(self, run_id: str, figure, name: str) -> None:
-        self.client.log_figure(run_id, figure, name)
+        with self._artifact(run_id, name):
+            self.client.log_figure(run_id, figure, name)
+
+    @contextlib.contextmanager
+    def _artifact(self, run_id: str, name: str, subdir: str | None = None) -> Iterator[None]:
+        """A full disk while an artifact is written is a `StoreError` naming the folder it was
+        written to (a bare ENOSPC names a temporary file, or nothing)."""
+        try:
+            yield
+        except OSError as err:
+            if err.errno not in _FULL:
+                raise
+            folder = self.artifact_folder(run_id, subdir)
+            raise StoreError(
+                f"no space left on device for the artifact {name} of run {run_id} in {folder}: "
+                "free space there, or point tracking.uri at a store with room"
+            ) from None
+
+    def artifact_folder(self, run_id: str, subdir: str | None = None) -> str:
+        """Where a run's artifacts go: a local folder, or the artifact URI of a remote store."""
+        from urllib.parse import unquote, urlparse
+
+        try:
+            where = self.client.get_run(run_id).info.artifact_uri
+        except Exception:  # noqa: BLE001 - naming the folder must not hide the failure
+            return f"the artifact store of {self.uri}"
+        if where.startswith("file:"):
+            where = unquote(urlparse(where).path)
+        return f"{where.rstrip('/')}/{subdir}" if subdir else where
 
     def log_rows(self, run_id: str, rows: list[dict], name: str) -> None:
         """A list of dicts as a CSV artifact `name`."""
@@ -276,12 +488,19 @@ class Tracker:
             self.log_artifact(run_id, path)
 
     def end_run(self, run_id: str, status: str = "FINISHED", error: str | None = None) -> None:
-        if error:
-            self.set_tags(run_id, {"error": error.strip().splitlines()[-1][:500]})
+        """The status first, then the error's last line (tag `error`), then its full text
+        (`error.txt`): a run whose error text cannot be written (a full artifact disk) still ends,
+        instead of staying RUNNING after its process is gone."""
+        self.client.set_terminated(run_id, status=status)
+        if not error:
+            return
+        self.set_tags(run_id, {"error": error.strip().splitlines()[-1][:500]})
+        try:
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / "error.txt").write_text(error)
                 self.log_artifact(run_id, Path(tmp) / "error.txt")
-        self.client.set_terminated(run_id, status=status)
+        except (OSError, StoreError) as err:
+            log.warning("run %s ended %s without its error.txt: %s", run_id, status, err)
 
     def children(self, parent_run_id: str) -> list:
         """The nested runs of a sweep, oldest first."""
@@ -306,33 +525,83 @@ class Tracker:
         order = lambda r: int(reused.get(r.info.run_id, r.data.tags.get("job_num", 0)) or 0)  # noqa: E731
         return sorted(runs, key=order)
 
-    def finished_run(self, config_hash: str):
-        """The latest FINISHED run of the job with this config hash in the experiment, or None."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.{CONFIG_HASH_TAG} = '{config_hash}' "
-            "and attributes.status = 'FINISHED'",
-            max_results=1,
-            order_by=["attributes.start_time DESC"],
+    def finished_run(self, config_hash: str, code: Mapping[str, str] | None = None):
+        """(the latest FINISHED run of the job with this config hash in the experiment, or None;
+        the latest one passed over). With `code` ({tag: value} of `CODE_TAGS`), only a run made
+        by the same code is taken: a value that is unknown on either side ('unknown', or a run
+        without the tag) does not count against it."""
+        runs = self._runs_of(config_hash, "FINISHED", 1 if code is None else 200)
+        for run in runs:
+            tags = run.data.tags
+            if code is None or all(
+                code.get(k) in (None, "", "unknown")
+                or tags.get(k) in (None, "", "unknown")
+                or tags[k] == code[k]
+                for k in CODE_TAGS
+            ):
+                return run, None
+        return None, (runs[0] if runs else None)
+
+    def running_run(self, config_hash: str, stale_after_s: float):
+        """A RUNNING run of the job with this config hash whose owner is alive (this host: its
+        process; another host: a heartbeat within `stale_after_s`), or None: the job is claimed
+        by another launch."""
+        for run in self._runs_of(config_hash, "RUNNING", 100):
+            if _staleness(run, stale_after_s) is None:
+                return run
+        return None
+
+    def _runs_of(self, config_hash: str, status: str, max_results: int) -> list:
+        return list(
+            self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.{CONFIG_HASH_TAG} = '{config_hash}' "
+                f"and attributes.status = '{status}'",
+                max_results=max_results,
+                order_by=["attributes.start_time DESC"],
+            )
         )
-        return runs[0] if runs else None
+
+    @contextlib.contextmanager
+    def claiming(self, lock_dir: Callable[[], Path] | None = None) -> Iterator[None]:
+        """One launch at a time decides whether a job is done, running elsewhere or to be run,
+        and starts its run: under a file lock beside a SQLite store, else (a tracking server) in
+        `lock_dir()` (the cache, shared by the machines of a cluster)."""
+        from filelock import FileLock
+
+        try:
+            if self.uri.startswith("sqlite:///"):
+                lock = Path(f"{self.uri[len('sqlite:///') :]}.claims.lock")
+            elif lock_dir is not None:
+                from regionbench.common.cache import cache_key
+
+                name = cache_key(kind="claims", uri=self.uri, experiment=self.experiment)[:16]
+                lock = lock_dir() / f"claims-{name}.lock"
+            else:
+                lock = None
+            if lock is not None:
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                held = FileLock(str(lock))
+                held.acquire(timeout=600)
+        except (OSError, ValueError) as err:  # a read-only cache: decide without the lock
+            log.warning("claims not locked (%s): two launches at once may run a job twice", err)
+            lock = None
+        try:
+            yield
+        finally:
+            if lock is not None:
+                held.release()
 
     def stale_runs(self, stale_after_s: float) -> list[tuple[Any, str]]:
         """Runs left RUNNING by a dead process, with why they are known to be dead: their owner
         process is gone (this host), or no heartbeat for `stale_after_s` (another host)."""
         found = []
-        now = time.time()
         for run in self.client.search_runs(
             [self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000
         ):
-            tags = run.data.tags
-            alive = liveness.owner_alive(tags)
-            beat = tags.get(liveness.HEARTBEAT_TAG, "")
-            if alive is False:
-                where = f"{tags[liveness.PID_TAG]} on {tags[liveness.HOST_TAG]}"
-                found.append((run, f"stale: its process {where} ended without closing the run"))
-            elif alive is None and beat.isdigit() and now - int(beat) > stale_after_s:
-                found.append((run, f"stale: no heartbeat for {now - int(beat):.0f} s"))
+            reason = _staleness(run, stale_after_s)
+            if reason is not None:
+                found.append((run, reason))
         return found
 
     def mark_stale(self, stale_after_s: float) -> int:
@@ -346,3 +615,17 @@ class Tracker:
     def beating(self, run_id: str, interval_s: float, parent_run_id: str | None = None):
         """A `Heartbeat` on `run_id` (a context manager)."""
         return Heartbeat(self.client._target, run_id, interval_s, parent_run_id)
+
+
+def _staleness(run, stale_after_s: float) -> str | None:
+    """Why a RUNNING run is known to be dead, or None: its owner process is gone (this host), or
+    no heartbeat for `stale_after_s` (another host)."""
+    tags = run.data.tags
+    alive = liveness.owner_alive(tags)
+    beat = tags.get(liveness.HEARTBEAT_TAG, "")
+    if alive is False:
+        where = f"{tags[liveness.PID_TAG]} on {tags[liveness.HOST_TAG]}"
+        return f"stale: its process {where} ended without closing the run"
+    if alive is None and beat.isdigit() and time.time() - int(beat) > stale_after_s:
+        return f"stale: no heartbeat for {time.time() - int(beat):.0f} s"
+    return None

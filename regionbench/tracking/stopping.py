@@ -5,6 +5,7 @@ an MLflow call, so its run can always be ended KILLED.
     with stoppable():                              # a launcher's job process, for one job
         ...
     client = Uninterrupted(MlflowClient(uri))      # its calls finish before an interrupt lands
+    stop_main("lost the tracking server ...")      # from a thread: unwind the main one, and why
 
 A KeyboardInterrupt raised in the middle of an SQLite commit leaves the store locked for the rest
 of the process, so the KILLED status could never be written. `interrupt_handler` raises
@@ -86,6 +87,25 @@ def stoppable() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, current)
+
+
+_REASONS: list[str] = []  # why this process stopped itself (stop_main), first first
+
+
+def stop_main(reason: str) -> None:
+    """Unwind the main thread as SIGTERM would (its job's run ends KILLED), for `reason`: what a
+    helper thread calls when the job must stop (its sweep ended, its tracking server is gone).
+    The entry point says the first reason instead of "interrupted"."""
+    import _thread
+    import signal
+
+    _REASONS.append(reason)
+    _thread.interrupt_main(signal.SIGTERM)
+
+
+def stop_reason() -> str | None:
+    """The first reason this process stopped itself for, or None (a user's signal, or none)."""
+    return _REASONS[0] if _REASONS else None
 
 
 class Uninterrupted:

@@ -89,6 +89,17 @@ CLI_CASES = [
     ("scope", ["importance.scope=matrix"], ["'matrix': did you mean 'matrices'"]),
     ("include-regex", ["importance.include=['[']"], ["importance.include '[' is not a valid reg"]),
     ("outliers-docs", ["outliers.docs=0"], ["outliers.docs 0 must be an integer >= 1"]),
+    (
+        "outliers-rule",
+        ["outliers.rule=sunn"],
+        ["outliers.rule 'sunn'", "choices: peak_median, sun"],
+    ),
+    ("outliers-median-factor", ["outliers.median_factor=1"], ["outliers.median_factor 1.0 must"]),
+    (
+        "outliers-abs-min",
+        ["outliers.abs_min=-1"],
+        ["outliers.abs_min -1.0 must be a finite number >= 0"],
+    ),
     ("importance-seq-len", ["importance.seq_len=1"], ["importance.seq_len 1 must be an integer"]),
     ("store-dtype", ["importance.store_dtype=fp8"], ["'fp8': choices: bfloat16, float16"]),
     ("grammar-pairs", ["eval.lm_eval.grammar_pairs=0"], ["grammar_pairs 0 must be an integer"]),
@@ -114,9 +125,20 @@ CLI_CASES = [
     ),
     ("dimension-without-dims", ["region=dimension"], ["needs exactly one of region.dims"]),
     ("top-dims-zero", ["region=dimension", "region.top_dims=0"], ["top_dims 0 must be an int"]),
+    ("everywhere-type", ["region.everywhere=maybe"], ["region.everywhere 'maybe' is not true or"]),
+    (
+        "everywhere-layers",
+        ["region=dimension", "region.dims=[1]", "region.everywhere=true", "region.layers=[0]"],
+        ["region.everywhere=true takes dimension d in every block", "drop region.layers"],
+    ),
     ("data-source", ["data.source=xyz"], ["data source 'xyz': choices: c4, culturax"]),
     ("data-config", ["data.config=x"], ["data.config 'x' only applies to hub sources"]),
     ("pair-over", ["tracking.pair_over=[sed]"], ["names 'sed'", "did you mean seed"]),
+    (
+        "lm-eval-task-of-another-source",
+        ["data=local", "data.path={files}/two-splits", "eval.lm_eval.tasks=[sandbox_grammar]"],
+        ["lm-eval task 'sandbox_grammar' exists only with data=sandbox", "drop it from"],
+    ),
     ("experiment-null", ["tracking.experiment=null"], ["tracking.experiment null is not a str"]),
     ("resume", ["resume=maybe"], ["resume 'maybe' is not true or false"]),
     ("heartbeat", ["tracking.heartbeat_s=-1"], ["tracking.heartbeat_s must be a number of sec"]),
@@ -203,6 +225,9 @@ def files(tmp_path_factory) -> Path:
     (root / "one-doc" / "xx.txt").write_text(doc + "\n")
     (root / "no-config").mkdir()
     (root / "no-config" / "README").write_text("not a model\n")
+    for split in ("eval", "importance"):  # a good folder of texts
+        (root / "two-splits" / split).mkdir(parents=True)
+        (root / "two-splits" / split / "xx.txt").write_text("a document\n\nanother one\n")
     return root
 
 

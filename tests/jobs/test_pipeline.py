@@ -76,6 +76,7 @@ def test_multirun_logs_one_parent_and_nested_jobs(sweep):
             )
             assert lo - 1e-12 <= value <= hi + 1e-12, (ratio, lang)
             assert m[f"bpb_diff_lo/{lang}"] <= m[f"bpb_diff/{lang}"] <= m[f"bpb_diff_hi/{lang}"]
+        assert m["interval/joint"] == 1.0  # parallel documents: the mean resampled jointly
     assert by_ratio[0.2].data.metrics["ppl_ratio_lo/mean"] > 1.0  # clearly worse: excludes 1
     # ratio 0 is the unmodified model: every ratio is exactly 1
     unmodified = by_ratio[0.0].data.metrics
@@ -404,6 +405,7 @@ def test_readme_real_model_command_runs_without_eval(store, local_world):
     assert {"ppl_ratio/latn", "ppl_ratio/grek"} <= set(m)
     assert not any(k.startswith("lm_eval") for k in m)
     assert 0 < m["intervention/changed"] <= m["region/params"]
+    assert m["interval/joint"] == 0.0  # a folder's languages are no parallel set
 
 
 def test_importance_cache_key_follows_the_tokenizer(store, local_world, tmp_path):

@@ -231,6 +231,9 @@ def test_types_and_ranges_are_checked_without_hydra():
         ("model.trust_remote_code", "yes", "'yes' is not true or false"),
         ("outliers.docs", 0, "outliers.docs 0 must be an integer >= 1"),
         ("outliers.factor", float("nan"), "outliers.factor nan must be a finite number > 0"),
+        ("outliers.median_factor", 0, "outliers.median_factor 0 must be a finite number > 0"),
+        ("outliers.abs_min", -1.0, "outliers.abs_min -1.0 must be a finite number >= 0"),
+        ("outliers.rule", 1, "outliers.rule 1 is not a string (default: outliers.rule=sun)"),
     ]:
         tree = OmegaConf.to_container(compose([]), resolve=True)
         *parents, last = where.split(".")

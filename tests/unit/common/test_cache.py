@@ -584,3 +584,163 @@ def test_a_cache_on_another_filesystem_than_tmpdir(tmp_path, monkeypatch):
         assert not list(tmp_path.iterdir())  # nothing was staged in TMPDIR
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_full_disk_names_the_entry_and_its_folder(tmp_path):
+    """ENOSPC on a tmpfs that fills, while a baseline (JSON) and a score entry (safetensors,
+    whose writer says "os error 28", not an OSError) are written: one line naming the entry, its
+    folder and the fix, and nothing half-written left."""
+    from conftest import tmpfs
+
+    from regionbench.common.cache import CacheError, JsonCache
+
+    root = tmp_path / "cache"
+    with tmpfs(root, "128k"):
+        key = cache_key(**BASE)
+        big = {"values": list(range(50_000))}
+        with pytest.raises(CacheError) as err:
+            JsonCache(root / "baselines").put(key, big)
+        entry = root / "baselines" / f"{key}.json"
+        assert str(err.value).startswith(
+            f"cannot write the cache entry {entry}: No space left on device ("
+        )
+        assert str(err.value).endswith(
+            f"free space in {root / 'baselines'}, or point paths.cache_dir (REGIONBENCH_CACHE) "
+            "at a filesystem with room"
+        )
+        assert "\n" not in str(err.value)
+        tensors = {"aa": {"w": torch.rand(300, 300)}}  # 360 kB
+        with pytest.raises(CacheError) as err:
+            ScoreCache(root / "importance").put(key, tensors)
+        entry = root / "importance" / key
+        assert str(err.value).startswith(
+            f"cannot write the cache entry {entry}: No space left on device ("
+        )
+        assert str(err.value).endswith(
+            f"free space in {root / 'importance'}, or point paths.cache_dir (REGIONBENCH_CACHE) "
+            "at a filesystem with room"
+        )
+        left = [p.name for p in root.rglob("*") if not p.name.endswith(".lock") and p.is_file()]
+        assert left == []
+        assert ScoreCache(root / "importance").get(key) is None
+
+
+def _as_another_user(task) -> str:
+    """What `task()` returns when run by the user nobody, in a fork of this process (the
+    cache's files are root's; the fork needs no file of the Python installation, which nobody
+    may not read here: what it uses is imported first)."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to read the cache as another user")
+    import pwd  # noqa: F401 - imported before the fork, see above
+    import stat  # noqa: F401
+
+    import filelock  # noqa: F401
+    import safetensors  # noqa: F401
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            said = task()
+        except BaseException as err:  # noqa: BLE001 - reported to the parent
+            said = f"the child failed: {type(err).__name__}: {err}"
+        os.write(write, said.encode())
+        os._exit(0)
+    os.close(write)
+    out = b""
+    while chunk := os.read(read, 1 << 16):
+        out += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    return out.decode()
+
+
+def test_an_entry_another_user_cannot_read_is_a_permission_problem_not_damage(tmp_path):
+    """Entries written 0600 by one user of a shared cache, read by another: one line that says
+    it is the cache's modes, naming the entry and the owner; the entries are kept (they used to
+    be called damaged, then a bare PermissionError on a .lock)."""
+    import os
+    import tempfile
+
+    from regionbench.common.cache import CacheError, JsonCache
+
+    root = Path(tempfile.mkdtemp(prefix="rb-shared-", dir="/tmp"))
+    try:
+        os.chmod(root, 0o755)
+        key = cache_key(**BASE)
+        JsonCache(root / "baselines").put(key, {"ppl": 1.0})
+        ScoreCache(root / "importance").put(key, scores())
+        for path in root.rglob("*"):
+            os.chmod(path, 0o755 if path.is_dir() else 0o600)  # as umask 077 writes them
+        (root / "importance" / f"{key}.compute.lock").touch(0o644)
+        before = sorted(str(p) for p in root.rglob("*"))
+
+        def read() -> str:
+            said = []
+            for get in (
+                lambda: JsonCache(root / "baselines").get(key),
+                lambda: ScoreCache(root / "importance").get(key),
+                lambda: ScoreCache(root / "importance").get_or_compute(key, dict),
+            ):
+                try:
+                    said.append(f"got {get()!r}")
+                except CacheError as err:
+                    said.append(str(err))
+            return "\n".join(said)
+
+        said = _as_another_user(read)
+        assert sorted(str(p) for p in root.rglob("*")) == before  # nothing removed
+    finally:
+        import shutil
+
+        shutil.rmtree(root)
+    json_entry, score_entry = root / "baselines" / f"{key}.json", root / "importance" / key
+    fix = "and have every user of the cache write with umask 002"
+    assert said.splitlines() == [
+        f"cache entry {json_entry} is not readable by this user ({key}.json owned by root, mode "
+        "0600): a permission problem of the shared cache, not damage (the entry is kept): give "
+        f"the group read access (chmod -R g+rX {json_entry}) {fix}",
+        f"cache entry {score_entry} is not readable by this user (manifest.json owned by root, "
+        "mode 0600): a permission problem of the shared cache, not damage (the entry is kept): "
+        f"give the group read access (chmod -R g+rX {score_entry}) {fix}",
+        f"cache entry {score_entry} is not readable by this user (manifest.json owned by root, "
+        "mode 0600): a permission problem of the shared cache, not damage (the entry is kept): "
+        f"give the group read access (chmod -R g+rX {score_entry}) {fix}",
+    ]
+
+
+def test_another_users_lock_is_a_permission_problem(tmp_path):
+    import os
+    import tempfile
+
+    from regionbench.common.cache import CacheError, held
+
+    root = Path(tempfile.mkdtemp(prefix="rb-shared-", dir="/tmp"))
+    try:
+        os.chmod(root, 0o777)  # the folder is the group's; the lock file is root's, 0644
+        lock = root / "entry.compute.lock"
+        lock.touch(0o644)
+
+        def take() -> str:
+            try:
+                with held(lock, "x"):
+                    return "took it"
+            except CacheError as err:
+                return str(err)
+
+        said = _as_another_user(take)
+    finally:
+        import shutil
+
+        shutil.rmtree(root)
+    assert said.splitlines() == [
+        f"cannot take the lock {lock} (Permission denied: owned by root, mode 0644): a permission "
+        "problem of the shared cache, not damage: give the group write access (chmod g+w "
+        f"{lock}) and have every user of the cache write with umask 002"
+    ]

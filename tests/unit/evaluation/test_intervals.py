@@ -1,6 +1,7 @@
 """Paired bootstrap intervals: exact values where the answer is known (identical models), the
 coverage of a ratio known from the process that generates the documents, the narrowing that
-pairing buys against an independent resampling loop, determinism, and bad input."""
+pairing buys against an independent resampling loop, the joint resampling of parallel languages
+against a reference joint bootstrap, determinism, and bad input."""
 
 from __future__ import annotations
 
@@ -177,3 +178,96 @@ def test_bad_input_is_rejected():
         paired_bootstrap_languages({"a": base}, {"a": mod, "b": mod})
     with pytest.raises(ValueError, match="level"):
         paired_bootstrap_languages({"a": base}, {"a": mod}, level=1.0)
+
+
+def parallel_set(rng: np.random.Generator, langs: int, docs: int):
+    """A parallel evaluation set: document i has one difficulty, one length and one change
+    under the modification (the modified model's NLL per token moves by N(0, NOISE)) for every
+    language (it is the same sentence); each language scales the length and the loss a little
+    and adds a fifth of that noise of its own. The languages are positively correlated."""
+    difficulty = rng.gamma(1.0, 3.0, docs)  # per-token loss of document i, shared
+    length = 5 + rng.poisson(rng.gamma(2.0, 50.0, docs))
+    shift = rng.normal(0.0, NOISE, docs)  # what the modification does to document i, shared
+    base, mod = {}, {}
+    for k in range(langs):
+        tokens = np.maximum(1, np.round(length * rng.uniform(0.8, 1.2, docs))).astype(int)
+        nll = tokens * difficulty * rng.lognormal(0.0, 0.1, docs)
+        own = rng.normal(0.0, NOISE / 5, docs)
+        base[f"l{k}"] = {"doc_nll": nll, "doc_tokens": tokens, "doc_bytes": 4 * tokens}
+        mod[f"l{k}"] = {
+            "doc_nll": FACTOR * nll + tokens * (shift + own),
+            "doc_tokens": tokens,
+            "doc_bytes": 4 * tokens,
+        }
+    return base, mod
+
+
+def test_parallel_languages_resample_the_same_documents_for_the_mean():
+    """The mean's interval on a parallel set equals a joint bootstrap written out here from its
+    definition (B index vectors, each read by every language; the languages' resampled ratios
+    averaged; percentiles), and is wider than the independent resampling, which treats the
+    languages' shared document-to-document spread as independent and averages it away.
+
+    Exact equality, not a Monte-Carlo tolerance: the reference draws its index vectors from the
+    generator `paired_bootstrap_languages` documents (`stable_seed(seed, JOINT)`, one vector of
+    `docs` integers per replicate, in order), and NumPy's row-by-row draws equal its block draw;
+    the sums and the average over languages (added in language order, then divided) are the
+    same floating-point operations."""
+    from regionbench.evaluation.intervals import JOINT
+
+    base, mod = parallel_set(np.random.default_rng(11), langs=4, docs=40)
+    n, seed = 800, 5
+    joint = paired_bootstrap_languages(base, mod, n=n, seed=seed, parallel=True)
+    apart = paired_bootstrap_languages(base, mod, n=n, seed=seed)
+    assert joint["mean"]["joint"] is True and apart["mean"]["joint"] is False
+
+    rng = np.random.default_rng(stable_seed(seed, JOINT))
+    reps = {"ppl_ratio": [], "bpb_diff": []}
+    for _ in range(n):
+        i = rng.integers(0, 40, 40)  # the documents of this replicate, in every language
+        ratios, diffs = [], []
+        for lang in base:
+            b, m = base[lang], mod[lang]
+            per_tok_b = b["doc_nll"][i].sum() / b["doc_tokens"][i].sum()
+            per_tok_m = m["doc_nll"][i].sum() / m["doc_tokens"][i].sum()
+            ratios.append(math.exp(per_tok_m - per_tok_b))
+            per_byte_b = b["doc_nll"][i].sum() / b["doc_bytes"][i].sum()
+            per_byte_m = m["doc_nll"][i].sum() / m["doc_bytes"][i].sum()
+            diffs.append((per_byte_m - per_byte_b) / math.log(2))
+        reps["ppl_ratio"].append(sum(ratios) / len(ratios))
+        reps["bpb_diff"].append(sum(diffs) / len(diffs))
+    for stat, values in reps.items():
+        lo, hi = np.percentile(values, [2.5, 97.5])
+        assert (joint["mean"][stat]["lo"], joint["mean"][stat]["hi"]) == (lo, hi), stat
+        # the point value and each language's own interval do not change
+        assert joint["mean"][stat]["value"] == apart["mean"][stat]["value"]
+    assert joint["langs"] == apart["langs"]
+
+    width = {
+        k: r["mean"]["ppl_ratio"]["hi"] - r["mean"]["ppl_ratio"]["lo"]
+        for k, r in (("joint", joint), ("apart", apart))
+    }
+    # four languages that share most of their documents' spread: 1.89 times wider here (2 if
+    # they shared all of it: independent draws divide the mean's variance by the 4 languages)
+    assert width["joint"] > 1.5 * width["apart"], width
+
+
+def test_parallel_languages_with_different_document_counts_are_resampled_apart():
+    base, mod = parallel_set(np.random.default_rng(12), langs=2, docs=30)
+    short = {k: v[:29] for k, v in mod["l1"].items()}
+    base["l1"] = mod["l1"] = short
+    joint = paired_bootstrap_languages(base, mod, n=200, seed=1, parallel=True)
+    apart = paired_bootstrap_languages(base, mod, n=200, seed=1)
+    assert joint["mean"]["joint"] is False
+    assert joint == apart | {"mean": apart["mean"] | {"joint": False}}
+
+
+def test_joint_resampling_keeps_empty_documents_in_place():
+    """A document that is empty in one language (a line the tokenizer drops) is drawn with its
+    index like any other: the languages stay aligned, and identical models still give 1."""
+    r = result([0.0, 30.0, 12.0, 45.0], [0, 10, 4, 15], [0, 40, 16, 61])
+    s = result([7.0, 31.0, 11.0, 44.0], [2, 10, 4, 15], [9, 40, 16, 61])
+    res = paired_bootstrap_languages({"a": r, "b": s}, {"a": r, "b": s}, n=100, parallel=True)
+    assert res["mean"]["joint"] is True
+    assert res["mean"]["ppl_ratio"] == {"value": 1.0, "lo": 1.0, "hi": 1.0}
+    assert res["langs"]["a"]["docs"] == 3  # its own interval still leaves the empty one out

@@ -4,6 +4,8 @@ module), exact entries against a direct computation, bit-exact interventions, an
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from archs import ARCHS, build
@@ -15,6 +17,7 @@ from regionbench.regions.dimensions import (
     coordinates_region,
     dimension_region,
     profile,
+    stream_vectors,
 )
 from regionbench.regions.kinds import select
 from regionbench.regions.select import exact_k
@@ -63,6 +66,106 @@ def test_every_block_matrix_reads_or_writes_the_stream_as_its_module_does(arch):
                 torch.testing.assert_close(module(x2), y)
                 assert n_in == hidden
             weight.copy_(saved)
+
+
+# What region.everywhere adds, per architecture (written out by hand): {name: axis of hidden
+# dimensions} outside the blocks, and in every block. Gemma, GPT-2, OPT and BLOOM tie lm_head to
+# the embedding (one tensor, named once); OPT's embedding is 8 wide, so project_in writes the
+# stream (row d) and project_out reads it (column d); every LayerNorm has a bias, and so do the
+# stream writers of GPT-2, NeoX, OPT and BLOOM.
+NORM = {"weight": 0, "bias": 0}
+
+
+def _entries(prefix: str, modules: dict[str, dict[str, int]]) -> dict[str, int]:
+    return {f"{prefix}{m}.{p}": axis for m, params in modules.items() for p, axis in params.items()}
+
+
+EVERYWHERE = {
+    "llama": (
+        {"model.embed_tokens.weight": 1, "lm_head.weight": 1, "model.norm.weight": 0},
+        _entries("", {"input_layernorm": {"weight": 0}, "post_attention_layernorm": {"weight": 0}}),
+    ),
+    "gemma": (
+        {"model.embed_tokens.weight": 1, "model.norm.weight": 0},
+        _entries("", {"input_layernorm": {"weight": 0}, "post_attention_layernorm": {"weight": 0}}),
+    ),
+    "gpt2": (
+        {"transformer.wte.weight": 1, "transformer.wpe.weight": 1}
+        | _entries("transformer.", {"ln_f": NORM}),
+        _entries("", {"ln_1": NORM, "ln_2": NORM, "attn.c_proj": {"bias": 0}})
+        | _entries("", {"mlp.c_proj": {"bias": 0}}),
+    ),
+    "gpt_neox": (
+        {"gpt_neox.embed_in.weight": 1, "lm_head.weight": 1}
+        | _entries("gpt_neox.", {"final_layer_norm": NORM}),
+        _entries("", {"input_layernorm": NORM, "post_attention_layernorm": NORM})
+        | _entries("", {"attention.dense": {"bias": 0}, "mlp.dense_4h_to_h": {"bias": 0}}),
+    ),
+    "opt": (
+        {
+            "model.decoder.embed_positions.weight": 1,
+            "model.decoder.project_in.weight": 0,
+            "model.decoder.project_out.weight": 1,
+        }
+        | _entries("model.decoder.", {"final_layer_norm": NORM}),
+        _entries("", {"self_attn_layer_norm": NORM, "final_layer_norm": NORM})
+        | _entries("", {"self_attn.out_proj": {"bias": 0}, "fc2": {"bias": 0}}),
+    ),
+    "bloom": (
+        {"transformer.word_embeddings.weight": 1}
+        | _entries("transformer.", {"word_embeddings_layernorm": NORM, "ln_f": NORM}),
+        _entries("", {"input_layernorm": NORM, "post_attention_layernorm": NORM})
+        | _entries("", {"self_attention.dense": {"bias": 0}, "mlp.dense_4h_to_h": {"bias": 0}}),
+    ),
+}
+
+
+@pytest.mark.parametrize("arch", EVERYWHERE)
+def test_everywhere_adds_the_embeddings_lm_head_norms_and_writer_biases(arch):
+    model = build(arch)
+    *_, prefix, _, _ = ARCHS[arch]
+    outside, per_block = EVERYWHERE[arch]
+    expected = dict(outside)
+    for i in range(2):
+        expected |= {f"{prefix}.{i}.{name}": axis for name, axis in per_block.items()}
+    sides = residual_sides(model)
+    assert stream_vectors(model, sides) == expected
+
+    dims = [2, 9]
+    plain = dimension_region(model, sides, dims)
+    region = dimension_region(model, sides, dims, everywhere=True)
+    assert set(region.masks) == set(plain.masks) | set(expected)
+    assert region.meta["everywhere"] == "true" and "everywhere" not in plain.meta
+    params = dict(model.named_parameters())
+    for name, mask in region.masks.items():
+        if name in plain.masks:
+            assert torch.equal(mask, plain.masks[name])  # the block matrices: as before
+            continue
+        direct = torch.zeros(params[name].shape, dtype=torch.bool)
+        for index in itertools.product(*(range(n) for n in direct.shape)):
+            direct[index] = index[expected[name]] in dims  # own loop over the entries
+        assert torch.equal(mask, direct), name
+
+
+@pytest.mark.parametrize("arch", EVERYWHERE)
+def test_removing_a_dimension_everywhere_silences_it_in_the_stream(arch):
+    """Block matrices only: the embedding still writes d. Everywhere: d is exactly 0 in every
+    hidden state the model returns (embedding output, each block's, the final norm's)."""
+    model = build(arch)
+    sides, hidden, d = residual_sides(model), hidden_size(model), 5
+    ids = torch.randint(3, 64, (2, 10), generator=torch.Generator().manual_seed(0))
+
+    def stream() -> list[torch.Tensor]:
+        with torch.no_grad():
+            states = model(input_ids=ids, output_hidden_states=True).hidden_states
+        return [h for h in states if h.shape[-1] == hidden]  # OPT's last is projected to 8
+
+    with intervene(model, dimension_region(model, sides, [d]), "remove"):
+        assert stream()[0][..., d].abs().min() > 0  # the embedding still writes d
+    with intervene(model, dimension_region(model, sides, [d], everywhere=True), "remove"):
+        states = stream()
+        assert len(states) >= 2 and all(bool((h[..., d] == 0).all()) for h in states)
+        assert all(h.abs().sum() > 0 for h in states)  # only d
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

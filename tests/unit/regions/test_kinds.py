@@ -8,7 +8,7 @@ import torch
 
 from regionbench.config import RunConfig, flatten
 from regionbench.importance.compute import score_samples
-from regionbench.regions.kinds import REGION_KINDS, build, check, region_kind
+from regionbench.regions.kinds import REGION_KINDS, build, check, region_kind, select
 from regionbench.testing import tiny_llama
 
 LANGS = ["aa", "bb"]
@@ -88,3 +88,45 @@ def test_an_unknown_kind_is_one_line_with_the_choices():
         ValueError, match=r"unknown region 'cor': did you mean 'core'\? choices: coordinates, core"
     ):
         region_kind("cor")
+
+
+def test_a_dimension_everywhere_builds_through_the_registry(model_and_scores):
+    model, scores = model_and_scores
+    run = RunConfig.from_cfg({"region": {"name": "dimension", "dims": [3], "everywhere": True}})
+    check(run, LANGS)
+    region = build(run, scores, LANGS, model, ("s", "w"), OUTLIER_DIMS)
+    plain = build(_run("dimension"), scores, LANGS, model, ("s", "w"), OUTLIER_DIMS)
+    assert region.masks["model.embed_tokens.weight"][:, 3].all()
+    assert int(region.masks["model.norm.weight"].sum()) == 1
+    assert "model.embed_tokens.weight" not in plain.masks
+    layered = RunConfig.from_cfg(
+        {"region": {"name": "dimension", "dims": [3], "everywhere": True, "layers": [0]}}
+    )
+    with pytest.raises(ValueError, match="drop region.layers and region.modules"):
+        check(layered, LANGS)
+
+
+def test_an_empty_region_at_ratio_above_zero_is_an_error_that_says_why(model_and_scores):
+    model, scores = model_and_scores
+    with pytest.raises(ValueError) as err:
+        build(_run("outliers"), scores, LANGS, model, ("s", "w"), outlier_dims=())
+    message = str(err.value)
+    assert message.startswith("region=outliers at ratio 0.01 is empty: the detector found no")
+    assert "(outliers.rule=sun: an entry with |a| > 100 and |a| >= 1000 x" in message
+    assert "\n" not in message
+    with pytest.raises(ValueError, match=r"region=core at ratio 1e-05 is empty: ⌊ratio·numel⌋"):
+        build(_run("core", 1e-5), scores, LANGS, model, ("s", "w"), OUTLIER_DIMS)
+    run = RunConfig.from_cfg({"ratio": 0.01, "metric": {"name": "magnitude"}})
+    same = {lang: scores[LANGS[0]] for lang in LANGS}  # what a language-independent metric gives
+    with pytest.raises(ValueError, match="the languages' scores are identical"):
+        select(same, 0.01, "monolingual", lang="bb")
+    assert build(run, same, LANGS, model, ("s", "w"), ()).numel > 0  # the core is not empty
+
+
+def test_core_minus_outliers_without_massive_dimensions_is_the_core(model_and_scores):
+    """Allowed, not an error: with nothing to leave out, it is the core itself."""
+    model, scores = model_and_scores
+    minus = build(_run("core_minus_outliers"), scores, LANGS, model, ("s", "w"), ())
+    core = build(_run("core"), scores, LANGS, model, ("s", "w"), ())
+    assert minus.masks.keys() == core.masks.keys()
+    assert all(torch.equal(minus.masks[n], core.masks[n]) for n in core.masks)

@@ -10,7 +10,13 @@ import pytest
 import torch
 from conftest import REPO
 
-from regionbench.regions.overlap import agreement, check_same_model, jaccard, overlap_coefficient
+from regionbench.regions.overlap import (
+    agreement,
+    check_same_model,
+    incomparable,
+    jaccard,
+    overlap_coefficient,
+)
 from regionbench.regions.region import Region
 
 
@@ -57,6 +63,22 @@ def test_regions_over_other_parameters_or_models_are_refused():
         check_same_model(
             region({}, model_fingerprint="a" * 64), region({}, model_fingerprint="b" * 64)
         )
+
+
+def test_why_two_regions_are_not_comparable():
+    """What a sweep across models writes for a pair `agreement` would refuse."""
+    a = region({"m.layers.0.a": [0]}, model_fingerprint="a" * 64)
+    assert incomparable(a, a) is None
+    twin = region({"m.layers.0.a": [0]}, model_fingerprint="b" * 64)  # same shapes, other model
+    assert incomparable(a, twin) == "different models"
+    assert incomparable(a, region({"m.layers.0.a": [0]})) is None  # no fingerprint: by shape
+    assert incomparable(a, region({}, shapes={"m.layers.0.a": (4, 5)})) == "different parameters"
+    other = {"m.layers.0.a": (5, 4), "m.layers.1.b": (6,)}
+    assert incomparable(a, region({}, shapes=other)) == "different shapes"
+    for b in (twin, region({}, shapes=other)):
+        if incomparable(a, b) != "different models":  # agreement does not read fingerprints
+            with pytest.raises(ValueError):
+                agreement(a, b)
 
 
 def test_compare_command(tmp_path):

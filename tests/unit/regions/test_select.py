@@ -42,7 +42,18 @@ def as_set(mask):
 @pytest.mark.parametrize("region", ["core", "core_bottom", "monolingual"])
 def test_per_matrix_counts_are_exact(ratio, region):
     s = make_scores()
-    r = select(s, ratio, region, lang="aa" if region == "monolingual" else None)
+    lang = "aa" if region == "monolingual" else None
+    if region == "monolingual" and ratio == 0.99:
+        # every entry of aa's top 99% is in another language's top 99%: the region is empty,
+        # which is an error, not a result (issue 20, item 8)
+        with pytest.raises(ValueError, match="every entry of aa's top-k is also in another"):
+            select(s, ratio, region, lang=lang)
+        for name, shape in SHAPES.items():  # brute force: truly empty in every matrix
+            k = exact_k(ratio, math.prod(shape))
+            others = topset(s["bb"][name], k) | topset(s["cc"][name], k)
+            assert not topset(s["aa"][name], k) - others
+        return
+    r = select(s, ratio, region, lang=lang)
     assert set(r.masks) == set(SHAPES)
     for name, shape in SHAPES.items():
         mask, numel = r.masks[name], math.prod(shape)
@@ -344,3 +355,54 @@ def test_a_mask_file_for_another_model_is_refused_naming_the_parameter(tmp_path)
     own = select({"aa": {n: torch.rand(p.shape) for n, p in model.named_parameters()}}, 0.1)
     back = Region.load(own.save(tmp_path / "own.safetensors"), model=model)
     assert back.numel == own.numel
+
+
+def test_an_edited_metadata_value_is_damage(tmp_path):
+    """A mask file whose `ratio` (or model, metric, languages) was edited used to load silently:
+    the file's metadata has a checksum of its own."""
+    for key, value in [("ratio", "0.01"), ("model_id", "llama2-7b"), ("note", "added")]:
+        _, path = _saved(tmp_path)
+        _rewrite(path, lambda t, m, key=key, value=value: m.__setitem__(key, value))
+        assert _error(path) == (
+            f"region file {str(path)!r} is damaged: its metadata (model, metric, region, ratio, "
+            "languages, ...) does not match its sha256: edited or corrupt; use the file the run "
+            "saved, or make the region again"
+        )
+
+
+def test_files_of_format_v1_load_with_a_warning(tmp_path, caplog):
+    """Files saved before the metadata had a checksum (format v1: the bits' sha256 only) still
+    load, their bits checked, with one warning that an edit of their metadata cannot be told."""
+    import hashlib
+    import json
+
+    region, path = _saved(tmp_path)
+
+    def as_v1(tensors, metadata):
+        metadata["format"] = "regionbench-region-v1"
+        metadata.pop("meta_sha256")
+        metadata["ratio"] = "0.5"  # cannot be told in a v1 file
+        # v1's sha256, from its definition: the layout, then each packed mask by name
+        layout = json.dumps(
+            {"shapes": json.loads(metadata["shapes"]), "counts": json.loads(metadata["counts"])},
+            sort_keys=True,
+        )
+        bits = hashlib.sha256()
+        for name in sorted(tensors):
+            t = tensors[name]
+            bits.update(f"{name}|{t.dtype}|{list(t.shape)}\n".encode())
+            bits.update(t.numpy().tobytes())
+        metadata["sha256"] = hashlib.sha256(f"{layout}\n{bits.hexdigest()}".encode()).hexdigest()
+
+    _rewrite(path, as_v1)
+    with caplog.at_level("WARNING", logger="regionbench.regions.region"):
+        back = Region.load(path)
+    assert all(torch.equal(back.masks[n], m) for n, m in region.masks.items())
+    assert back.meta["ratio"] == "0.5"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"region file {str(path)!r} is of format regionbench-region-v1: its metadata (ratio, "
+        "model, metric, ...) has no checksum, so an edit of it cannot be told; save the region "
+        "again to give it one"
+    ]
+    _rewrite(path, _flip_zeros)  # its bits are still checked
+    assert "is damaged: its masks do not match their sha256" in _error(path)

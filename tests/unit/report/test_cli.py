@@ -425,3 +425,19 @@ def test_report_on_an_unknown_experiment_names_those_there_and_creates_none(stor
         report.main(["--uri", uri, "--experiment", "frezee", "--url"])
     names = sorted(e.name for e in MlflowClient(tracking_uri=uri).search_experiments())
     assert names == ["Default", "freeze"]  # the typo made no experiment
+
+
+def test_an_unknown_parent_is_one_line_naming_the_sweeps_there(store):
+    """It used to be a 32-line MLflow traceback."""
+    tracker, old = store
+    sweeps = MlflowClient(tracking_uri=tracker.uri).search_runs(
+        [tracker.experiment_id], order_by=["attributes.start_time DESC"]
+    )
+    new = next(r.info.run_id for r in sweeps if r.info.run_name == "new")
+    with pytest.raises(SystemExit) as stop:
+        report.main(["--uri", tracker.uri, "--experiment", "freeze", "--parent", "0123abcd"])
+    assert stop.value.code == (
+        f"error: no run '0123abcd' in the experiment 'freeze' of {tracker.uri}: its sweeps, "
+        f"newest first: {new} (new), {old} (old); pass one to --parent, or leave --parent out "
+        "for the latest"
+    )

@@ -1,4 +1,5 @@
-"""Sandbox models: tokenizer, HF folder round trip, reproducible and atomic builds (sandbox-test)."""
+"""Sandbox models: tokenizer, HF folder round trip, reproducible and atomic builds that resume
+from their checkpoints with the same bytes (sandbox-test)."""
 
 from __future__ import annotations
 
@@ -172,6 +173,8 @@ def test_build_leaves_torch_global_state_alone(tmp_path):
     sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False, seed=5)
     assert torch.equal(torch.rand(3), expected)
     assert torch.get_num_threads() == threads and torch.is_grad_enabled()
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.utils.deterministic.fill_uninitialized_memory
 
 
 def _damaged_copy(built, tmp_path, damage):
@@ -268,3 +271,233 @@ def test_build_without_force_on_a_damaged_folder_is_one_line(built, tmp_path, ca
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: sandbox model folder ")
     assert lines[0].endswith(f"--force --cache-dir {tmp_path.resolve()}")
+
+
+# --- determinism across threads, checkpoints and resume ------------------------------------------
+
+THREADED_BUILD = (
+    "import sys, torch; torch.set_num_threads(int(sys.argv[1])); "
+    "from regionbench.sandbox.__main__ import main; "
+    "sys.exit(main(['build', sys.argv[2], '--quiet', '--cache-dir', sys.argv[3]]))"
+)
+
+
+def test_builds_on_one_and_two_threads_give_the_same_bytes(built, tmp_path):
+    """The issue: a rebuild with one thread must give the published weights. Each build runs in
+    a process of its own, set to 1 or 2 threads every way a caller can (torch, OpenMP, MKL, the
+    tokenizers' thread pool), and must give the same weights, tokenizer and files as each other
+    and as the in-process build (made under the test session's 1 thread)."""
+    folders, procs = [], []
+    for threads in (1, 2):
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(threads),
+            "MKL_NUM_THREADS": str(threads),
+            "RAYON_NUM_THREADS": str(threads),
+            "TOKENIZERS_PARALLELISM": "true" if threads > 1 else "false",
+            "PYTHONWARNINGS": "ignore",
+        }
+        cache = tmp_path / f"threads{threads}"
+        cmd = [sys.executable, "-c", THREADED_BUILD, str(threads), NAME, str(cache)]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env))
+        folders.append(sandbox.sandbox_path(NAME, cache))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    _, reference = built
+    want = sandbox.read_metadata(reference)
+    for folder, (out, _) in zip(folders, outs, strict=True):
+        meta = sandbox.read_metadata(folder)
+        assert meta["weights_sha256"] == want["weights_sha256"]
+        assert meta["threads"] == models.BUILD_THREADS
+        for fname in ("model.safetensors", "tokenizer.json", "config.json"):
+            assert (folder / fname).read_bytes() == (reference / fname).read_bytes(), fname
+        assert f"weights sha256 {want['weights_sha256']}" in out.decode()  # published in full
+
+
+def _interrupt_at(monkeypatch, step, how="raise"):
+    """Make the next sandbox builds stop at the end of step `step`: by an exception from inside
+    the loop (a crash, a kill: only the periodic checkpoints survive) or by a real SIGINT."""
+    import functools
+    import signal
+
+    def hook(done):
+        if done == step:
+            if how == "sigint":
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                raise KeyboardInterrupt
+
+    build = functools.partial(models.build_sandbox_model, on_step=hook)
+    monkeypatch.setattr(models, "build_sandbox_model", build)
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A cache holding only the checkpoint of a sandbox-test build that checkpoints every 4
+    steps and was stopped by an exception at the end of step 6: it resumes at step 4."""
+    with pytest.MonkeyPatch.context() as mp:
+        cache = tmp_path_factory.mktemp("interrupted")
+        mp.setattr(models, "CHECKPOINT_EVERY", 4)
+        _interrupt_at(mp, 6)
+        with pytest.raises(KeyboardInterrupt):
+            sandbox.ensure_sandbox_model(NAME, cache, progress=False)
+    return cache
+
+
+def _copy_cache(src, dst):
+    import shutil
+
+    shutil.copytree(src / "sandbox", dst / "sandbox")
+    final = sandbox.sandbox_path(NAME, dst)
+    return final, final.parent / f".{final.name}.checkpoint"
+
+
+def test_a_checkpoint_never_looks_like_a_model(interrupted, tmp_path):
+    import json
+
+    from regionbench.models.loading import load_model
+
+    final, ckpt = _copy_cache(interrupted, tmp_path)
+    assert sorted(p.name for p in final.parent.iterdir()) == [ckpt.name, f"{final.name}.lock"]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["state-000004.safetensors", "state.json"]
+    assert not sandbox.is_complete(ckpt) and not final.exists()
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 4
+    from regionbench.sandbox.__main__ import info_lines
+
+    assert "a build was interrupted at step 4: it resumes" in "\n".join(info_lines(NAME, tmp_path))
+    # Loading resumes the build; nothing half-trained is ever loaded.
+    model, _ = load_model(NAME, cache_dir=tmp_path, progress=False)
+    assert sandbox.is_complete(final) and not ckpt.exists()
+    assert sandbox.read_metadata(final)["resumed_at_step"] == 4
+
+
+def test_an_interrupted_build_resumes_with_the_bytes_of_an_uninterrupted_one(
+    built, interrupted, tmp_path, caplog
+):
+    import logging
+    import re
+
+    _, reference = built
+    final, ckpt = _copy_cache(interrupted, tmp_path)
+    with caplog.at_level(logging.INFO, logger="regionbench.sandbox"):
+        assert sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False) == final
+    assert re.search(
+        f"{NAME} is not in the cache: resuming its interrupted pre-training at step 4 of 12 "
+        f"\\(about \\d+ (s|min) left on this machine\\), then cached in {re.escape(str(final))}$",
+        caplog.text,
+        re.M,
+    ), caplog.text
+    meta, want = sandbox.read_metadata(final), sandbox.read_metadata(reference)
+    assert meta["weights_sha256"] == want["weights_sha256"]
+    assert meta["resumed_at_step"] == 4 and want["resumed_at_step"] is None
+    assert meta["first_loss"] == want["first_loss"] and meta["final_loss"] == want["final_loss"]
+    for fname in want["files"]:
+        assert (final / fname).read_bytes() == (reference / fname).read_bytes(), fname
+    assert not ckpt.exists()  # spent once the folder is published
+
+
+def test_ctrl_c_checkpoints_the_step_it_arrives_in(built, tmp_path, monkeypatch, caplog):
+    """A real SIGINT in the middle of step 7 (no periodic checkpoints): the step ends, is saved,
+    then KeyboardInterrupt unwinds as usual; the next build resumes at step 7, same bytes."""
+    import json
+    import logging
+    import signal
+
+    monkeypatch.setattr(models, "CHECKPOINT_EVERY", 0)
+    monkeypatch.setattr(models, "CHECKPOINT_SECONDS", float("inf"))
+    _interrupt_at(monkeypatch, 7, how="sigint")
+    with (
+        caplog.at_level(logging.INFO, logger="regionbench.sandbox"),
+        pytest.raises(KeyboardInterrupt),
+    ):
+        sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handed back
+    final = sandbox.sandbox_path(NAME, tmp_path)
+    ckpt = final.parent / f".{final.name}.checkpoint"
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 7 and not final.exists()
+    assert (
+        f"building {NAME} interrupted at step 7 of 12: checkpoint saved in {ckpt}, building it again"
+        in caplog.text
+    )
+    monkeypatch.undo()
+    sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False)
+    _, reference = built
+    assert sandbox.read_metadata(final)["resumed_at_step"] == 7
+    assert (final / "model.safetensors").read_bytes() == (
+        reference / "model.safetensors"
+    ).read_bytes()
+
+
+def _corrupt(ckpt):
+    path = ckpt / "state-000004.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _other_torch(ckpt):
+    import json
+
+    state = json.loads((ckpt / "state.json").read_text())
+    state["identity"]["torch"] = "0.1.0"
+    (ckpt / "state.json").write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize(
+    ("spoil", "reason"),
+    [
+        (_corrupt, "state-000004.safetensors does not match its sha256: edited or corrupt"),
+        (_other_torch, "made with another torch"),
+        (None, "--force"),
+    ],
+)
+def test_an_unusable_or_forced_away_checkpoint_starts_over(
+    built, interrupted, tmp_path, caplog, spoil, reason
+):
+    import logging
+
+    final, ckpt = _copy_cache(interrupted, tmp_path)
+    if spoil is not None:
+        spoil(ckpt)
+    with caplog.at_level(logging.INFO, logger="regionbench.sandbox"):
+        sandbox.ensure_sandbox_model(NAME, tmp_path, progress=False, force=spoil is None)
+    if spoil is not None:
+        assert f"sandbox checkpoint {ckpt} cannot be used ({reason}): starting over" in caplog.text
+    assert "pre-training it once" in caplog.text and "resuming" not in caplog.text
+    _, reference = built
+    meta = sandbox.read_metadata(final)
+    assert meta["resumed_at_step"] is None and not ckpt.exists()
+    assert meta["weights_sha256"] == sandbox.read_metadata(reference)["weights_sha256"]
+
+
+def test_held_signals_wait_for_the_step_and_go_to_the_previous_handler():
+    import signal
+
+    from regionbench.sandbox.checkpoint import HeldSignals
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with HeldSignals() as held:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert held.received == [signal.SIGTERM] and seen == []  # held, not delivered
+            with pytest.raises(KeyboardInterrupt):  # the handler returned: the build still stops
+                held.deliver()
+            assert seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_info_prints_recipe_sha256_and_build_time(built, capsys):
+    from regionbench.sandbox.__main__ import main
+
+    cache, folder = built
+    meta = sandbox.read_metadata(folder)
+    assert main(["info", NAME, "sandbox-s", "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    assert f"  weights  sha256 {meta['weights_sha256']}\n" in out
+    sha = meta["files"]["model.safetensors"]["sha256"]
+    assert f"  file     sha256 {sha}  model.safetensors\n" in out
+    assert f"in {meta['build_seconds']} s" in out and "steps=12" in out
+    assert "(not built: python -m regionbench.sandbox build sandbox-s)" in out

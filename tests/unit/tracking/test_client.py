@@ -143,3 +143,46 @@ def test_a_tracking_server_that_is_down_is_one_line_at_once():
         f"cannot reach the MLflow tracking server http://127.0.0.1:{port} (connection refused or "
         "host unreachable): start it (mlflow server --host ... --port ...) or fix tracking.uri"
     )
+
+
+def test_a_store_path_that_is_a_folder_is_one_line_at_once(tmp_path):
+    """MLflow retried it for 2 minutes (36 warning lines) before its one line."""
+    (tmp_path / "mlruns" / "mlflow.db").mkdir(parents=True)
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    start = time.monotonic()
+    with pytest.raises(StoreError) as err:
+        Tracker(uri)
+    assert time.monotonic() - start < 10
+    assert str(err.value) == (
+        f"cannot use the MLflow store {uri}: {tmp_path}/mlruns/mlflow.db is a folder, not a "
+        "SQLite file: move it away, or point tracking.uri at a .db file "
+        "(sqlite:////abs/path/mlflow.db)"
+    )
+
+
+@pytest.mark.slow
+def test_a_store_whose_creation_meets_a_full_disk_is_not_left_half_made(tmp_path):
+    """The disk fills while MLflow creates the store's tables: one line naming the folder, and
+    nothing left behind, so the next run (space freed) creates the store. It used to keep a
+    half-made file that failed every later run with "table ... already exists"."""
+    from conftest import remount, tmpfs
+
+    folder = tmp_path / "mlruns"
+    uri = f"sqlite:///{folder}/mlflow.db"
+    with tmpfs(folder, "320k"):  # a new store takes about 950 kB
+        with pytest.raises(StoreError) as err:
+            Tracker(uri)
+        message = str(err.value)
+        assert "\n" not in message
+        assert message.startswith(
+            f"cannot create the MLflow store {uri}: no space left on device in {folder} ("
+        )
+        assert message.endswith(
+            "; nothing was created: free space there, or point tracking.uri at another folder"
+        )
+        assert sorted(p.name for p in folder.iterdir()) == ["mlflow.db.lock"]
+        remount(folder, "size=8m")  # space freed
+        tracker = Tracker(uri)
+        run = tracker.start_run("job")
+        tracker.end_run(run)
+        assert MlflowClient(tracking_uri=uri).get_run(run).info.status == "FINISHED"

@@ -188,3 +188,33 @@ def test_resume_skips_a_finished_job_and_lists_it_in_the_new_sweep(jobs):
     assert rerun["status"] == "FINISHED" and rerun["run_id"] != other["run_id"]
     counted = {r.info.run_id for r in report.sweep_runs(tracker, all_sweeps=True)}
     assert counted == {first["run_id"], rerun["run_id"]}
+
+
+def test_resume_reuses_only_runs_of_the_same_code_unless_any(jobs, caplog):
+    """A FINISHED run made at another git sha is run again under resume=true, with a line that
+    says why; resume=any reuses it (resume used to match on the config hash alone, so results of
+    code before a fix were reused silently)."""
+    import logging
+
+    tracker, run = jobs
+    old = run()
+    assert old["status"] == "FINISHED"
+    tracker.set_tags(old["run_id"], {"git_sha": "0123456789ab"})  # made by other code
+
+    anyway = run(["resume=any"])
+    assert anyway["reused"] and anyway["run_id"] == old["run_id"]
+    with caplog.at_level(logging.INFO, logger="regionbench"):
+        again = run(["resume=true"])
+    assert again["status"] == "FINISHED" and "reused" not in again
+    assert again["run_id"] != old["run_id"]
+    from regionbench.tracking.client import git_sha
+
+    said = [r.getMessage() for r in caplog.records if "was made by regionbench" in r.getMessage()]
+    version = tracker.run(old["run_id"]).data.tags["regionbench_version"]
+    assert said == [
+        f"job 'resume=true': its FINISHED run {old['run_id']} was made by regionbench {version} "
+        f"at git 0123456789ab, this is {version} at git {git_sha()}: running it again "
+        "(resume=any reuses it)"
+    ]
+    same = run(["resume=true"])  # now there is one of this code
+    assert same["reused"] and same["run_id"] == again["run_id"]
