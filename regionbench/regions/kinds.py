@@ -228,6 +228,10 @@ def _units_build(src: Source) -> Region:
     )
 
 
+def _units_empty(src: Source) -> str:
+    return units.why_empty(src.model, src.run, REGION_KINDS[src.run.region.name].unit)
+
+
 def _check_units(run: RunConfig, langs: Sequence[str]) -> None:
     r, picks = run.region, _picks()
     pick = picks[check_choice("region.pick", r.pick, picks)]
@@ -351,6 +355,7 @@ REGION_KINDS: dict[str, RegionKind] = {
             sized="units",
             unit=NEURON,
             details=_unit_details,
+            why_empty=_units_empty,
         ),
         RegionKind(
             "heads",
@@ -361,6 +366,7 @@ REGION_KINDS: dict[str, RegionKind] = {
             sized="units",
             unit=HEAD,
             details=_unit_details,
+            why_empty=_units_empty,
         ),
         RegionKind(
             "file",

@@ -238,6 +238,18 @@ def build_units(
     return units_region(layers, chosen, params, info)
 
 
+def why_empty(model: nn.Module, run: RunConfig, unit: str) -> str:
+    """Why a unit region `build_units` made has no unit, in one clause."""
+    r, sizes = run.region, [lu.count for lu in units_of(model, unit)]
+    k = max(exact_k(run.ratio, n) for n in sizes) if r.per_layer else exact_k(run.ratio, sum(sizes))
+    if k == 0:
+        where = f"the largest block has {max(sizes)}" if r.per_layer else f"{sum(sizes)} in all"
+        return f"⌊ratio·{unit}s⌋ is 0 ({where}); raise the ratio"
+    if r.lang:
+        return f"no {unit} region.pick={r.pick} chose belongs to {r.lang}"
+    return f"region.pick={r.pick} chose no {unit}"
+
+
 def file_region(model: nn.Module, run: RunConfig, meta: dict) -> Region:
     """`region=file`: a regionbench mask file (.safetensors, checked against the model), else a
     LAPE neuron file (`lape_region`)."""
