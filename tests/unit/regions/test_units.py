@@ -12,7 +12,13 @@ from archs import ARCHS, build
 from regionbench.interventions.kinds import intervene
 from regionbench.models.scope import scoped_params
 from regionbench.models.units import head_units, neuron_units
-from regionbench.regions.units import unit_scores, unit_share, units_region, whole_units
+from regionbench.regions.units import (
+    lape_region,
+    unit_scores,
+    unit_share,
+    units_region,
+    whole_units,
+)
 
 ALL = slice(None)
 
@@ -245,3 +251,57 @@ def test_the_share_of_a_units_entries_projects_an_entry_region_onto_units():
     share = unit_share(layers, region)
     assert share[1][9].item() == pytest.approx(40 / 48)
     assert share[1][5].item() == 1.0 and share[0].sum().item() == 0.0
+
+
+def _lape_file(path, per_lang):
+    """A file in LAPE's released format: `neuron[lang][layer]` = LongTensor of FFN indices,
+    saved with torch.save as RUCAIBox's identify.py saves it."""
+    torch.save([[torch.tensor(ix).long() for ix in blocks] for blocks in per_lang], path)
+    return path
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3", "gpt2", "gpt_neox", "opt"])
+def test_a_lape_file_is_the_neuron_region_of_its_indices(arch, tmp_path):
+    """LAPE's seven languages in order (en, zh, fr, es, vi, id, ja): zh holds neuron 5 of block 1,
+    en neuron 5 of block 0; the region of zh is that neuron's entries, the union both."""
+    model = build(arch)
+    params = scoped_params(model)
+    per_lang = [[[5], []], [[], [5]], [[], []], [[], [5]], [[], []], [[], []], [[], []]]
+    path = _lape_file(tmp_path / "tiny.neuron.pth", per_lang)
+    zh = lape_region(model, path, params, lang="zh")
+    _same(zh, _expected(model, arch, 1, NEURON_5[arch]))
+    assert zh.meta["lang"] == "zh" and zh.meta["file_langs"] == "en,zh,fr,es,vi,id,ja"
+    block0, block1 = (
+        _expected(model, arch, 0, NEURON_5[arch]),
+        _expected(model, arch, 1, NEURON_5[arch]),
+    )
+    _same(lape_region(model, path, params), {n: block0[n] | block1[n] for n in block0})
+    named = lape_region(model, path, params, lang="bb", langs=["aa", "bb", *"cdefg"])
+    _same(named, _expected(model, arch, 1, NEURON_5[arch]))
+
+
+def test_a_bad_lape_file_is_one_line_naming_what_is_wrong(tmp_path):
+    model = build("llama")
+    params = scoped_params(model)
+
+    def error(per_lang, **kw):
+        path = _lape_file(tmp_path / "bad.neuron.pth", per_lang)
+        with pytest.raises(ValueError) as info:
+            lape_region(model, path, params, **kw)
+        assert "\n" not in str(info.value)
+        return str(info.value)
+
+    assert "language 0 has 3 blocks, the model has 2" in error([[[1], [2], [3]]])
+    assert "neuron 32 outside the 32 of model.layers.1" in error([[[1], [32]]])
+    assert "has 2 languages; name them in order with region.file_langs" in error(
+        [[[1], []], [[], [2]]], langs=["aa", "bb", "cc"]
+    )
+    assert "region.lang 'xx' is not in the file's languages: en, zh" in error(
+        [[[1], []], [[], [2]]], lang="xx"
+    )
+    (tmp_path / "junk.pth").write_bytes(b"not a pickle")
+    with pytest.raises(ValueError, match="is not a LAPE neuron file"):
+        lape_region(model, tmp_path / "junk.pth", params)
+    torch.save({"a": torch.zeros(2)}, tmp_path / "dict.pth")
+    with pytest.raises(ValueError, match="is not a list over languages of lists over blocks"):
+        lape_region(model, tmp_path / "dict.pth", params)
