@@ -2,6 +2,7 @@
 
     python experiments/neurons/overlap.py                    # the latest sweep, seed 0
     python experiments/neurons/overlap.py --parent RUN_ID --seed 1
+    python experiments/neurons/overlap.py --all-sweeps      # every job of the experiment
 
 Each region is projected onto the model's FFN neurons (`regions.units.unit_share`: the share of
 each neuron's entries the region holds). A neuron region's neurons are those it holds wholly; an
@@ -35,12 +36,13 @@ def main() -> None:
     ap.add_argument("--experiment", default="neurons_vs_regions")
     ap.add_argument("--parent", default=None, help="sweep run id (default: the latest sweep)")
     ap.add_argument("--seed", default="0")
+    ap.add_argument("--all-sweeps", action="store_true", help="every job of the experiment")
     args = ap.parse_args()
 
     tracker = Tracker(args.uri, args.experiment)
     runs = [
         r
-        for r in sweep_runs(tracker, args.parent)
+        for r in sweep_runs(tracker, args.parent, all_sweeps=args.all_sweeps)
         if r.info.status == "FINISHED" and r.data.params.get("seed") == args.seed
     ]
     if not runs:
