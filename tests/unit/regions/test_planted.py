@@ -7,8 +7,7 @@ Three languages write in disjoint "scripts" (token ranges) and share a space and
 rest of the model is the random one, whose neurons fire on 10-80% of each language's tokens.
 (LAPE admits only neurons with some language's firing probability above the 0.95 quantile of all
 of them: a unit firing on its script's tokens alone, ~70% of its language's, is not a candidate
-here, and a barely trained model such as sandbox-test is no ground for LAPE either: more than 5%
-of its neurons fire on every token, so the bar is p = 1 and nothing passes it.)"""
+here.)"""
 
 from __future__ import annotations
 
