@@ -68,9 +68,15 @@ class RegionConfig:
     # lm_head reads it), or also d's entries of the embeddings, lm_head, every norm's weight and
     # bias and the stream writers' biases (true: removal zeroes d in the whole stream)
     everywhere: bool = False
-    # region=coordinates: 'param.name[row, col]' entries, or a file of them
+    # region=coordinates: 'param.name[row, col]' entries, or a file of them; region=file: a
+    # regionbench mask (.safetensors) or a LAPE neuron file (.pth)
     coordinates: list[str] | None = None
     file: str | None = None
+    file_langs: list[str] | None = None  # a LAPE file's languages in order (null: LAPE's 7)
+    # region=neurons / heads: whole units, `ratio` of them
+    pick: str = "core"  # how units are chosen from their scores: a per-matrix kind's pick
+    per_layer: bool = True  # ratio of each block's units (true) or of all blocks' (false: LAPE)
+    matched_random: bool = False  # random units instead, as many in each block as the pick's
 
 
 @dataclass
@@ -98,6 +104,11 @@ class InterventionConfig:
     factor: float = 0.5  # scale: the region is multiplied by it
     std: float = 0.01  # noise: standard deviation, in weight units...
     relative: bool = False  # ...or in units of each matrix's RMS
+    # fix / steer: activation interventions on the region's units, with reference values from
+    # the importance samples
+    statistic: str = "median"  # fix: median | mean over samples of each sample's mean activation
+    lang: str | None = None  # fix: the reference language; null = every importance language
+    steer: list[str] | None = None  # steer: [from, to]: adds factor × (mean in to - mean in from)
     # freeze:
     target_langs: list[str] | None = None  # null = the data's first held-out/eval language
     train_docs: int = 2000  # target-language documents per language

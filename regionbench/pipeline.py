@@ -67,7 +67,7 @@ def plan_job(run: RunConfig, groups: Sequence[str] = ()) -> Plan:
     models.check(run)
     plan = Plan.of(run)
     texts.check_targets(run, plan.target_langs)
-    check_importance(run, reads_text=plan.reads_text)
+    check_importance(run, reads_text=plan.reads_text or plan.reads_reference)
     regions.check(run, plan.importance_langs)
     interventions.check(run)
     evaluation.check(run)
@@ -314,7 +314,9 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
     if plan.trains:
         metrics |= _train(job, loaded, region, eval_texts, tasks, base)
     else:
-        with plan.intervention.apply(model, region, run.intervention, run.seed) as applied:
+        reference = session.reference(run, plan) if plan.reads_reference else None
+        iv = run.intervention
+        with plan.intervention.apply(model, region, iv, run.seed, reference) as applied:
             metrics[names.CHANGED] = float(applied.changed)
             evaluated, results = evaluation.evaluate(
                 run, model, tok, eval_texts, tasks, base, clock

@@ -27,6 +27,7 @@ class Plan:
     target_langs: tuple[str, ...]  # trained on (none unless the intervention trains)
     scores: bool  # the region ranks entries by importance scores
     reads_text: bool  # ...with a per-language metric: importance text is read and scored
+    reads_reference: bool  # the intervention reads the importance text too (fix, steer)
     baseline: bool  # the region is empty: the job evaluates the unmodified model
     uses_seed: bool  # `seed` can change the result (else a sweep runs one seed of it)
 
@@ -53,6 +54,7 @@ class Plan:
             target_langs=targets,
             scores=scores,
             reads_text=scores and metric.per_language,
+            reads_reference=intervention.reads_text and not baseline,
             baseline=baseline,
             # training uses the seed even with nothing frozen; an edit of an empty region does not
             uses_seed=(intervention.trains and intervention.uses_seed)

@@ -131,6 +131,11 @@ class Session:
         scores, key, hit = cached_scores(run, loaded.model, samples, langs, fingerprints, root)
         return scores, samples_fp, key, hit
 
+    def reference(self, run: RunConfig, plan: Plan) -> dict:
+        """The text an activation intervention reads its reference values from (fix, steer):
+        the importance samples of the plan's languages, the very windows importance scores."""
+        return self.importance_samples(run, list(plan.importance_langs))[0]
+
     def outliers(self, run: RunConfig, plan: Plan) -> dict:
         """The model's massive-activation dimensions and super weights under `outliers.rule`,
         found on the first `outliers.docs` importance documents of every importance language

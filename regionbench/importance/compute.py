@@ -338,6 +338,12 @@ def iter_scores(
         )
 
     size = int(batch_size)
+    if spec.activation is not None:  # forward passes only: nothing to resume or all-reduce
+        from regionbench.importance.activations import iter_activation_scores
+
+        return iter_activation_scores(
+            model, samples, spec.activation, params, batch_size=size, progress=progress, name=metric
+        )
 
     def languages() -> Iterator[tuple[str, Mapping[str, Tensor]]]:
         for lang, w in samples.items():

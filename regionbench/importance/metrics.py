@@ -1,5 +1,6 @@
 """The importance metrics, by short name: how a batch's gradient folds into an fp32 accumulator,
-or a language-independent score (see the package docstring for the definitions)."""
+a language-independent score, or statistics of forward passes over the samples (see the package
+docstring for the definitions, `importance.activations` for the activation metrics)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import torch
 from torch import Tensor
 
 from regionbench.common.torchtools import seeded_generator
+from regionbench.importance import activations
+from regionbench.models.units import HEAD, NEURON
 
 # Bump when the same inputs would give other scores: cached entries of the old way are then misses.
 ALGORITHM = 2  # 2: equal samples per language, per-sample mean losses summed
@@ -22,7 +25,9 @@ class Metric:
     Gradient metrics fold each batch's gradient into an fp32 accumulator with `update(acc, grad,
     param)` and turn the accumulator into scores with `finalize(acc, param)` (both in place, on
     the accumulator's device). Static metrics ignore the data: `static(name, param, seed)` returns
-    the score tensor, shared by every language.
+    the score tensor, shared by every language. Activation metrics run forward passes over a
+    language's samples: `activation(model, scoped params, batches)` returns its scores, per entry
+    of the scope's parameters, or (`units`) per whole unit under each block's unit key.
     """
 
     name: str
@@ -31,6 +36,8 @@ class Metric:
     finalize: Callable[[Tensor, Tensor], Tensor] | None = None
     static: Callable[[str, Tensor, int], Tensor] | None = None
     uses_seed: bool = False  # its scores depend on `seed` (the random control)
+    activation: Callable[..., dict[str, Tensor]] | None = None
+    units: tuple[str, ...] = ()  # the units it scores whole (models.units); () = every entry
 
     @property
     def per_language(self) -> bool:
@@ -97,6 +104,23 @@ METRICS: dict[str, Metric] = {
             "seeded uniform [0, 1): language-independent control",
             static=_random,
             uses_seed=True,
+        ),
+        Metric(
+            "lape",
+            "p(activation > 0) of each FFN neuron per language (LAPE, Tang et al. 2024)",
+            activation=activations.lape,
+            units=(NEURON,),
+        ),
+        Metric(
+            "activation",
+            "mean |activation| of each FFN neuron and attention head per language",
+            activation=activations.mean_activation,
+            units=(NEURON, HEAD),
+        ),
+        Metric(
+            "wanda",
+            "|W_ij| · ‖X_j‖₂ over the language's tokens (Wanda, Sun et al. 2023)",
+            activation=activations.wanda,
         ),
     )
 }

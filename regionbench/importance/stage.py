@@ -133,8 +133,10 @@ def cached_scores(
     def compute():
         if not per_language:  # one shared dict: stored once for every language
             return score_samples(model, dict.fromkeys(langs), run.metric.name, **options)
-        # under torchrun the helper ranks score the same windows with us
-        distributed.lead(run.to_dict(), samples, run.metric.name, options)
+        # under torchrun the helper ranks score the same windows with us (gradient metrics;
+        # an activation metric's forward passes are rank 0's alone)
+        if METRICS[run.metric.name].activation is None:
+            distributed.lead(run.to_dict(), samples, run.metric.name, options)
         # language by language: each is written to the cache and freed before the next; in one
         # process, finished languages (and checkpoints) survive a kill and are picked up again
         return iter_scores(

@@ -17,6 +17,9 @@ dtype, so bf16 models get the same draw as fp32 ones. All three are undone bit-e
 (`training.train_frozen`), `train_region` with everything *but* the region held bit-identical and
 the optimizer's state for the region alone (`training.train_region`); the pipeline undoes either
 from a snapshot (`weights.restore_after`).
+`ablate`, `fix` and `steer` change the activations of the region's whole units by forward hooks
+(`hooks`: weights untouched, hooks removed on exit): to 0, to their median or mean on reference
+text (the importance samples), or shifted by `factor` × the difference of two languages' means.
 
 Add an intervention: one `Intervention` in `INTERVENTIONS`, one `conf/intervention/<name>.yaml`,
 one test (CONTRIBUTING.md, "Add an intervention").
@@ -35,7 +38,7 @@ from torch import Tensor, nn
 from regionbench.common.choices import check_choice
 from regionbench.common.torchtools import seeded_generator
 from regionbench.config import InterventionConfig, RunConfig
-from regionbench.interventions import training
+from regionbench.interventions import hooks, training
 from regionbench.interventions.weights import Applied, NewValues, edited
 from regionbench.regions.kinds import region_kind
 
@@ -73,6 +76,49 @@ def _check_std(iv: InterventionConfig) -> None:
         raise ValueError(f"std {iv.std!r} must be a finite number >= 0 for intervention 'noise'")
 
 
+def _ablated(iv: InterventionConfig) -> hooks.Action:
+    return lambda x, value: torch.zeros_like(x)
+
+
+def _fixed(iv: InterventionConfig) -> hooks.Action:
+    return lambda x, value: value.expand_as(x)
+
+
+def _steered(iv: InterventionConfig) -> hooks.Action:
+    return lambda x, value: x + iv.factor * value
+
+
+def _fix_values(iv: InterventionConfig, stats: list[hooks.Stats]) -> list[Tensor]:
+    return [s.of(iv.statistic, iv.lang) for s in stats]
+
+
+def _steer_values(iv: InterventionConfig, stats: list[hooks.Stats]) -> list[Tensor]:
+    source, target = iv.steer
+    return [s.token_mean[target] - s.token_mean[source] for s in stats]
+
+
+STATISTICS = {"median": "the median over samples of each one's mean", "mean": "their mean"}
+
+
+def _check_fix(iv: InterventionConfig) -> None:
+    check_choice("intervention.statistic", iv.statistic, STATISTICS)
+
+
+def _check_steer(iv: InterventionConfig) -> None:
+    _check_factor(iv)
+    if not iv.steer or len(iv.steer) != 2 or iv.steer[0] == iv.steer[1]:
+        raise ValueError(
+            f"intervention=steer needs intervention.steer=[<from>, <to>]: two importance "
+            f"languages (adds factor × (mean activation in <to> - in <from>)); got {iv.steer!r}"
+        )
+
+
+def _fix_title(model: str, shared: Mapping[str, str]) -> str:
+    lang = shared.get("intervention.lang")
+    on = f" on {lang}" if lang not in (None, "", "None") else ""
+    return f"Fixing unit activations of {model} to their {shared.get('intervention.statistic', 'median')}{on}"
+
+
 def _shared(shared: Mapping[str, str], key: str) -> str:
     return f" {shared[key]}" if shared.get(key) else ""
 
@@ -95,14 +141,47 @@ class Intervention:
     # Whether `seed` can change its result (noise draws, training order); one that does not
     # say is taken to, so a sweep never merges its seeds by mistake.
     uses_seed: bool = True
+    # an activation intervention: what its forward hooks do to the region's units
+    # (`hooks.Action`), and the reference values they need from the importance text
+    hook: Callable[[InterventionConfig], hooks.Action] | None = None
+    values: Callable[[InterventionConfig, list[hooks.Stats]], list[Tensor]] | None = None
 
     @property
     def trains(self) -> bool:
         return self.train is not None
 
+    @property
+    def reads_text(self) -> bool:
+        """Whether it needs reference text (`apply(..., reference=)`): the importance samples."""
+        return self.values is not None
+
     @contextlib.contextmanager
-    def apply(self, model: nn.Module, region, iv: InterventionConfig, seed: int):
-        """The in-place edit on `region`, undone on exit; yields `Applied`."""
+    def apply(
+        self,
+        model: nn.Module,
+        region,
+        iv: InterventionConfig,
+        seed: int,
+        reference: Mapping[str, Tensor] | None = None,
+    ):
+        """The in-place edit on `region`, undone on exit, or the activation hooks on its units,
+        removed on exit (`reference`: token windows {lang: [n, seq_len]} for their values);
+        yields `Applied`."""
+        if self.hook is not None and not any(
+            m.any() for m in getattr(region, "masks", region).values()
+        ):
+            yield Applied(model, 0, 0)  # the empty region: the unmodified model
+            return
+        if self.hook is not None:
+            sites = hooks.activation_sites(model, region)
+            values = None
+            if self.values is not None:
+                if not reference:
+                    raise ValueError(f"intervention {self.name!r} needs reference text")
+                values = self.values(iv, hooks.reference_stats(model, sites, reference))
+            with hooks.hooked(model, sites, self.hook(iv), values) as done:
+                yield done
+            return
         if self.edit is None:
             raise ValueError(
                 f"intervention {self.name!r} is a training intervention, not an in-place edit: "
@@ -164,6 +243,40 @@ INTERVENTIONS: dict[str, Intervention] = {
             edit=_noised,
         ),
         Intervention(
+            "ablate",
+            "set the activations of the region's units to 0 (forward hooks; weights untouched)",
+            check=lambda iv: None,
+            title=lambda model, shared: f"Ablating unit activations of {model}",
+            hook=_ablated,
+            word="ablated",
+            uses_seed=False,
+        ),
+        Intervention(
+            "fix",
+            "fix the activations of the region's units to their median (or mean) on reference "
+            "text (Kojima et al.'s on_p50; intervention.lang, intervention.statistic)",
+            check=_check_fix,
+            title=_fix_title,
+            hook=_fixed,
+            values=_fix_values,
+            word="fixed",
+            uses_seed=False,
+        ),
+        Intervention(
+            "steer",
+            "add factor × (mean activation in <to> − in <from>) to the region's units "
+            "(intervention.steer=[<from>, <to>], intervention.factor)",
+            check=_check_steer,
+            title=lambda model, shared: (
+                f"Steering unit activations of {model}"
+                + (f" {shared['intervention.steer']}" if shared.get("intervention.steer") else "")
+            ),
+            hook=_steered,
+            values=_steer_values,
+            word="steered",
+            uses_seed=False,
+        ),
+        Intervention(
             "freeze",
             "further pre-train with the region held fixed (training, not in-place)",
             check=training.check,
@@ -191,15 +304,24 @@ def intervention_kind(name: str) -> Intervention:
 
 
 def check(run: RunConfig) -> None:
-    """`intervention.*`, up front; an intervention that acts only on the region refuses the empty
-    one (ratio=0 of a region that ratio sizes)."""
-    kind = intervention_kind(run.intervention.name)
-    kind.check(run.intervention)
+    """`intervention.*`, up front: an intervention that acts only on the region refuses the empty
+    one (ratio=0 of a region that ratio sizes); the reference languages of fix/steer are among
+    the importance languages."""
+    kind, iv = intervention_kind(run.intervention.name), run.intervention
+    kind.check(iv)
     if kind.needs_region and run.ratio == 0 and region_kind(run.region.name).empty_at_zero:
         raise ValueError(
             f"intervention={kind.name} with ratio=0: the region is empty and nothing would "
             "train; choose ratio > 0 (full training is intervention=freeze ratio=0)"
         )
+    if kind.reads_text:  # its reference text is the importance samples
+        from regionbench.data.sources import importance_langs
+
+        for key, langs in (("lang", [iv.lang] if iv.lang else []), ("steer", iv.steer or [])):
+            for lang in langs:
+                check_choice(
+                    f"intervention.{key} (an importance language)", lang, importance_langs(run)
+                )
 
 
 @contextlib.contextmanager
@@ -212,13 +334,27 @@ def intervene(
     std: float = 0.0,
     seed: int = 0,
     relative: bool = False,
+    reference: Mapping[str, Tensor] | None = None,
+    lang: str | None = None,
+    statistic: str = "median",
+    steer: list[str] | None = None,
 ) -> Iterator[Applied]:
     """Apply the in-place intervention `kind` to the entries of `region` (a Region or
-    {param name: bool mask}); restore them bit-exactly on exit. Yields an `Applied` with the
-    counts."""
+    {param name: bool mask}); restore them bit-exactly on exit. The activation interventions
+    (ablate, fix, steer) hook the region's units instead, reading `reference` token windows
+    {lang: [n, seq_len]} for fix (`lang`, `statistic`) and steer ([from, to], ×`factor`).
+    Yields an `Applied` with the counts."""
     entry = intervention_kind(kind)
-    iv = InterventionConfig(name=entry.name, factor=factor, std=std, relative=relative)
-    if entry.edit is not None:
+    iv = InterventionConfig(
+        name=entry.name,
+        factor=factor,
+        std=std,
+        relative=relative,
+        lang=lang,
+        statistic=statistic,
+        steer=steer,
+    )
+    if entry.edit is not None or entry.hook is not None:
         entry.check(iv)
-    with entry.apply(model, region, iv, seed) as applied:
+    with entry.apply(model, region, iv, seed, reference=reference) as applied:
         yield applied

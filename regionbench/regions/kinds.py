@@ -7,6 +7,9 @@ its options are checked, how it is built, and how it reads in a title.
     region = build(run, scores, langs, model, fingerprints, outlier_dims)   # the run's region
     region = select(scores, ratio=0.01, region="core")   # the notebook API (`rb.select`)
 
+Unit kinds (`neurons`, `heads`: `regions.units`) select whole units with any kind's `pick`
+(`region.pick`), applied to the units' scores instead of a matrix's.
+
 Add a kind: one `RegionKind` in `REGION_KINDS`, one `conf/region/<name>.yaml`, one test
 (CONTRIBUTING.md, "Add a region kind").
 """
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +29,8 @@ from regionbench.config import RegionConfig, RunConfig
 from regionbench.importance.metrics import METRICS
 from regionbench.models.residual import hidden_size, residual_sides
 from regionbench.models.scope import scoped_params
-from regionbench.regions import dimensions, outliers
+from regionbench.models.units import HEAD, NEURON
+from regionbench.regions import checks, dimensions, outliers, picks, units
 from regionbench.regions.region import Region, empty
 from regionbench.regions.select import Pick, check_ratio, exact_k, per_matrix, topk_mask, total
 
@@ -54,6 +57,10 @@ def _never(region: RegionConfig) -> bool:
 
 def _no_check(run: RunConfig, langs: Sequence[str]) -> None:
     return None
+
+
+def _given(value) -> bool:
+    return value not in (None, "", "None", "null")
 
 
 def _number(value) -> float | None:
@@ -114,11 +121,15 @@ class RegionKind:
     check: Callable[[RunConfig, Sequence[str]], None] = _no_check  # its options, up front
     ranks: Callable[[RegionConfig], bool] = _always  # orders entries by importance scores
     # How `ratio` sizes it: "exact" ⌊ratio·numel⌋ of each matrix, "within" a part of the top
-    # ⌊ratio·numel⌋ of each matrix, None: it does not (given by dimensions or coordinates).
+    # ⌊ratio·numel⌋ of each matrix, "units" a fraction of the units (neurons, heads), None: it
+    # does not (given by dimensions, coordinates or a file).
     sized: str | None = "exact"
     empty_at_zero: bool = True  # ratio 0 is the empty region: the unmodified model
     pick: Pick | None = None  # a per-matrix choice from scores: selectable with `select`
     needs_lang: bool = False  # region.lang names one importance language
+    takes_lang: bool = False  # region.lang may name one (specific: that language's part)
+    unit: str | None = None  # whole units of this kind (models.units), not entries
+    details: Callable[[Mapping[str, str]], list[str]] | None = None  # more words, from params
     # Why a region it built has no entry (one clause): what the error says instead of a result.
     why_empty: Callable[[Source], str] = _why_built_empty
     # Whether `seed` can change the region it builds (beyond the metric's own seed): a kind
@@ -127,12 +138,15 @@ class RegionKind:
 
     def words(self, params: Mapping[str, str], *, ratio: bool = True) -> list[str]:
         """The region in a title, from one of its runs' params: ["taylor", "core", "5%"],
-        ["taylor", "monolingual", "latn", "5%"], ["top-dims"] (a preset of `dimension`)."""
+        ["taylor", "monolingual", "latn", "5%"], ["top-dims"] (a preset of `dimension`),
+        ["lape", "neurons", "specific", "global", "1%"]."""
         if self.sized is None:
             return [params.get("choice.region", self.name)]
         words = [params.get("metric.name", ""), self.name]
-        if self.needs_lang:
+        if self.needs_lang or (self.takes_lang and _given(params.get("region.lang"))):
             words.append(params.get("region.lang", ""))
+        if self.details is not None:
+            words += self.details(params)
         size = _number(params.get("ratio"))
         if ratio and size is not None:
             words.append(f"{size * 100:g}%")
@@ -198,56 +212,62 @@ def _dimension(src: Source) -> Region:
     )
 
 
-def _check_dimension(run: RunConfig, langs: Sequence[str]) -> None:
-    r = run.region
-    given = [k for k in ("dims", "top_dims", "random_dims") if getattr(r, k) is not None]
-    if len(given) != 1:
-        raise ValueError(
-            f"region=dimension needs exactly one of region.dims=[...], region.top_dims=<d> or "
-            f"region.random_dims=<d>; got {', '.join(given) or 'none'}"
-        )
-    for key in ("top_dims", "random_dims"):
-        value = getattr(r, key)
-        if value is not None and (isinstance(value, bool) or value < 1):
-            raise ValueError(f"region.{key} {value!r} must be an integer >= 1")
-    if r.top_dims is not None and run.ratio == 0:
-        raise ValueError("region.top_dims ranks the dimensions of the core at `ratio`: ratio=0")
-    if r.everywhere and (r.layers is not None or r.modules is not None):
-        raise ValueError(
-            "region.everywhere=true takes dimension d in every block and outside them: drop "
-            "region.layers and region.modules"
-        )
-
-
 def _coordinates(src: Source) -> Region:
     r = src.run.region
     meta = src.meta | {"region": r.name}
     return dimensions.coordinates_region(src.model, r.coordinates or r.file, meta=meta)
 
 
-def _check_coordinates(run: RunConfig, langs: Sequence[str]) -> None:
-    r = run.region
-    if not (r.coordinates or r.file):
-        raise ValueError(
-            "region=coordinates needs region.coordinates=['<param>[row, col]', ...] "
-            "or region.file=<path>"
-        )
-    if r.file and not Path(r.file).expanduser().is_file():
-        raise ValueError(f"region.file {r.file!r} is not a readable file")
+def _picks() -> dict[str, RegionKind]:
+    return {name: kind for name, kind in REGION_KINDS.items() if kind.pick is not None}
 
 
-def _check_monolingual(run: RunConfig, langs: Sequence[str]) -> None:
-    r = run.region
-    if not r.lang:
-        raise ValueError("region=monolingual needs region.lang; choices: " + ", ".join(langs))
-    check_choice("region.lang (an importance language)", r.lang, langs)
-    if not METRICS[run.metric.name].per_language and run.ratio > 0:
-        per_lang = sorted(n for n, m in METRICS.items() if m.per_language)
+def _units_build(src: Source) -> Region:
+    r = src.run.region
+    return units.build_units(
+        src.model,
+        src.run,
+        src.scores,
+        src.langs,
+        REGION_KINDS[r.name].unit,
+        REGION_KINDS[r.pick].pick,
+        src.meta,
+    )
+
+
+def _units_empty(src: Source) -> str:
+    return units.why_empty(src.model, src.run, REGION_KINDS[src.run.region.name].unit)
+
+
+def _check_units(run: RunConfig, langs: Sequence[str]) -> None:
+    r, picks = run.region, _picks()
+    pick = picks[check_choice("region.pick", r.pick, picks)]
+    if r.lang and not (pick.needs_lang or pick.takes_lang):
         raise ValueError(
-            f"region=monolingual needs a per-language metric, not {run.metric.name!r} (every "
-            f"language gets the same scores, so the region would be empty); choices: "
-            f"{', '.join(per_lang)}"
+            f"region.lang applies to region.pick {', '.join(_lang_picks())}, not {r.pick!r}"
         )
+    pick.check(run, langs)
+
+
+def _unit_details(params: Mapping[str, str]) -> list[str]:
+    words = []
+    if params.get("region.pick", "core") != "core":
+        words.append(params["region.pick"])
+    if _given(params.get("region.lang")) and params.get("region.pick") in _lang_picks():
+        words.append(params["region.lang"])
+    if params.get("region.per_layer") == "False":
+        words.append("global")
+    if params.get("region.matched_random") == "True":
+        words.append("random-matched")
+    return words
+
+
+def _lang_picks() -> list[str]:
+    return [n for n, k in _picks().items() if k.needs_lang or k.takes_lang]
+
+
+def _file(src: Source) -> Region:
+    return units.file_region(src.model, src.run, src.meta)
 
 
 REGION_KINDS: dict[str, RegionKind] = {
@@ -271,7 +291,7 @@ REGION_KINDS: dict[str, RegionKind] = {
             "monolingual",
             "top-k of score_lang and of no other language's score (needs lang)",
             _selected,
-            check=_check_monolingual,
+            check=checks.monolingual,
             sized="within",
             pick=_monolingual,
             needs_lang=True,
@@ -283,7 +303,7 @@ REGION_KINDS: dict[str, RegionKind] = {
             "region.dims, region.top_dims (of the core at ratio) or region.random_dims; with "
             "region.everywhere=true also their entries of the embeddings, lm_head and norms",
             _dimension,
-            check=_check_dimension,
+            check=checks.dimension,
             ranks=lambda r: r.top_dims is not None,
             sized=None,
             empty_at_zero=False,
@@ -293,7 +313,7 @@ REGION_KINDS: dict[str, RegionKind] = {
             "coordinates",
             "exactly the param[row, col] entries of region.coordinates or region.file",
             _coordinates,
-            check=_check_coordinates,
+            check=checks.coordinates,
             ranks=lambda r: False,
             sized=None,
             empty_at_zero=False,
@@ -314,6 +334,70 @@ REGION_KINDS: dict[str, RegionKind] = {
             why_empty=_no_outlier_entry,
             uses_seed=_never,
         ),
+        RegionKind(
+            "shared",
+            "top-k of every importance language's score at once (shared by all)",
+            _selected,
+            check=checks.per_language,
+            sized="within",
+            pick=picks.shared,
+            uses_seed=_never,
+        ),
+        RegionKind(
+            "exclusive",
+            "top-k of score_lang that is not shared by every language (needs lang)",
+            _selected,
+            check=checks.monolingual,
+            sized="within",
+            pick=picks.exclusive,
+            needs_lang=True,
+            uses_seed=_never,
+        ),
+        RegionKind(
+            "specific",
+            "the k lowest entropies over languages of the normalised scores, among entries with "
+            "a language above the 0.95 quantile (LAPE's selection; region.lang: that language's)",
+            _selected,
+            check=checks.per_language,
+            pick=picks.specific,
+            takes_lang=True,
+            uses_seed=_never,
+        ),
+        RegionKind(
+            "neurons",
+            "whole FFN neurons (row j of gate/up, column j of down): ratio of each block's "
+            "(region.per_layer) chosen by region.pick from their summed scores",
+            _units_build,
+            check=_check_units,
+            sized="units",
+            unit=NEURON,
+            details=_unit_details,
+            why_empty=_units_empty,
+            uses_seed=lambda r: bool(r.matched_random),
+        ),
+        RegionKind(
+            "heads",
+            "whole attention heads (rows of q and of their k/v group, columns of o): ratio of "
+            "each block's (region.per_layer) chosen by region.pick from their summed scores",
+            _units_build,
+            check=_check_units,
+            sized="units",
+            unit=HEAD,
+            details=_unit_details,
+            why_empty=_units_empty,
+            uses_seed=lambda r: bool(r.matched_random),
+        ),
+        RegionKind(
+            "file",
+            "the region of region.file: a regionbench mask, or LAPE's neuron file (region.lang: "
+            "one language, else the union)",
+            _file,
+            check=checks.file,
+            ranks=lambda r: False,
+            sized=None,
+            empty_at_zero=False,
+            uses_seed=_never,
+        ),
     )
 }
 
@@ -327,8 +411,16 @@ def check(run: RunConfig, langs: Sequence[str]) -> None:
     """`ratio`, `region.*` against the run's importance languages `langs`, and `outliers.*`,
     up front."""
     check_ratio(run.ratio)
-    region_kind(run.region.name).check(run, langs)
+    kind = region_kind(run.region.name)
+    kind.check(run, langs)
     outliers.check(run, langs)  # every run consults the detector
+    scores_units = METRICS[run.metric.name].units if run.metric.name in METRICS else ()
+    if scores_units and kind.ranks(run.region) and kind.unit not in scores_units:
+        takes = ", ".join(n for n, k in REGION_KINDS.items() if k.unit in scores_units)
+        raise ValueError(
+            f"metric {run.metric.name!r} scores whole units, not entries: region={run.region.name} "
+            f"cannot rank by it; choices: {takes}"
+        )
 
 
 def build(
@@ -383,13 +475,13 @@ def select(
         raise ValueError("langs is empty: need at least one importance language")
     for name in langs:
         check_choice("language", name, scores)
-    if kind.needs_lang:
+    if kind.needs_lang or (kind.takes_lang and lang is not None):
         if lang is None:
             raise ValueError(f"region {kind.name!r} needs lang; choices: {', '.join(langs)}")
         check_choice("language", lang, langs)
         lang_index = langs.index(lang)
     elif lang is not None:
-        takes = ", ".join(repr(n) for n, k in picks.items() if k.needs_lang)
+        takes = ", ".join(repr(n) for n, k in picks.items() if k.needs_lang or k.takes_lang)
         raise ValueError(f"lang {lang!r} only applies to region {takes}, not {region!r}")
     else:
         lang_index = None

@@ -211,8 +211,8 @@ def test_cli_group_typo_is_one_line(tmp_path, cache_dir):
     assert proc.returncode != 0
     assert proc.stderr.strip() == (
         "error: unknown metric option 'taylr': did you mean 'taylor' "
-        "or 'taylor_abs'? choices: fisher, magnitude, random, taylor, "
-        "taylor_abs"
+        "or 'taylor_abs'? choices: activation, fisher, lape, magnitude, random, taylor, "
+        "taylor_abs, wanda"
     )
     assert not (tmp_path / "mlruns").exists()
 
@@ -220,10 +220,14 @@ def test_cli_group_typo_is_one_line(tmp_path, cache_dir):
 def test_help_lists_groups(tmp_path, cache_dir):
     proc = run_cli(["--help"], tmp_path, cache_dir, timeout=60)
     assert proc.returncode == 0
-    assert "metric: fisher, magnitude, random, taylor, taylor_abs" in proc.stdout
     assert (
-        "region: coordinates, core, core_bottom, core_minus_outliers, dimension, monolingual, "
-        "outliers, random-dims, top-dims" in proc.stdout
+        "metric: activation, fisher, lape, magnitude, random, taylor, taylor_abs, wanda"
+        in proc.stdout
+    )
+    assert (
+        "region: coordinates, core, core_bottom, core_minus_outliers, dimension, exclusive, file, "
+        "heads, lape, monolingual, neurons, outliers, random-dims, shared, specific, top-dims"
+        in proc.stdout
     )
     lines = proc.stdout.splitlines()
     # the groups a command adds rather than replaces are marked, the others are not

@@ -4,6 +4,7 @@ rejected with one line that names them and the valid choices."""
 from __future__ import annotations
 
 import pytest
+import yaml
 from conftest import CONF, compose
 
 from regionbench.config import RunConfig
@@ -58,7 +59,7 @@ def test_defaults():
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
 def test_every_option_composes(group, option):
     # optional groups, not in the defaults
-    plus = "+" if group in ("frozen_set", "debug", "importance") else ""
+    plus = "+" if group in ("frozen_set", "debug", "importance", "budget") else ""
     overrides = [f"{plus}{group}={option}"]
     if (group, option) == ("region", "monolingual"):
         overrides.append("region.lang=latn")
@@ -66,6 +67,14 @@ def test_every_option_composes(group, option):
         overrides.append("region.dims=[0,3]")
     if (group, option) == ("region", "coordinates"):
         overrides.append("region.coordinates=['model.layers.0.mlp.down_proj.weight[0, 1]']")
+    if (group, option) in (("metric", "lape"), ("metric", "activation")):
+        overrides.append("region=neurons")  # they score whole units, not entries
+    if (group, option) == ("region", "exclusive"):
+        overrides.append("region.lang=latn")
+    if (group, option) == ("region", "file"):
+        overrides.append(f"region.file={__file__}")
+    if (group, option) == ("intervention", "steer"):
+        overrides.append("intervention.steer=[latn,cyrl]")
     if (group, option) == ("model", "hf"):
         overrides.append("model.name=/some/folder")
     if (group, option) == ("data", "local"):
@@ -74,6 +83,8 @@ def test_every_option_composes(group, option):
     # the option's own values reached the typed config (not just the defaults)
     if group in ("metric", "region", "intervention"):
         named = {"top-dims": "dimension", "random-dims": "dimension"}  # presets of one region
+        if group == "region":
+            named["lape"] = "neurons"
         assert getattr(run, group).name == named.get(option, option)
     elif group == "model":
         names = {"hf": "/some/folder", "llama2-7b": "meta-llama/Llama-2-7b-hf"}
@@ -85,6 +96,13 @@ def test_every_option_composes(group, option):
         assert run.data.source == option
     elif group == "frozen_set":
         assert run.ratio == {"1": 0.01, "5": 0.05}.get(option.rsplit("-", 1)[-1], 0.0)
+    elif group == "budget":  # its file's condition reached the typed config
+        spec = yaml.safe_load((CONF / group / f"{option}.yaml").read_text(encoding="utf-8"))
+        assert (run.metric.name, run.region.name, run.ratio) == (
+            spec["metric"]["name"],
+            spec["region"]["name"],
+            spec["ratio"],
+        )
     elif group == "importance":
         assert (run.importance.packing, run.importance.loss) == ("documents", "batch_mean")
     elif group == "debug":
@@ -101,6 +119,7 @@ def test_every_option_composes(group, option):
         "frozen_set",
         "debug",
         "importance",
+        "budget",
     ) or option.startswith("sandbox"):
         validate(run)  # cheap choices only: no hub, no files
 

@@ -263,7 +263,16 @@ def test_bad_inputs_fail_fast_with_one_line_errors(tok):
         compute_importance(model, tok, {"aa": ["ab"]}, seq_len=SEQ, progress=False)
     with pytest.raises(ValueError, match="non-empty"):
         compute_importance(model, tok, {}, progress=False)
-    assert {"taylor", "magnitude", "random", "taylor_abs", "fisher"} == set(METRICS)
+    assert {
+        "taylor",
+        "magnitude",
+        "random",
+        "taylor_abs",
+        "fisher",
+        "lape",
+        "activation",
+        "wanda",
+    } == set(METRICS)
 
 
 def test_iter_scores_holds_one_language_while_computing_the_next(monkeypatch):

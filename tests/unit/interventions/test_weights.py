@@ -141,7 +141,16 @@ def test_bad_input_errors_before_any_write():
     with pytest.raises(ValueError, match="has shape"), intervene(model, wrong, "remove"):
         pass
     assert_bit_identical(model, before)
-    assert set(INTERVENTIONS) == {"remove", "scale", "noise", "freeze", "train_region"}
+    assert set(INTERVENTIONS) == {
+        "remove",
+        "scale",
+        "noise",
+        "freeze",
+        "train_region",
+        "ablate",
+        "fix",
+        "steer",
+    }
 
 
 def test_removing_entries_that_are_already_zero_is_an_error():

@@ -21,12 +21,26 @@ OPTIONS = {
     "coordinates": {"coordinates": ["model.layers.1.mlp.down_proj.weight[2, 5]"]},
     "core_minus_outliers": {},
     "outliers": {},
+    "shared": {},
+    "exclusive": {"lang": "aa"},
+    "specific": {},
+    "neurons": {"per_layer": False},  # 1% of 2 × 64 neurons: one
+    "heads": {"pick": "core_bottom"},
+    "file": {"file": "<LAPE file>"},  # written by the fixture below
 }
+RATIOS = {"heads": 0.5}  # 4 heads: 1% of them is none
+LAPE_FILE = []  # the path the fixture wrote
 OUTLIER_DIMS = [3]  # as if the detector had found one massive dimension
 
 
 @pytest.fixture(scope="module")
-def model_and_scores():
+def model_and_scores(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lape") / "tiny.neuron.pth"
+    torch.save(
+        [[torch.tensor([3, 7]), torch.tensor([1])], [torch.tensor([]).long(), torch.tensor([5])]],
+        path,
+    )
+    LAPE_FILE[:] = [str(path)]
     model = tiny_llama(hidden=32, inter=64)
     gen = torch.Generator().manual_seed(0)
     windows = {lang: torch.randint(3, 64, (4, 16), generator=gen) for lang in LANGS}
@@ -34,7 +48,9 @@ def model_and_scores():
 
 
 def _run(name: str, ratio: float = 0.01) -> RunConfig:
-    return RunConfig.from_cfg({"ratio": ratio, "region": {"name": name, **OPTIONS[name]}})
+    options = {k: LAPE_FILE[0] if v == "<LAPE file>" else v for k, v in OPTIONS[name].items()}
+    ratio = RATIOS.get(name, ratio) if ratio else ratio
+    return RunConfig.from_cfg({"ratio": ratio, "region": {"name": name, **options}})
 
 
 def test_every_kind_has_its_options_here():
@@ -52,7 +68,7 @@ def test_every_kind_builds_and_names_itself(name, model_and_scores):
     params = {k: str(v) for k, v in flatten(run.to_dict()).items()}
     words = kind.words(params)
     assert name in words
-    assert ("1%" in words) == (kind.sized is not None)
+    assert (f"{run.ratio * 100:g}%" in words) == (kind.sized is not None)
     params_by_mask = dict(model.named_parameters())
     assert all(region.masks[n].shape == params_by_mask[n].shape for n in region.masks)
 
