@@ -1,17 +1,21 @@
-"""Checks of `region.*` that region kinds share (their `check`), one line each before any work:
-kinds.py names them in its entries.
+"""Checks of `region.*` that region kinds share (their `check`), one line each before any work
+(kinds.py names them in its entries), and the one-line error that replaces an empty region.
 
     checks.per_language(run, langs)   # raises a one-line ValueError, else None
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import torch
+from torch import Tensor
 
 from regionbench.common.choices import check_choice
 from regionbench.config import RunConfig
 from regionbench.importance.metrics import METRICS
+from regionbench.regions.select import exact_k
 
 
 def dimension(run: RunConfig, langs: Sequence[str]) -> None:
@@ -78,3 +82,41 @@ def file(run: RunConfig, langs: Sequence[str]) -> None:
         )
     if not Path(r.file).expanduser().is_file():
         raise ValueError(f"region.file {r.file!r} is not a readable file")
+
+
+# --- why a region is empty (the error instead of a result) ----------------------------------
+def too_small(ratio: float, scores: Mapping[str, Mapping[str, Tensor]]) -> str | None:
+    """Why a region sized by `ratio` is empty when no matrix is large enough for one entry."""
+    sizes = [t.numel() for per_lang in scores.values() for t in per_lang.values()]
+    if sizes and exact_k(ratio, max(sizes)) == 0:
+        return (
+            f"⌊ratio·numel⌋ is 0 in every matrix (the largest has {max(sizes)} entries); "
+            "raise the ratio"
+        )
+    return None
+
+
+def why_selection_empty(
+    scores: Mapping[str, Mapping[str, Tensor]],
+    ratio: float,
+    langs: Sequence[str],
+    lang: str | None,
+) -> str:
+    """Why a selection from scores came out empty, in one clause."""
+    small = too_small(ratio, {name: scores[name] for name in langs})
+    if small or lang is None:
+        return small or "it selected no entry"
+    others = [m for m in langs if m != lang]
+    if all(torch.equal(scores[lang][n], scores[m][n]) for m in others for n in scores[lang]):
+        return (
+            f"the languages' scores are identical, so no entry is in {lang}'s top-k and in no "
+            "other's (a language-independent metric gives every language the same scores)"
+        )
+    return f"every entry of {lang}'s top-k is also in another language's top-k"
+
+
+def empty_error(name: str, ratio: float, why: str) -> ValueError:
+    return ValueError(
+        f"region={name} at ratio {ratio:g} is empty: {why}. An empty region is not a result "
+        "(ratio=0 is the unmodified model)"
+    )

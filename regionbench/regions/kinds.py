@@ -32,7 +32,7 @@ from regionbench.models.scope import scoped_params
 from regionbench.models.units import HEAD, NEURON
 from regionbench.regions import checks, dimensions, outliers, picks, units
 from regionbench.regions.region import Region, empty
-from regionbench.regions.select import Pick, check_ratio, exact_k, per_matrix, topk_mask, total
+from regionbench.regions.select import Pick, check_ratio, per_matrix, topk_mask, total
 
 
 @dataclass(frozen=True)
@@ -70,45 +70,8 @@ def _number(value) -> float | None:
         return None
 
 
-def _too_small(ratio: float, scores: Mapping[str, Mapping[str, Tensor]]) -> str | None:
-    """Why a region sized by `ratio` is empty when no matrix is large enough for one entry."""
-    sizes = [t.numel() for per_lang in scores.values() for t in per_lang.values()]
-    if sizes and exact_k(ratio, max(sizes)) == 0:
-        return (
-            f"⌊ratio·numel⌋ is 0 in every matrix (the largest has {max(sizes)} entries); "
-            "raise the ratio"
-        )
-    return None
-
-
 def _why_built_empty(src: Source) -> str:
-    return _too_small(src.run.ratio, src.scores) or "it selected no entry"
-
-
-def _why_selection_empty(
-    scores: Mapping[str, Mapping[str, Tensor]],
-    ratio: float,
-    langs: Sequence[str],
-    lang: str | None,
-) -> str:
-    """Why a selection from scores came out empty, in one clause."""
-    small = _too_small(ratio, {name: scores[name] for name in langs})
-    if small or lang is None:
-        return small or "it selected no entry"
-    others = [m for m in langs if m != lang]
-    if all(torch.equal(scores[lang][n], scores[m][n]) for m in others for n in scores[lang]):
-        return (
-            f"the languages' scores are identical, so no entry is in {lang}'s top-k and in no "
-            "other's (a language-independent metric gives every language the same scores)"
-        )
-    return f"every entry of {lang}'s top-k is also in another language's top-k"
-
-
-def _empty(name: str, ratio: float, why: str) -> ValueError:
-    return ValueError(
-        f"region={name} at ratio {ratio:g} is empty: {why}. An empty region is not a result "
-        "(ratio=0 is the unmodified model)"
-    )
+    return checks.too_small(src.run.ratio, src.scores) or "it selected no entry"
 
 
 @dataclass(frozen=True)
@@ -451,7 +414,7 @@ def build(
     src = Source(run, scores, langs, model, meta, outlier_dims)
     region = kind.build(src)
     if region.numel == 0:  # only ratio 0 (returned above) gives the empty region
-        raise _empty(kind.name, run.ratio, kind.why_empty(src))
+        raise checks.empty_error(kind.name, run.ratio, kind.why_empty(src))
     return region
 
 
@@ -500,5 +463,7 @@ def select(
     info.setdefault("regionbench_version", regionbench.__version__)
     region = Region(masks=masks, meta=info)
     if ratio > 0 and region.numel == 0:
-        raise _empty(kind.name, ratio, _why_selection_empty(scores, ratio, langs, lang))
+        raise checks.empty_error(
+            kind.name, ratio, checks.why_selection_empty(scores, ratio, langs, lang)
+        )
     return region
