@@ -232,6 +232,7 @@ def test_help_lists_groups(tmp_path, cache_dir):
     lines = proc.stdout.splitlines()
     # the groups a command adds rather than replaces are marked, the others are not
     assert [line.split(":")[0] for line in lines if line.startswith("+")] == [
+        "+budget",
         "+debug",
         "+experiment",
         "+frozen_set",
