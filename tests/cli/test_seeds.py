@@ -32,6 +32,11 @@ from regionbench.tracking.client import SEED_REUSED_TAG
         (["region=top-dims"], False),
         (["region=random-dims"], True),
         (["region=dimension", "region.dims=[3]"], False),
+        (["ratio=0.1", "region=neurons"], False),
+        (["ratio=0.1", "region=neurons", "region.matched_random=true"], True),
+        (["ratio=0.1", "region=heads", "intervention=ablate"], False),
+        (["ratio=0.01", "region=shared"], False),
+        (["ratio=0.01", "intervention=train_region"], True),
     ],
 )
 def test_which_conditions_depend_on_the_seed(overrides, uses_seed):
