@@ -147,10 +147,16 @@ def reset() -> None:
         f.cache_clear()
 
 
-def provenance() -> dict[str, str]:
-    """Which database a run read: the wheel's version and bible.db's size (recorded as tags)."""
+def provenance(translations: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Which text a run read (its tags): the wheel, bible.db's size, each language's translation."""
     path = db_path()
-    return {"package": f"{PACKAGE}=={metadata.version(PACKAGE)}", "bytes": str(path.stat().st_size)}
+    chosen = resolve(translations)
+    return {
+        "bible_package": f"{PACKAGE}=={metadata.version(PACKAGE)}",
+        "bible_db_bytes": str(path.stat().st_size),
+        "bible_translations": ",".join(f"{lang}:{tid}" for lang, tid in chosen.items()),
+        "bible_clean_version": str(CLEAN_VERSION),
+    }
 
 
 def _connect() -> sqlite3.Connection:

