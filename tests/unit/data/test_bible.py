@@ -139,3 +139,16 @@ def test_provenance_names_each_languages_translation(db, monkeypatch):
     assert tags["bible_db_bytes"] == str(db.stat().st_size)
     pairs = dict(p.split(":") for p in tags["bible_translations"].split(","))
     assert pairs == {**bible.DEFAULTS, "fr": "darby"}
+
+
+def test_a_run_without_the_wheel_fails_its_checks_in_one_line(monkeypatch):
+    from conftest import compose
+
+    from regionbench.config import RunConfig
+    from regionbench.pipeline import validate
+
+    monkeypatch.setattr(bible, "PACKAGE", "no-such-package-regionbench")
+    with pytest.raises(
+        ValueError, match=r"^data=bible needs the no-such-package-regionbench wheel"
+    ):
+        validate(RunConfig.from_cfg(compose(["data=bible"])))
