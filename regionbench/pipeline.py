@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,9 +35,11 @@ from regionbench.session import Loaded, Session
 from regionbench.tracking.client import (
     CLAIMED_TAG,
     CODE_TAGS,
+    CONDITION_TAG,
     CONFIG_HASH_TAG,
     PARENT_ENV,
     REUSED_TAG,
+    SEED_REUSED_TAG,
     SWEEP_ENV,
     Tracker,
     git_sha,
@@ -105,20 +108,36 @@ def run_job(
     if not parent:  # a job of no sweep: this is the store's next contact after a fault
         tracker.mark_stale(track.stale_after_s)
     resume = section(raw, "resume")
-    if resume is Resume.NO:
-        run_id = tracker.start_run(name, parent_run_id=parent, tags=tags)
-    else:
-        with tracker.claiming(lambda: cache_root(section(raw, "paths").cache_dir) / "locks"):
-            code = None if resume is Resume.ANY else {k: tags[k] for k in CODE_TAGS}
-            done, other_code = tracker.finished_run(job_hash, code)
-            if done is not None:
-                return _reuse(tracker, done, name, job_num, parent, resume)
-            if other_code is not None:
-                _say_other_code(name, other_code, tags)
-            running = tracker.running_run(job_hash, track.stale_after_s)
-            if running is not None:
-                return _claimed(tracker, running, name, job_num, parent)
+    condition = _seed_free_condition(raw) if parent else None
+    if condition is not None:
+        tags[CONDITION_TAG] = condition
+    while True:  # leaves with a run started, or with a job that needs none
+        if resume is Resume.NO and condition is None:
             run_id = tracker.start_run(name, parent_run_id=parent, tags=tags)
+            break
+        with tracker.claiming(lambda: cache_root(section(raw, "paths").cache_dir) / "locks"):
+            if condition is not None:  # one seed of a seed-free condition answers for all
+                done, running = tracker.condition_run(
+                    condition, tags["sweep_id"] or parent, track.stale_after_s
+                )
+                if done is not None:
+                    return _seed_reuse(tracker, done, name, job_num, parent)
+            if condition is None or running is None:
+                if resume is not Resume.NO:
+                    code = None if resume is Resume.ANY else {k: tags[k] for k in CODE_TAGS}
+                    done, other_code = tracker.finished_run(job_hash, code)
+                    if done is not None:
+                        return _reuse(tracker, done, name, job_num, parent, resume)
+                    if other_code is not None:
+                        _say_other_code(name, other_code, tags)
+                    running = tracker.running_run(job_hash, track.stale_after_s)
+                    if running is not None:
+                        return _claimed(tracker, running, name, job_num, parent)
+                run_id = tracker.start_run(name, parent_run_id=parent, tags=tags)
+                break
+        # another seed of this condition runs in a parallel job of the sweep: wait for it
+        log.debug("job %r: waiting for run %s, its seed-free condition", name, running.info.run_id)
+        time.sleep(SEED_WAIT_S)
     output_dir = Path(output_dir or tempfile.mkdtemp(prefix="regionbench-"))
     heartbeat = tracker.beating(run_id, track.heartbeat_s, parent)  # range: validate()
     try:
@@ -160,6 +179,44 @@ def _reuse(
         "run_id": run_id,
         "name": name,
         "metrics": metrics,
+        "reused": True,
+    }
+
+
+SEED_WAIT_S = 2.0  # how often a seed-free job asks whether the condition's run has ended
+
+
+def _seed_free_condition(raw: dict) -> str | None:
+    """The hash of the job's config less `seed` when its result cannot depend on the seed
+    (`Plan.uses_seed`: the region, the metric and the intervention are deterministic), else
+    None. A config that does not make a plan is None here: the job fails as it would."""
+    try:
+        plan = Plan.of(RunConfig.from_cfg(raw))
+    except Exception:  # noqa: BLE001 - the job reports its own error when it runs
+        return None
+    if plan.uses_seed:
+        return None
+    return config_hash({k: v for k, v in raw.items() if k != "seed"})
+
+
+def _seed_reuse(tracker: Tracker, done, name: str, job_num: int, parent: str) -> dict[str, Any]:
+    """A seed-free job whose condition already FINISHED in this sweep under another seed: no
+    new run (it would repeat that one exactly); the parent lists it as reused."""
+    run_id = done.info.run_id
+    seed = done.data.params.get("seed", "?")
+    log.info(
+        "job %r cannot depend on its seed (deterministic region, metric and intervention): run "
+        "%s at seed %s answers for it, no run created",
+        name,
+        run_id,
+        seed,
+    )
+    tracker.set_tags(parent, {f"{SEED_REUSED_TAG}{job_num}": run_id})
+    return {
+        "status": "FINISHED",
+        "run_id": run_id,
+        "name": name,
+        "metrics": dict(done.data.metrics),
         "reused": True,
     }
 

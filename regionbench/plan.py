@@ -4,6 +4,7 @@ deriving it again from names.
     plan = Plan.of(run)          # one-line errors for an unknown region, intervention or metric
     plan.trains, plan.scores, plan.reads_text, plan.baseline
     plan.importance_langs, plan.eval_langs, plan.target_langs
+    plan.uses_seed               # False: every seed gives the same result (run once per sweep)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Plan:
     scores: bool  # the region ranks entries by importance scores
     reads_text: bool  # ...with a per-language metric: importance text is read and scored
     baseline: bool  # the region is empty: the job evaluates the unmodified model
+    uses_seed: bool  # `seed` can change the result (else a sweep runs one seed of it)
 
     @property
     def trains(self) -> bool:
@@ -42,6 +44,7 @@ class Plan:
         targets = tuple(sources.target_langs(run)) if intervention.trains else ()
         evaluated = tuple(sources.eval_langs(run))
         scores = run.ratio > 0 and region.ranks(run.region)
+        baseline = run.ratio == 0 and region.empty_at_zero
         return cls(
             region=region,
             intervention=intervention,
@@ -50,5 +53,15 @@ class Plan:
             target_langs=targets,
             scores=scores,
             reads_text=scores and metric.per_language,
-            baseline=run.ratio == 0 and region.empty_at_zero,
+            baseline=baseline,
+            # training uses the seed even with nothing frozen; an edit of an empty region does not
+            uses_seed=(intervention.trains and intervention.uses_seed)
+            or (
+                not baseline
+                and (
+                    region.uses_seed(run.region)
+                    or (scores and metric.uses_seed)
+                    or intervention.uses_seed
+                )
+            ),
         )

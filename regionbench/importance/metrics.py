@@ -30,6 +30,7 @@ class Metric:
     update: Callable[[Tensor, Tensor, Tensor], None] | None = None
     finalize: Callable[[Tensor, Tensor], Tensor] | None = None
     static: Callable[[str, Tensor, int], Tensor] | None = None
+    uses_seed: bool = False  # its scores depend on `seed` (the random control)
 
     @property
     def per_language(self) -> bool:
@@ -91,6 +92,11 @@ METRICS: dict[str, Metric] = {
             finalize=_keep,
         ),
         Metric("magnitude", "|θ|: language-independent baseline", static=_magnitude),
-        Metric("random", "seeded uniform [0, 1): language-independent control", static=_random),
+        Metric(
+            "random",
+            "seeded uniform [0, 1): language-independent control",
+            static=_random,
+            uses_seed=True,
+        ),
     )
 }

@@ -106,7 +106,7 @@ def cached_scores(
         "scope": imp.scope,
         "include": list(imp.include),
         "exclude": list(imp.exclude),
-        "seed": run.seed if run.metric.name == "random" else None,
+        "seed": run.seed if METRICS[run.metric.name].uses_seed else None,
         "algorithm": ALGORITHM,
     }
     if imp.store_dtype != "float32":  # keys of fp32 entries stay what they were

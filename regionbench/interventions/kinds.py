@@ -88,6 +88,9 @@ class Intervention:
     train: Callable | None = None  # further training: `training.train_frozen`'s signature
     must_change: str | None = None  # an edit that changes nothing is an error ("removing")
     word: str = ""  # after the region in a condition's words: "random 1% frozen"
+    # Whether `seed` can change its result (noise draws, training order); one that does not
+    # say is taken to, so a sweep never merges its seeds by mistake.
+    uses_seed: bool = True
 
     @property
     def trains(self) -> bool:
@@ -121,6 +124,7 @@ INTERVENTIONS: dict[str, Intervention] = {
             title=lambda model, shared: f"Removing regions of {model}",
             edit=_removed,
             must_change="removing",
+            uses_seed=False,
         ),
         Intervention(
             "scale",
@@ -135,6 +139,7 @@ INTERVENTIONS: dict[str, Intervention] = {
                 )
             ),
             edit=_scaled,
+            uses_seed=False,
         ),
         Intervention(
             "noise",

@@ -48,6 +48,10 @@ def _always(region: RegionConfig) -> bool:
     return True
 
 
+def _never(region: RegionConfig) -> bool:
+    return False
+
+
 def _no_check(run: RunConfig, langs: Sequence[str]) -> None:
     return None
 
@@ -117,6 +121,9 @@ class RegionKind:
     needs_lang: bool = False  # region.lang names one importance language
     # Why a region it built has no entry (one clause): what the error says instead of a result.
     why_empty: Callable[[Source], str] = _why_built_empty
+    # Whether `seed` can change the region it builds (beyond the metric's own seed): a kind
+    # that does not say is taken to, so a sweep never merges its seeds by mistake.
+    uses_seed: Callable[[RegionConfig], bool] = _always
 
     def words(self, params: Mapping[str, str], *, ratio: bool = True) -> list[str]:
         """The region in a title, from one of its runs' params: ["taylor", "core", "5%"],
@@ -251,12 +258,14 @@ REGION_KINDS: dict[str, RegionKind] = {
             "top ⌊ratio·numel⌋ of S = Σ_ℓ score_ℓ in each matrix",
             _selected,
             pick=_core,
+            uses_seed=_never,
         ),
         RegionKind(
             "core_bottom",
             "bottom ⌊ratio·numel⌋ of S in each matrix (the paper's control)",
             _selected,
             pick=_core_bottom,
+            uses_seed=_never,
         ),
         RegionKind(
             "monolingual",
@@ -266,6 +275,7 @@ REGION_KINDS: dict[str, RegionKind] = {
             sized="within",
             pick=_monolingual,
             needs_lang=True,
+            uses_seed=_never,
         ),
         RegionKind(
             "dimension",
@@ -277,6 +287,7 @@ REGION_KINDS: dict[str, RegionKind] = {
             ranks=lambda r: r.top_dims is not None,
             sized=None,
             empty_at_zero=False,
+            uses_seed=lambda r: r.random_dims is not None,
         ),
         RegionKind(
             "coordinates",
@@ -286,12 +297,14 @@ REGION_KINDS: dict[str, RegionKind] = {
             ranks=lambda r: False,
             sized=None,
             empty_at_zero=False,
+            uses_seed=_never,
         ),
         RegionKind(
             "core_minus_outliers",
             "the core without its entries on massive-activation dimensions, refilled from the "
             "next-ranked ones to equal size",
             _around_outliers(only=False),
+            uses_seed=_never,
         ),
         RegionKind(
             "outliers",
@@ -299,6 +312,7 @@ REGION_KINDS: dict[str, RegionKind] = {
             _around_outliers(only=True),
             sized="within",
             why_empty=_no_outlier_entry,
+            uses_seed=_never,
         ),
     )
 }

@@ -1,6 +1,8 @@
 """`python -m regionbench.report`: comparison tables from MLflow runs, in a terminal.
 
     python -m regionbench.report                         # the latest sweep, as a markdown table
+                                                         # (or the latest job: its languages)
+    python -m regionbench.report --runs ID1 ID2          # any set of runs
     python -m regionbench.report --parent RUN_ID --metrics ppl_ratio/mean lm_eval/sandbox_grammar/acc
     python -m regionbench.report --group metric.name region.name ratio --over seed \\
         --metrics forget/mean learn/mean                   # mean ± std across seeds
@@ -66,20 +68,60 @@ def sweep_runs(tracker: Tracker, parent: str | None = None, *, all_sweeps: bool 
         )
         latest: dict[str, Any] = {}
         for run in runs:
-            if "mlflow.parentRunId" in run.data.tags:
+            if _is_job(run):  # a sweep's job, or a job run on its own
                 latest.setdefault(run.data.tags.get(CONFIG_HASH_TAG) or run.info.run_id, run)
         return sorted(latest.values(), key=lambda r: r.info.start_time)
     if parent is None:
-        sweeps = tracker.client.search_runs(
+        newest = tracker.client.search_runs(
             [tracker.experiment_id],
-            filter_string="tags.`regionbench.sweep` = 'true'",
-            max_results=1,
+            max_results=200,
             order_by=["attributes.start_time DESC"],
         )
-        if not sweeps:
-            raise SystemExit(f"no sweep found in experiment {tracker.experiment!r}")
-        parent = sweeps[0].info.run_id
+        top = [r for r in newest if "mlflow.parentRunId" not in r.data.tags]
+        if not top:
+            raise SystemExit(
+                f"no sweep found in experiment {tracker.experiment!r} (and no job run on its "
+                f"own) in {tracker.uri}: run one first, or pass --experiment"
+            )
+        if top[0].data.tags.get("regionbench.sweep") != "true":  # the latest is a single job
+            return [top[0]]
+        parent = top[0].info.run_id
     return tracker.sweep_members(parent)
+
+
+def _is_job(run) -> bool:
+    tags = run.data.tags
+    return "mlflow.parentRunId" in tags or tags.get("regionbench.sweep") != "true"
+
+
+def run_set(tracker: Tracker, ids: Sequence[str]) -> list:
+    """The runs named by `--runs`, in that order; one that is not in the store is one line."""
+    runs = []
+    for run_id in ids:
+        try:
+            runs.append(tracker.run(run_id))
+        except Exception:  # noqa: BLE001 - MLflow's RESOURCE_DOES_NOT_EXIST, or a malformed id
+            raise SystemExit(f"error: no run {run_id!r} in {tracker.uri}") from None
+    return runs
+
+
+def language_table(run) -> list[dict]:
+    """One job's numbers per evaluation language: perplexity, its ratio to the unmodified model
+    with the 95% paired bootstrap interval over the documents, and bits per byte."""
+    m = run.data.metrics
+    langs = [k.split("/", 1)[1] for k in m if k.startswith("ppl/") and k.count("/") == 1]
+    langs = sorted(g for g in langs if g != "mean") + (["mean"] if "ppl/mean" in m else [])
+    rows = []
+    for lang in langs:
+        row = {"language": lang, "ppl": m.get(f"ppl/{lang}")}
+        if f"ppl_ratio/{lang}" in m:
+            row["ppl_ratio"] = m[f"ppl_ratio/{lang}"]
+            lo, hi = m.get(f"ppl_ratio_lo/{lang}"), m.get(f"ppl_ratio_hi/{lang}")
+            row["95% interval"] = f"[{lo:.4g}, {hi:.4g}]" if lo is not None and hi else ""
+        if f"bpb/{lang}" in m:
+            row["bpb"] = m[f"bpb/{lang}"]
+        rows.append(row)
+    return rows
 
 
 def _check_parent(tracker: Tracker, parent: str) -> None:
@@ -133,7 +175,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=None,
         help="KEY=VALUE[,KEY=VALUE]: each run over the matching run with the same --over values",
     )
-    ap.add_argument("--all-sweeps", action="store_true", help="every job in the experiment")
+    ap.add_argument(
+        "--all-sweeps",
+        action="store_true",
+        help="every finished job in the experiment, in a sweep or run on its own",
+    )
+    ap.add_argument("--runs", nargs="*", default=None, help="these run ids, in this order")
     ap.add_argument(
         "--url",
         action="store_true",
@@ -161,7 +208,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if tracker.mark_stale(TrackingConfig.stale_after_s):  # never shown, never left RUNNING
         log.warning("runs left RUNNING by dead processes were marked FAILED")
-    runs = sweep_runs(tracker, args.parent, all_sweeps=args.all_sweeps)
+    if args.runs:
+        runs = run_set(tracker, args.runs)
+    else:
+        runs = sweep_runs(tracker, args.parent, all_sweeps=args.all_sweeps)
+    if len(runs) == 1 and not (args.metrics or args.group or args.over or args.baseline):
+        run = runs[0]
+        print(f"{run.info.run_name} (run {run.info.run_id}, {run.info.status}):\n")
+        print(markdown(language_table(run)))
+        return
     metrics = args.metrics or interesting_metrics(runs)
     params = args.params if args.params is not None else swept_params(runs)
     params = list(dict.fromkeys([*(args.group or []), *params]))

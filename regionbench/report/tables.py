@@ -91,7 +91,9 @@ def paired(
     unfrozen run per seed) every frozen set is paired with the unfrozen run of its seed. The
     model's columns (`model.*`) always match, unless the baseline names one (`--baseline
     model.name=A`: every model over A): a ratio of model B is never taken over model A's
-    unmodified run. A run with no such baseline is left out of its row's ratio."""
+    unmodified run. A `pair_on` column on which the baseline runs do not vary is not matched:
+    one unmodified run (seed-free, so run at one seed) is every seed's baseline. A run with no
+    such baseline is left out of its row's ratio."""
     from scipy import stats
 
     def is_base(row):
@@ -104,6 +106,9 @@ def paired(
     varying = [c for c in columns if len({str(r[c]) for r in base_rows}) > 1]
     # a run is never paired with another model's baseline, even where only one model has one
     models = [c for c in columns if c.startswith(MODEL_PARAMS)]
+    # a baseline that ran at one seed only answers for every seed (a seed-free condition runs
+    # once per sweep: its other seeds reuse that run)
+    pair_on = [k for k in pair_on if k in varying]
     match = list(dict.fromkeys([*pair_on, *models, *varying]))
     bases: dict[tuple, dict] = {}
     for r in base_rows:

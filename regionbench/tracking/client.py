@@ -1,4 +1,4 @@
-"""MLflow, and nothing else: the one module that imports mlflow.
+"""MLflow runs, by explicit run id: with `tracking.store`, the only modules that import mlflow.
 
 Every job is one run; a sweep adds a parent run and nests its jobs under it. The default store is
 `sqlite:///<launch dir>/mlruns/mlflow.db` with artifacts in `mlruns/artifacts/`, always absolute so
@@ -16,16 +16,12 @@ minutes), which stops the sweep; a full artifact folder is named with the run it
 from __future__ import annotations
 
 import contextlib
-import errno
-import functools
 import logging
 import math
 import os
-import re
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +29,20 @@ from typing import Any
 from regionbench.tracking import liveness
 from regionbench.tracking.heartbeat import Heartbeat
 from regionbench.tracking.stopping import Uninterrupted
+from regionbench.tracking.store import (  # noqa: F401 - StoreError, StoreLost, lost_store: the API
+    FULL_DISK,
+    HALF_MADE,
+    StoreError,
+    StoreLost,
+    Watched,
+    check_reachable,
+    create_sqlite,
+    holds_no_runs,
+    is_http,
+    lost_store,
+    probe_sqlite,
+    store_setup_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +52,10 @@ SWEEP_KEYS_ENV = "REGIONBENCH_SWEEP_KEYS"
 CONFIG_HASH_TAG = "config_hash"  # the job's resolved config, less where it is recorded
 REUSED_TAG = "regionbench.reused."  # + run id, on a resumed sweep's parent: the job's number
 CODE_TAGS = ("regionbench_version", "git_sha")  # what made a run: resume=true reuses the same
+# On a job whose result cannot depend on its seed: its config less `seed`. A sweep runs one
+# job per condition hash; its other seeds are listed on the parent under SEED_REUSED_TAG.
+CONDITION_TAG = "regionbench.condition_hash"
+SEED_REUSED_TAG = "regionbench.seed_reused."  # + the job's number: the run that answers for it
 CLAIMED_TAG = "regionbench.claimed."  # + run id, on a resumed sweep's parent: run by another launch
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 
@@ -144,184 +158,6 @@ def check(run, groups: Sequence[str] = ()) -> None:
             )
 
 
-@contextlib.contextmanager
-def _store_setup_lock(uri: str) -> Iterator[None]:
-    """One process at a time opens a SQLite store (its first opening creates and migrates the
-    schema; sweeps started together on a fresh store would otherwise race and lose runs) and
-    creates an experiment. Other stores handle concurrency themselves."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    from filelock import FileLock
-
-    db = Path(uri[len("sqlite:///") :])
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{db}.lock"):
-        yield
-
-
-# What MLflow says about a SQLite file whose schema was left part-way (its migrations stopped).
-_HALF_MADE = re.compile(r"already exists|out-of-date database schema|no such table|locate revision")
-_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def _probe_sqlite(uri: str, db: Path) -> None:
-    """A SQLite store that exists opens as a database, or this is a `StoreError` now: MLflow
-    retries an unopenable file (a folder, garbage, no permission) for two minutes first."""
-    import sqlite3
-
-    if db.exists() and not db.is_file():
-        raise StoreError(
-            f"cannot use the MLflow store {uri}: {db} is a folder, not a SQLite file: move it "
-            "away, or point tracking.uri at a .db file (sqlite:////abs/path/mlflow.db)"
-        )
-    if not db.exists():
-        return
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=60)) as c:
-            c.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.Error as err:
-        raise StoreError(
-            f"cannot use the MLflow store {uri}: {err} ({db} is not a SQLite database MLflow "
-            "can open: move it away, or point tracking.uri at another store)"
-        ) from None
-
-
-def _create_sqlite(uri: str, db: Path) -> None:
-    """Create a new SQLite store whole or not at all: MLflow builds its schema in a temporary file
-    beside it, which is renamed into place once complete. Created in place, a store whose creation
-    stopped part-way (a full disk) failed every later run with "table ... already exists"."""
-    if db.exists() and db.stat().st_size:  # an empty file is no store yet: replaced
-        return
-    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    tmp = db.with_name(f".{db.name}.{uuid.uuid4().hex[:12]}.tmp")
-    tmp_uri = f"sqlite:///{tmp}"
-    try:
-        store = SqlAlchemyStore(tmp_uri, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)
-        # the engine is cached by URI for the process: close it, or it keeps the file open
-        engines = getattr(SqlAlchemyStore, "_engine_map", {})
-        (engines.pop(tmp_uri, None) or store.engine).dispose()
-        os.replace(tmp, db)
-    except Exception as err:  # noqa: BLE001 - a disk full, a folder we cannot write: one line
-        text = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        if "full" in text or getattr(err, "errno", None) in _FULL:
-            raise StoreError(
-                f"cannot create the MLflow store {uri}: no space left on device in {db.parent} "
-                f"({text[:120]}); nothing was created: free space there, or point tracking.uri "
-                "at another folder"
-            ) from None
-        raise StoreError(f"cannot create the MLflow store {uri}: {text}") from None
-    finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-
-
-def _holds_no_runs(db: Path) -> bool:
-    import sqlite3
-
-    try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
-            tables = {
-                r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")
-            }
-            return (
-                "runs" not in tables or not con.execute("SELECT count(*) FROM runs").fetchone()[0]
-            )
-    except sqlite3.Error:
-        return False
-
-
-class StoreError(ValueError):
-    """The MLflow store cannot be used (unreadable file, unknown scheme, server down, ...)."""
-
-
-class StoreLost(KeyboardInterrupt):
-    """The tracking server stopped answering in the middle of the work: nothing more can be
-    recorded. It unwinds like Ctrl-C (no handler of a failed job swallows it, so the sweep stops
-    instead of failing each of its jobs in turn); the entry point says it in one line. The runs it
-    could not end stay RUNNING until the next contact with the store marks them stale."""
-
-    PREFIX = "lost the MLflow tracking server"
-
-
-_LOST: dict[str, str] = {}  # tracking server -> why it is known to be gone (this process)
-
-
-def lost_store() -> str | None:
-    """Why a tracking server this process used was lost, or None."""
-    return next(iter(_LOST.values()), None)
-
-
-def _http(uri: str) -> bool:
-    return uri.startswith(("http://", "https://"))
-
-
-class _Watched:
-    """An MlflowClient whose failed calls to a tracking server are followed by one /health
-    request of our own: a server that is gone is a `StoreLost` naming it after the first failed
-    call, and every later call of this process to it fails at once, without MLflow's retries."""
-
-    def __init__(self, target: Any, uri: str):
-        self._target, self._uri = target, uri
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._target, name)
-        if not callable(attr) or not _http(self._uri):
-            return attr
-
-        @functools.wraps(attr)
-        def call(*args, **kwargs):
-            if self._uri in _LOST:
-                raise StoreLost(_LOST[self._uri])
-            try:
-                return attr(*args, **kwargs)
-            except Exception:
-                self.check()
-                raise
-
-        return call
-
-    def check(self) -> None:
-        """`StoreLost` if the server does not answer /health within a few seconds."""
-        if self._uri not in _LOST:
-            try:
-                _reachable(self._uri, timeout_s=5.0)
-                return
-            except StoreError as err:
-                reason = re.search(r"\(([^()]*)\)", str(err))
-                why = reason.group(1) if reason else "no answer"
-                _LOST[self._uri] = (
-                    f"{StoreLost.PREFIX} {self._uri} mid-run ({why}): the sweep stopped; restart "
-                    "the server and relaunch the command with resume=true (runs it could not end "
-                    "are marked FAILED as stale then)"
-                )
-        raise StoreLost(_LOST[self._uri]) from None
-
-
-def _reachable(uri: str, timeout_s: float = 10.0) -> None:
-    """A tracking server answers its /health endpoint at once, or this is a `StoreError` now:
-    MLflow's own client retries a refused connection for minutes before it gives up."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    import requests
-
-    try:
-        requests.get(uri.rstrip("/") + "/health", timeout=timeout_s).raise_for_status()
-    except requests.RequestException as err:
-        reason = type(err).__name__
-        if isinstance(err, requests.ConnectionError):
-            reason = "connection refused or host unreachable"
-        elif isinstance(err, requests.HTTPError):
-            reason = f"HTTP {err.response.status_code} from /health"
-        raise StoreError(
-            f"cannot reach the MLflow tracking server {uri} ({reason}): start it "
-            "(mlflow server --host ... --port ...) or fix tracking.uri"
-        ) from None
-
-
 class Tracker:
     """A thin handle on one MLflow store and experiment, used by explicit run id (no global
     active run), so one process can serve many jobs and a parent run at once. A store that
@@ -338,18 +174,18 @@ class Tracker:
             self.uri = resolve_uri(uri)
         except OSError as err:  # `mlruns` is a file, an unwritable folder
             raise StoreError(f"cannot use the MLflow store {uri or './mlruns'}: {err}") from None
-        if _http(self.uri):
+        if is_http(self.uri):
             for var, value in HTTP_SETTINGS.items():
                 os.environ.setdefault(var, value)
-        _reachable(self.uri)
+        check_reachable(self.uri)
         db = Path(self.uri[len("sqlite:///") :]) if self.uri.startswith("sqlite:///") else None
         if db is not None:
-            _probe_sqlite(self.uri, db)
+            probe_sqlite(self.uri, db)
         try:
-            with _store_setup_lock(self.uri):
+            with store_setup_lock(self.uri):
                 if db is not None:
-                    _create_sqlite(self.uri, db)
-                watched = _Watched(MlflowClient(tracking_uri=self.uri), self.uri)
+                    create_sqlite(self.uri, db)
+                watched = Watched(MlflowClient(tracking_uri=self.uri), self.uri)
                 self.client = Uninterrupted(watched)
                 found = self.client.get_experiment_by_name(experiment)  # creates the schema
                 if found is None and not create:  # a reader: a typo must not become an experiment
@@ -375,7 +211,7 @@ class Tracker:
             raise StoreError(f"cannot use the MLflow store {self.uri}: {err}") from None
         except Exception as err:  # noqa: BLE001 - every store failure, in one line
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            if db is not None and _HALF_MADE.search(str(err)) and _holds_no_runs(db):
+            if db is not None and HALF_MADE.search(str(err)) and holds_no_runs(db):
                 # made part-way by a version that created stores in place
                 raise StoreError(
                     f"cannot use the MLflow store {self.uri}: it is half-made (its creation "
@@ -448,7 +284,7 @@ class Tracker:
         try:
             yield
         except OSError as err:
-            if err.errno not in _FULL:
+            if err.errno not in FULL_DISK:
                 raise
             folder = self.artifact_folder(run_id, subdir)
             raise StoreError(
@@ -551,12 +387,31 @@ class Tracker:
                 return run
         return None
 
-    def _runs_of(self, config_hash: str, status: str, max_results: int) -> list:
+    def condition_run(self, condition: str, sweep_id: str, stale_after_s: float):
+        """(a FINISHED run of this seed-free condition in the sweep, or None; a RUNNING one
+        whose owner is alive, or None): the job that answers for every seed of the condition."""
+        scope = f" and tags.sweep_id = '{sweep_id}'"
+        done = self._runs_of(condition, "FINISHED", 1, tag=CONDITION_TAG, where=scope)
+        if done:
+            return done[0], None
+        running = self._runs_of(condition, "RUNNING", 100, tag=CONDITION_TAG, where=scope)
+        alive = [r for r in running if _staleness(r, stale_after_s) is None]
+        return None, (alive[0] if alive else None)
+
+    def _runs_of(
+        self,
+        config_hash: str,
+        status: str,
+        max_results: int,
+        *,
+        tag: str = CONFIG_HASH_TAG,
+        where: str = "",
+    ) -> list:
         return list(
             self.client.search_runs(
                 [self.experiment_id],
-                filter_string=f"tags.{CONFIG_HASH_TAG} = '{config_hash}' "
-                f"and attributes.status = '{status}'",
+                filter_string=f"tags.`{tag}` = '{config_hash}' "
+                f"and attributes.status = '{status}'{where}",
                 max_results=max_results,
                 order_by=["attributes.start_time DESC"],
             )

@@ -107,3 +107,12 @@ def test_every_config_file_names_a_registry_entry(group, registry):
     }
     assert files and all(name in registry for name in named.values()), named
     assert set(registry) <= set(named.values())  # every entry can be chosen by a file
+
+
+def test_no_two_test_modules_share_a_name():
+    """pytest's default import mode cannot collect two test modules of one basename (the
+    suite stops at a collection error before running anything)."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        seen.setdefault(path.name, []).append(str(path.relative_to(REPO)))
+    assert {k: v for k, v in seen.items() if len(v) > 1} == {}

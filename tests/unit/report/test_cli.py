@@ -441,3 +441,52 @@ def test_an_unknown_parent_is_one_line_naming_the_sweeps_there(store):
         f"newest first: {new} (new), {old} (old); pass one to --parent, or leave --parent out "
         "for the latest"
     )
+
+
+def _single_job(tracker: Tracker, name: str, metrics: dict) -> str:
+    run = tracker.start_run(name)
+    tracker.log_params(run, {"ratio": "0.01"})
+    tracker.log_metrics(run, metrics)
+    tracker.end_run(run)
+    return run
+
+
+JOB_METRICS = {
+    "ppl/latn": 6.0,
+    "ppl/cyrl": 5.0,
+    "ppl/mean": 5.5,
+    "ppl_ratio/latn": 1.2,
+    "ppl_ratio_lo/latn": 1.1,
+    "ppl_ratio_hi/latn": 1.3,
+    "ppl_ratio/cyrl": 1.25,
+    "ppl_ratio_lo/cyrl": 1.2,
+    "ppl_ratio_hi/cyrl": 1.31,
+    "ppl_ratio/mean": 1.225,
+    "ppl_ratio_lo/mean": 1.16,
+    "ppl_ratio_hi/mean": 1.3,
+}
+
+
+def test_after_a_single_job_the_report_prints_its_languages(store, capsys):
+    """The latest run is a job of no sweep (`python -m regionbench model=hf ...`): the report
+    shows it, one row per language with its interval, not an older sweep or "No sweep"."""
+    tracker, _ = store
+    job = _single_job(tracker, "ratio=0.01", JOB_METRICS)
+    report.main(["--uri", tracker.uri, "--experiment", "freeze"])
+    out = capsys.readouterr().out
+    assert job in out.splitlines()[0]
+    rows = [line for line in out.splitlines() if line.startswith("| ")][1:]
+    assert rows == [
+        "| cyrl | 5 | 1.25 | [1.2, 1.31] |",
+        "| latn | 6 | 1.2 | [1.1, 1.3] |",
+        "| mean | 5.5 | 1.225 | [1.16, 1.3] |",
+    ]
+    # every job of the experiment, the single one included; and a named set of runs
+    assert job in {r.info.run_id for r in report.sweep_runs(tracker, all_sweeps=True)}
+    assert len(report.sweep_runs(tracker, all_sweeps=True)) == 8
+    other = _single_job(tracker, "ratio=0.02", JOB_METRICS)
+    report.main(["--uri", tracker.uri, "--experiment", "freeze", "--runs", job, other])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [line.split(" | ")[0] for line in lines[1:]] == ["| ratio=0.01", "| ratio=0.02"]
+    with pytest.raises(SystemExit, match="no run 'nope'"):
+        report.main(["--uri", tracker.uri, "--experiment", "freeze", "--runs", "nope"])

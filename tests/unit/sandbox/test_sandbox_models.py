@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from regionbench import sandbox
 from regionbench.common.cache import fingerprint_model
-from regionbench.sandbox import corpus, languages, models
+from regionbench.sandbox import corpus, languages, models, pretraining
 from regionbench.sandbox.__main__ import sample_lines
 
 NAME = "sandbox-test"
@@ -337,7 +337,7 @@ def interrupted(tmp_path_factory):
     steps and was stopped by an exception at the end of step 6: it resumes at step 4."""
     with pytest.MonkeyPatch.context() as mp:
         cache = tmp_path_factory.mktemp("interrupted")
-        mp.setattr(models, "CHECKPOINT_EVERY", 4)
+        mp.setattr(pretraining, "CHECKPOINT_EVERY", 4)
         _interrupt_at(mp, 6)
         with pytest.raises(KeyboardInterrupt):
             sandbox.ensure_sandbox_model(NAME, cache, progress=False)
@@ -403,8 +403,8 @@ def test_ctrl_c_checkpoints_the_step_it_arrives_in(built, tmp_path, monkeypatch,
     import logging
     import signal
 
-    monkeypatch.setattr(models, "CHECKPOINT_EVERY", 0)
-    monkeypatch.setattr(models, "CHECKPOINT_SECONDS", float("inf"))
+    monkeypatch.setattr(pretraining, "CHECKPOINT_EVERY", 0)
+    monkeypatch.setattr(pretraining, "CHECKPOINT_SECONDS", float("inf"))
     _interrupt_at(monkeypatch, 7, how="sigint")
     with (
         caplog.at_level(logging.INFO, logger="regionbench.sandbox"),
