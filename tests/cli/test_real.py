@@ -80,7 +80,7 @@ def test_a_taylor_core_costs_more_than_a_random_region(smollm2, tmp_path, cache_
         "eval.batch_size=8",
         "device=cpu",
     ]
-    proc = run_cli(args, tmp_path, cache_dir, timeout=900)
+    proc = run_cli(args, tmp_path, cache_dir, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     exp = client.get_experiment_by_name("regionbench")
