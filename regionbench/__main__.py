@@ -58,6 +58,11 @@ def main() -> None:
     from regionbench.tracking.stopping import stop_once, stop_reason
 
     register()  # the typed schema conf/config.yaml builds on
+    from omegaconf import OmegaConf
+
+    from regionbench.preflight import help_text
+
+    OmegaConf.register_new_resolver("rb_help", help_text, replace=True)  # --help's template
     check_command_line(sys.argv[1:])
     os.environ[LAUNCH_ENV] = str(os.getpid())  # this launch's output folders: ${rb_launch:}
 

@@ -259,6 +259,9 @@ class RunConfig:
     # sweep runs only what is missing; the new parent compares all of its jobs): false | true
     # (a run made by the same regionbench version and git sha) | any (whatever code made it).
     resume: Any = False  # read as a `Resume`
+    # `+debug=default` sets it: test-sized model and data, whose numbers are not results (every
+    # summary, parent description and figure title of such a sweep says so)
+    debug: bool = False
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> RunConfig:

@@ -424,4 +424,8 @@ def _what(job: Job) -> str:
 
 
 def _model_name(run) -> str:
-    return Path(run.model.name).name
+    """The model's short name, after the debug banner in a `+debug` job's figure titles."""
+    from regionbench.report.sweep import DEBUG_BANNER
+
+    name = Path(run.model.name).name
+    return f"{name} {DEBUG_BANNER}" if run.debug else name

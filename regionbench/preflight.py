@@ -296,3 +296,92 @@ def _hydra_error(err: Exception, parsed: list) -> str:
             line = o.input_line if o else key
             return advice.format(line=line, key=key, plain=line.lstrip("+"))
     return (text.splitlines() or [type(err).__name__])[0]
+
+
+# --- --help ---------------------------------------------------------------------------------
+def help_text(part: str) -> str:
+    """What `python -m regionbench --help` prints between Hydra's header and footer (the
+    `rb_help` resolver of hydra.help.template): `groups`, each config group with its options,
+    `+` before the groups a command adds (`+experiment=NAME`) rather than replaces; `keys`, every
+    key of the typed schema with its default and its meaning, the comment beside it there."""
+    # Hydra fills the template with string.Template: a $ of ours is written $$
+    if part == "groups":
+        return _groups_help(conf_dir()).replace("$", "$$")
+    if part == "keys":
+        from regionbench.config import RunConfig
+
+        return "\n".join(_keys_help(RunConfig, "", _schema_comments())).replace("$", "$$")
+    raise ValueError(f"rb_help part {part!r}; choices: groups, keys")
+
+
+def _groups_help(conf: Path) -> str:
+    import yaml
+
+    defaults = yaml.safe_load((conf / "config.yaml").read_text(encoding="utf-8"))["defaults"]
+    chosen = {k for d in defaults if isinstance(d, dict) for k in d if "/" not in k}
+    lines = []
+    for folder in sorted(p for p in conf.iterdir() if p.is_dir() and p.name != "hydra"):
+        options = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        name = folder.name if folder.name in chosen else f"+{folder.name}"
+        lines.append(f"{name}: {options}")
+    return "\n".join(lines)
+
+
+def _schema_comments() -> dict[tuple[str, str], str]:
+    """{(class name, field name): its comment}: the comment on the field's line, else the
+    comment lines just above it."""
+    import ast
+    import inspect
+
+    import regionbench.config as config
+
+    source = inspect.getsource(config)
+    lines = source.splitlines()
+    found = {}
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for item in node.body:
+            if not isinstance(item, ast.AnnAssign) or not isinstance(item.target, ast.Name):
+                continue
+            # the comment may sit on any line of a wrapped field, or above it
+            span = lines[item.lineno - 1 : item.end_lineno]
+            inline = [line.split("  # ", 1)[1] for line in span if "  # " in line]
+            above = []
+            k = item.lineno - 2
+            while k >= 0 and lines[k].strip().startswith("#"):
+                above.insert(0, lines[k].strip().lstrip("# "))
+                k -= 1
+            text = " ".join([*above, *inline])
+            found[node.name, item.target.id] = text
+    return found
+
+
+def _keys_help(cls, prefix: str, comments: dict) -> list[str]:
+    import dataclasses
+
+    lines = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(f.type) or (
+            f.default_factory is not dataclasses.MISSING
+            and dataclasses.is_dataclass(f.default_factory())
+        ):
+            lines += _keys_help(type(f.default_factory()), f"{key}.", comments)
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        shown = (
+            "null"
+            if default is None
+            else str(default).lower()
+            if isinstance(default, bool)
+            else default
+        )
+        meaning = comments.get((cls.__name__, f.name), "")
+        lines.append(f"  {key}={shown}" + (f"    {meaning}" if meaning else ""))
+    return lines

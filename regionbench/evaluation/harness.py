@@ -73,7 +73,7 @@ def run_lm_eval(
     from lm_eval.models.huggingface import HFLM
 
     parts = []
-    with _restored(model, tokenizer), _quiet_lm_eval(), _quiet_git_lookup():
+    with _restored(model, tokenizer), _quiet_lm_eval(), _quiet_git_lookup(), _env_info_once():
         for bos, names in _bos_policies(tasks, add_bos_token):
             lm = HFLM(
                 pretrained=model,
@@ -105,6 +105,25 @@ def _quiet_git_lookup():
     it; EleutherAI/lm-evaluation-harness#1691, #2625). The same lookup, with git's stderr
     discarded, stands in for lm-eval's while our evaluation runs."""
     with mock.patch("lm_eval.evaluator.get_git_commit_hash", _git_commit_hash):
+        yield
+
+
+_ENV_INFO: dict = {}  # lm-eval's environment record, looked up once per process
+
+
+@contextmanager
+def _env_info_once():
+    """`simple_evaluate` adds the environment to every result (`pretty_env_info`: torch's
+    collect_env, which runs `pip list` and more in child processes, about 1.2 s per call); it
+    is the same for every job of a process, so it is looked up once and copied after."""
+    from lm_eval.loggers import utils
+
+    def add_env_info(storage: dict) -> None:
+        if not _ENV_INFO:
+            utils.add_env_info(_ENV_INFO)
+        storage.update(_ENV_INFO)
+
+    with mock.patch("lm_eval.evaluator.add_env_info", add_env_info):
         yield
 
 

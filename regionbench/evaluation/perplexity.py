@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,7 @@ class LangPerplexity:
 
     The `doc_*` tuples hold the same three totals per document, in input order (a document with
     no tokens has nll 0.0); the language totals are their sums. Tuples of numbers, so
-    `dataclasses.asdict` of a result is JSON.
+    `dataclasses.asdict` of a result is JSON. Printed, a result shows its totals only.
     """
 
     ppl: float  # exp(nll / tokens): token-level perplexity
@@ -64,9 +64,9 @@ class LangPerplexity:
     nll: float
     tokens: int  # predicted tokens (all tokens of all documents; the prefix token is not one)
     bytes: int  # UTF-8 bytes of all documents
-    doc_nll: tuple[float, ...]
-    doc_tokens: tuple[int, ...]
-    doc_bytes: tuple[int, ...]
+    doc_nll: tuple[float, ...] = field(repr=False)
+    doc_tokens: tuple[int, ...] = field(repr=False)
+    doc_bytes: tuple[int, ...] = field(repr=False)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -186,6 +187,8 @@ def summarize_sweep(
     )
     table = comparison_markdown(rows, metrics, langs, heading)
     tracker.log_text(parent_id, to_csv(rows), "sweep_comparison.csv")
+    # the comparison as the parent's own metrics, for MLflow's compare and chart views
+    tracker.log_metrics(parent_id, condition_metrics(rows, metrics))
     tracker.log_text(parent_id, table + "\n", "sweep_comparison.md")
     if baseline:
         try:
@@ -208,6 +211,20 @@ def summarize_sweep(
         for path in region_overlap(tracker, runs, Path(tmp), params=params, over=over):
             tracker.log_artifact(parent_id, path)
     return table
+
+
+def condition_metrics(rows: Sequence[Mapping], metrics: Sequence[str]) -> dict[str, float]:
+    """`<metric>/<condition>` for every condition's mean of every compared metric, e.g.
+    `ppl_ratio/mean/taylor core 5pct` (MLflow allows letters, digits, `_ - . : /` and spaces
+    in a metric's name: `%` is written `pct`, any other character `_`)."""
+    out = {}
+    for row in rows:
+        label = re.sub(r"[^\w.\- :/]", "_", str(row["condition"]).replace("%", "pct"))
+        for m in metrics:
+            value = row.get(m)
+            if value is not None and math.isfinite(value):
+                out[f"{m}/{label}"] = float(value)
+    return out
 
 
 def _history(tracker: Tracker):

@@ -96,7 +96,8 @@ def labels(groups: Mapping[tuple, Sequence], keys: Sequence[str], **kw) -> dict[
 
 def what_was_done(runs: Sequence) -> str:
     """The sweep in words, from what its runs share: "Removing regions of sandbox-m (5% of
-    each matrix)", "Further training sandbox-m on armn with weights frozen"."""
+    each matrix)", "Further training sandbox-m on armn with weights frozen"; a `+debug` sweep's
+    begins with DEBUG_BANNER."""
     first = runs[0].data.params
     shared = {k: v for k, v in first.items() if all(r.data.params.get(k) == v for r in runs)}
     models = list(dict.fromkeys(_model_name(r.data.params) for r in runs))
@@ -115,7 +116,17 @@ def what_was_done(runs: Sequence) -> str:
         text += f" ({size * 100:g}% of each matrix)"
     elif size and kind is not None and kind.sized == "within":  # a part of the top k
         text += f" (from the top {size * 100:g}% of each matrix)"
+    if any(is_debug(r) for r in runs):
+        text = f"{DEBUG_BANNER} {text}"
     return text
+
+
+DEBUG_BANNER = "[DEBUG: test-sized model and data, not results]"
+
+
+def is_debug(run) -> bool:
+    """A run of `+debug=default`: its numbers check the pipeline, they are not results."""
+    return str(run.data.params.get("debug", "")).lower() == "true"
 
 
 def _model_name(params: Mapping[str, str]) -> str:

@@ -35,8 +35,10 @@ def ui_view(
 ) -> dict:
     """The runs-table view of one sweep: its jobs (`sweep_id` tag), oldest first, grouped by
     condition (or, with one job per condition, listed under one group), with the compared
-    `metrics` (the headline first) and the swept params as the first columns after the run
-    names, which are wide enough to read."""
+    `metrics` (the headline first, each with its `_lo`/`_hi` interval where logged), every
+    language's `ppl_ratio/<lang>`, and the swept params (in grouped rows not the repeated ones:
+    MLflow would show their mean) as the first columns after the run names, which are wide
+    enough to read."""
     keys = condition_keys(params, over)
     groups = conditions(runs, params, over)
     repeated = any(len(members) > 1 for members in groups.values())
@@ -51,9 +53,24 @@ def ui_view(
     longest = max(map(len, names))
     first = headline_metric([r for members in groups.values() for r in members])
     metrics = sorted(metrics, key=lambda m: m != first)  # stable: the headline first
+    logged = {k for r in runs for k in r.data.metrics}
+    shown: list[str] = []
+    for m in metrics:  # each metric with its interval beside it, where the runs log one
+        name, _, where = m.partition("/")
+        shown += [m, *(b for b in (f"{name}_lo/{where}", f"{name}_hi/{where}") if b in logged)]
+    # then which region hurt which language: the ratio of every evaluation language
+    langs = sorted(
+        k for k in logged if k.startswith("ppl_ratio/") and k.count("/") == 1 and k not in shown
+    )
+    # grouped rows would show the mean of a repeated param ("seed 0.5"): not those columns
+    shown_params = (
+        [p for p in params if p not in over]
+        if group_by[0]["mode"] == "param"
+        else [*sorted(params, key=lambda p: p in over)]
+    )
     columns = [
-        *(f"metrics.`{m}`" for m in metrics),
-        *(f"params.`{p}`" for p in sorted(params, key=lambda p: p in over)),
+        *(f"metrics.`{m}`" for m in [*shown, *langs]),
+        *(f"params.`{p}`" for p in shown_params),
     ]
     return {
         "searchFilter": f"tags.sweep_id = '{parent_id}'",

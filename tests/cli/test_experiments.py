@@ -13,6 +13,8 @@ import yaml
 from conftest import CONF, REPO, compose
 from mlflow.tracking import MlflowClient
 
+from regionbench.tracking.client import SEED_REUSED_TAG
+
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 # What a study needs beyond `data=sandbox eval=default` to run on the sandbox at debug size.
 ON_SANDBOX = {
@@ -63,7 +65,10 @@ def test_every_experiment_runs_at_debug_size(experiment, tmp_path, cache_dir, sa
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert [p.info.status for p in parents] == ["FINISHED"]
-    assert len(children) == jobs
+    # every job is a run, or a seed of a seed-free condition that a run of it answers for
+    reused = {k: v for k, v in parents[0].data.tags.items() if k.startswith(SEED_REUSED_TAG)}
+    assert len(children) + len(reused) == jobs
+    assert set(reused.values()) <= {c.info.run_id for c in children}
     assert {c.info.status for c in children} == {"FINISHED"}
     assert all("ppl_ratio/mean" in c.data.metrics for c in children)
 

@@ -225,6 +225,22 @@ def test_help_lists_groups(tmp_path, cache_dir):
         "region: coordinates, core, core_bottom, core_minus_outliers, dimension, monolingual, "
         "outliers, random-dims, top-dims" in proc.stdout
     )
+    lines = proc.stdout.splitlines()
+    # the groups a command adds rather than replaces are marked, the others are not
+    assert [line.split(":")[0] for line in lines if line.startswith("+")] == [
+        "+debug",
+        "+experiment",
+        "+frozen_set",
+        "+importance",
+    ]
+    # every key of the schema with its default and the meaning written beside it there
+    assert (
+        "  ratio=0.01    fraction of each matrix in the region; 0 = the unmodified baseline"
+        in lines
+    )
+    assert "  intervention.factor=0.5    scale: the region is multiplied by it" in lines
+    assert any(line.startswith("  resume=false    Skip every job whose config") for line in lines)
+    assert any("python -m regionbench.report" in line for line in lines)
 
 
 def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir, monkeypatch):

@@ -519,3 +519,24 @@ def test_no_git_message_outside_a_checkout(model, tok, root, tmp_path, monkeypat
     assert "not a git repository" not in capfd.readouterr().err
     assert results["git_hash"] is None
     assert "sandbox_grammar" in results["results"]
+
+
+def test_the_environment_is_looked_up_once_per_process(model, tok, root, monkeypatch):
+    """lm-eval adds its environment record to every result; it costs child processes (`pip
+    list`, ...) on every call, so two evaluations look it up once and both results carry it."""
+    from lm_eval.loggers import utils
+
+    calls = []
+    real = utils.add_env_info
+
+    def counted(storage):
+        calls.append(1)
+        real(storage)
+
+    monkeypatch.setattr(utils, "add_env_info", counted)
+    monkeypatch.setattr(harness, "_ENV_INFO", {})
+    first = harness.run_lm_eval(model, tok, ["rb_ppl"], include_path=root)
+    second = harness.run_lm_eval(model, tok, ["rb_ppl"], include_path=root)
+    assert len(calls) == 1
+    assert first["pretty_env_info"] == second["pretty_env_info"] and first["pretty_env_info"]
+    assert first["lm_eval_version"] == second["lm_eval_version"]

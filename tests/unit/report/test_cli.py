@@ -275,6 +275,8 @@ def seeded_sweep(tmp_path):
             size = float(ratio)
             values = {f"ppl_ratio/{lang}": 1 + size * rng.uniform(1, 20) for lang in LANGS}
             values["ppl_ratio/mean"] = sum(values.values()) / len(LANGS)
+            values["ppl_ratio_lo/mean"] = values["ppl_ratio/mean"] * 0.99
+            values["ppl_ratio_hi/mean"] = values["ppl_ratio/mean"] * 1.01
             values["region/fraction"] = size
             values["lm_eval/grammar/acc"] = rng.uniform(0.6, 0.9)
             values["lm_eval/grammar/acc_stderr"] = rng.uniform(0.01, 0.05)
@@ -365,6 +367,11 @@ def test_parent_run_describes_the_sweep_and_opens_its_runs_table(seeded_sweep, c
     assert f"| taylor core 5% | 3 | {mean:.4g} ± {sd:.2g} |" in note
     link = f"#/experiments/{tracker.experiment_id}/runs?workflowType=machine_learning"
     assert f"({link}&viewStateShareKey={parent})" in note
+    # the comparison as the parent's metrics, one per condition and compared metric
+    logged = tracker.run(parent).data.metrics
+    for name, value in means.items():
+        key = f"ppl_ratio/mean/{name.replace('%', 'pct')}"
+        assert logged[key] == pytest.approx(value, rel=1e-12), key
 
     # the saved runs-table view the link opens: this sweep's jobs, grouped by condition
     tags = tracker.client.get_experiment(tracker.experiment_id).tags
@@ -374,8 +381,15 @@ def test_parent_run_describes_the_sweep_and_opens_its_runs_table(seeded_sweep, c
         {"mode": "param", "groupByData": "metric.name"},
         {"mode": "param", "groupByData": "ratio"},
     ]
-    assert "metrics.`ppl_ratio/mean`" in view["selectedColumns"]
-    assert "params.`seed`" in view["selectedColumns"]
+    columns = view["selectedColumns"]
+    assert columns[:3] == [
+        "metrics.`ppl_ratio/mean`",
+        "metrics.`ppl_ratio_lo/mean`",
+        "metrics.`ppl_ratio_hi/mean`",
+    ]
+    assert {f"metrics.`ppl_ratio/{lang}`" for lang in LANGS} <= set(columns)
+    # grouped by condition: a seed column would show the mean of the seeds ("seed 1")
+    assert "params.`seed`" not in columns
     assert tags["mlflow.experimentKind"] == "custom_model_development"
 
     report.main(["--uri", tracker.uri, "--url", "--port", "5123"])
@@ -490,3 +504,29 @@ def test_after_a_single_job_the_report_prints_its_languages(store, capsys):
     assert [line.split(" | ")[0] for line in lines[1:]] == ["| ratio=0.01", "| ratio=0.02"]
     with pytest.raises(SystemExit, match="no run 'nope'"):
         report.main(["--uri", tracker.uri, "--experiment", "freeze", "--runs", "nope"])
+
+
+def test_a_debug_sweep_says_so_in_its_description_and_tables(tmp_path):
+    """`+debug=default` numbers check the pipeline; its parent description, terminal table and
+    figure titles begin with the banner, those of another sweep do not."""
+    from conftest import SMALL, compose
+
+    from regionbench.config import RunConfig
+    from regionbench.report.sweep import DEBUG_BANNER
+
+    assert RunConfig.from_cfg(compose(SMALL)).debug is True
+    assert RunConfig.from_cfg(compose([])).debug is False
+    tracker = Tracker(resolve_uri(None, tmp_path), "dbg")
+    for debug in ("True", "False"):
+        jobs = [
+            (
+                {**_job("taylor", r, "0", {})[0], "debug": debug},
+                {"ppl_ratio/mean": 1.0 + float(r), "ppl_ratio/latn": 1.0 + float(r)},
+            )
+            for r in ("0.0", "0.05")
+        ]
+        parent = _sweep(tracker, f"debug={debug}", jobs)
+        table = summarize_sweep(tracker, parent, tracker.children(parent), {}, ["seed"])
+        note = tracker.run(parent).data.tags["mlflow.note.content"]
+        said = (debug == "True", debug == "True")
+        assert (note.startswith(f"**{DEBUG_BANNER} "), table.startswith(DEBUG_BANNER)) == said
