@@ -153,4 +153,7 @@ def cached_scores(
     partial = Partial(root / f".partial-{key}")
     scores, hit = store.get_or_compute(key, compute, meta=inputs, dtype=dtype)
     partial.clear()
+    if not per_language:  # one score set for every language: an entry made for other ones too
+        shared = next(iter(scores.values()))
+        scores = dict.fromkeys(langs, shared)
     return scores, key, hit

@@ -571,3 +571,27 @@ def test_packing_and_loss_are_in_the_cache_key_only_when_not_the_default(tmp_pat
     assert set(seen[0]) == old
     assert set(seen[1]) == old | {"loss"} and seen[1]["loss"] == "batch_mean"
     assert set(seen[3]) == old | {"packing", "drop_long"} and seen[3]["drop_long"] is True
+
+
+@pytest.mark.parametrize("metric", ["random", "magnitude"])
+def test_a_language_independent_entry_serves_any_languages(metric, tmp_path):
+    """A static metric's key holds no language (its scores are every language's): an entry made
+    for [aa] serves a run of [aa, bb, cc], each language with the same scores (it failed with
+    "unknown language 'bb'")."""
+    from conftest import compose
+
+    from regionbench.config import RunConfig
+    from regionbench.importance import cached_scores
+
+    run = RunConfig.from_cfg(compose([f"metric={metric}"]))
+    model = tiny_llama()
+    gen = torch.Generator().manual_seed(0)
+    windows = {g: torch.randint(3, 64, (2, 8), generator=gen) for g in ("aa", "bb", "cc")}
+    fps = ("s" * 64, "m" * 64)
+    first, key, hit = cached_scores(run, model, {"aa": windows["aa"]}, ["aa"], fps, tmp_path)
+    again, key2, hit2 = cached_scores(run, model, windows, ["aa", "bb", "cc"], fps, tmp_path)
+    assert (hit, hit2, key2) == (False, True, key)
+    assert list(again) == ["aa", "bb", "cc"]
+    for lang in again:
+        assert again[lang].keys() == first["aa"].keys()
+        assert all(torch.equal(again[lang][n], first["aa"][n]) for n in first["aa"])
