@@ -15,7 +15,6 @@ import dataclasses
 import enum
 import math
 import os
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from regionbench.common.choices import check_choice
+from regionbench.common.schema_types import conforms, in_words, show  # noqa: F401
 
 SCHEMA = "regionbench_schema"
 LAUNCH_ENV = "REGIONBENCH_LAUNCH_ID"  # what `${rb_launch:}` gives the launch's processes
@@ -314,7 +314,7 @@ def section(tree: Mapping[str, Any], key: str) -> Any:
     value = tree[key]
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, f"{key}.")
-    if not _conforms(value, hint):
+    if not conforms(value, hint):
         raise ValueError(type_error(key, value))
     return PARSERS[key](value) if key in PARSERS else value
 
@@ -387,7 +387,7 @@ def _build(cls, tree: dict, where: str):
         else:
             if isinstance(value, tuple):
                 value = list(value)
-            if not _conforms(value, hints[name]):
+            if not conforms(value, hints[name]):
                 raise ValueError(type_error(f"{where}{name}", value))
             if f"{where}{name}" in PARSERS:
                 value = PARSERS[f"{where}{name}"](value)
@@ -417,59 +417,6 @@ def _check_limits(run: RunConfig) -> None:
         if not ok or (isinstance(value, float) and not math.isfinite(value)):
             kind = "an integer" if schema_type(path) is int else "a finite number"
             raise ValueError(f"{path} {value!r} must be {kind} {'>=' if inclusive else '>'} {low}")
-
-
-def _conforms(value: Any, hint: Any) -> bool:
-    """Whether `value` (plain YAML data) has the schema type `hint` (int for float is fine)."""
-    if hint is Any:
-        return True
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return any(_conforms(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_conforms(v, item) for v in value)
-    if typing.get_origin(hint) is dict:
-        key, item = typing.get_args(hint)
-        return isinstance(value, dict) and all(
-            _conforms(k, key) and _conforms(v, item) for k, v in value.items()
-        )
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _kind(hint: Any) -> str:
-    """'an integer', 'a list of strings or null', ...: a schema type in words."""
-    if hint is Any:
-        return "any value"
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return " or ".join(_kind(h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    if typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint)
-        return "a list of " + {str: "strings", int: "integers", float: "numbers"}.get(item, "items")
-    if typing.get_origin(hint) is dict:
-        return "a mapping of names to " + _kind(typing.get_args(hint)[1]).removeprefix("a ")
-    if dataclasses.is_dataclass(hint):
-        return f"a mapping of {', '.join(f.name for f in fields(hint))}"
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
-    return names.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def show(value: Any) -> str:
-    """A value as a user writes it on the command line (null, true, [a,b], 0.5, name)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list | tuple):
-        return "[" + ",".join(show(v) for v in value) + "]"
-    return str(value)
 
 
 def _schema_field(path: str) -> tuple[Any, Any]:
@@ -506,4 +453,4 @@ def type_error(path: str, value: Any) -> str:
     shown = repr(value) if isinstance(value, str) else show(value)
     if dataclasses.is_dataclass(hint):
         return f"{path} {shown} is not a section: set its keys ({', '.join(schema_keys(path))})"
-    return f"{path} {shown} is not {_kind(hint)} (default: {path}={show(default)})"
+    return f"{path} {shown} is not {in_words(hint)} (default: {path}={show(default)})"
