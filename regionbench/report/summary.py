@@ -215,11 +215,14 @@ def summarize_sweep(
 
 def condition_metrics(rows: Sequence[Mapping], metrics: Sequence[str]) -> dict[str, float]:
     """`<metric>/<condition>` for every condition's mean of every compared metric, e.g.
-    `ppl_ratio/mean/taylor core 5pct` (MLflow allows letters, digits, `_ - . : /` and spaces
-    in a metric's name: `%` is written `pct`, any other character `_`)."""
+    `ppl_ratio/mean/taylor core 5pct` (MLflow allows letters, digits, `_ - . :` and spaces in
+    a segment of a metric's name: `%` is written `pct`, any other character `_`; a condition
+    without words, as a sweep of one job, is `all jobs`)."""
     out = {}
     for row in rows:
-        label = re.sub(r"[^\w.\- :/]", "_", str(row["condition"]).replace("%", "pct"))
+        # one path segment MLflow accepts: no "/" inside, no empty or dot-only name
+        label = re.sub(r"[^\w.\- :]", "_", str(row["condition"]).replace("%", "pct")).strip(" .")
+        label = label or "all jobs"
         for m in metrics:
             value = row.get(m)
             if value is not None and math.isfinite(value):
