@@ -41,6 +41,7 @@ CLI_CASES = [
     ("group-experiment", ["+experiment=freez"], ["experiment option 'freez'", "'freeze'"]),
     ("group-debug", ["+debug=tiny"], ["debug option 'tiny'", "choices: default"]),
     ("group-importance", ["+importance=papr"], ["importance option 'papr'", "'paper'"]),
+    ("group-budget", ["+budget=lape-neuron"], ["budget option 'lape-neuron'", "lape-neurons"]),
     ("group-null", ["model=null"], ["model option 'null'", "choices:"]),
     # ratio: out of range and not a number
     ("ratio-negative", ["ratio=-0.1"], ["ratio -0.1 is outside [0, 1)"]),
@@ -131,7 +132,7 @@ CLI_CASES = [
         ["region=dimension", "region.dims=[1]", "region.everywhere=true", "region.layers=[0]"],
         ["region.everywhere=true takes dimension d in every block", "drop region.layers"],
     ),
-    ("data-source", ["data.source=xyz"], ["data source 'xyz': choices: c4, culturax"]),
+    ("data-source", ["data.source=xyz"], ["data source 'xyz': choices: bible, c4, culturax"]),
     ("data-config", ["data.config=x"], ["data.config 'x' only applies to hub sources"]),
     ("pair-over", ["tracking.pair_over=[sed]"], ["names 'sed'", "did you mean seed"]),
     (

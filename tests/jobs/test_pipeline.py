@@ -29,9 +29,13 @@ def _runs(uri):
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, cache_dir, sandbox_test_dir):
     cwd = tmp_path_factory.mktemp("sweep")
+    # a cache of its own (the sandbox models shared): its first scored job must be an importance
+    # miss whatever other tests scored before it
+    own = tmp_path_factory.mktemp("sweep-cache")
+    (own / "sandbox").symlink_to(sandbox_test_dir.parent)
     # ratio=1.5 is bad input: that job fails, the others still run, the command exits non-zero
     args = ["-m", "ratio=0,0.05,0.2,1.5", "tracking.baseline={ratio:0}", *SMALL]
-    return cwd, run_cli(args, cwd, cache_dir)
+    return cwd, run_cli(args, cwd, own)
 
 
 def test_multirun_logs_one_parent_and_nested_jobs(sweep):
@@ -293,10 +297,11 @@ def test_freeze_job_logs_curves_and_restores_the_model(store, sandbox_test_dir, 
     assert {"forgetting_curve.png", "region_summary.csv", "config.yaml"} <= arts
     assert abs(m["region/fraction"] - 0.05) < 1e-3
     assert "saved_model" not in run.data.tags  # weights are not kept unless asked
+    debug = "sandbox-test [DEBUG: test-sized model and data, not results]"  # +debug=default
     assert titles == {  # what was frozen, in which model, at which ratio
-        "curve": "taylor core 5% frozen while training sandbox-test on armn (seed 0)",
-        "density": "taylor core 5% of sandbox-test: share of each block matrix selected",
-        "dims": "taylor core 5% of sandbox-test: entries per hidden dimension",
+        "curve": f"taylor core 5% frozen while training {debug} on armn (seed 0)",
+        "density": f"taylor core 5% of {debug}: share of each block matrix selected",
+        "dims": f"taylor core 5% of {debug}: entries per hidden dimension",
     }
 
 
