@@ -30,7 +30,8 @@ def test_ui_lands_on_the_sweeps_runs_with_the_comparison_columns(tmp_path):
     lines = done.stdout.splitlines()
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok   ppl_ratio/mean column on screen" in lines
-    assert "ok   4 of 4 jobs of the sweep on screen" in lines
+    # metric=taylor,random seed=0,1: four jobs, three runs (taylor's seed 1 reuses its seed 0)
+    assert "ok   3 of 3 jobs of the sweep on screen" in lines
     assert "ok   run names shown in full" in lines
     assert "ok   parent run's description on its page" in lines
     shots = ["experiment_default.png", "parent_run.png", "runs_table.png"]
