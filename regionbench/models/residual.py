@@ -108,7 +108,15 @@ def _dataflow(model: nn.Module) -> _Flow:
         records[module] = (args[0], output)
 
     layers = [m for _, b in transformer_blocks(model) for m in b.modules() if _is_matrix_layer(m)]
-    handles = [m.register_forward_hook(record) for m in layers]
+    probe_forward(model, layers, record)
+    return _Flow(records)
+
+
+def probe_forward(model: nn.Module, modules, record) -> None:
+    """One forward pass of four tokens in eval mode with `record(module, args, output)` hooked
+    on `modules` and the embeddings' output made a leaf that requires grad (so a recorded
+    output can be differentiated with respect to the stream); the hooks are removed after."""
+    handles = [m.register_forward_hook(record) for m in modules]
     emb = model.get_input_embeddings()
     handles.append(emb.register_forward_hook(lambda m, a, out: out.detach().requires_grad_()))
     ids = torch.arange(1, 5, device=emb.weight.device).unsqueeze(0) % emb.weight.shape[0]
@@ -118,4 +126,3 @@ def _dataflow(model: nn.Module) -> _Flow:
     finally:
         for h in handles:
             h.remove()
-    return _Flow(records)

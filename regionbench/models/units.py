@@ -41,8 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from regionbench.common.torchtools import modes_kept
-from regionbench.models.residual import _axes, residual_sides
+from regionbench.models.residual import _axes, probe_forward, residual_sides
 from regionbench.models.scope import transformer_blocks
 
 NEURON = "neuron"
@@ -199,17 +198,7 @@ class _Flow:
 
         watched = [m for s in subs for m in [*(r for _, r in s.readers), s.writer[1]]]
         watched += [m for s in subs for m in _loose_modules(s)]
-        modules = list({id(m): m for m in watched}.values())
-        handles = [m.register_forward_hook(record) for m in modules]
-        emb = model.get_input_embeddings()
-        handles.append(emb.register_forward_hook(lambda m, a, out: out.detach().requires_grad_()))
-        ids = torch.arange(1, 5, device=emb.weight.device).unsqueeze(0) % emb.weight.shape[0]
-        try:
-            with torch.enable_grad(), modes_kept(model, training=False):  # no dropout
-                model(input_ids=ids, use_cache=False)
-        finally:
-            for h in handles:
-                h.remove()
+        probe_forward(model, list({id(m): m for m in watched}.values()), record)
 
     def _grads(self, output: Tensor, inputs: list[Tensor]) -> list[Tensor | None]:
         inputs = [t for t in inputs if t.requires_grad]
