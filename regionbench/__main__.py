@@ -66,10 +66,12 @@ def main() -> None:
     check_command_line(sys.argv[1:])
     os.environ[LAUNCH_ENV] = str(os.getpid())  # this launch's output folders: ${rb_launch:}
 
-    from regionbench.importance import distributed
+    distributed = None  # torch is imported only under torchrun (--help stays light)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from regionbench.importance import distributed
 
-    rank, world = distributed.init_from_env()  # under torchrun: rank 0 runs the app
-    if rank > 0:
+        distributed.init_from_env()
+    if distributed is not None and distributed.rank_world()[0] > 0:
         from regionbench.pipeline import serve_importance
 
         serve_importance()  # the other ranks help with importance until rank 0 is done
@@ -98,7 +100,8 @@ def main() -> None:
         print(f"regionbench: interrupted ({signal.Signals(received[0]).name})", file=sys.stderr)
         sys.exit(128 + received[0])
     finally:
-        distributed.release()
+        if distributed is not None:
+            distributed.release()
 
 
 if __name__ == "__main__":

@@ -15,9 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from regionbench.common.cache import cache_root, fingerprint_model, fingerprint_samples
+from regionbench.common.cache import (
+    JsonCache,
+    cache_key,
+    cache_root,
+    fingerprint_model,
+    fingerprint_samples,
+    fingerprint_tokenizer,
+)
 from regionbench.config import RunConfig
-from regionbench.data.sources import iter_texts, reading
+from regionbench.data.sources import iter_texts, reading, text_revision
 from regionbench.importance import importance_samples, seq_len_for
 from regionbench.models.loading import load_model
 from regionbench.plan import Plan
@@ -25,6 +32,7 @@ from regionbench.plan import Plan
 log = logging.getLogger(__name__)
 
 FULL_FINGERPRINT_BELOW = 100_000_000  # parameters: hash every byte of smaller models
+SAMPLES_FORMAT = 1  # bump when `importance_samples` would cut other windows from the same text
 
 
 @dataclass
@@ -43,12 +51,17 @@ class Loaded:
         return default_max_length(self.model, self.tokenizer)
 
 
+class _Stale(Exception):
+    """The importance text read for a miss is not the text its remembered fingerprint was of."""
+
+
 @dataclass
 class Session:
     loaded: Loaded | None = None
     baselines: dict[str, dict] = field(default_factory=dict)  # by baseline cache key
     _model_key: str | None = None
     _samples: tuple[str, dict, str] | None = None  # (what was read, windows, fingerprint)
+    _tokenizer_fp: str | None = None
 
     def cache_dir(self, run: RunConfig) -> Path:
         return cache_root(run.paths.cache_dir)
@@ -69,6 +82,7 @@ class Session:
         )
         if self._model_key != key or self.loaded is None:
             self.loaded, self._samples = None, None  # the samples were the old tokenizer's
+            self._tokenizer_fp = None
             model, tok = load_model(
                 m.name,
                 dtype=m.dtype,
@@ -83,17 +97,54 @@ class Session:
             self._model_key = key
         return self.loaded
 
-    def importance_samples(self, run: RunConfig, langs: list[str]) -> tuple[dict, str]:
-        """The same number of fixed-length token samples per importance language (equal weight;
-        `importance.packing`) and their fingerprint, read and tokenized once for the jobs that
-        share them."""
-        loaded = self.load(run)
-        seq_len = seq_len_for(run, loaded.context)
+    def _samples_what(self, run: RunConfig, langs: list[str]) -> str:
+        """Every setting that decides the importance windows (with the tokenizer and the text)."""
+        seq_len = seq_len_for(run, self.load(run).context)
         imp = run.importance
-        what = json.dumps(
+        return json.dumps(
             [run.data.source, langs, seq_len, imp.samples, reading(run.data)]
             + [imp.packing, imp.drop_long]
         )
+
+    def _samples_index(self, run: RunConfig, langs: list[str]) -> tuple[JsonCache, str] | None:
+        """Where the fingerprint of the run's importance windows is kept, keyed by what decides
+        them without reading the text: the settings, the tokenizer and each language's text
+        revision (`text_revision`); None where a source cannot name its text unread."""
+        revisions = [
+            text_revision(run.data.source, "importance", lang, reading(run.data)) for lang in langs
+        ]
+        if any(r is None for r in revisions):
+            return None
+        if self._tokenizer_fp is None:
+            self._tokenizer_fp = fingerprint_tokenizer(self.load(run).tokenizer)
+        key = cache_key(
+            kind="importance-samples",
+            format=SAMPLES_FORMAT,
+            settings=self._samples_what(run, langs),
+            text=revisions,
+            tokenizer=self._tokenizer_fp,
+        )
+        return JsonCache(self.cache_dir(run) / "importance" / "samples"), key
+
+    def importance_fingerprint(self, run: RunConfig, langs: list[str]) -> str | None:
+        """The fingerprint of the run's importance windows without reading or tokenizing the
+        text, when a job has tokenized the same text with the same settings before; else None."""
+        what = self._samples_what(run, langs)
+        if self._samples is not None and self._samples[0] == what:
+            return self._samples[2]
+        index = self._samples_index(run, langs)
+        entry = index[0].get(index[1]) if index else None
+        return entry["fingerprint"] if entry else None
+
+    def importance_samples(self, run: RunConfig, langs: list[str]) -> tuple[dict, str]:
+        """The same number of fixed-length token samples per importance language (equal weight;
+        `importance.packing`) and their fingerprint, read and tokenized once for the jobs that
+        share them; the fingerprint is kept in the cache for later processes
+        (`importance_fingerprint`)."""
+        loaded = self.load(run)
+        seq_len = seq_len_for(run, loaded.context)
+        imp = run.importance
+        what = self._samples_what(run, langs)
         if self._samples is None or self._samples[0] != what:
             self._samples = None  # one text set at a time: 10k x 512 x 6 languages is 250 MB
             streams = {
@@ -113,7 +164,24 @@ class Session:
                 *next(iter(samples.values())).shape,
             )
             self._samples = (what, samples, fingerprint_samples(samples))
+            self._remember(run, langs, self._samples[2])
         return self._samples[1], self._samples[2]
+
+    def _remember(self, run: RunConfig, langs: list[str], fp: str) -> None:
+        index = self._samples_index(run, langs)
+        if index is None:
+            return
+        store, key = index
+        known = store.get(key)
+        if known is not None and known["fingerprint"] != fp:
+            log.warning(
+                "the importance text of %s changed although its revision did not (%s): "
+                "scores found by the old fingerprint are no longer used",
+                run.data.source,
+                ", ".join(langs),
+            )
+        if known is None or known["fingerprint"] != fp:
+            store.put(key, {"fingerprint": fp})
 
     def scores(self, run: RunConfig, plan: Plan) -> tuple[dict, str, str, bool]:
         """(scores, samples fingerprint, cache key, cache hit) of the run's metric on the plan's
@@ -125,8 +193,28 @@ class Session:
             return {}, "", "none (no ranking)" if run.ratio else "none (ratio=0)", True
         loaded = self.load(run)
         langs = list(plan.importance_langs)
-        samples, samples_fp = self.importance_samples(run, langs) if plan.reads_text else ({}, "")
         root = self.cache_dir(run) / "importance"
+        if not plan.reads_text:
+            scores, key, hit = cached_scores(
+                run, loaded.model, {}, langs, ("", loaded.fingerprint), root
+            )
+            return scores, "", key, hit
+        known = self.importance_fingerprint(run, langs)
+        if known is not None:  # a hit needs no text: read it only to compute
+
+            def text() -> dict:
+                samples, fp = self.importance_samples(run, langs)
+                if fp != known:  # the text changed under the same revision: key it anew
+                    raise _Stale
+                return samples
+
+            try:
+                fingerprints = (known, loaded.fingerprint)
+                scores, key, hit = cached_scores(run, loaded.model, text, langs, fingerprints, root)
+                return scores, known, key, hit
+            except _Stale:
+                pass
+        samples, samples_fp = self.importance_samples(run, langs)
         fingerprints = (samples_fp, loaded.fingerprint)
         scores, key, hit = cached_scores(run, loaded.model, samples, langs, fingerprints, root)
         return scores, samples_fp, key, hit

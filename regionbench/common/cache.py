@@ -112,6 +112,20 @@ def fingerprint_samples(samples: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+def fingerprint_tokenizer(tokenizer) -> str:
+    """sha256 of what decides a tokenizer's ids: a fast tokenizer's whole definition (vocabulary,
+    merges, normalizer, pre-tokenizer, the post-processor that adds BOS/EOS), else its
+    vocabulary; plus its class, special tokens and BOS/EOS flags."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
+    extra = {
+        "class": type(tokenizer).__name__,
+        "special": {k: str(v) for k, v in tokenizer.special_tokens_map.items()},
+        "flags": [str(getattr(tokenizer, f, None)) for f in ("add_bos_token", "add_eos_token")],
+    }
+    return hashlib.sha256(canonical_json({"body": body, **extra}).encode()).hexdigest()
+
+
 def fingerprint_model(model: torch.nn.Module, *, full: bool = False, samples: int = 1024) -> str:
     """sha256 over every state-dict entry's name, shape and dtype, plus its values.
 

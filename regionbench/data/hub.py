@@ -46,6 +46,15 @@ def check_config(source: str, config: object) -> None:
             check_choice("field in data.config", field, CONFIG_FIELDS)
 
 
+def repo_and_config(
+    source: str, lang: str, path: str | None, config: str | None
+) -> tuple[str, str]:
+    """The dataset repo and config name one language of a hub source is read from."""
+    repo, template = DATASETS[source]
+    repo, template = path or repo, config or template
+    return repo, template.format(lang=lang, flores=FLORES_CODES.get(lang, lang))
+
+
 def docs(
     source: str,
     lang: str,
@@ -57,9 +66,7 @@ def docs(
 ) -> Iterator[str]:
     import datasets
 
-    repo, template = DATASETS[source]
-    repo, template = path or repo, config or template
-    name = template.format(lang=lang, flores=FLORES_CODES.get(lang, lang))
+    repo, name = repo_and_config(source, lang, path, config)
     hub_split = "train"
     if source == "flores":  # FLORES ships dev/devtest: evaluate on devtest like the paper
         hub_split = "devtest" if split == "eval" else "dev"

@@ -48,7 +48,7 @@ def langs(folder: Path) -> set[str]:
 
 def docs(folder: Path, lang: str, split: str, text_field: str) -> Iterator[str]:
     """A split sub-folder wins; otherwise the top-level file is divided by document hash."""
-    file, hashed = _source(folder, lang, split)
+    file, hashed = source_file(folder, lang, split)
     texts = _read(file, text_field)
     return by_hash(texts, split) if hashed else iter(texts)
 
@@ -56,7 +56,7 @@ def docs(folder: Path, lang: str, split: str, text_field: str) -> Iterator[str]:
 def check_docs(folder: Path, lang: str, split: str, text_field: str) -> int:
     """The number of `split` documents of `lang` (>= 1), else a one-line error that says where
     they would come from and how to give some. Reads the file (cheap next to loading a model)."""
-    file, hashed = _source(folder, lang, split)
+    file, hashed = source_file(folder, lang, split)
     texts = [t for t in _read(file, text_field) if t and t.strip()]
     found = sum(1 for _ in by_hash(texts, split)) if hashed else len(texts)
     if found:
@@ -76,7 +76,7 @@ def check_docs(folder: Path, lang: str, split: str, text_field: str) -> int:
     )
 
 
-def _source(folder: Path, lang: str, split: str) -> tuple[Path, bool]:
+def source_file(folder: Path, lang: str, split: str) -> tuple[Path, bool]:
     """(file, whether its documents are divided by hash) of one language's split."""
     file = _file(folder / split, lang)
     if file is not None:

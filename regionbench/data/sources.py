@@ -11,9 +11,13 @@ further-trained on) and checks `data.*` before any model work.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import itertools
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 
 from regionbench import sandbox
 from regionbench.common.choices import check_choice
@@ -54,6 +58,9 @@ class Source:
     check_options: Callable[[Mapping], None] | None = None
     # (options) -> run tags saying which text was read (data=bible: the wheel, the translations)
     provenance: Callable[[Mapping], dict[str, str]] | None = None
+    # (split, lang, reading) -> what identifies those documents without reading them (the
+    # generator's code, a file's size and mtime, a wheel's version): `text_revision`
+    revision: Callable[[str, str, dict], str] | None = None
 
 
 def _paper_langs(purpose: str, path: str | None) -> tuple[str, ...]:
@@ -70,7 +77,30 @@ def _hub(name: str, doc: str, **kw) -> Source:
             name, lang, split, reading["text_field"], path=reading["path"], config=reading["config"]
         )
 
-    return Source(name, doc, docs, lambda path: (), _paper_langs, streamed=True, **kw)
+    def revision(split: str, lang: str, reading: dict) -> str:
+        # A hub corpus is taken as fixed by its repo and config (the Wikipedia dumps are dated);
+        # the fingerprint stored with it is checked whenever the text is read anyway.
+        repo, config = hub.repo_and_config(name, lang, reading["path"], reading["config"])
+        return f"{repo}|{config}|{reading['text_field']}"
+
+    return Source(
+        name, doc, docs, lambda path: (), _paper_langs, streamed=True, revision=revision, **kw
+    )
+
+
+@functools.cache
+def _sandbox_code() -> str:
+    """sha256 of the code that writes the sandbox's documents: any change to it is new text."""
+    h = hashlib.sha256()
+    for module in ("corpus", "grammar", "lexicon", "meaning", "languages"):
+        h.update(resources.files("regionbench.sandbox").joinpath(f"{module}.py").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _local_revision(split: str, lang: str, reading: dict) -> str:
+    file, hashed = local.source_file(local.root(reading["path"]), lang, split)
+    st = file.stat()
+    return f"{file.resolve()}|{st.st_size}|{st.st_mtime_ns}|{'hash' if hashed else split}"
 
 
 SOURCES: dict[str, Source] = {
@@ -92,6 +122,7 @@ SOURCES: dict[str, Source] = {
                 if lang in sandbox.PRETRAIN_LANGS
             },
             identify=sandbox.identify,
+            revision=lambda split, lang, r: f"sandbox {_sandbox_code()} seed {r['seed']}",
         ),
         Source(
             "local",
@@ -104,6 +135,7 @@ SOURCES: dict[str, Source] = {
             check_docs=lambda path, lang, split, field: local.check_docs(
                 local.root(path), lang, split, field
             ),
+            revision=_local_revision,
         ),
         Source(
             "bible",
@@ -118,6 +150,10 @@ SOURCES: dict[str, Source] = {
             options="bible",
             check_options=lambda o: bible.check(o.get("verses"), o.get("translations")),
             provenance=lambda o: bible.provenance(o.get("translations")),
+            revision=lambda split, lang, r: json.dumps(
+                [bible.provenance(r["options"].get("translations")), r["options"]],
+                sort_keys=True,
+            ),
         ),
         _hub("wikipedia", "Wikipedia dumps (wikimedia/wikipedia, 20231101.<lang>)"),
         _hub("culturax", "CulturaX (uonlp/CulturaX), gated"),
@@ -220,6 +256,17 @@ def load_texts(
         )
         out[lang] = list(docs if n_docs is None else itertools.islice(docs, n_docs))
     return out
+
+
+def text_revision(name: str, split: str, lang: str, reading: Mapping) -> str | None:
+    """What identifies one language's documents of one split without reading them (None: only
+    the text itself does). Cache keys built from it let a job find its importance scores without
+    reading and tokenizing the text again (`Session.importance_fingerprint`)."""
+    entry = source(name)
+    if entry.revision is None:
+        return None
+    full = {"path": None, "config": None, "text_field": "text", "seed": 0, "options": {}}
+    return entry.revision(split, lang, {**full, **reading})
 
 
 def reading(data: DataConfig) -> dict:

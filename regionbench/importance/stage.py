@@ -4,6 +4,7 @@ content-addressed cache (computed and stored on a miss)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -82,7 +83,7 @@ def seq_len_for(run: RunConfig, context: int) -> int:
 def cached_scores(
     run: RunConfig,
     model: nn.Module,
-    samples: dict,
+    samples: dict | Callable[[], dict],
     langs: list[str],
     fingerprints: tuple[str, str],
     root: Path,
@@ -90,7 +91,8 @@ def cached_scores(
     """(scores, cache key, hit): from the content-addressed cache under `root`, computed and
     stored on a miss. The key holds every input that changes the scores; `fingerprints` are the
     token windows' (they stand for the text, the tokenizer and the samples' count and length)
-    and the model's."""
+    and the model's. `samples` may be a function giving the windows: it is called on a miss
+    only, so a hit reads no text."""
     from regionbench.common.cache import Partial, ScoreCache, cache_key
 
     samples_fp, model_fp = fingerprints
@@ -131,17 +133,18 @@ def cached_scores(
     }
 
     def compute():
+        windows = samples() if callable(samples) else samples
         if not per_language:  # one shared dict: stored once for every language
             return score_samples(model, dict.fromkeys(langs), run.metric.name, **options)
         # under torchrun the helper ranks score the same windows with us (gradient metrics;
         # an activation metric's forward passes are rank 0's alone)
         if METRICS[run.metric.name].activation is None:
-            distributed.lead(run.to_dict(), samples, run.metric.name, options)
+            distributed.lead(run.to_dict(), windows, run.metric.name, options)
         # language by language: each is written to the cache and freed before the next; in one
         # process, finished languages (and checkpoints) survive a kill and are picked up again
         return iter_scores(
             model,
-            samples,
+            windows,
             run.metric.name,
             accumulate_device=imp.accumulate_device,
             resume=partial if distributed.rank_world()[1] == 1 else None,

@@ -468,6 +468,86 @@ def test_importance_cache_key_follows_the_tokenizer(store, local_world, tmp_path
     assert tags[2][0] != tags[0][0] and tags[2][1] == "miss"
 
 
+def _scored(store, texts, experiment):
+    """One job in a new session, as a new process runs it; (importance key, hit or miss)."""
+    overrides = [
+        "model=hf",
+        f"model.name={texts.parent / 'model'}",
+        "data=local",
+        f"data.path={texts}",
+        "ratio=0.05",
+        "data.eval_docs=5",
+        "eval.perplexity=false",
+        f"tracking.uri={store}",
+        f"tracking.experiment={experiment}",
+    ]
+    result = run_job(compose(overrides), name="key", session=Session())
+    assert result["status"] == "FINISHED", result
+    tags = MlflowClient(tracking_uri=store).get_run(result["run_id"]).data.tags
+    return tags["importance_key"], tags["importance_cache"]
+
+
+def _own_world(local_world, tmp_path):
+    import shutil
+
+    shutil.copytree(local_world / "model", tmp_path / "model")
+    shutil.copytree(local_world / "texts", tmp_path / "texts")
+    return tmp_path / "texts"
+
+
+def test_a_new_process_finds_its_scores_without_tokenizing_the_text(
+    store, local_world, tmp_path, monkeypatch
+):
+    """Issue 27: a hit is keyed by the text's revision (a file's size and mtime), the settings and
+    the tokenizer; the windows' fingerprint was kept by the job that tokenized them."""
+    import regionbench.session
+
+    texts = _own_world(local_world, tmp_path)
+    first = _scored(store, texts, "no-retokenize")
+    assert first[1] == "miss"
+    real = regionbench.session.importance_samples
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(regionbench.session, "importance_samples", counted)
+    assert _scored(store, texts, "no-retokenize") == (first[0], "hit")
+    assert calls == []  # the hit read and tokenized no importance text
+    latn = texts / "latn.txt"  # another text: another revision (size, mtime)
+    latn.write_text(latn.read_text(encoding="utf-8").replace("a", "e"), encoding="utf-8")
+    changed = _scored(store, texts, "no-retokenize")
+    assert calls == [1] and changed[1] == "miss" and changed[0] != first[0]
+
+
+def test_text_that_changed_under_the_same_revision_is_keyed_by_what_was_read(
+    store, local_world, tmp_path, monkeypatch, caplog
+):
+    """A source whose revision does not see an edit (a hub corpus re-uploaded under its name):
+    once its scores are gone, the text read for the miss is fingerprinted and keyed anew, and
+    the remembered fingerprint is replaced."""
+    import logging
+
+    import regionbench.session
+    from regionbench.common.cache import ScoreCache, cache_root
+
+    monkeypatch.setattr(regionbench.session, "text_revision", lambda *a: "fixed")
+    texts = _own_world(local_world, tmp_path)
+    old_key, _ = _scored(store, texts, "stale")
+    (texts / "latn.txt").write_text(
+        (texts / "latn.txt").read_text(encoding="utf-8").replace("a", "e"), encoding="utf-8"
+    )
+    import shutil
+
+    shutil.rmtree(ScoreCache(cache_root() / "importance").path(old_key))
+    with caplog.at_level(logging.WARNING, logger="regionbench.session"):
+        new_key, status = _scored(store, texts, "stale")
+    assert status == "miss" and new_key != old_key
+    assert any("changed although its revision did not" in r.message for r in caplog.records)
+    assert _scored(store, texts, "stale") == (new_key, "hit")
+
+
 @pytest.mark.parametrize(
     ("overrides", "top1"),
     [

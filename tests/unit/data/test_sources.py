@@ -205,3 +205,26 @@ def test_sandbox_stream_is_the_generated_corpus_read_lazily():
     assert load_texts("sandbox", "eval", ["latn"], n_docs=3) == sandbox.generate(
         "eval", ["latn"], n_docs=3
     )
+
+
+def test_text_revision_names_the_text_without_reading_it(folder):
+    """What a cache key uses in place of the text itself: it changes when the text would."""
+    import os
+
+    from regionbench.data.sources import text_revision
+
+    local = {"path": str(folder)}
+    before = text_revision("local", "importance", "en", local)
+    assert before == text_revision("local", "importance", "en", local)
+    assert before != text_revision("local", "importance", "de", local)
+    st = (folder / "en.txt").stat()
+    os.utime(folder / "en.txt", ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # touched: maybe edited
+    assert text_revision("local", "importance", "en", local) != before
+    (folder / "importance").mkdir()
+    (folder / "importance" / "en.txt").write_text("a split file wins")
+    assert "importance/en.txt" in text_revision("local", "importance", "en", local)
+    sandbox = text_revision("sandbox", "importance", "latn", {})
+    assert sandbox != text_revision("sandbox", "importance", "latn", {"seed": 1})
+    wiki = text_revision("wikipedia", "importance", "ar", {})
+    assert wiki == "wikimedia/wikipedia|20231101.ar|text"
+    assert text_revision("wikipedia", "importance", "ar", {"config": "20240101.{lang}"}) != wiki
