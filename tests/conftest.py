@@ -12,6 +12,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 
+# Offline before any test module is collected: huggingface_hub and datasets read these once, when
+# first imported (a module that imports transformers at collection time would otherwise leave
+# every later hub lookup of the session online, each waiting ~20 s for a network that is not
+# there, whatever a fixture sets afterwards).
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+os.environ.update(OFFLINE)
+
 # A test job: the real config at the size of the debug preset (conf/debug/default.yaml).
 SMALL = ["+debug=default"]
 # A freeze job that trains until it is stopped: in flight whenever a test kills its sweep.
@@ -51,9 +58,7 @@ def _isolated_env(tmp_path_factory):
     os.environ.update(
         {
             "REGIONBENCH_CACHE": str(cache),
-            "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
+            **OFFLINE,
             "TOKENIZERS_PARALLELISM": "false",
             "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
         }
