@@ -396,7 +396,19 @@ def test_an_interrupted_build_resumes_with_the_bytes_of_an_uninterrupted_one(
     assert not ckpt.exists()  # spent once the folder is published
 
 
-def test_ctrl_c_checkpoints_the_step_it_arrives_in(built, tmp_path, monkeypatch, caplog):
+@pytest.fixture
+def sigint_default():
+    """Ctrl-C as in a terminal: a suite started with `nohup` or `&` inherits SIGINT ignored."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_checkpoints_the_step_it_arrives_in(
+    built, tmp_path, monkeypatch, caplog, sigint_default
+):
     """A real SIGINT in the middle of step 7 (no periodic checkpoints): the step ends, is saved,
     then KeyboardInterrupt unwinds as usual; the next build resumes at step 7, same bytes."""
     import json
@@ -470,7 +482,7 @@ def test_an_unusable_or_forced_away_checkpoint_starts_over(
     assert meta["weights_sha256"] == sandbox.read_metadata(reference)["weights_sha256"]
 
 
-def test_held_signals_wait_for_the_step_and_go_to_the_previous_handler():
+def test_held_signals_wait_for_the_step_and_go_to_the_previous_handler(sigint_default):
     import signal
 
     from regionbench.sandbox.checkpoint import HeldSignals
