@@ -41,7 +41,7 @@ test: $(STAMP)  ## the fast test suite, on TEST_WORKERS processes
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-slow: $(STAMP)  ## the slow tests (minutes): every study at debug size, lm-eval's index
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -m slow -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)  ## ruff check, ruff format --check and the layer contract (CI runs it)
 	$(VENV)/bin/ruff check $(SRC)
