@@ -4,8 +4,8 @@ sweep, for this checkout against a baseline commit, measured side by side (issue
     .venv/bin/python benchmarks/bench_fixed_cost.py --baseline c4c8d9b
     .venv/bin/python benchmarks/bench_fixed_cost.py --baseline c4c8d9b --repeat 5 --jobs 8
 
-CPU time (user + system of the child processes, from `resource.getrusage`), not wall time: the
-machine is shared, and what a job costs is what it computes. Each measurement runs in a fresh
+CPU time (user + system of the child processes, from `resource.getrusage`, one thread each), not
+wall time: the machine is shared, and what a job costs is what it computes. Each measurement runs in a fresh
 folder (its own MLflow store) with one shared, pre-warmed cache, so the sandbox-test model, its
 importance scores and its baseline evaluation are hits in both checkouts:
 
@@ -34,7 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def cpu_of(args: list[str], src: Path, cache: Path, work: Path) -> float:
     """User + system CPU seconds of `python -m regionbench ARGS` run from checkout `src`."""
     cwd = Path(tempfile.mkdtemp(dir=work))
-    env = dict(os.environ, PYTHONPATH=str(src), REGIONBENCH_CACHE=str(cache))
+    # One thread: CPU time is then the work, not a thread pool spin-waiting for a core that
+    # another process holds (on a shared machine that doubled some jobs' CPU seconds).
+    env = dict(os.environ, PYTHONPATH=str(src), REGIONBENCH_CACHE=str(cache), OMP_NUM_THREADS="1")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(
         [sys.executable, "-m", "regionbench", *args],
