@@ -343,6 +343,42 @@ def test_a_failing_rank_fails_every_rank_with_its_error(tmp_path):
         assert message == "evaluation failed on rank 1: MemoryError: out of memory on this one"
 
 
+def _helper_fails_rank(rank: int, world: int, store: str, tmp: str) -> None:
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoTokenizer
+
+    _join(rank, world, store)
+    tok = AutoTokenizer.from_pretrained(f"{tmp}/tok")
+    model = tiny_llama(vocab_size=VOCAB)
+    if rank > 0:
+
+        def broken(self, requests, disable_tqdm=False, override_bs=None):
+            raise MemoryError("CUDA out of memory (a helper)")
+
+        HFLM._loglikelihood_tokens = broken  # this process only (forked)
+        distributed.serve(
+            lambda run: model, {ranks.JOIN: lambda run, *a: ranks.join(model, tok, *a)}
+        )
+        return
+    kw = {"max_length": MAX_LENGTH, "batch_size": 2}
+    with pytest.raises(RuntimeError, match=r"rank [12]: MemoryError: CUDA out of memory"):
+        ranks.jointly(RUN, "lm_eval", model, tok, ["dist_mc"], include_path=f"{tmp}/tasks", **kw)
+    ppl = ranks.jointly(RUN, "perplexity", model, tok, TEXTS, progress=False, **kw)  # serving on
+    distributed.release()
+    with open(f"{tmp}/after.json", "w") as f:
+        json.dump(asdict(ppl["en"]), f)
+
+
+def test_a_helper_failing_in_lm_eval_fails_the_call_and_serves_on(tmp_path, tok, one_thread):
+    _, tok = _prepared(tmp_path, tok)
+    kw = {"max_length": MAX_LENGTH, "batch_size": 2}
+    single = asdict(
+        perplexity(tiny_llama(vocab_size=VOCAB), tok, TEXTS, progress=False, **kw)["en"]
+    )
+    _spawn(_helper_fails_rank, 3, tmp_path)
+    assert json.loads((tmp_path / "after.json").read_text()) == json.loads(json.dumps(single))
+
+
 def test_deal_covers_every_item_once():
     for n in (0, 1, 2, 7, 11):
         for world in (1, 2, 3):
