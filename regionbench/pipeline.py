@@ -254,11 +254,18 @@ def _claimed(tracker: Tracker, running, name: str, job_num: int, parent: str | N
 
 def serve_importance(session: Session | None = None) -> int:
     """A helper rank under torchrun: score with rank 0 whenever it computes importance (see
-    `regionbench.importance.distributed`), the model loaded once per config; the count served."""
+    `regionbench.importance.distributed`) and evaluate with it (`regionbench.evaluation.ranks`),
+    the model loaded once per config; the count of scorings served."""
+    from regionbench.evaluation import ranks
     from regionbench.importance.distributed import serve
 
     session = session or SESSION
-    return serve(lambda run: session.load(RunConfig.from_cfg(run)).model)
+
+    def evaluate(run: dict, what: str, args: tuple, kwargs: dict) -> None:
+        loaded = session.load(RunConfig.from_cfg(run))
+        ranks.join(loaded.model, loaded.tokenizer, what, args, kwargs)
+
+    return serve(lambda run: session.load(RunConfig.from_cfg(run)).model, {ranks.JOIN: evaluate})
 
 
 @dataclass

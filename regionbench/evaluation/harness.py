@@ -7,6 +7,7 @@ itself, so an intervention in progress is what gets evaluated. Its request cache
 cache key is the task's requests, not the weights, so a cached answer would belong to whichever
 model filled the cache. Every task is scored as `lm_eval --model hf` scores it, BOS included
 (see `run_lm_eval`); task names and datasets are checked first by `catalog.prepare_tasks`.
+Under torch.distributed, rank 0 runs the harness and every rank answers a share of its requests.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from unittest import mock
 
 import numpy as np
 import torch
 
 from regionbench.common.torchtools import modes_kept
+from regionbench.evaluation import ranks
 from regionbench.evaluation.catalog import (
     _check_lm_eval_version,
     _quiet_lm_eval,
@@ -60,6 +62,9 @@ def run_lm_eval(
     task (True for models that need BOS before every context, Gemma). Tasks of the two policies
     run as two `simple_evaluate` calls, merged into one dict shaped like a single call's.
     `max_length` defaults to lm-eval's choice (the model's context length).
+
+    Called on every rank of a torch.distributed group, the ranks share the model's requests
+    (`regionbench.evaluation.ranks`): rank 0 returns one process's results, the others None.
     """
     _check_lm_eval_version()
     tasks = _task_list(tasks)
@@ -67,34 +72,131 @@ def run_lm_eval(
         raise ValueError("no lm-eval tasks given")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size {batch_size!r} is not a positive integer")
-    manager = _resolve(tasks, include_path)
+    rank, world = ranks.world()
+    if rank > 0:  # rank 0 runs the harness; this one answers a share of its requests
+        with _restored(model, tokenizer), _quiet_lm_eval():
+            return _answer_requests(model, tokenizer)
 
     from lm_eval.evaluator import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    parts = []
-    with _restored(model, tokenizer), _quiet_lm_eval(), _quiet_git_lookup(), _env_info_once():
-        for bos, names in _bos_policies(tasks, add_bos_token):
-            lm = HFLM(
-                pretrained=model,
-                tokenizer=tokenizer,
-                batch_size=batch_size,
-                add_bos_token=bos,
-                max_length=max_length,
-            )
-            parts.append(
-                simple_evaluate(
-                    model=lm,
-                    tasks=names,
-                    num_fewshot=num_fewshot,
-                    limit=limit,
-                    use_cache=None,
-                    cache_requests=False,  # keyed without the weights: never reuse
-                    log_samples=log_samples,
-                    task_manager=manager,
+    parts, done = [], False
+    try:
+        manager = _resolve(tasks, include_path)
+        with _restored(model, tokenizer), _quiet_lm_eval(), _quiet_git_lookup(), _env_info_once():
+            for bos, names in _bos_policies(tasks, add_bos_token):
+                settings = {
+                    "batch_size": batch_size,
+                    "add_bos_token": bos,
+                    "max_length": max_length,
+                }
+                lm = HFLM(pretrained=model, tokenizer=tokenizer, **settings)
+                if world > 1:
+                    _deal_requests(lm, settings)
+                parts.append(
+                    simple_evaluate(
+                        model=lm,
+                        tasks=names,
+                        num_fewshot=num_fewshot,
+                        limit=limit,
+                        use_cache=None,
+                        cache_requests=False,  # keyed without the weights: never reuse
+                        log_samples=log_samples,
+                        task_manager=manager,
+                    )
                 )
-            )
+        done = True
+    finally:
+        if world > 1:
+            _announce(("done", done))
     return _merge_results(parts)
+
+
+def _announce(message):
+    import torch.distributed as dist
+
+    box = [message]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _deal_requests(lm, settings: dict) -> None:
+    """Rank 0 under torch.distributed: each request method of `lm` gives every rank its share of
+    the requests and returns all the answers in the requests' order.
+
+    Rolling and generated requests are dealt by document, round-robin. Log-likelihood requests
+    are dealt once lm-eval has tokenized them, by the key its one-token cache groups them by
+    (context + continuation[:-1]): a group is scored from one forward pass, and what a member
+    gets from it depends on the group (lm-eval 0.4.13 reads a shorter continuation of a group
+    at the first positions of the longest one's), so a group kept whole gives one process's
+    answers. A multiple-choice question's choices share such a key: they stay together too."""
+    rank, world = ranks.world()
+    for kind in ("loglikelihood_rolling", "generate_until"):
+        own = getattr(lm, kind)
+
+        def by_document(requests, disable_tqdm: bool = False, kind=kind, own=own):
+            docs = {}
+            owner = [docs.setdefault((r.task_name, r.doc_id), len(docs)) % world for r in requests]
+            _announce(("requests", settings, kind, [r.args for r in requests], owner))
+            mine = [r for r, o in zip(requests, owner, strict=True) if o == rank]
+            return _in_owner_order(ranks.gathered(_answers, own, mine, disable_tqdm), owner)
+
+        setattr(lm, kind, by_document)
+
+    own_loglikelihood, own_tokens = lm.loglikelihood, lm._loglikelihood_tokens
+
+    def by_group(requests, disable_tqdm: bool = False, override_bs=None):
+        groups = {}
+        owner = [
+            groups.setdefault(tuple(ctx + cont[:-1]), len(groups)) % world
+            for _, ctx, cont in requests
+        ]
+        _announce(("tokens", settings, "_loglikelihood_tokens", requests, owner))
+        mine = [r for r, o in zip(requests, owner, strict=True) if o == rank]
+        return _in_owner_order(ranks.gathered(_answers, own_tokens, mine, disable_tqdm), owner)
+
+    def loglikelihood(requests, disable_tqdm: bool = False):
+        # lm-eval tokenizes, then scores the whole list through _loglikelihood_tokens: ours
+        # while this call lasts (the rolling requests score theirs a batch at a time, undealt)
+        lm._loglikelihood_tokens = by_group
+        try:
+            return own_loglikelihood(requests, disable_tqdm=disable_tqdm)
+        finally:
+            del lm._loglikelihood_tokens
+
+    lm.loglikelihood = loglikelihood
+
+
+def _answers(method, requests: list, disable_tqdm: bool) -> list:
+    return method(requests, disable_tqdm=disable_tqdm) if requests else []
+
+
+def _in_owner_order(shares: list[list], owner: list[int]) -> list:
+    """Each rank's answers (in its requests' order) as one list in the requests' order."""
+    answers = [iter(share) for share in shares]
+    return [next(answers[o]) for o in owner]
+
+
+def _answer_requests(model, tokenizer) -> None:
+    """A rank > 0: answer its share of every request list rank 0's harness deals
+    (`_deal_requests`) until rank 0 is done; lm-eval's results are rank 0's alone (None here,
+    as `simple_evaluate` returns on its ranks > 0)."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    rank, _ = ranks.world()
+    lm, made_for = None, None
+    while (message := _announce(None))[0] != "done":
+        what, settings, method, requests, owner = message
+        if made_for != settings:  # one HFLM per simple_evaluate call, as on rank 0
+            lm, made_for = HFLM(pretrained=model, tokenizer=tokenizer, **settings), settings
+        mine = [r for r, o in zip(requests, owner, strict=True) if o == rank]
+        if what == "requests":  # request arguments; "tokens": lm-eval's tokenized requests
+            mine = [Instance(request_type=method, doc={}, arguments=a, idx=0) for a in mine]
+        with suppress(RuntimeError):  # a rank failed: rank 0 raises it and then says "done"
+            ranks.gathered(_answers, getattr(lm, method), mine, True)
+    if not message[1]:
+        raise RuntimeError("lm-eval failed on rank 0 (its error is reported there)")
 
 
 @contextmanager

@@ -14,6 +14,8 @@ benchmarks/bench_perplexity.py), and the LM head and its fp32 log-softmax run on
 trailing positions that hold a batch's scored tokens (transformers' `logits_to_keep`), not on
 the context that the last window of a long document re-reads; a batch holds at most `batch_size` windows and at most
 `batch_size * 2048` padded tokens, so long-context models score long documents a few at a time.
+Called on every rank of a torch.distributed group, both functions share the batches among the
+ranks and every rank gets one process's result, bit for bit (`regionbench.evaluation.ranks`).
 
 Why bits per byte as well as perplexity: token-level perplexity depends on the tokenizer (a
 language the vocabulary splits into many short tokens gets many easy predictions and a low
@@ -46,6 +48,7 @@ from tqdm.auto import tqdm
 
 from regionbench.common.packing import lm_inputs, pack_documents, prefix_token_id
 from regionbench.common.torchtools import modes_kept
+from regionbench.evaluation import ranks
 
 TOKENS_PER_ROW = 2048  # batch_size * this bounds a batch's padded tokens (and its logits)
 
@@ -198,18 +201,26 @@ def paper_perplexity(
                 samples = pack_documents(tokenizer, docs, seq_len, drop_long=True)
             except ValueError as err:
                 raise ValueError(f"paper perplexity of language {lang!r}: {err}") from None
-            losses = []
-            for start in tqdm(
-                range(0, len(samples), batch_size), desc=f"paper ppl [{lang}]", disable=not progress
-            ):
-                inputs = {
-                    k: v.to(device)
-                    for k, v in lm_inputs(samples[start : start + batch_size]).items()
-                }
-                labels = inputs.pop("labels")[:, 1:]
-                logits = model(**inputs, use_cache=False).logits[:, :-1]
-                nll = _row_nll(logits, labels.to(logits.device)).sum()
-                losses.append(float(nll) / int((labels != -100).sum()))
+            starts = range(0, len(samples), batch_size)
+            rank, world = ranks.world()  # under torch.distributed: every world-th batch
+            mine = [starts[b] for b in ranks.deal(len(starts), rank, world)]
+
+            def score(mine=mine, samples=samples, lang=lang, rank=rank) -> list[float]:
+                losses = []
+                for start in tqdm(
+                    mine, desc=f"paper ppl [{lang}]", disable=not progress or rank > 0
+                ):
+                    inputs = {
+                        k: v.to(device)
+                        for k, v in lm_inputs(samples[start : start + batch_size]).items()
+                    }
+                    labels = inputs.pop("labels")[:, 1:]
+                    logits = model(**inputs, use_cache=False).logits[:, :-1]
+                    nll = _row_nll(logits, labels.to(logits.device)).sum()
+                    losses.append(float(nll) / int((labels != -100).sum()))
+                return losses
+
+            losses = ranks.in_order(ranks.gathered(score), len(starts))
             out[lang] = PaperPerplexity(
                 ppl=math.exp(sum(losses) / len(losses)),
                 batch_loss=tuple(losses),
@@ -227,27 +238,41 @@ def _score_windows(model, windows, n_groups: int, batch_size: int, progress: boo
     # first: the last windows of long documents (full context, few predictions) batch together
     # and their batches compute logits for few positions.
     order = sorted(range(len(windows)), key=lambda k: (-len(windows[k][1]), -windows[k][2]))
-    totals = torch.zeros(n_groups, dtype=torch.float64)
     batches = _token_budget_batches(order, [len(w[1]) - 1 for w in windows], batch_size)
     keeps_logits = _accepts_logits_to_keep(model)
-    bar = tqdm(
-        total=sum(w[2] for w in windows), desc="perplexity", unit="tok", disable=not progress
-    )
-    try:
-        with torch.inference_mode(), modes_kept(model, training=False):
-            for members in batches:
-                batch = [windows[k] for k in members]
-                ids, mask, labels = (t.to(device) for t in _pad(batch))
-                keep = _positions_to_keep(batch) if keeps_logits else labels.shape[1]
-                extra = {"logits_to_keep": keep} if keeps_logits else {}
-                # No KV cache: nothing is generated, and filling one copies every layer's K/V.
-                logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
-                row_nll = _row_nll(logits[:, -keep:], labels[:, -keep:])
-                groups = torch.tensor([group for group, _, _ in batch])
-                totals.index_add_(0, groups, row_nll.cpu())  # one sync per batch
-                bar.update(sum(n_pred for _, _, n_pred in batch))
-    finally:
-        bar.close()
+    # Under torch.distributed each rank scores every world-th batch (`ranks`); the rows come
+    # back to every rank and are added up in one process's order.
+    rank, world = ranks.world()
+    mine = [batches[b] for b in ranks.deal(len(batches), rank, world)]
+
+    def score() -> list[torch.Tensor]:
+        rows = []
+        bar = tqdm(
+            total=sum(windows[k][2] for members in mine for k in members),
+            desc="perplexity",
+            unit="tok",
+            disable=not progress or rank > 0,
+        )
+        try:
+            with torch.inference_mode(), modes_kept(model, training=False):
+                for members in mine:
+                    batch = [windows[k] for k in members]
+                    ids, mask, labels = (t.to(device) for t in _pad(batch))
+                    keep = _positions_to_keep(batch) if keeps_logits else labels.shape[1]
+                    extra = {"logits_to_keep": keep} if keeps_logits else {}
+                    # No KV cache: nothing is generated, and filling one copies every layer's K/V.
+                    out = model(input_ids=ids, attention_mask=mask, use_cache=False, **extra)
+                    rows.append(_row_nll(out.logits[:, -keep:], labels[:, -keep:]).cpu())
+                    bar.update(sum(n_pred for _, _, n_pred in batch))
+        finally:
+            bar.close()
+        return rows
+
+    totals = torch.zeros(n_groups, dtype=torch.float64)
+    for members, row_nll in zip(
+        batches, ranks.in_order(ranks.gathered(score), len(batches)), strict=True
+    ):
+        totals.index_add_(0, torch.tensor([windows[k][0] for k in members]), row_nll)
     return totals.tolist()
 
 

@@ -13,6 +13,9 @@ adds the authors' (`perplexity.paper_perplexity`) beside it, in the baseline and
 evaluation, as `ppl_paper/<lang>` and `ppl_paper_ratio/<lang>`. `eval.generation.enabled=true`
 adds what the model writes (`generation`): the unmodified model's continuations are part of the
 cached baseline, the model's own give `gen/*` and the before/after table.
+
+Under torchrun the helper ranks evaluate perplexity and lm-eval with rank 0 (`ranks.jointly`);
+generation is rank 0's alone.
 """
 
 from __future__ import annotations
@@ -151,10 +154,16 @@ def prepare(run: RunConfig, eval_texts: dict[str, list[str]]) -> Tasks | None:
 
 
 def perplexities(run: RunConfig, model, tok, texts) -> dict[str, dict]:
-    from regionbench.evaluation.perplexity import perplexity
+    from regionbench.evaluation.ranks import jointly
 
-    res = perplexity(
-        model, tok, texts, max_length=run.eval.max_length, batch_size=run.eval.batch_size
+    res = jointly(
+        run.to_dict(),
+        "perplexity",
+        model,
+        tok,
+        texts,
+        max_length=run.eval.max_length,
+        batch_size=run.eval.batch_size,
     )
     return {lang: asdict(r) for lang, r in res.items()}
 
@@ -197,11 +206,19 @@ def paper_perplexities(run: RunConfig, model, tok, texts) -> dict[str, dict]:
     """The authors' perplexity per language (`eval.paper_*`); {} unless the run asks for it."""
     if not wants_paper(run):
         return {}
-    from regionbench.evaluation.perplexity import default_max_length, paper_perplexity
+    from regionbench.evaluation.perplexity import default_max_length
+    from regionbench.evaluation.ranks import jointly
 
     seq_len = paper_seq_len(run, default_max_length(model, tok))
-    res = paper_perplexity(
-        model, tok, texts, seq_len=seq_len, batch_size=run.eval.paper_batch_size, progress=False
+    res = jointly(
+        run.to_dict(),
+        "paper_perplexity",
+        model,
+        tok,
+        texts,
+        seq_len=seq_len,
+        batch_size=run.eval.paper_batch_size,
+        progress=False,
     )
     return {lang: asdict(r) for lang, r in res.items()}
 
@@ -219,10 +236,12 @@ def lm_eval(run: RunConfig, model, tok, tasks: Tasks | None) -> tuple[dict[str, 
     """(`lm_eval/<task>/<metric>` metrics, lm-eval's results dict)."""
     if tasks is None:
         return {}, {}
-    from regionbench.evaluation.harness import run_lm_eval
+    from regionbench.evaluation.ranks import jointly
 
     le = run.eval.lm_eval
-    results = run_lm_eval(
+    results = jointly(
+        run.to_dict(),
+        "lm_eval",
         model,
         tok,
         list(tasks.names),

@@ -7,7 +7,9 @@ help with importance: whenever rank 0 computes scores (a cache miss), it sends e
 run's config and the token windows (`lead`); each rank scores every N-th batch of each language
 (`compute._gradient_scores`) and the fp32 accumulators are all-reduced once per language, so
 every metric's sum over batches is the one a single process computes (up to the order of fp32
-additions). A helper rank waits in `serve` until rank 0 `release`s it at the end.
+additions). A helper rank waits in `serve` until rank 0 `release`s it at the end; other stages'
+work for the helpers (evaluation: `regionbench.evaluation.ranks`) is a message `send` names and
+one of `serve`'s `handlers` does.
 
 One process (no WORLD_SIZE, or a group not initialised) is the default and nothing here runs.
 """
@@ -15,7 +17,7 @@ One process (no WORLD_SIZE, or a group not initialised) is the default and nothi
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -58,6 +60,12 @@ def lead(run: dict, windows: dict, metric: str, options: dict) -> None:
         _broadcast(("score", run, windows, metric, options))
 
 
+def send(kind: str, *payload) -> None:
+    """Rank 0: every helper rank runs `handlers[kind](*payload)` of its `serve`."""
+    if rank_world()[1] > 1:
+        _broadcast((kind, *payload))
+
+
 def release() -> None:
     """Rank 0, at the end: the helper ranks stop serving and leave the group."""
     import torch.distributed as dist
@@ -67,16 +75,21 @@ def release() -> None:
         dist.destroy_process_group()
 
 
-def serve(load_model: Callable[[dict], torch.nn.Module]) -> int:
+def serve(
+    load_model: Callable[[dict], torch.nn.Module], handlers: Mapping[str, Callable] | None = None
+) -> int:
     """A helper rank: score whatever rank 0 leads, until it releases us. `load_model(run)` gives
-    the model for a run's config (a session keeps it loaded across a sweep). Returns the number
-    of scorings joined."""
+    the model for a run's config (a session keeps it loaded across a sweep); a message `send`
+    names goes to its handler. Returns the number of scorings joined."""
     import torch.distributed as dist
 
     from regionbench.importance.compute import iter_scores
 
     served = 0
     while (message := _broadcast(None)) is not None:
+        if message[0] != "score":
+            (handlers or {})[message[0]](*message[1:])
+            continue
         _, run, windows, metric, options = message
         accumulate = run["importance"].get("accumulate_device")
         for _ in iter_scores(  # rank 0 keeps the scores; ours are dropped language by language
