@@ -7,6 +7,7 @@ module, and what a sweep's jobs share lives in a `Session`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -305,7 +306,8 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
     with clock("select"):
         fps = (samples_fp, model_fp)
         langs = list(plan.importance_langs)
-        region = regions.build(run, scores, langs, model, fps, found["dims"])
+        totals = functools.partial(session.totals, run, scores, key, langs)  # read if asked
+        region = regions.build(run, scores, langs, model, fps, found["dims"], totals)
     metrics = {names.REGION_PARAMS: float(region.numel), names.REGION_FRACTION: region.fraction}
     metrics |= _where_it_lives(job, model, region, found)
 

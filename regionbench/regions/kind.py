@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from regionbench.config import RegionConfig, RunConfig
 from regionbench.regions import checks
 from regionbench.regions.region import Region
-from regionbench.regions.select import Pick
+from regionbench.regions.select import Pick, Summed, selection_device
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,18 @@ class Source:
     model: nn.Module
     meta: dict[str, str]  # the region's origin, for its mask file
     outlier_dims: Sequence[int]  # the model's massive-activation dimensions
+    # S = Σ_ℓ score_ℓ per parameter over `langs`, when asked: a job's cached entry
+    # (`regions.totals.cached_totals`); None: summed from `scores` as it is read
+    totals: Callable[[], Mapping[str, Tensor]] | None = None
+
+    def summed(self) -> Mapping[str, Tensor]:
+        """{param: S}: the given totals, else summed from the scores on access."""
+        return self.totals() if self.totals is not None else Summed(self.scores, self.langs)
+
+    @property
+    def device(self) -> torch.device:
+        """Where selection runs: the model's GPU, else the CPU."""
+        return selection_device(self.model)
 
 
 def _always(region: RegionConfig) -> bool:
@@ -68,6 +81,8 @@ class RegionKind:
     sized: str | None = "exact"
     empty_at_zero: bool = True  # ratio 0 is the empty region: the unmodified model
     pick: Pick | None = None  # a per-matrix choice from scores: selectable with `select`
+    # its pick reads the languages only through S = Σ_ℓ score_ℓ: it selects from the totals
+    sums: bool = False
     needs_lang: bool = False  # region.lang names one importance language
     takes_lang: bool = False  # region.lang may name one (specific: that language's part)
     unit: str | None = None  # whole units of this kind (models.units), not entries
