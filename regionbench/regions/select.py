@@ -17,8 +17,9 @@ selection is a pure function of the scores, `core` and `core_bottom` never overl
 parameter's scores (all languages) are read once for every ratio asked and dropped before the
 next parameter's (a few parameters at a time on CPU, one per worker thread), which is what lets it
 read a lazy `ScoreCache` entry. On a CUDA `device` the picks run on the GPU; on CPU the matrices
-are shared among `torch.get_num_threads()` worker threads (torch's `topk` of one flat matrix runs
-on one core, and its kernels release the GIL). Masks come back on the CPU, the same on either.
+are shared among `torch.get_num_threads()` worker threads, one matrix each (torch's `topk` of one
+flat matrix runs on one core whatever its thread count, and its kernels release the GIL). Masks
+come back on the CPU, the same on either.
 """
 
 from __future__ import annotations
@@ -118,12 +119,18 @@ def selection_device(model) -> torch.device:
 
 def _each(fn: Callable[[str], list[Tensor]], names: list[str], device) -> list[list[Tensor]]:
     """`fn` of every parameter name, in order: one after another on a GPU (its kernels run
-    asynchronously anyway), shared among torch's intra-op thread count on CPU."""
+    asynchronously anyway); on CPU one matrix per worker thread, as many workers as torch has
+    intra-op threads, each running its ops on one thread (torch's thread count is 1 meanwhile:
+    N workers of N OpenMP threads each would oversubscribe the cores)."""
     threads = torch.get_num_threads()
     if torch.device(device or "cpu").type != "cpu" or threads <= 1 or len(names) <= 1:
         return [fn(name) for name in names]
-    with ThreadPoolExecutor(max_workers=min(threads, len(names))) as pool:
-        return list(pool.map(fn, names))
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=min(threads, len(names))) as pool:
+            return list(pool.map(fn, names))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def check_ratio(ratio) -> float:
