@@ -229,10 +229,9 @@ def _gradient_scores(
         for h in handles:
             h.remove()
     if world > 1:
-        import torch.distributed as dist
+        from regionbench.importance.distributed import all_reduce_sum
 
-        for acc in accs.values():
-            dist.all_reduce(acc)
+        all_reduce_sum((accs[name], p.device) for name, p in params.items())
     return {name: metric.finalize(accs[name], p).cpu() for name, p in params.items()}
 
 
