@@ -26,6 +26,7 @@ _API = {
     "load_texts": ("regionbench.data.sources", "load_texts"),
     "importance": ("regionbench.importance.compute", "compute_importance"),
     "select": ("regionbench.regions.kinds", "select"),
+    "select_ratios": ("regionbench.regions.kinds", "select_ratios"),
     "Region": ("regionbench.regions.region", "Region"),
     "intervene": ("regionbench.interventions.kinds", "intervene"),
     "perplexity": ("regionbench.evaluation.perplexity", "perplexity"),

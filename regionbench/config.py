@@ -281,6 +281,9 @@ class RunConfig:
     ratio: float = 0.01  # fraction of each matrix in the region; 0 = the unmodified baseline
     seed: int = 0  # the random metric, noise, freeze training
     device: str = "auto"  # auto | cpu | cuda | cuda:N | job (GPU job_num mod GPUs: parallel sweeps)
+    # GB of device memory the job may use, for the estimate checked before the model loads
+    # (importance, training); null = CUDA's free memory, unchecked on CPU
+    device_memory_gb: float | None = None
     # Skip every job whose config already has a FINISHED run in the experiment (a re-launched
     # sweep runs only what is missing; the new parent compares all of its jobs): false | true
     # (a run made by the same regionbench version and git sha) | any (whatever code made it).
@@ -401,6 +404,7 @@ def _build(cls, tree: dict, where: str):
 # in scoring, ...): (lowest value, whether the lowest value itself is allowed).
 LIMITS = {
     "seed": (0, True),
+    "device_memory_gb": (0, False),
     "outliers.docs": (1, True),
     "outliers.factor": (0, False),
     "outliers.median_factor": (0, False),
@@ -413,6 +417,8 @@ def _check_limits(run: RunConfig) -> None:
         value = run
         for part in path.split("."):
             value = getattr(value, part)
+        if value is None:  # an optional key left unset
+            continue
         ok = value >= low if inclusive else value > low
         if not ok or (isinstance(value, float) and not math.isfinite(value)):
             kind = "an integer" if schema_type(path) is int else "a finite number"

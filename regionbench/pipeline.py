@@ -7,6 +7,7 @@ module, and what a sweep's jobs share lives in a `Session`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import tempfile
@@ -28,7 +29,7 @@ from regionbench.importance.stage import check as check_importance
 from regionbench.interventions import kinds as interventions
 from regionbench.interventions.weights import restore_after
 from regionbench.models import loading as models
-from regionbench.plan import Plan
+from regionbench.plan import Plan, check_memory
 from regionbench.regions import dimensions
 from regionbench.regions import kinds as regions
 from regionbench.session import Loaded, Session
@@ -71,6 +72,8 @@ def plan_job(run: RunConfig, groups: Sequence[str] = ()) -> Plan:
     regions.check(run, plan.importance_langs)
     interventions.check(run)
     evaluation.check(run)
+    # the device memory the job needs, before the model loads (device=job: the first GPU's)
+    check_memory(run, plan, models.resolve_device(models.device_for_job(run.device, 0)))
     texts.check_reachable(run)  # last: a hub dataset answers (once per process and dataset)
     return plan
 
@@ -312,7 +315,8 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
     with clock("select"):
         fps = (samples_fp, model_fp)
         langs = list(plan.importance_langs)
-        region = regions.build(run, scores, langs, model, fps, found["dims"])
+        totals = functools.partial(session.totals, run, scores, key, langs)  # read if asked
+        region = regions.build(run, scores, langs, model, fps, found["dims"], totals)
     metrics = {names.REGION_PARAMS: float(region.numel), names.REGION_FRACTION: region.fraction}
     metrics |= _where_it_lives(job, model, region, found)
 

@@ -219,6 +219,13 @@ class Session:
         scores, key, hit = cached_scores(run, loaded.model, samples, langs, fingerprints, root)
         return scores, samples_fp, key, hit
 
+    def totals(self, run: RunConfig, scores, scores_key: str, langs: list[str]):
+        """{param: S = Σ_ℓ score_ℓ} over `langs` of the scores cached under `scores_key`, from
+        the cache (summed and stored by the first job of a sweep that needs them)."""
+        from regionbench.regions.totals import cached_totals
+
+        return cached_totals(scores, langs, scores_key, self.cache_dir(run) / "totals")[0]
+
     def reference(self, run: RunConfig, plan: Plan) -> dict:
         """The text an activation intervention reads its reference values from (fix, steer):
         the importance samples of the plan's languages, the very windows importance scores."""

@@ -197,8 +197,12 @@ def _gradient_scores(
     def make_hook(acc: Tensor):
         def hook(p: Tensor) -> None:
             # Fold this batch's gradient into the fp32 accumulator and free it at once, so no
-            # full set of .grad tensors ever coexists with the accumulators.
-            metric.update(acc, p.grad.to(device=acc.device, dtype=torch.float32), p)
+            # full set of .grad tensors ever coexists with the accumulators. The gradient stays
+            # in the model's dtype: the update's ops upcast it as they read it (exact for bf16
+            # and fp16, so the sums are bit-identical to adding an fp32 copy; on CUDA no fp32
+            # temporary of the matrix is made), and a CPU accumulator is sent half the bytes.
+            grad = p.grad if p.grad.device == acc.device else p.grad.to(acc.device)
+            metric.update(acc, grad, p)
             p.grad = None
 
         return hook
@@ -225,10 +229,9 @@ def _gradient_scores(
         for h in handles:
             h.remove()
     if world > 1:
-        import torch.distributed as dist
+        from regionbench.importance.distributed import all_reduce_sum
 
-        for acc in accs.values():
-            dist.all_reduce(acc)
+        all_reduce_sum((accs[name], p.device) for name, p in params.items())
     return {name: metric.finalize(accs[name], p).cpu() for name, p in params.items()}
 
 

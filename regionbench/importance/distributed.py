@@ -11,15 +11,24 @@ additions). A helper rank waits in `serve` until rank 0 `release`s it at the end
 work for the helpers (evaluation: `regionbench.evaluation.ranks`) is a message `send` names and
 one of `serve`'s `handlers` does.
 
+Accumulators on the host (`importance.accumulate_device=cpu`) under NCCL, which reduces only
+GPU tensors, are reduced through the rank's GPU in chunks (`all_reduce_sum`): one staging
+buffer of `REDUCE_CHUNK_BYTES` on the GPU, not the accumulators.
+
 One process (no WORLD_SIZE, or a group not initialised) is the default and nothing here runs.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
+from torch import Tensor
+
+REDUCE_CHUNK_BYTES = 256 << 20  # staged through the GPU at a time (a CPU tensor under NCCL)
+# The devices whose tensors each backend reduces where they lie.
+BACKEND_DEVICES = {"gloo": ("cpu", "cuda"), "nccl": ("cuda",), "mpi": ("cpu",)}
 
 
 def rank_world() -> tuple[int, int]:
@@ -44,6 +53,54 @@ def init_from_env() -> tuple[int, int]:
     else:
         dist.init_process_group("gloo")
     return rank_world()
+
+
+def _staging(t: Tensor, near: torch.device) -> torch.device | None:
+    """Where `t` must be copied to be reduced (`near`: its parameter's device), or None when the
+    process group's backend reduces it in place."""
+    import torch.distributed as dist
+
+    devices = BACKEND_DEVICES.get(str(dist.get_backend()), ("cpu", "cuda"))
+    if t.device.type in devices:
+        return None
+    if near.type in devices:
+        return near
+    if "cuda" in devices and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    raise ValueError(
+        f"the {dist.get_backend()} backend cannot reduce {t.device.type} tensors and no device "
+        f"it can is here: importance.accumulate_device={t.device.type} needs another backend"
+    )
+
+
+def all_reduce_sum(tensors: Iterable[tuple[Tensor, torch.device]]) -> None:
+    """Sum each tensor over the ranks, in place: where it lies when the backend can reduce it
+    there, else in chunks of `REDUCE_CHUNK_BYTES` through one buffer on the paired device (a CPU
+    accumulator under NCCL goes through its parameter's GPU). Every rank passes the same
+    tensors in the same order."""
+    import torch.distributed as dist
+
+    buffer = None
+    for t, near in tensors:
+        stage = _staging(t, near)
+        if stage is None:
+            dist.all_reduce(t)
+            continue
+        flat = t.view(-1)  # accumulators are contiguous
+        step = max(1, REDUCE_CHUNK_BYTES // t.element_size())
+        need = min(step, flat.numel())
+        if (
+            buffer is None
+            or (buffer.device, buffer.dtype) != (stage, t.dtype)
+            or len(buffer) < need
+        ):
+            buffer = torch.empty(need, dtype=t.dtype, device=stage)
+        for start in range(0, flat.numel(), step):
+            part = flat[start : start + step]
+            staged = buffer[: part.numel()]
+            staged.copy_(part)
+            dist.all_reduce(staged)
+            part.copy_(staged)
 
 
 def _broadcast(message):

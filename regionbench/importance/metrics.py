@@ -24,7 +24,8 @@ class Metric:
 
     Gradient metrics fold each batch's gradient into an fp32 accumulator with `update(acc, grad,
     param)` and turn the accumulator into scores with `finalize(acc, param)` (both in place, on
-    the accumulator's device). Static metrics ignore the data: `static(name, param, seed)` returns
+    the accumulator's device; `grad` is in the parameter's dtype, on the accumulator's device: an
+    op with an fp32 operand upcasts it exactly, e.g. `acc.add_(grad)`). Static metrics ignore the data: `static(name, param, seed)` returns
     the score tensor, shared by every language. Activation metrics run forward passes over a
     language's samples: `activation(model, scoped params, batches)` returns its scores, per entry
     of the scope's parameters, or (`units`) per whole unit under each block's unit key.

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from regionbench.common.choices import check_choice
 from regionbench.common.torchtools import seeded_generator
 from regionbench.config import InterventionConfig, RunConfig
-from regionbench.interventions import hooks, training
+from regionbench.interventions import hooks, sparse, training
 from regionbench.interventions.weights import Applied, NewValues, edited
 from regionbench.regions.kinds import region_kind
 
@@ -145,6 +145,9 @@ class Intervention:
     # (`hooks.Action`), and the reference values they need from the importance text
     hook: Callable[[InterventionConfig], hooks.Action] | None = None
     values: Callable[[InterventionConfig, list[hooks.Stats]], list[Tensor]] | None = None
+    # a training one: the device bytes its training keeps beyond the weights and activations,
+    # from (parameters, region entries, bytes per weight, largest parameter's entries)
+    memory: Callable[[int, int, int, int], float] | None = None
 
     @property
     def trains(self) -> bool:
@@ -283,6 +286,7 @@ INTERVENTIONS: dict[str, Intervention] = {
             title=_freeze_title,
             train=training.train_frozen,
             word="frozen",
+            memory=sparse.freeze_bytes,
         ),
         Intervention(
             "train_region",
@@ -292,6 +296,7 @@ INTERVENTIONS: dict[str, Intervention] = {
             title=_train_region_title,
             train=training.train_region,
             word="trained",
+            memory=sparse.region_bytes,
             needs_region=True,
         ),
     )

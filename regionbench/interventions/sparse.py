@@ -47,6 +47,19 @@ from torch import nn
 from regionbench.interventions.weights import param_masks
 
 
+def freeze_bytes(params: int, frozen: int, dtype_bytes: int, largest: int) -> float:
+    """Freeze's training state beyond weights and activations (the formula above): fp32
+    gradient and AdamW moments per trainable entry, an fp32 master for low precision, and the
+    frozen entries' index and snapshot."""
+    master = 4 if dtype_bytes < 4 else 0
+    return (12 + master) * (params - frozen) + (8 + dtype_bytes) * frozen
+
+
+def region_bytes(params: int, region: int, dtype_bytes: int, largest: int) -> float:
+    """train_region's: 24 bytes per region entry and the largest region matrix's gradient."""
+    return 24 * region + largest * dtype_bytes
+
+
 @dataclass
 class RegionEntries:
     """One parameter's region entries: their flat indices (None: the whole parameter) and the

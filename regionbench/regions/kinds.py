@@ -6,6 +6,11 @@ its options are checked, how it is built, and how it reads in a title.
     kind.ranks(run.region)                   # orders entries by importance scores
     region = build(run, scores, langs, model, fingerprints, outlier_dims)   # the run's region
     region = select(scores, ratio=0.01, region="core")   # the notebook API (`rb.select`)
+    regions = select_ratios(scores, [0.01, 0.03, 0.05])   # a sweep's: each matrix read once
+
+A kind whose pick reads the languages only through S = Σ_ℓ score_ℓ (`sums`: core, core_bottom;
+and the kinds built on the core) selects from S, summed once per matrix; a job reads S from the
+cache (`regions.totals`), so the jobs of a ratio sweep sum the languages once, not once each.
 
 Unit kinds (`neurons`, `heads`: `regions.units`) select whole units with any kind's `pick`
 (`region.pick`), applied to the units' scores instead of a matrix's.
@@ -17,7 +22,6 @@ Add a kind: one `RegionKind` in `REGION_KINDS`, one `conf/region/<name>.yaml`, o
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -25,95 +29,22 @@ from torch import Tensor, nn
 import regionbench
 from regionbench.common.choices import check_choice
 from regionbench.common.torchtools import seeded_generator
-from regionbench.config import RegionConfig, RunConfig
+from regionbench.config import RunConfig
 from regionbench.importance.metrics import METRICS
 from regionbench.models.residual import hidden_size, residual_sides
 from regionbench.models.scope import scoped_params
 from regionbench.models.units import HEAD, NEURON
 from regionbench.regions import checks, dimensions, outliers, picks, units
+from regionbench.regions.kind import RegionKind, Source, _given, _never
 from regionbench.regions.region import Region, empty
-from regionbench.regions.select import Pick, check_ratio, per_matrix, topk_mask, total
-
-
-@dataclass(frozen=True)
-class Source:
-    """What a kind builds a run's region from."""
-
-    run: RunConfig
-    scores: Mapping[str, Mapping[str, Tensor]]  # {lang: {param: score}}; {} when not ranked
-    langs: Sequence[str]  # the importance languages
-    model: nn.Module
-    meta: dict[str, str]  # the region's origin, for its mask file
-    outlier_dims: Sequence[int]  # the model's massive-activation dimensions
-
-
-def _always(region: RegionConfig) -> bool:
-    return True
-
-
-def _never(region: RegionConfig) -> bool:
-    return False
-
-
-def _no_check(run: RunConfig, langs: Sequence[str]) -> None:
-    return None
-
-
-def _given(value) -> bool:
-    return value not in (None, "", "None", "null")
-
-
-def _number(value) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _why_built_empty(src: Source) -> str:
-    return checks.too_small(src.run.ratio, src.scores) or "it selected no entry"
-
-
-@dataclass(frozen=True)
-class RegionKind:
-    """A value of the `region` axis."""
-
-    name: str
-    doc: str
-    build: Callable[[Source], Region]
-    check: Callable[[RunConfig, Sequence[str]], None] = _no_check  # its options, up front
-    ranks: Callable[[RegionConfig], bool] = _always  # orders entries by importance scores
-    # How `ratio` sizes it: "exact" ⌊ratio·numel⌋ of each matrix, "within" a part of the top
-    # ⌊ratio·numel⌋ of each matrix, "units" a fraction of the units (neurons, heads), None: it
-    # does not (given by dimensions, coordinates or a file).
-    sized: str | None = "exact"
-    empty_at_zero: bool = True  # ratio 0 is the empty region: the unmodified model
-    pick: Pick | None = None  # a per-matrix choice from scores: selectable with `select`
-    needs_lang: bool = False  # region.lang names one importance language
-    takes_lang: bool = False  # region.lang may name one (specific: that language's part)
-    unit: str | None = None  # whole units of this kind (models.units), not entries
-    details: Callable[[Mapping[str, str]], list[str]] | None = None  # more words, from params
-    # Why a region it built has no entry (one clause): what the error says instead of a result.
-    why_empty: Callable[[Source], str] = _why_built_empty
-    # Whether `seed` can change the region it builds (beyond the metric's own seed): a kind
-    # that does not say is taken to, so a sweep never merges its seeds by mistake.
-    uses_seed: Callable[[RegionConfig], bool] = _always
-
-    def words(self, params: Mapping[str, str], *, ratio: bool = True) -> list[str]:
-        """The region in a title, from one of its runs' params: ["taylor", "core", "5%"],
-        ["taylor", "monolingual", "latn", "5%"], ["top-dims"] (a preset of `dimension`),
-        ["lape", "neurons", "specific", "global", "1%"]."""
-        if self.sized is None:
-            return [params.get("choice.region", self.name)]
-        words = [params.get("metric.name", ""), self.name]
-        if self.needs_lang or (self.takes_lang and _given(params.get("region.lang"))):
-            words.append(params.get("region.lang", ""))
-        if self.details is not None:
-            words += self.details(params)
-        size = _number(params.get("ratio"))
-        if ratio and size is not None:
-            words.append(f"{size * 100:g}%")
-        return words
+from regionbench.regions.select import (
+    Summed,
+    check_ratio,
+    per_matrix_ratios,
+    topk_mask,
+    total,
+)
+from regionbench.regions.totals import TOTAL
 
 
 # ----------------------------------------------------------------- picks from importance scores
@@ -136,7 +67,17 @@ def _monolingual(per_lang: Sequence[Tensor], k: int, lang_index: int | None, nam
 # ---------------------------------------------------------------------------- builds and checks
 def _selected(src: Source) -> Region:
     r = src.run.region
-    return select(src.scores, src.run.ratio, r.name, lang=r.lang, langs=src.langs, meta=src.meta)
+    totals = src.summed() if REGION_KINDS[r.name].sums else None
+    return select(
+        src.scores,
+        src.run.ratio,
+        r.name,
+        lang=r.lang,
+        langs=src.langs,
+        meta=src.meta,
+        totals=totals,
+        device=src.device,
+    )
 
 
 def _no_outlier_entry(src: Source) -> str:
@@ -150,7 +91,13 @@ def _around_outliers(only: bool) -> Callable[[Source], Region]:
     def build(src: Source) -> Region:
         sides = residual_sides(src.model)
         region = dimensions.around_dims(
-            src.scores, src.run.ratio, src.langs, sides, src.outlier_dims, only=only, meta=src.meta
+            {TOTAL: src.summed()},
+            src.run.ratio,
+            [TOTAL],
+            sides,
+            src.outlier_dims,
+            only=only,
+            meta=src.meta,
         )
         region.meta["region"] = src.run.region.name
         return region
@@ -167,7 +114,9 @@ def _dimension(src: Source) -> Region:
         gen = seeded_generator(run.seed, "random dimensions")
         dims = torch.randperm(hidden_size(model), generator=gen)[: r.random_dims].tolist()
     else:
-        core = select(src.scores, run.ratio, "core", langs=src.langs)
+        core = select(
+            src.scores, run.ratio, "core", langs=src.langs, totals=src.summed(), device=src.device
+        )
         dims = dimensions.profile(core, sides, hidden_size(model)).top_dims(r.top_dims)
     meta = src.meta | {"region": r.name}
     return dimensions.dimension_region(
@@ -241,6 +190,7 @@ REGION_KINDS: dict[str, RegionKind] = {
             "top ⌊ratio·numel⌋ of S = Σ_ℓ score_ℓ in each matrix",
             _selected,
             pick=_core,
+            sums=True,
             uses_seed=_never,
         ),
         RegionKind(
@@ -248,6 +198,7 @@ REGION_KINDS: dict[str, RegionKind] = {
             "bottom ⌊ratio·numel⌋ of S in each matrix (the paper's control)",
             _selected,
             pick=_core_bottom,
+            sums=True,
             uses_seed=_never,
         ),
         RegionKind(
@@ -393,10 +344,12 @@ def build(
     model: nn.Module,
     fingerprints: tuple[str, str],
     outlier_dims: Sequence[int] = (),
+    totals: Callable[[], Mapping[str, Tensor]] | None = None,
 ) -> Region:
     """The run's region, described by its origin for the mask file: its kind built from the
     scores, the model and its massive-activation dimensions `outlier_dims` (the empty region
-    over the scope's parameters at ratio 0, for the kinds that `ratio` sizes)."""
+    over the scope's parameters at ratio 0, for the kinds that `ratio` sizes). `totals()` gives
+    S = Σ_ℓ score_ℓ over `langs` for the kinds that select from it (a job's cached entry)."""
     samples_fp, model_fp = fingerprints
     meta = {
         "model_id": run.model.name,
@@ -411,7 +364,7 @@ def build(
     if run.ratio == 0 and kind.empty_at_zero:
         imp = run.importance
         return empty(scoped_params(model, imp.scope, imp.include, imp.exclude), meta)
-    src = Source(run, scores, langs, model, meta, outlier_dims)
+    src = Source(run, scores, langs, model, meta, outlier_dims, totals)
     region = kind.build(src)
     if region.numel == 0:  # only ratio 0 (returned above) gives the empty region
         raise checks.empty_error(kind.name, run.ratio, kind.why_empty(src))
@@ -425,10 +378,33 @@ def select(
     lang: str | None = None,
     langs: Sequence[str] | None = None,
     meta: dict | None = None,
+    *,
+    totals: Mapping[str, Tensor] | None = None,
+    device: str | torch.device | None = None,
 ) -> Region:
     """Select `region` at `ratio` from {lang: {param: score}}; `langs` restricts the importance
-    languages (default: all of `scores`), `lang` names the language of a monolingual region."""
-    ratio = check_ratio(ratio)
+    languages (default: all of `scores`), `lang` names the language of a monolingual region.
+    `totals` ({param: S = Σ_ℓ score_ℓ over `langs`}, e.g. `regions.totals.cached_totals`) stand
+    in for the scores of a kind that `sums`; the picks run on `device` (default the CPU)."""
+    return select_ratios(scores, [ratio], region, lang, langs, meta, totals=totals, device=device)[
+        0
+    ]
+
+
+def select_ratios(
+    scores: Mapping[str, Mapping[str, Tensor]],
+    ratios: Sequence[float],
+    region: str = "core",
+    lang: str | None = None,
+    langs: Sequence[str] | None = None,
+    meta: dict | None = None,
+    *,
+    totals: Mapping[str, Tensor] | None = None,
+    device: str | torch.device | None = None,
+) -> list[Region]:
+    """`select` at each of `ratios`, each matrix's scores read (and, for a kind that `sums`,
+    summed) once for all of them: a sweep's regions in one pass."""
+    ratios = [check_ratio(r) for r in ratios]
     picks = {name: kind for name, kind in REGION_KINDS.items() if kind.pick is not None}
     kind = picks[check_choice("region", region, picks)]
     if not scores:
@@ -448,22 +424,35 @@ def select(
         raise ValueError(f"lang {lang!r} only applies to region {takes}, not {region!r}")
     else:
         lang_index = None
-    masks = per_matrix(scores, ratio, langs, kind.pick, lang_index)
-    info = {str(k): str(v) for k, v in (meta or {}).items()}
-    info.update(
-        {
-            "region": kind.name,
-            "ratio": repr(ratio),
-            "languages": ",".join(langs),
-            "selection": "per_matrix",
-        }
-    )
-    if lang is not None:
-        info["lang"] = lang
-    info.setdefault("regionbench_version", regionbench.__version__)
-    region = Region(masks=masks, meta=info)
-    if ratio > 0 and region.numel == 0:
-        raise checks.empty_error(
-            kind.name, ratio, checks.why_selection_empty(scores, ratio, langs, lang)
+    if kind.sums:
+        for other in langs:
+            if set(scores[other]) != set(scores[langs[0]]):
+                raise ValueError(f"scores of {other!r} and {langs[0]!r} cover different parameters")
+        if totals is None:
+            totals = Summed(scores, langs, device)
+        elif set(totals) != set(scores[langs[0]]):
+            raise ValueError("totals and scores cover different parameters")
+        found = per_matrix_ratios({TOTAL: totals}, ratios, [TOTAL], kind.pick, device=device)
+    else:
+        found = per_matrix_ratios(scores, ratios, langs, kind.pick, lang_index, device=device)
+    out = []
+    for ratio, masks in zip(ratios, found, strict=True):
+        info = {str(k): str(v) for k, v in (meta or {}).items()}
+        info.update(
+            {
+                "region": kind.name,
+                "ratio": repr(ratio),
+                "languages": ",".join(langs),
+                "selection": "per_matrix",
+            }
         )
-    return region
+        if lang is not None:
+            info["lang"] = lang
+        info.setdefault("regionbench_version", regionbench.__version__)
+        selected = Region(masks=masks, meta=info)
+        if ratio > 0 and selected.numel == 0:
+            raise checks.empty_error(
+                kind.name, ratio, checks.why_selection_empty(scores, ratio, langs, lang)
+            )
+        out.append(selected)
+    return out

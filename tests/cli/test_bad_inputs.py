@@ -62,6 +62,12 @@ CLI_CASES = [
     # model, dtype, device
     ("dtype", ["model.dtype=float8"], ["model.dtype 'float8'", "choices: auto, bf16"]),
     ("device", ["device=tpu"], ["device 'tpu'", "choices: auto, cpu"]),
+    ("device-memory", ["device_memory_gb=0"], ["device_memory_gb 0.0 must be a finite number > 0"]),
+    (
+        "device-memory-too-small",
+        ["device_memory_gb=0.0001"],
+        ["importance at importance.batch_size=4 x 128 tokens needs ≈", "MB", "no batch fits"],
+    ),
     ("model-null", ["model.name=null"], ["model.name null is not a string"]),
     ("model-hf-without-name", ["model=hf"], ["model=hf needs model.name"]),
     ("trust-remote-code", ["model.trust_remote_code=maybe"], ["'maybe' is not true or false"]),

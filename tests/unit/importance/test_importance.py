@@ -175,6 +175,59 @@ def test_bf16_model_accumulates_in_fp32(tok):
         assert float(F.cosine_similarity(s[name].flatten(), reference.flatten(), dim=0)) > 0.99
 
 
+@pytest.mark.parametrize("accumulate_device", [None, "cpu"])
+def test_a_bf16_gradient_is_added_without_an_fp32_copy_bit_identically(
+    accumulate_device, monkeypatch
+):
+    """The hook hands the metric the gradient in the model's dtype (no fp32 copy of it is made
+    before the add) and the scores are bit-identical to adding fp32 copies of the gradients, the
+    way it was done before, in a loop of our own."""
+    import dataclasses
+
+    from regionbench.importance import compute, metrics
+
+    model = tiny_llama().to(torch.bfloat16)
+    g = torch.Generator().manual_seed(5)
+    windows = torch.randint(3, 64, (5, 10), generator=g)
+    params = block_matrices(model)
+    seen = set()
+    for metric in ("taylor", "taylor_abs", "fisher"):
+        spec = metrics.METRICS[metric]
+
+        def spy(acc, grad, param, update=spec.update):
+            seen.add((grad.dtype, acc.dtype, grad.device == acc.device))
+            update(acc, grad, param)
+
+        monkeypatch.setitem(metrics.METRICS, metric, dataclasses.replace(spec, update=spy))
+        got = compute.score_samples(
+            model,
+            {"aa": windows},
+            metric,
+            batch_size=2,
+            scope="matrices",
+            progress=False,
+            accumulate_device=accumulate_device,
+        )["aa"]
+        acc = {n: torch.zeros(p.shape, dtype=torch.float32) for n, p in params.items()}
+        for start in range(0, 5, 2):  # batches of 2, 2, 1; each row's mean loss, summed
+            batch = windows[start : start + 2]
+            model.zero_grad(set_to_none=True)
+            (model(input_ids=batch, labels=batch).loss * len(batch)).backward()
+            for n, p in params.items():
+                g32, theta = p.grad.float(), p.detach().float()  # the old fp32 copies
+                if metric == "taylor":
+                    acc[n] += g32
+                elif metric == "taylor_abs":
+                    acc[n] += (g32 * theta).abs()
+                else:
+                    acc[n] += (g32 * theta).square()
+        model.zero_grad(set_to_none=True)
+        for n, p in params.items():
+            want = (acc[n] * p.detach().float()).abs() if metric == "taylor" else acc[n]
+            assert torch.equal(got[n], want), (metric, n)
+    assert seen == {(torch.bfloat16, torch.float32, True)}
+
+
 def test_accumulate_device_cpu_gives_same_scores(tok):
     model, texts = tiny_llama(), {"bb": TEXTS["bb"]}
     kw = {"samples": N, "seq_len": SEQ, "batch_size": BATCH, "progress": False}
