@@ -37,7 +37,7 @@ from regionbench.report.tables import (
     swept_params,
     to_csv,
 )
-from regionbench.report.view import VIEW_TAG, ui_path, ui_view
+from regionbench.report.view import COMPARED, VIEW_TAG, ui_path, ui_view
 from regionbench.tracking.client import Tracker
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def comparison(
     label = labels(groups, keys)
     done = [r for members in groups.values() for r in members]
     logged = {k for r in done for k in r.data.metrics}
-    metrics = [m for m in _COMPARED if m in logged] + lm_eval_headlines(logged)
+    metrics = [m for m in COMPARED if m in logged] + lm_eval_headlines(logged)
     langs = [
         k.split("/", 1)[1]
         for k in logged
@@ -93,16 +93,6 @@ def comparison(
         row for row, b in zip(rows, first, strict=True) if not b
     ]
     return rows, metrics, langs
-
-
-_COMPARED = (
-    names.REGION_FRACTION,
-    names.PPL_RATIO_MEAN,
-    names.PPL_MEAN,
-    names.FORGET_GMEAN,
-    names.FORGET_MEAN,
-    names.LEARN_MEAN,
-)
 
 
 def _cell(row: Mapping, metric: str) -> str:

@@ -9,12 +9,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from regionbench.common import names
 from regionbench.report.sweep import (
     condition_keys,
     conditions,
     headline_metric,
 )
 from regionbench.tracking.client import Tracker
+
+# the metrics a sweep's comparison (and its runs table) shows, with lm-eval's headline ones
+COMPARED = (
+    names.REGION_FRACTION,
+    names.PPL_RATIO_MEAN,
+    names.PPL_MEAN,
+    names.FORGET_GMEAN,
+    names.FORGET_MEAN,
+    names.LEARN_MEAN,
+)
 
 # ---------------------------------------------------------------------------- the MLflow UI view
 # MLflow's UI keeps a shared view of an experiment's runs table (what its Share button writes)
