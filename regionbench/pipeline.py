@@ -31,6 +31,7 @@ from regionbench.models import loading as models
 from regionbench.plan import Plan
 from regionbench.regions import dimensions
 from regionbench.regions import kinds as regions
+from regionbench.report.view import shown_copies
 from regionbench.session import Loaded, Session
 from regionbench.tracking.client import (
     CLAIMED_TAG,
@@ -328,7 +329,7 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
         if tasks is not None:
             tracker.log_dict(run_id, results, "lm_eval_results.json")
     metrics |= clock.times
-    tracker.log_metrics(run_id, metrics)
+    tracker.log_metrics(run_id, metrics | shown_copies(metrics))  # + those the runs table shows
     shown = (names.PPL_MEAN, names.PPL_RATIO_MEAN, names.REGION_FRACTION)
     log.info("  ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics))
     return metrics
@@ -355,7 +356,7 @@ def _train(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> d
         return names.forgetting_metrics(before, ppl, targets) | paper
 
     def log_fn(metrics: dict[str, float], step: int) -> None:
-        tracker.log_metrics(run_id, metrics, step=step)
+        tracker.log_metrics(run_id, metrics | shown_copies(metrics), step=step)
 
     save_dir = job.out / "model" if iv.save_model else None
     with restore_after(model) as snapshot:  # one model serves every job

@@ -118,6 +118,49 @@ def test_multirun_logs_one_parent_and_nested_jobs(sweep):
     assert float(row["jaccard"]) == pytest.approx(small / big)
 
 
+def _four_digits(value: float) -> float:
+    """`value` at 4 significant digits, by decimal arithmetic."""
+    from decimal import ROUND_HALF_EVEN, Decimal
+
+    exact = Decimal(value)
+    step = Decimal(1).scaleb(exact.adjusted() - 3)  # the unit of the 4th significant digit
+    return float(exact.quantize(step, rounding=ROUND_HALF_EVEN))
+
+
+def test_runs_table_shows_every_value_at_four_significant_digits(sweep):
+    """MLflow's runs table prints a metric as logged (0.99819845...): each job also logs every
+    value its sweep's saved view shows at 4 significant digits (`4sig/<metric>`), the view's
+    columns are those, and the exact values stay under their own names."""
+    import json
+
+    cwd, _ = sweep
+    client, parents, children = _runs(f"sqlite:///{cwd}/mlruns/mlflow.db")
+    parent = parents[0].info.run_id
+    experiment = parents[0].info.experiment_id
+    tags = client.get_experiment(experiment).tags
+    view = json.loads(tags[f"mlflow.sharedViewState.{parent}"])
+    shown = [c.split("`")[1] for c in view["selectedColumns"] if c.startswith("metrics.")]
+    assert shown[:3] == ["4sig/ppl_ratio/mean", "4sig/ppl_ratio_lo/mean", "4sig/ppl_ratio_hi/mean"]
+    from regionbench import sandbox
+
+    assert {f"4sig/ppl_ratio/{lang}" for lang in sandbox.PRETRAIN_LANGS} <= set(shown)
+    assert "4sig/region/fraction" in shown and "4sig/ppl/mean" in shown
+    assert all(m.startswith("4sig/") for m in shown)
+    assert not any(c.startswith("params.`seed`") for c in view["selectedColumns"])
+    rows = client.search_runs([experiment], view["searchFilter"])
+    finished = [r for r in rows if r.info.status == "FINISHED"]
+    assert sorted(r.info.run_name for r in finished) == ["ratio=0", "ratio=0.05", "ratio=0.2"]
+    for run in finished:
+        m = run.data.metrics
+        for name in shown:
+            exact = m[name.removeprefix("4sig/")]
+            assert m[name] == _four_digits(exact), (run.info.run_name, name)
+            digits = repr(m[name]).replace("-", "").replace(".", "").lstrip("0").rstrip("0")
+            assert len(digits.split("e")[0]) <= 4, (name, m[name])  # what a browser prints
+    widths = view["columnWidths"]
+    assert all(widths[c] >= 7 * len(c.split("`")[1]) for c in view["selectedColumns"])
+
+
 def test_paired_table_on_the_parent_is_what_report_prints_from_the_runs(sweep, capsys):
     """`tracking.baseline={ratio:0}`: the parent logs sweep_paired.md; `report --baseline ratio=0
     --over seed` regenerates it, character for character, from the finished sweep's runs alone."""

@@ -373,14 +373,13 @@ def test_parent_run_describes_the_sweep_and_opens_its_runs_table(seeded_sweep, c
         key = f"ppl_ratio/mean/{name.replace('%', 'pct')}"
         assert logged[key] == pytest.approx(value, rel=1e-12), key
 
-    # the saved runs-table view the link opens: this sweep's jobs, grouped by condition
+    # the saved runs-table view the link opens: this sweep's jobs, one row each, not nested
+    # under their parent (a click to open) nor grouped (a group row averages every column)
     tags = tracker.client.get_experiment(tracker.experiment_id).tags
     view = json.loads(tags[f"mlflow.sharedViewState.{parent}"])
-    assert view["searchFilter"] == f"tags.sweep_id = '{parent}'"
-    assert view["groupBy"]["groupByKeys"] == [
-        {"mode": "param", "groupByData": "metric.name"},
-        {"mode": "param", "groupByData": "ratio"},
-    ]
+    found = tracker.client.search_runs([tracker.experiment_id], view["searchFilter"])
+    assert {r.info.run_id for r in found} == {r.info.run_id for r in tracker.children(parent)}
+    assert view["groupBy"] is None
     columns = view["selectedColumns"]
     assert columns[:3] == [
         "metrics.`ppl_ratio/mean`",
@@ -388,7 +387,7 @@ def test_parent_run_describes_the_sweep_and_opens_its_runs_table(seeded_sweep, c
         "metrics.`ppl_ratio_hi/mean`",
     ]
     assert {f"metrics.`ppl_ratio/{lang}`" for lang in LANGS} <= set(columns)
-    # grouped by condition: a seed column would show the mean of the seeds ("seed 1")
+    # no seed column: each run names its seed, and a grouped row would average it ("seed 1")
     assert "params.`seed`" not in columns
     assert tags["mlflow.experimentKind"] == "custom_model_development"
 
