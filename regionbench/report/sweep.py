@@ -154,7 +154,7 @@ def _is_number(value) -> bool:
     return _number(value) is not None
 
 
-def _interval(runs: Sequence, metric: str) -> tuple[Spread, str]:
+def condition_interval(runs: Sequence, metric: str) -> tuple[Spread, str]:
     """The metric over a condition's runs and what its interval is: over the seeds when there
     are several, else the run's own 95% bootstrap interval over the documents (`<stem>_lo`)."""
     s = spread(r.data.metrics.get(metric) for r in runs)
@@ -216,7 +216,7 @@ def sweep_plots(
     paths = []
     if langs:
         cells = {
-            (key, lang): _interval(members, f"ppl_ratio/{lang}")
+            (key, lang): condition_interval(members, f"ppl_ratio/{lang}")
             for key, members in groups.items()
             for lang in langs
         }
@@ -306,14 +306,14 @@ def _along_axis(
     label = labels(lines, others, ratio=axis != "ratio")
     series, kinds = [], set()
     for members in conditions(empty, models, over=()).values():
-        s, kind = _interval(members, metric)
+        s, kind = condition_interval(members, metric)
         kinds.add(kind)
         series.append((describe(members[0].data.params, models), [(0.0, s.mean, s.lo, s.hi)]))
     for key, members in lines.items():
         points = []
         for x in sorted({float(r.data.params[axis]) for r in members}):
             at = [r for r in members if float(r.data.params[axis]) == x]
-            s, kind = _interval(at, metric)
+            s, kind = condition_interval(at, metric)
             kinds.add(kind)
             points.append((x, s.mean, s.lo, s.hi))
         series.append((label[key] or "every job", points))
