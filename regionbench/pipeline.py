@@ -49,6 +49,7 @@ from regionbench.tracking.client import check as check_tracking
 from regionbench.tracking.stopping import stoppable
 
 log = logging.getLogger(__name__)
+LM_EVAL_COMMAND = "lm_eval_command"  # tag: the lm_eval command line that scores the model
 GENERATIONS = "generations.json"  # the before/after continuations table (eval.generation)
 SESSION = Session()  # the process's own: the jobs of a basic-launcher sweep share it
 
@@ -328,6 +329,7 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
         _log_generations(job, table)
         if tasks is not None:
             tracker.log_dict(run_id, results, "lm_eval_results.json")
+            _log_lm_eval_command(job, model, tasks)
     metrics |= clock.times
     tracker.log_metrics(run_id, metrics | shown_copies(metrics))  # + those the runs table shows
     shown = (names.PPL_MEAN, names.PPL_RATIO_MEAN, names.REGION_FRACTION)
@@ -382,6 +384,7 @@ def _train(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> d
     _log_generations(job, table)
     if tasks is not None:
         tracker.log_dict(run_id, results, "lm_eval_results.json")
+        _log_lm_eval_command(job, model, tasks, summary["saved_to"])
     if summary["saved_to"]:
         tracker.set_tags(run_id, {"saved_model": summary["saved_to"]})
         log.info("trained model saved to %s", summary["saved_to"])
@@ -402,6 +405,17 @@ def _log_generations(job: Job, table: dict) -> None:
     """The before/after continuations (eval.generation) as the run's table artifact."""
     if table and table["lang"]:
         job.tracker.log_table(job.run_id, table, GENERATIONS)
+
+
+def _log_lm_eval_command(job: Job, model, tasks, saved_to: str | None = None) -> None:
+    """Tag `lm_eval_command`: the `lm_eval` command line(s) that score the model as loaded (or
+    as trained and saved, `saved_to`) as this job scored it, our tasks in its artifacts
+    (`lm_eval_tasks/`); none where the artifacts are not a local folder and our tasks are used."""
+    where = job.tracker.artifact_folder(job.run_id)
+    folder = Path(where) / "lm_eval_tasks" if "://" not in where else None
+    command = evaluation.lm_eval_command(job.run, model, tasks, folder, saved_to)
+    if command is not None:
+        job.tracker.set_tags(job.run_id, {LM_EVAL_COMMAND: command})
 
 
 def _where_it_lives(job: Job, model, region, found: dict) -> dict[str, float]:

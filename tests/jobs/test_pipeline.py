@@ -3,6 +3,7 @@ directory, read back from MLflow; bad input fails with one line and no FINISHED 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -159,6 +160,44 @@ def test_runs_table_shows_every_value_at_four_significant_digits(sweep):
             assert len(digits.split("e")[0]) <= 4, (name, m[name])  # what a browser prints
     widths = view["columnWidths"]
     assert all(widths[c] >= 7 * len(c.split("`")[1]) for c in view["selectedColumns"])
+
+
+def test_each_job_logs_the_lm_eval_command_that_scores_its_model(sweep, sandbox_test_dir):
+    """Tag `lm_eval_command`: a command line lm-eval's own parser reads, naming the job's tasks,
+    the model folder it loaded, its dtype, batch size and device, and our tasks' folder among
+    the job's artifacts (the YAML files there name data files that exist)."""
+    import shlex
+
+    from lm_eval._cli.harness import HarnessCLI
+
+    cwd, _ = sweep
+    client, _, children = _runs(f"sqlite:///{cwd}/mlruns/mlflow.db")
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert len(finished) == 3
+    for run in finished:
+        (line,) = run.data.tags["lm_eval_command"].splitlines()  # one BOS policy: no rb_ppl
+        argv = shlex.split(line)
+        assert argv[0] == "lm_eval"
+        args = HarnessCLI()._parser.parse_args(["run", *argv[1:]])  # what `lm_eval ...` runs
+        assert args.model == "hf" and args.tasks == ["sandbox_grammar"]
+        assert set(args.model_args) == {"pretrained", "dtype"}
+        assert args.model_args["dtype"] == "float32"
+        # the sandbox-test folder, through the sweep's own cache (a link to the shared one)
+        assert Path(args.model_args["pretrained"]).resolve() == sandbox_test_dir.resolve()
+        assert (args.batch_size, args.device) == (
+            str(run.data.params["eval.lm_eval.batch_size"]),
+            "cpu",
+        )
+        folder = Path(args.include_path)
+        artifacts = Path(client.get_run(run.info.run_id).info.artifact_uri.removeprefix("file://"))
+        assert folder == artifacts / "lm_eval_tasks"
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "lm_eval_tasks")} >= {
+            "lm_eval_tasks/sandbox_grammar.yaml",
+            "lm_eval_tasks/data",
+        }
+        for task in folder.glob("sandbox_grammar_*.yaml"):
+            data = task.read_text().split("data_file: ")[1].split("}")[0]
+            assert Path(json.loads(data)).is_file(), task
 
 
 def test_paired_table_on_the_parent_is_what_report_prints_from_the_runs(sweep, capsys):
