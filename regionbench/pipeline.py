@@ -31,6 +31,7 @@ from regionbench.models import loading as models
 from regionbench.plan import Plan
 from regionbench.regions import dimensions
 from regionbench.regions import kinds as regions
+from regionbench.report.job import job_note
 from regionbench.report.view import shown_copies
 from regionbench.session import Loaded, Session
 from regionbench.tracking.client import (
@@ -332,6 +333,7 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
             _log_lm_eval_command(job, model, tasks)
     metrics |= clock.times
     tracker.log_metrics(run_id, metrics | shown_copies(metrics))  # + those the runs table shows
+    tracker.set_tags(run_id, {"mlflow.note.content": job_note(tracker.run(run_id))})
     shown = (names.PPL_MEAN, names.PPL_RATIO_MEAN, names.REGION_FRACTION)
     log.info("  ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics))
     return metrics

@@ -200,6 +200,32 @@ def test_each_job_logs_the_lm_eval_command_that_scores_its_model(sweep, sandbox_
             assert Path(json.loads(data)).is_file(), task
 
 
+def test_each_job_describes_what_was_done_to_which_model_and_its_numbers(sweep):
+    """A job's page shows its description (`mlflow.note.content`): what was done to which model,
+    the headline numbers with their intervals, lm-eval's with its standard error, a markdown
+    table per language and the lm_eval command."""
+    cwd, _ = sweep
+    _, _, children = _runs(f"sqlite:///{cwd}/mlruns/mlflow.db")
+    words = {"0": "unmodified", "0.05": "taylor core 5%", "0.2": "taylor core 20%"}
+    for run in [c for c in children if c.info.status == "FINISHED"]:
+        note, m = run.data.tags["mlflow.note.content"], run.data.metrics
+        ratio = run.data.params["ratio"].removesuffix(".0")
+        assert note.splitlines()[0].startswith(
+            "**[DEBUG: test-sized model and data, not results] Removing regions of sandbox-test"
+        ), note
+        assert f"**: {words[ratio]}, seed 0." in note.splitlines()[0]
+        lo, hi = m["ppl_ratio_lo/mean"], m["ppl_ratio_hi/mean"]
+        assert (
+            f"ppl_ratio/mean **{m['ppl_ratio/mean']:.4g}** (95% interval over the documents "
+            f"{lo:.4g} to {hi:.4g})" in note
+        )
+        acc, se = m["lm_eval/sandbox_grammar/acc"], m["lm_eval/sandbox_grammar/acc_stderr"]
+        assert f"lm_eval/sandbox_grammar/acc **{acc:.4g}** (se {se:.2g})" in note
+        assert "| language | ppl | ppl_ratio | 95% interval | bpb |" in note
+        assert f"| latn | {m['ppl/latn']:.4g} | {m['ppl_ratio/latn']:.4g} |" in note
+        assert f"    {run.data.tags['lm_eval_command']}" in note
+
+
 def test_paired_table_on_the_parent_is_what_report_prints_from_the_runs(sweep, capsys):
     """`tracking.baseline={ratio:0}`: the parent logs sweep_paired.md; `report --baseline ratio=0
     --over seed` regenerates it, character for character, from the finished sweep's runs alone."""
