@@ -168,6 +168,17 @@ def condition_interval(runs: Sequence, metric: str) -> tuple[Spread, str]:
     return Spread(1, s.mean, math.nan, lo, hi), "documents"
 
 
+_EXCLUDES = (
+    "* (framed): its 95% interval excludes 1 (the t interval over the condition's seeds, or one "
+    "run's paired bootstrap interval over the documents)"
+)
+
+
+def excludes_one(s: Spread) -> bool:
+    """Whether a ratio's 95% interval lies wholly above or below 1 (false without one)."""
+    return math.isfinite(s.lo) and math.isfinite(s.hi) and (s.lo > 1 or s.hi < 1)
+
+
 def _interval_note(kinds: set[str], groups: Mapping) -> str:
     sizes = sorted({len(v) for v in groups.values()})
     runs = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
@@ -240,6 +251,7 @@ def sweep_plots(
         if len(groups) > 1 or len(langs) > MAX_POINT_LANGUAGES:
             matrix = [[cells[key, lang][0].mean for lang in langs] for key in groups]
             finite = [v for line in matrix for v in line if math.isfinite(v) and v > 0]
+            marked = [[excludes_one(cells[key, lang][0]) for lang in langs] for key in groups]
             seeds = ", mean over seeds" if any(len(m) > 1 for m in groups.values()) else ""
             paths.append(
                 heatmap(
@@ -254,6 +266,8 @@ def sweep_plots(
                     log=True,
                     # within ±10% of 1 the third digit is the effect: one more
                     fmt="{:.4g}" if finite and 0.9 < min(finite) <= max(finite) < 1.1 else "{:.3g}",
+                    marked=marked,
+                    note=_EXCLUDES if any(map(any, marked)) else "",
                 )
             )
     paths += _along_axis(done, params, over, out, done_what)
