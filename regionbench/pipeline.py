@@ -310,7 +310,7 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
         langs = list(plan.importance_langs)
         region = regions.build(run, scores, langs, model, fps, found["dims"])
     metrics = {names.REGION_PARAMS: float(region.numel), names.REGION_FRACTION: region.fraction}
-    metrics |= _where_it_lives(job, model, region, found)
+    metrics |= _where_it_lives(job, model, region, found, scores)
 
     base = evaluation.baseline(
         run, model, tok, eval_texts, tasks, model_fp, cache_dir, session.baselines
@@ -420,7 +420,7 @@ def _log_lm_eval_command(job: Job, model, tasks, saved_to: str | None = None) ->
         job.tracker.set_tags(job.run_id, {LM_EVAL_COMMAND: command})
 
 
-def _where_it_lives(job: Job, model, region, found: dict) -> dict[str, float]:
+def _where_it_lives(job: Job, model, region, found: dict, scores) -> dict[str, float]:
     """The region's summary and dimension profile as artifacts; its concentration, its share on
     the model's massive-activation dimensions and the super weights it contains as metrics."""
     from regionbench.report.run_figures import dimension_profile, region_density
@@ -432,7 +432,8 @@ def _where_it_lives(job: Job, model, region, found: dict) -> dict[str, float]:
         tracker.log_file(run_id, region.save, "region.safetensors")
     if region.numel:
         title = f"{_what(job)} of {_model_name(run)}: share of each block matrix selected"
-        draw = lambda path: region_density(summary, path, title)  # noqa: E731
+        shares = region.score_shares(scores)  # where a per-matrix share is the same everywhere
+        draw = lambda path: region_density(summary, path, title, shares)  # noqa: E731
         tracker.log_file(run_id, draw, "region_density.png")
     metrics, rows, per_dim = dimensions.where_it_lives(model, region, found)
     if rows:
