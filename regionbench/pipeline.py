@@ -32,6 +32,8 @@ from regionbench.models import loading as models
 from regionbench.plan import Plan, check_memory
 from regionbench.regions import dimensions
 from regionbench.regions import kinds as regions
+from regionbench.report.job import job_note
+from regionbench.report.view import shown_copies
 from regionbench.session import Loaded, Session
 from regionbench.tracking.client import (
     CLAIMED_TAG,
@@ -49,6 +51,7 @@ from regionbench.tracking.client import check as check_tracking
 from regionbench.tracking.stopping import stoppable
 
 log = logging.getLogger(__name__)
+LM_EVAL_COMMAND = "lm_eval_command"  # tag: the lm_eval command line that scores the model
 GENERATIONS = "generations.json"  # the before/after continuations table (eval.generation)
 SESSION = Session()  # the process's own: the jobs of a basic-launcher sweep share it
 
@@ -318,7 +321,7 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
         totals = functools.partial(session.totals, run, scores, key, langs)  # read if asked
         region = regions.build(run, scores, langs, model, fps, found["dims"], totals)
     metrics = {names.REGION_PARAMS: float(region.numel), names.REGION_FRACTION: region.fraction}
-    metrics |= _where_it_lives(job, model, region, found)
+    metrics |= _where_it_lives(job, model, region, found, scores)
 
     base = evaluation.baseline(
         run, model, tok, eval_texts, tasks, model_fp, cache_dir, session.baselines
@@ -338,8 +341,10 @@ def _execute(job: Job, session: Session) -> dict[str, float]:
         _log_generations(job, table)
         if tasks is not None:
             tracker.log_dict(run_id, results, "lm_eval_results.json")
+            _log_lm_eval_command(job, model, tasks)
     metrics |= clock.times
-    tracker.log_metrics(run_id, metrics)
+    tracker.log_metrics(run_id, metrics | shown_copies(metrics))  # + those the runs table shows
+    tracker.set_tags(run_id, {"mlflow.note.content": job_note(tracker.run(run_id))})
     shown = (names.PPL_MEAN, names.PPL_RATIO_MEAN, names.REGION_FRACTION)
     log.info("  ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics))
     return metrics
@@ -366,7 +371,7 @@ def _train(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> d
         return names.forgetting_metrics(before, ppl, targets) | paper
 
     def log_fn(metrics: dict[str, float], step: int) -> None:
-        tracker.log_metrics(run_id, metrics, step=step)
+        tracker.log_metrics(run_id, metrics | shown_copies(metrics), step=step)
 
     save_dir = job.out / "model" if iv.save_model else None
     with restore_after(model) as snapshot:  # one model serves every job
@@ -392,6 +397,7 @@ def _train(job: Job, loaded: Loaded, region, eval_texts, tasks, base: dict) -> d
     _log_generations(job, table)
     if tasks is not None:
         tracker.log_dict(run_id, results, "lm_eval_results.json")
+        _log_lm_eval_command(job, model, tasks, summary["saved_to"])
     if summary["saved_to"]:
         tracker.set_tags(run_id, {"saved_model": summary["saved_to"]})
         log.info("trained model saved to %s", summary["saved_to"])
@@ -414,7 +420,18 @@ def _log_generations(job: Job, table: dict) -> None:
         job.tracker.log_table(job.run_id, table, GENERATIONS)
 
 
-def _where_it_lives(job: Job, model, region, found: dict) -> dict[str, float]:
+def _log_lm_eval_command(job: Job, model, tasks, saved_to: str | None = None) -> None:
+    """Tag `lm_eval_command`: the `lm_eval` command line(s) that score the model as loaded (or
+    as trained and saved, `saved_to`) as this job scored it, our tasks in its artifacts
+    (`lm_eval_tasks/`); none where the artifacts are not a local folder and our tasks are used."""
+    where = job.tracker.artifact_folder(job.run_id)
+    folder = Path(where) / "lm_eval_tasks" if "://" not in where else None
+    command = evaluation.lm_eval_command(job.run, model, tasks, folder, saved_to)
+    if command is not None:
+        job.tracker.set_tags(job.run_id, {LM_EVAL_COMMAND: command})
+
+
+def _where_it_lives(job: Job, model, region, found: dict, scores) -> dict[str, float]:
     """The region's summary and dimension profile as artifacts; its concentration, its share on
     the model's massive-activation dimensions and the super weights it contains as metrics."""
     from regionbench.report.run_figures import dimension_profile, region_density
@@ -426,7 +443,8 @@ def _where_it_lives(job: Job, model, region, found: dict) -> dict[str, float]:
         tracker.log_file(run_id, region.save, "region.safetensors")
     if region.numel:
         title = f"{_what(job)} of {_model_name(run)}: share of each block matrix selected"
-        draw = lambda path: region_density(summary, path, title)  # noqa: E731
+        shares = region.score_shares(scores)  # where a per-matrix share is the same everywhere
+        draw = lambda path: region_density(summary, path, title, shares)  # noqa: E731
         tracker.log_file(run_id, draw, "region_density.png")
     metrics, rows, per_dim = dimensions.where_it_lives(model, region, found)
     if rows:

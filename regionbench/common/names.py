@@ -30,12 +30,29 @@ LEARN_MEAN = "learn/mean"
 # 1: the intervals of the `/mean`s resampled the documents jointly across languages (parallel
 # evaluation documents); 0: each language on its own
 JOINT_INTERVAL = "interval/joint"
+# The runs table of MLflow's UI shows a metric's value as logged, to the last digit (it has no
+# number format: mlflow/mlflow#17150), so each value the saved view shows is also logged
+# rounded to 4 significant digits under this prefix: `4sig/ppl_ratio/mean` beside the exact
+# `ppl_ratio/mean`, which the report, the CSVs and the API read.
+SHOWN = "4sig"
+SHOWN_DIGITS = 4
 
 
 def dim_share(d: int) -> str:
     """Share of the region's entries (on the residual stream's matrices) in its top-d hidden
     dimensions; an evenly spread region has d / hidden."""
     return f"region/top{d}_dim_share"
+
+
+def shown(metric: str) -> str:
+    """The name of `metric`'s copy rounded to `SHOWN_DIGITS` significant digits."""
+    return f"{SHOWN}/{metric}"
+
+
+def significant(value: float, digits: int = SHOWN_DIGITS) -> float:
+    """`value` rounded to `digits` significant digits (the float nearest that decimal, so a
+    browser prints it as `0.9982`, not `0.99819845`); inf and nan stay what they are."""
+    return float(f"{value:.{digits}g}") if math.isfinite(value) else value
 
 
 def time(stage: str) -> str:

@@ -12,6 +12,7 @@ Under torch.distributed, rank 0 runs the harness and every rank answers a share 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -197,6 +198,51 @@ def _answer_requests(model, tokenizer) -> None:
             ranks.gathered(_answers, getattr(lm, method), mine, True)
     if not message[1]:
         raise RuntimeError("lm-eval failed on rank 0 (its error is reported there)")
+
+
+def cli_commands(
+    pretrained: str,
+    tasks: list[str],
+    *,
+    dtype: str,
+    device: str,
+    include_path=None,
+    batch_size: int = 16,
+    limit: int | float | None = None,
+    num_fewshot: int | None = None,
+    add_bos_token: bool | None = None,
+    max_length: int | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> list[list[str]]:
+    """The `lm_eval` command lines that score `tasks` on the model saved at `pretrained` (a
+    folder or a hub id) as `run_lm_eval` scores the same model in memory: one command per BOS
+    policy (`_bos_policies`: our rb_ppl tasks with `add_bos_token=False`, the others as lm-eval
+    decides), the model's `dtype` ("float32", "bfloat16") and `device` given, our task folder as
+    `--include_path` where a task is ours. Each is an argv list (`shlex.join` for a shell)."""
+    commands = []
+    for bos, names in _bos_policies(_task_list(tasks), add_bos_token):
+        args = {"pretrained": pretrained, "dtype": dtype}
+        args |= {"revision": revision} if revision else {}
+        args |= {"trust_remote_code": True} if trust_remote_code else {}
+        args |= {"add_bos_token": bos} if bos is not None else {}
+        args |= {"max_length": max_length} if max_length is not None else {}
+        plain = all("," not in str(v) and "=" not in str(v) for v in args.values())
+        model_args = (
+            ",".join(f"{k}={v}" for k, v in args.items())
+            if plain
+            else json.dumps(args)  # lm-eval reads a JSON object too: any path survives
+        )
+        argv = ["lm_eval", "--model", "hf", "--model_args", model_args, "--tasks", ",".join(names)]
+        if include_path is not None:
+            argv += ["--include_path", str(include_path)]
+        argv += ["--batch_size", str(batch_size), "--device", device]
+        if limit is not None:
+            argv += ["--limit", str(limit)]
+        if num_fewshot is not None:
+            argv += ["--num_fewshot", str(num_fewshot)]
+        commands.append(argv)
+    return commands
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from regionbench.common import names
@@ -45,10 +45,16 @@ BASELINE_FORMAT = 2  # 2: per-document totals, for the paired bootstrap
 
 @dataclass(frozen=True)
 class Tasks:
-    """lm-eval tasks ready to run: our task folder (`include_path`) and the task names."""
+    """lm-eval tasks ready to run: our task folder (`include_path`), the task names, and what
+    our tasks were written from (`task_files.write_tasks`' inputs, to write them elsewhere)."""
 
     root: Path
     names: tuple[str, ...]
+    written_from: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def ours(self) -> bool:
+        """Whether a task (or group) asked for is one of ours, read from our task folder."""
+        return bool({p.stem for p in self.root.glob("*.yaml")} & set(self.names))
 
 
 def lm_eval_tasks(run: RunConfig) -> tuple[str, ...]:
@@ -150,7 +156,7 @@ def prepare(run: RunConfig, eval_texts: dict[str, list[str]]) -> Tasks | None:
                 f"languages {', '.join(eval_texts)}"
             )
     catalog.prepare_tasks(tasks, root)  # names and hub datasets, before any model work
-    return Tasks(root, tuple(tasks))
+    return Tasks(root, tuple(tasks), {"ppl_texts": eval_texts, "grammar_pairs": pairs})
 
 
 def perplexities(run: RunConfig, model, tok, texts) -> dict[str, dict]:
@@ -253,6 +259,41 @@ def lm_eval(run: RunConfig, model, tok, tasks: Tasks | None) -> tuple[dict[str, 
         max_length=run.eval.max_length,
     )
     return names.lm_eval_metrics(results), json.loads(json.dumps(results, default=str))
+
+
+def lm_eval_command(
+    run: RunConfig, model, tasks: Tasks, folder: Path | None, pretrained: str | None = None
+) -> str | None:
+    """The `lm_eval` command line(s) that score this run's lm-eval tasks on the model saved at
+    `pretrained` (default: `model` as it was loaded, `model.name_or_path`: the sandbox folder in
+    the cache, the hub id, the local folder) exactly as the run scores `model` in memory, our
+    tasks written into `folder` (which must outlive the run: its artifacts); None when our tasks
+    are asked for and there is no folder."""
+    import shlex
+
+    from regionbench.evaluation import task_files
+    from regionbench.evaluation.harness import cli_commands
+
+    root = None
+    if tasks.ours():
+        if folder is None:
+            return None
+        root = task_files.write_tasks(folder, **tasks.written_from)
+    le = run.eval.lm_eval
+    commands = cli_commands(
+        pretrained or str(model.name_or_path),
+        list(tasks.names),
+        dtype=str(model.dtype).removeprefix("torch."),
+        device=str(model.device),
+        include_path=root,
+        batch_size=le.batch_size,
+        limit=le.limit,
+        num_fewshot=le.num_fewshot,
+        max_length=run.eval.max_length,
+        revision=run.model.revision,
+        trust_remote_code=run.model.trust_remote_code,
+    )
+    return "\n".join(shlex.join(argv) for argv in commands)
 
 
 def baseline(

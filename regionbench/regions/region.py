@@ -1,6 +1,7 @@
 """A region: a boolean mask per parameter, with the metadata of its origin, and its mask file.
 
     region.numel, region.fraction, region.summary()               # stats, region_summary.csv rows
+    region.score_shares(scores)                                   # importance held per matrix
     region.save("core.safetensors"); Region.load("core.safetensors", model=model)
 
 Mask files are safetensors with one packed-bit uint8 tensor per parameter (numpy.packbits,
@@ -73,6 +74,25 @@ class Region:
         for row in out:
             row["fraction"] = row["selected"] / row["numel"] if row["numel"] else 0.0
         return out
+
+    def score_shares(self, scores: Mapping[str, Mapping[str, Tensor]]) -> dict[tuple, float]:
+        """{(layer, module): the share of S = Σ_ℓ score_ℓ over its matrices that the region's
+        entries hold} from per-language `scores` {lang: {param: Tensor}} (a top-k region holds
+        more than its share of the entries, a bottom-k less); {} unless every masked parameter
+        has a score per entry."""
+        if not scores or any(
+            name not in per or per[name].shape != mask.shape
+            for per in scores.values()
+            for name, mask in self.masks.items()
+        ):
+            return {}
+        held: dict[tuple, list[float]] = {}
+        for name, mask in self.masks.items():
+            total = sum(per[name].detach().to("cpu", torch.float64) for per in scores.values())
+            pair = held.setdefault(split_name(name), [0.0, 0.0])
+            pair[0] += float(total[mask.to("cpu")].sum())
+            pair[1] += float(total.sum())
+        return {key: h / t if t > 0 else math.nan for key, (h, t) in held.items()}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a self-describing safetensors mask file (atomically); returns its path."""

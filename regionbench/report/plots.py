@@ -338,19 +338,26 @@ def heatmap(
     limits: tuple[float, float] | None = None,
     missing: str = "",
     note: str = "",
+    marked: Sequence[Sequence[bool]] | None = None,
 ) -> Path:
     """A labelled matrix: rows × cols, each cell annotated with its value. `center` (e.g. 1 for
     ratios) puts the neutral colour there with a diverging map; `log` colours by log values
     (ratios from ×0.5 to ×2 look alike on both sides); `limits` fixes the colour scale (0 to 1
     for Jaccard, from 0 for shares) so that equal values never look different. A NaN cell is
-    left blank, with the text `missing` in it ("—": not compared); `note` says how to read it."""
+    left blank, with the text `missing` in it ("—": not compared); `note` says how to read it.
+    A `marked` cell (e.g. its interval excludes 1) has a `*` after its value, in bold, and a
+    black frame."""
     import numpy as np
     from matplotlib.colors import LogNorm, Normalize, TwoSlopeNorm
+    from matplotlib.patches import Rectangle
     from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     data = np.array(values, dtype=float)
     if data.shape != (len(rows), len(cols)) or not data.size:
         raise ValueError(f"heatmap values {data.shape} do not match {len(rows)} x {len(cols)}")
+    marks = np.zeros(data.shape, dtype=bool) if marked is None else np.array(marked, dtype=bool)
+    if marks.shape != data.shape:
+        raise ValueError(f"heatmap marks {marks.shape} do not match {len(rows)} x {len(cols)}")
     finite = data[np.isfinite(data)]
     width = max(6.4, 0.75 * len(cols) + 3 + 0.07 * max(map(len, rows), default=0))  # labels
     fig, (ax,) = new_figure(1, width=width, height=max(3.2, 0.5 * len(rows) + 1.8))
@@ -377,12 +384,16 @@ def heatmap(
                 ax.text(
                     j,
                     i,
-                    fmt.format(data[i, j]),
+                    fmt.format(data[i, j]) + ("*" if marks[i, j] else ""),
                     ha="center",
                     va="center",
                     color=ink,
                     fontsize="small",
+                    fontweight="bold" if marks[i, j] else "normal",
                 )
+                if marks[i, j]:
+                    frame = Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, linewidth=1.4)
+                    ax.add_patch(frame)
             elif missing:
                 ax.text(j, i, missing, ha="center", va="center", color="0.5", fontsize="small")
     bar = fig.colorbar(image, ax=ax, label=label)

@@ -123,11 +123,25 @@ def dimension_profile(
     return save_figure(fig, path)
 
 
-def region_density(rows: list[dict], path: Path, title: str) -> Path:
-    """The share of each block matrix a region selects, layers × modules."""
+def region_density(
+    rows: list[dict], path: Path, title: str, score_shares: Mapping[tuple, float] | None = None
+) -> Path:
+    """The share of each block matrix a region selects, layers × modules; where that share is
+    the same in every matrix (a region picked per matrix: core, core_bottom, random) and the
+    region's `score_shares` are given (`Region.score_shares`), the share of each matrix's
+    importance the selected entries hold instead, which says where the region's weight lies."""
     layers = sorted({r["layer"] for r in rows if r["layer"] is not None})
     modules = sorted({r["module"] for r in rows if r["layer"] is not None})
     cell = {(r["layer"], r["module"]): r["fraction"] for r in rows}
+    shares = [v for key, v in cell.items() if key[0] is not None]
+    uniform = bool(shares) and max(shares) - min(shares) <= 0.02 * max(shares)
+    note, label = "", "share selected"
+    if uniform and score_shares:
+        note = (
+            f"every matrix has {max(shares):.3g} of its entries selected; colours: the share of "
+            "the matrix's importance (Σ over languages of the scores) they hold"
+        )
+        cell, label = dict(score_shares), "share of the importance held"
     values = [[cell.get((layer, m), math.nan) for m in modules] for layer in layers]
     top = max((v for line in values for v in line if math.isfinite(v)), default=1.0)
     return heatmap(
@@ -135,8 +149,9 @@ def region_density(rows: list[dict], path: Path, title: str) -> Path:
         [f"layer {x}" for x in layers],
         modules,
         path,
-        label="share selected",
+        label=label,
         title=title,
         fmt="{:.3f}",
         limits=(0.0, top or 1.0),  # from 0: a region selected per matrix shows one colour
+        note=note,
     )

@@ -20,6 +20,7 @@ from regionbench.regions.kinds import REGION_KINDS
 from regionbench.report.overlap import region_overlap
 from regionbench.report.plots import spread
 from regionbench.report.sweep import (
+    condition_interval,
     condition_keys,
     conditions,
     headline_metric,
@@ -37,7 +38,7 @@ from regionbench.report.tables import (
     swept_params,
     to_csv,
 )
-from regionbench.report.view import VIEW_TAG, ui_path, ui_view
+from regionbench.report.view import COMPARED, VIEW_TAG, ui_path, ui_view
 from regionbench.tracking.client import Tracker
 
 log = logging.getLogger(__name__)
@@ -64,15 +65,17 @@ def comparison(
     """One row per condition (the finished runs sharing every swept value but `over`), the
     baseline condition(s) first: `condition` (in words), the swept values, `n`, and for every
     metric its mean over the condition's runs and their sample standard deviation (`<m> sd`,
-    empty for one run); lm-eval metrics also `<m> stderr`, lm-eval's standard error over the
-    task's items (mean over the runs); one `ppl_ratio/<lang>` column per language.
+    empty for one run) and its 95% interval (`<m> lo`, `<m> hi`: the t interval over the seeds,
+    or one run's bootstrap interval over the documents, `sweep.condition_interval`; not for the
+    region's size); lm-eval metrics also `<m> stderr`, lm-eval's standard error over the task's
+    items (mean over the runs); one `ppl_ratio/<lang>` column per language.
     Returns (rows, headline metrics, per-language metrics)."""
     groups = conditions(runs, params, over)
     keys = condition_keys(params, over)
     label = labels(groups, keys)
     done = [r for members in groups.values() for r in members]
     logged = {k for r in done for k in r.data.metrics}
-    metrics = [m for m in _COMPARED if m in logged] + lm_eval_headlines(logged)
+    metrics = [m for m in COMPARED if m in logged] + lm_eval_headlines(logged)
     langs = [
         k.split("/", 1)[1]
         for k in logged
@@ -85,6 +88,9 @@ def comparison(
         for m in [*metrics, *langs]:
             s = spread(r.data.metrics.get(m) for r in members)
             row[m], row[f"{m} sd"] = s.mean, s.sd
+            if m != names.REGION_FRACTION:  # a size, no estimate
+                iv, _ = condition_interval(members, m)
+                row[f"{m} lo"], row[f"{m} hi"] = iv.lo, iv.hi
             if f"{m}_stderr" in logged:
                 row[f"{m} stderr"] = spread(r.data.metrics.get(f"{m}_stderr") for r in members).mean
         rows.append(row)
@@ -93,16 +99,6 @@ def comparison(
         row for row, b in zip(rows, first, strict=True) if not b
     ]
     return rows, metrics, langs
-
-
-_COMPARED = (
-    names.REGION_FRACTION,
-    names.PPL_RATIO_MEAN,
-    names.PPL_MEAN,
-    names.FORGET_GMEAN,
-    names.FORGET_MEAN,
-    names.LEARN_MEAN,
-)
 
 
 def _cell(row: Mapping, metric: str) -> str:
@@ -187,6 +183,8 @@ def summarize_sweep(
     )
     table = comparison_markdown(rows, metrics, langs, heading)
     tracker.log_text(parent_id, to_csv(rows), "sweep_comparison.csv")
+    # the same rows as an MLflow table: the parent's Artifacts tab shows it as a table
+    tracker.log_table(parent_id, table_columns(rows), COMPARISON_TABLE)
     # the comparison as the parent's own metrics, for MLflow's compare and chart views
     tracker.log_metrics(parent_id, condition_metrics(rows, metrics))
     tracker.log_text(parent_id, table + "\n", "sweep_comparison.md")
@@ -211,6 +209,26 @@ def summarize_sweep(
         for path in region_overlap(tracker, runs, Path(tmp), params=params, over=over):
             tracker.log_artifact(parent_id, path)
     return table
+
+
+COMPARISON_TABLE = "sweep_comparison.json"
+
+
+def table_columns(rows: Sequence[Mapping]) -> dict[str, list]:
+    """The comparison rows as {column: values} for `Tracker.log_table`, numbers at 4
+    significant digits (to read; `sweep_comparison.csv` has them exact), a missing or
+    undefined one (the sd of one run) as null."""
+    out: dict[str, list] = {}
+    for row in rows:
+        for key in row:
+            out.setdefault(key, [])
+    for row in rows:
+        for key, values in out.items():
+            value = row.get(key)
+            if isinstance(value, float):
+                value = names.significant(value) if math.isfinite(value) else None
+            values.append(value)
+    return out
 
 
 def condition_metrics(rows: Sequence[Mapping], metrics: Sequence[str]) -> dict[str, float]:
@@ -267,9 +285,10 @@ def sweep_note(
     if parent.get("command"):
         lines += [f"Launched with `{parent['command']}` in `{parent.get('launch_dir', '?')}`."]
     lines += [
-        "Every condition and language: `sweep_comparison.md` (Artifacts); figures: "
+        "Every condition and language: `sweep_comparison.json` (a table) and "
+        "`sweep_comparison.csv` with 95% intervals, `sweep_comparison.md` (Artifacts); figures: "
         "`ppl_ratio_by_language.png`, `ppl_ratio_heatmap.png` and the other PNGs there. "
-        f"[The jobs of this sweep, grouped by condition]({link}).",
+        f"[The jobs of this sweep, one row each]({link}).",
     ]
     return "\n".join(lines)
 

@@ -154,7 +154,7 @@ def _is_number(value) -> bool:
     return _number(value) is not None
 
 
-def _interval(runs: Sequence, metric: str) -> tuple[Spread, str]:
+def condition_interval(runs: Sequence, metric: str) -> tuple[Spread, str]:
     """The metric over a condition's runs and what its interval is: over the seeds when there
     are several, else the run's own 95% bootstrap interval over the documents (`<stem>_lo`)."""
     s = spread(r.data.metrics.get(metric) for r in runs)
@@ -166,6 +166,17 @@ def _interval(runs: Sequence, metric: str) -> tuple[Spread, str]:
     if lo is None or hi is None:
         return s, ""
     return Spread(1, s.mean, math.nan, lo, hi), "documents"
+
+
+_EXCLUDES = (
+    "* (framed): its 95% interval excludes 1 (the t interval over the condition's seeds, or one "
+    "run's paired bootstrap interval over the documents)"
+)
+
+
+def excludes_one(s: Spread) -> bool:
+    """Whether a ratio's 95% interval lies wholly above or below 1 (false without one)."""
+    return math.isfinite(s.lo) and math.isfinite(s.hi) and (s.lo > 1 or s.hi < 1)
 
 
 def _interval_note(kinds: set[str], groups: Mapping) -> str:
@@ -216,7 +227,7 @@ def sweep_plots(
     paths = []
     if langs:
         cells = {
-            (key, lang): _interval(members, f"ppl_ratio/{lang}")
+            (key, lang): condition_interval(members, f"ppl_ratio/{lang}")
             for key, members in groups.items()
             for lang in langs
         }
@@ -240,6 +251,7 @@ def sweep_plots(
         if len(groups) > 1 or len(langs) > MAX_POINT_LANGUAGES:
             matrix = [[cells[key, lang][0].mean for lang in langs] for key in groups]
             finite = [v for line in matrix for v in line if math.isfinite(v) and v > 0]
+            marked = [[excludes_one(cells[key, lang][0]) for lang in langs] for key in groups]
             seeds = ", mean over seeds" if any(len(m) > 1 for m in groups.values()) else ""
             paths.append(
                 heatmap(
@@ -254,6 +266,8 @@ def sweep_plots(
                     log=True,
                     # within ±10% of 1 the third digit is the effect: one more
                     fmt="{:.4g}" if finite and 0.9 < min(finite) <= max(finite) < 1.1 else "{:.3g}",
+                    marked=marked,
+                    note=_EXCLUDES if any(map(any, marked)) else "",
                 )
             )
     paths += _along_axis(done, params, over, out, done_what)
@@ -306,14 +320,14 @@ def _along_axis(
     label = labels(lines, others, ratio=axis != "ratio")
     series, kinds = [], set()
     for members in conditions(empty, models, over=()).values():
-        s, kind = _interval(members, metric)
+        s, kind = condition_interval(members, metric)
         kinds.add(kind)
         series.append((describe(members[0].data.params, models), [(0.0, s.mean, s.lo, s.hi)]))
     for key, members in lines.items():
         points = []
         for x in sorted({float(r.data.params[axis]) for r in members}):
             at = [r for r in members if float(r.data.params[axis]) == x]
-            s, kind = _interval(at, metric)
+            s, kind = condition_interval(at, metric)
             kinds.add(kind)
             points.append((x, s.mean, s.lo, s.hi))
         series.append((label[key] or "every job", points))

@@ -3,6 +3,7 @@ directory, read back from MLflow; bad input fails with one line and no FINISHED 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -116,6 +117,113 @@ def test_multirun_logs_one_parent_and_nested_jobs(sweep):
     small = by_ratio[0.05].data.metrics["region/params"]
     big = by_ratio[0.2].data.metrics["region/params"]
     assert float(row["jaccard"]) == pytest.approx(small / big)
+
+
+def _four_digits(value: float) -> float:
+    """`value` at 4 significant digits, by decimal arithmetic."""
+    from decimal import ROUND_HALF_EVEN, Decimal
+
+    exact = Decimal(value)
+    step = Decimal(1).scaleb(exact.adjusted() - 3)  # the unit of the 4th significant digit
+    return float(exact.quantize(step, rounding=ROUND_HALF_EVEN))
+
+
+def test_runs_table_shows_every_value_at_four_significant_digits(sweep):
+    """MLflow's runs table prints a metric as logged (0.99819845...): each job also logs every
+    value its sweep's saved view shows at 4 significant digits (`4sig/<metric>`), the view's
+    columns are those, and the exact values stay under their own names."""
+    import json
+
+    cwd, _ = sweep
+    client, parents, children = _runs(f"sqlite:///{cwd}/mlruns/mlflow.db")
+    parent = parents[0].info.run_id
+    experiment = parents[0].info.experiment_id
+    tags = client.get_experiment(experiment).tags
+    view = json.loads(tags[f"mlflow.sharedViewState.{parent}"])
+    shown = [c.split("`")[1] for c in view["selectedColumns"] if c.startswith("metrics.")]
+    assert shown[:3] == ["4sig/ppl_ratio/mean", "4sig/ppl_ratio_lo/mean", "4sig/ppl_ratio_hi/mean"]
+    from regionbench import sandbox
+
+    assert {f"4sig/ppl_ratio/{lang}" for lang in sandbox.PRETRAIN_LANGS} <= set(shown)
+    assert "4sig/region/fraction" in shown and "4sig/ppl/mean" in shown
+    assert all(m.startswith("4sig/") for m in shown)
+    assert not any(c.startswith("params.`seed`") for c in view["selectedColumns"])
+    rows = client.search_runs([experiment], view["searchFilter"])
+    finished = [r for r in rows if r.info.status == "FINISHED"]
+    assert sorted(r.info.run_name for r in finished) == ["ratio=0", "ratio=0.05", "ratio=0.2"]
+    for run in finished:
+        m = run.data.metrics
+        for name in shown:
+            exact = m[name.removeprefix("4sig/")]
+            assert m[name] == _four_digits(exact), (run.info.run_name, name)
+            digits = repr(m[name]).replace("-", "").replace(".", "").lstrip("0").rstrip("0")
+            assert len(digits.split("e")[0]) <= 4, (name, m[name])  # what a browser prints
+    widths = view["columnWidths"]
+    assert all(widths[c] >= 7 * len(c.split("`")[1]) for c in view["selectedColumns"])
+
+
+def test_each_job_logs_the_lm_eval_command_that_scores_its_model(sweep, sandbox_test_dir):
+    """Tag `lm_eval_command`: a command line lm-eval's own parser reads, naming the job's tasks,
+    the model folder it loaded, its dtype, batch size and device, and our tasks' folder among
+    the job's artifacts (the YAML files there name data files that exist)."""
+    import shlex
+
+    from lm_eval._cli.harness import HarnessCLI
+
+    cwd, _ = sweep
+    client, _, children = _runs(f"sqlite:///{cwd}/mlruns/mlflow.db")
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert len(finished) == 3
+    for run in finished:
+        (line,) = run.data.tags["lm_eval_command"].splitlines()  # one BOS policy: no rb_ppl
+        argv = shlex.split(line)
+        assert argv[0] == "lm_eval"
+        args = HarnessCLI()._parser.parse_args(["run", *argv[1:]])  # what `lm_eval ...` runs
+        assert args.model == "hf" and args.tasks == ["sandbox_grammar"]
+        assert set(args.model_args) == {"pretrained", "dtype"}
+        assert args.model_args["dtype"] == "float32"
+        # the sandbox-test folder, through the sweep's own cache (a link to the shared one)
+        assert Path(args.model_args["pretrained"]).resolve() == sandbox_test_dir.resolve()
+        assert (args.batch_size, args.device) == (
+            str(run.data.params["eval.lm_eval.batch_size"]),
+            "cpu",
+        )
+        folder = Path(args.include_path)
+        artifacts = Path(client.get_run(run.info.run_id).info.artifact_uri.removeprefix("file://"))
+        assert folder == artifacts / "lm_eval_tasks"
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "lm_eval_tasks")} >= {
+            "lm_eval_tasks/sandbox_grammar.yaml",
+            "lm_eval_tasks/data",
+        }
+        for task in folder.glob("sandbox_grammar_*.yaml"):
+            data = task.read_text().split("data_file: ")[1].split("}")[0]
+            assert Path(json.loads(data)).is_file(), task
+
+
+def test_each_job_describes_what_was_done_to_which_model_and_its_numbers(sweep):
+    """A job's page shows its description (`mlflow.note.content`): what was done to which model,
+    the headline numbers with their intervals, lm-eval's with its standard error, a markdown
+    table per language and the lm_eval command."""
+    cwd, _ = sweep
+    _, _, children = _runs(f"sqlite:///{cwd}/mlruns/mlflow.db")
+    words = {"0": "unmodified", "0.05": "taylor core 5%", "0.2": "taylor core 20%"}
+    for run in [c for c in children if c.info.status == "FINISHED"]:
+        note, m = run.data.tags["mlflow.note.content"], run.data.metrics
+        ratio = run.data.params["ratio"].removesuffix(".0")
+        assert note.splitlines()[0].startswith(
+            "**[DEBUG: test-sized model and data, not results] Removing regions of sandbox-test"
+        ), note
+        assert f"**: {words[ratio]}, seed 0." in note.splitlines()[0]
+        lo, hi = m["ppl_ratio_lo/mean"], m["ppl_ratio_hi/mean"]
+        assert (
+            f"ppl_ratio/mean **{m['ppl_ratio/mean']:.4g}** (95% interval over the documents "
+            f"{lo:.4g} to {hi:.4g})" in note
+        )
+        acc, se = m["lm_eval/sandbox_grammar/acc"], m["lm_eval/sandbox_grammar/acc_stderr"]
+        assert f"lm_eval/sandbox_grammar/acc **{acc:.4g}** (se {se:.2g})" in note
+        assert "| language | ppl | ppl_ratio | 95% interval | bpb |" in note
+        assert f"| latn | {m['ppl/latn']:.4g} | {m['ppl_ratio/latn']:.4g} |" in note
+        assert f"    {run.data.tags['lm_eval_command']}" in note
 
 
 def test_paired_table_on_the_parent_is_what_report_prints_from_the_runs(sweep, capsys):

@@ -344,6 +344,37 @@ def test_sweep_comparison_is_one_row_per_condition_over_its_seeds(seeded_sweep, 
     assert "| condition | cyrl | latn |" in table  # the per-language table
 
 
+def test_parent_run_has_the_comparison_as_an_mlflow_table(seeded_sweep, tmp_path):
+    """`sweep_comparison.json` is an MLflow table (the parent's Artifacts tab shows it as one):
+    a row per condition with each mean and its 95% t interval over the seeds at 4 significant
+    digits; sweep_comparison.csv has the same interval exactly."""
+    import csv
+    import io
+    import json
+
+    from scipy import stats
+
+    tracker, parent, jobs = seeded_sweep
+    summarize_sweep(tracker, parent, tracker.children(parent), {}, ["seed"])
+    logged = json.loads(tracker.run(parent).data.tags["mlflow.loggedArtifacts"])
+    assert {"path": "sweep_comparison.json", "type": "table"} in logged
+    table = json.loads(_artifact(tracker, parent, "sweep_comparison.json", tmp_path))
+    rows = [dict(zip(table["columns"], line, strict=True)) for line in table["data"]]
+    exact = list(
+        csv.DictReader(io.StringIO(_artifact(tracker, parent, "sweep_comparison.csv", tmp_path)))
+    )
+    assert [r["condition"] for r in rows] == ["unmodified", "taylor core 5%", "random core 5%"]
+    for row, full in zip(rows, exact, strict=True):
+        for key in ["ppl_ratio/mean", *(f"ppl_ratio/{lang}" for lang in LANGS)]:
+            n, mean, sd = _reference(jobs, row["metric.name"], row["ratio"], key)
+            half = stats.t.ppf(0.975, n - 1) * sd / n**0.5
+            for col, want in ((key, mean), (f"{key} lo", mean - half), (f"{key} hi", mean + half)):
+                assert row[col] == float(f"{want:.4g}"), (row["condition"], col)
+                assert float(full[col]) == pytest.approx(want, rel=1e-12), (row["condition"], col)
+        assert row["n"] == 3 and row["region/fraction"] == float(row["ratio"])
+        assert "region/fraction lo" not in row  # a size, not an estimate
+
+
 def test_parent_run_describes_the_sweep_and_opens_its_runs_table(seeded_sweep, capsys):
     import json
 
@@ -373,14 +404,13 @@ def test_parent_run_describes_the_sweep_and_opens_its_runs_table(seeded_sweep, c
         key = f"ppl_ratio/mean/{name.replace('%', 'pct')}"
         assert logged[key] == pytest.approx(value, rel=1e-12), key
 
-    # the saved runs-table view the link opens: this sweep's jobs, grouped by condition
+    # the saved runs-table view the link opens: this sweep's jobs, one row each, not nested
+    # under their parent (a click to open) nor grouped (a group row averages every column)
     tags = tracker.client.get_experiment(tracker.experiment_id).tags
     view = json.loads(tags[f"mlflow.sharedViewState.{parent}"])
-    assert view["searchFilter"] == f"tags.sweep_id = '{parent}'"
-    assert view["groupBy"]["groupByKeys"] == [
-        {"mode": "param", "groupByData": "metric.name"},
-        {"mode": "param", "groupByData": "ratio"},
-    ]
+    found = tracker.client.search_runs([tracker.experiment_id], view["searchFilter"])
+    assert {r.info.run_id for r in found} == {r.info.run_id for r in tracker.children(parent)}
+    assert view["groupBy"] is None
     columns = view["selectedColumns"]
     assert columns[:3] == [
         "metrics.`ppl_ratio/mean`",
@@ -388,7 +418,7 @@ def test_parent_run_describes_the_sweep_and_opens_its_runs_table(seeded_sweep, c
         "metrics.`ppl_ratio_hi/mean`",
     ]
     assert {f"metrics.`ppl_ratio/{lang}`" for lang in LANGS} <= set(columns)
-    # grouped by condition: a seed column would show the mean of the seeds ("seed 1")
+    # no seed column: each run names its seed, and a grouped row would average it ("seed 1")
     assert "params.`seed`" not in columns
     assert tags["mlflow.experimentKind"] == "custom_model_development"
 

@@ -201,3 +201,66 @@ def test_single_runs_draw_their_document_interval_even_when_it_misses_the_value(
     ]
     names = [p.name for p in sweep_figures.sweep_plots(runs, ["ratio"], tmp_path)]
     assert names == ["ppl_ratio_by_language.png", "ppl_ratio_heatmap.png"]
+
+
+def test_heatmap_marks_the_cells_whose_interval_excludes_one(tmp_path, monkeypatch):
+    """A cell of ppl_ratio_heatmap.png whose 95% interval (one run: its bootstrap interval over
+    the documents; several seeds: their t interval) lies wholly above or below 1 reads `1.2*`,
+    in bold, framed; the others as before; the figure's note says what the mark means."""
+    from scipy import stats
+
+    from regionbench.report import plots
+
+    docs = {  # (value, lo, hi) per language, one run each
+        "ratio=0.05": {"latn": (1.2, 1.1, 1.3), "cyrl": (1.01, 0.99, 1.03)},
+        "ratio=0.2": {"latn": (0.9, 0.85, 0.95), "cyrl": (1.5, 1.0, 2.0)},
+    }
+    runs = [
+        _run(
+            name,
+            {
+                f"ppl_ratio{s}/{lang}": v
+                for lang, t in per.items()
+                for s, v in zip(("", "_lo", "_hi"), t, strict=True)
+            },
+            _params(ratio=name.split("=")[1]),
+        )
+        for name, per in docs.items()
+    ]
+    seeded = [1.3, 1.31]  # random core 5%: two seeds, a narrow t interval above 1 for latn
+    for seed, v in enumerate(seeded):
+        metrics = {"ppl_ratio/latn": v, "ppl_ratio/cyrl": 1 + (-1) ** seed * 0.2}
+        runs.append(_run(f"random {seed}", metrics, _params("random", seed=str(seed))))
+    figures = {}
+    save = plots.save_figure
+    monkeypatch.setattr(
+        plots, "save_figure", lambda fig, path: figures.update({path.name: fig}) or save(fig, path)
+    )
+    sweep_figures.sweep_plots(runs, ["metric.name", "ratio", "seed"], tmp_path)
+    fig = figures["ppl_ratio_heatmap.png"]
+    ax = fig.axes[0]
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    cols = [t.get_text() for t in ax.get_xticklabels()]
+    assert rows == ["taylor core 5%", "taylor core 20%", "random core 5%"] and cols == [
+        "cyrl",
+        "latn",
+    ]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t for t in ax.texts}
+    mean = sum(seeded) / 2
+    half = stats.t.ppf(0.975, 1) * abs(seeded[1] - seeded[0]) / 2**0.5 / 2**0.5
+    assert mean - half > 1  # the seeded latn cell: its interval excludes 1 too
+    want = {  # (row, col): (text, marked)
+        (0, 0): ("1.01", False),
+        (0, 1): ("1.2*", True),
+        (1, 0): ("1.5", False),
+        (1, 1): ("0.9*", True),
+        (2, 0): ("1", False),  # seeds at 1.2 and 0.8: the interval spans 1
+        (2, 1): (f"{mean:.3g}*", True),
+    }
+    for at, (text, marked) in want.items():
+        assert cells[at].get_text() == text, at
+        assert (cells[at].get_fontweight() == "bold") is marked, at
+    frames = {(round(p.get_y() + 0.46), round(p.get_x() + 0.46)) for p in ax.patches}
+    assert frames == {at for at, (_, marked) in want.items() if marked}
+    words = " ".join(" ".join(t.get_text() for t in [*fig.texts, ax.title]).split())
+    assert "* (framed): its 95% interval excludes 1" in words
