@@ -8,7 +8,8 @@ ratio sweep read the per-language scores once between them instead of once each.
 S is summed in fp32 in the order of the languages (the order `select` always used: the masks are
 bit-identical), and stored as a `ScoreCache` entry of one "language", `TOTAL`: content-addressed
 by the scores' own cache key and the languages in order, written atomically, checked against its
-sha256 on read, computed by one process under parallel demand. At 7B an entry is one language's
+sha256 on read, computed by one process under parallel demand (a cache this process cannot
+write, filled before totals existed, gets them summed in memory instead). At 7B an entry is one language's
 size (25.9 GB in fp32): a ratio after the first reads that instead of six languages' 155 GB.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from regionbench.common.cache import ScoreCache, cache_key
+from regionbench.common.cache import CacheError, ScoreCache, cache_key
 from regionbench.regions.select import Summed
 
 TOTAL = "Σ"  # the one "language" of a totals entry
@@ -48,6 +49,10 @@ def cached_totals(
         summed = Summed(scores, langs)
         return [(TOTAL, {name: summed[name] for name in summed})]
 
-    entry, hit = ScoreCache(root).get_or_compute(key, compute, meta=meta)
+    try:
+        entry, hit = ScoreCache(root).get_or_compute(key, compute, meta=meta)
+    except CacheError as err:  # a read-only cache filled without totals: sum as they are read
+        log.warning("language totals not cached (%s): summed as they are read", err)
+        return Summed(scores, langs), False
     log.info("language totals %s (%s)", "cache hit" if hit else "computed", key[:12])
     return entry[TOTAL], hit

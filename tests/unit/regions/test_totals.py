@@ -182,3 +182,22 @@ def test_a_nan_in_a_language_is_named_before_anything_is_stored(tmp_path):
     with pytest.raises(ValueError, match=rf"scores of 'bb' for '{name}' contain NaN"):
         select(scores, 0.05, "core")
     assert not any((tmp_path / "totals").glob("*/manifest.json"))
+
+
+def test_a_cache_that_cannot_be_written_sums_in_memory(tmp_path, monkeypatch, caplog):
+    """A read-only cache filled before totals existed: the job is not failed for want of an
+    entry it can do without; S is summed as it is read, with the same masks."""
+    model = tiny_llama()
+    params = scoped_params(model)
+    key, scores = _entry(tmp_path, params)
+
+    def read_only(self, *args, **kwargs):
+        raise cache.CacheError("cannot write the cache entry (Read-only file system)")
+
+    monkeypatch.setattr(ScoreCache, "get_or_compute", read_only)
+    totals, hit = cached_totals(scores, LANGS, key, tmp_path / "totals")
+    assert not hit and "not cached" in caplog.text
+    plain = {lang: {n: scores[lang][n] for n in params} for lang in LANGS}
+    region = select(scores, 0.05, "core", totals=totals)
+    for name in params:
+        assert torch.equal(region.masks[name], _reference(plain, LANGS, name, 0.05))
