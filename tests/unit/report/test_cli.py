@@ -404,8 +404,11 @@ def test_parent_run_describes_the_sweep_and_opens_its_runs_table(seeded_sweep, c
         key = f"ppl_ratio/mean/{name.replace('%', 'pct')}"
         assert logged[key] == pytest.approx(value, rel=1e-12), key
 
-    # the saved runs-table view the link opens: this sweep's jobs, one row each, not nested
-    # under their parent (a click to open) nor grouped (a group row averages every column)
+    # the saved runs-table view the link opens: this sweep's jobs, one row each, under their
+    # parent, which MLflow opens for runs tagged as evaluations; not grouped (a group row
+    # averages every column)
+    for child in tracker.children(parent):
+        assert child.data.tags["mlflow.runType"] == "evaluation"
     tags = tracker.client.get_experiment(tracker.experiment_id).tags
     view = json.loads(tags[f"mlflow.sharedViewState.{parent}"])
     found = tracker.client.search_runs([tracker.experiment_id], view["searchFilter"])
