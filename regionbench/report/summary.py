@@ -217,13 +217,13 @@ COMPARISON_TABLE = "sweep_comparison.json"
 def table_columns(rows: Sequence[Mapping]) -> dict[str, list]:
     """The comparison rows as {column: values} for `Tracker.log_table`, numbers at 4
     significant digits (to read; `sweep_comparison.csv` has them exact), a missing or
-    undefined one (the sd of one run) as null."""
-    out: dict[str, list] = {}
+    undefined one (the sd of one run) as null. A column named like a swept key has `_` for its
+    dots (`metric_name`): MLflow's table view reads a dotted name as a path, and shows nothing."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    out: dict[str, list] = {k.replace(".", "_"): [] for k in keys}
     for row in rows:
-        for key in row:
-            out.setdefault(key, [])
-    for row in rows:
-        for key, values in out.items():
+        for key in keys:
+            values = out[key.replace(".", "_")]
             value = row.get(key)
             if isinstance(value, float):
                 value = names.significant(value) if math.isfinite(value) else None

@@ -31,11 +31,11 @@ COMPARED = (
 # MLflow's UI keeps a shared view of an experiment's runs table (what its Share button writes)
 # as an experiment tag `mlflow.sharedViewState.<key>`, opened by `?viewStateShareKey=<key>`:
 # search filter, sort, visible columns, column widths and grouping. The view lists a sweep's jobs
-# one row each, without their parent (MLflow nests runs under a parent in the list, which takes
-# a click to open) and ungrouped: a group row shows MLflow's own average of its runs, of a
-# swept seed too ("seed 0.5"), at every digit; the conditions' means with their intervals are
-# the parent's (its description, `sweep_comparison.json`). MLflow prints a metric as logged, so
-# the columns are the copies at 4 significant digits (`names.shown`) where the jobs log them.
+# one row each under their parent (which the UI opens: `client.NESTED_SHOWN`), ungrouped: a
+# group row shows MLflow's own average of its runs, of a swept seed too ("seed 0.5"), at every
+# digit; the conditions' means with their intervals are the parent's (its description,
+# `sweep_comparison.json`). MLflow prints a metric as logged, so the columns are the copies at
+# 4 significant digits (`names.shown`) where the jobs log them.
 VIEW_TAG = "mlflow.sharedViewState."
 _RUN_NAME_COLUMN = "attributes.`Run Name`"
 

@@ -57,6 +57,10 @@ CODE_TAGS = ("regionbench_version", "git_sha")  # what made a run: resume=true r
 CONDITION_TAG = "regionbench.condition_hash"
 SEED_REUSED_TAG = "regionbench.seed_reused."  # + the job's number: the run that answers for it
 CLAIMED_TAG = "regionbench.claimed."  # + run id, on a resumed sweep's parent: run by another launch
+# MLflow's runs table lists nested runs under their parent, closed (a click to open), but opens
+# the parent of a run tagged as an evaluation (`mlflow.runType` "evaluation", what it shows
+# nested evaluation runs with): a sweep's jobs are evaluations of a model, and are on screen.
+NESTED_SHOWN = ("mlflow.runType", "evaluation")
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 
 # MLflow's client retries a failed HTTP call 7 times with growing pauses (about 4 minutes), each
@@ -234,6 +238,7 @@ class Tracker:
         tags |= liveness.owner() | {liveness.HEARTBEAT_TAG: str(int(time.time()))}
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
+            tags.setdefault(*NESTED_SHOWN)
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         return run.info.run_id
 

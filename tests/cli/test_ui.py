@@ -34,6 +34,20 @@ def test_ui_lands_on_the_sweeps_runs_with_the_comparison_columns(tmp_path):
     assert "ok   3 of 3 jobs of the sweep on screen" in lines
     assert "ok   run names shown in full" in lines
     assert "ok   parent run's description on its page" in lines
-    shots = ["experiment_default.png", "parent_run.png", "runs_table.png"]
+    assert "ok   no seed column and no averaged group rows" in lines
+    assert any(ln.startswith("ok   interval columns beside ppl_ratio/mean") for ln in lines)
+    assert any(ln.startswith("ok ") and "values at 4 significant digits" in ln for ln in lines)
+    assert any(ln.startswith("ok ") and "per-language columns drawn" in ln for ln in lines)
+    assert "ok   a job's description on its page" in lines
+    assert "ok   sweep_comparison.json shown as a table" in lines
+    shots = [
+        "experiment_default.png",
+        "job_run.png",
+        "parent_note_expanded.png",
+        "parent_run.png",
+        "parent_table.png",
+        "runs_table.png",
+        "runs_table_languages.png",
+    ]
     assert sorted(p.name for p in out.iterdir()) == shots
     assert all((out / name).read_bytes()[:4] == b"\x89PNG" for name in shots)

@@ -364,9 +364,10 @@ def test_parent_run_has_the_comparison_as_an_mlflow_table(seeded_sweep, tmp_path
         csv.DictReader(io.StringIO(_artifact(tracker, parent, "sweep_comparison.csv", tmp_path)))
     )
     assert [r["condition"] for r in rows] == ["unmodified", "taylor core 5%", "random core 5%"]
+    assert not [c for c in table["columns"] if "." in c]  # MLflow's table view: no dots
     for row, full in zip(rows, exact, strict=True):
         for key in ["ppl_ratio/mean", *(f"ppl_ratio/{lang}" for lang in LANGS)]:
-            n, mean, sd = _reference(jobs, row["metric.name"], row["ratio"], key)
+            n, mean, sd = _reference(jobs, row["metric_name"], row["ratio"], key)
             half = stats.t.ppf(0.975, n - 1) * sd / n**0.5
             for col, want in ((key, mean), (f"{key} lo", mean - half), (f"{key} hi", mean + half)):
                 assert row[col] == float(f"{want:.4g}"), (row["condition"], col)
@@ -404,8 +405,11 @@ def test_parent_run_describes_the_sweep_and_opens_its_runs_table(seeded_sweep, c
         key = f"ppl_ratio/mean/{name.replace('%', 'pct')}"
         assert logged[key] == pytest.approx(value, rel=1e-12), key
 
-    # the saved runs-table view the link opens: this sweep's jobs, one row each, not nested
-    # under their parent (a click to open) nor grouped (a group row averages every column)
+    # the saved runs-table view the link opens: this sweep's jobs, one row each, under their
+    # parent, which MLflow opens for runs tagged as evaluations; not grouped (a group row
+    # averages every column)
+    for child in tracker.children(parent):
+        assert child.data.tags["mlflow.runType"] == "evaluation"
     tags = tracker.client.get_experiment(tracker.experiment_id).tags
     view = json.loads(tags[f"mlflow.sharedViewState.{parent}"])
     found = tracker.client.search_runs([tracker.experiment_id], view["searchFilter"])
