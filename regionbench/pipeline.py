@@ -443,7 +443,9 @@ def _where_it_lives(job: Job, model, region, found: dict, scores) -> dict[str, f
         tracker.log_file(run_id, region.save, "region.safetensors")
     if region.numel:
         title = f"{_what(job)} of {_model_name(run)}: share of each block matrix selected"
-        shares = region.score_shares(scores)  # where a per-matrix share is the same everywhere
+        # where a per-matrix share is the same everywhere: the importance each matrix keeps,
+        # from the S sums the selection saw (a sweep reads its scores once), else the scores
+        shares = region.held_shares() or region.score_shares(scores)
         draw = lambda path: region_density(summary, path, title, shares)  # noqa: E731
         tracker.log_file(run_id, draw, "region_density.png")
     metrics, rows, per_dim = dimensions.where_it_lives(model, region, found)

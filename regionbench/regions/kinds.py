@@ -424,6 +424,7 @@ def select_ratios(
         raise ValueError(f"lang {lang!r} only applies to region {takes}, not {region!r}")
     else:
         lang_index = None
+    held: dict[str, tuple[float, list[float]]] = {}  # S per matrix, read once with the picks
     if kind.sums:
         for other in langs:
             if set(scores[other]) != set(scores[langs[0]]):
@@ -432,11 +433,13 @@ def select_ratios(
             totals = Summed(scores, langs, device)
         elif set(totals) != set(scores[langs[0]]):
             raise ValueError("totals and scores cover different parameters")
-        found = per_matrix_ratios({TOTAL: totals}, ratios, [TOTAL], kind.pick, device=device)
+        found = per_matrix_ratios(
+            {TOTAL: totals}, ratios, [TOTAL], kind.pick, device=device, held=held
+        )
     else:
         found = per_matrix_ratios(scores, ratios, langs, kind.pick, lang_index, device=device)
     out = []
-    for ratio, masks in zip(ratios, found, strict=True):
+    for i, (ratio, masks) in enumerate(zip(ratios, found, strict=True)):
         info = {str(k): str(v) for k, v in (meta or {}).items()}
         info.update(
             {
@@ -450,6 +453,8 @@ def select_ratios(
             info["lang"] = lang
         info.setdefault("regionbench_version", regionbench.__version__)
         selected = Region(masks=masks, meta=info)
+        if held:
+            selected.held = {name: (part[i], whole) for name, (whole, part) in held.items()}
         if ratio > 0 and selected.numel == 0:
             raise checks.empty_error(
                 kind.name, ratio, checks.why_selection_empty(scores, ratio, langs, lang)

@@ -42,6 +42,9 @@ class Region:
 
     masks: dict[str, Tensor]
     meta: dict[str, str] = field(default_factory=dict)
+    # {param: (S held by the mask, S of the matrix)}, recorded by a selection that ranked the
+    # language total S; `score_shares` then needs no scores read again
+    held: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
 
     @property
     def numel(self) -> int:
@@ -79,7 +82,8 @@ class Region:
         """{(layer, module): the share of S = Σ_ℓ score_ℓ over its matrices that the region's
         entries hold} from per-language `scores` {lang: {param: Tensor}} (a top-k region holds
         more than its share of the entries, a bottom-k less); {} unless every masked parameter
-        has a score per entry."""
+        has a score per entry (float64 sums of the languages; `held_shares` gives the same from
+        what a selection of S saw, without reading the scores again)."""
         if not scores or any(
             name not in per or per[name].shape != mask.shape
             for per in scores.values()
@@ -93,6 +97,18 @@ class Region:
             pair[0] += float(total[mask.to("cpu")].sum())
             pair[1] += float(total.sum())
         return {key: h / t if t > 0 else math.nan for key, (h, t) in held.items()}
+
+    def held_shares(self) -> dict[tuple, float]:
+        """`score_shares` from the S sums its selection recorded (`held`, fp32 S: equal to
+        `score_shares` to fp32 rounding); {} for a region selected otherwise."""
+        if not self.held or set(self.held) != set(self.masks):
+            return {}
+        sums: dict[tuple, list[float]] = {}
+        for name, (part, whole) in self.held.items():
+            pair = sums.setdefault(split_name(name), [0.0, 0.0])
+            pair[0] += part
+            pair[1] += whole
+        return {key: h / t if t > 0 else math.nan for key, (h, t) in sums.items()}
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a self-describing safetensors mask file (atomically); returns its path."""

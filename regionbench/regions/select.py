@@ -165,9 +165,11 @@ def per_matrix_ratios(
     lang_index: int | None = None,
     *,
     device: str | torch.device | None = None,
+    held: dict[str, tuple[float, list[float]]] | None = None,
 ) -> list[dict[str, Tensor]]:
     """`per_matrix` for each of `ratios`, each parameter's scores read once for all of them
-    (picks on `device`, masks on the CPU)."""
+    (picks on `device`, masks on the CPU). `held`, when given and one score set is ranked (a
+    language total S), gets {param: (ΣS, [ΣS over each ratio's mask])} from the same read."""
     if not scores:
         raise ValueError("scores is empty: need {language: {param: score}}")
     if not langs:
@@ -187,7 +189,14 @@ def per_matrix_ratios(
         if device is not None:
             per_lang = [s.to(device) for s in per_lang]
         numel = per_lang[0].numel()
-        return [pick(per_lang, exact_k(r, numel), lang_index, name).cpu() for r in ratios]
+        masks = [pick(per_lang, exact_k(r, numel), lang_index, name).cpu() for r in ratios]
+        if held is not None and len(per_lang) == 1:
+            total = per_lang[0].to(torch.float64)
+            held[name] = (
+                float(total.sum()),
+                [float(total[m.to(total.device)].sum()) for m in masks],
+            )
+        return masks
 
     found = _each(masks_of, names, device)
     return [{name: m[i] for name, m in zip(names, found, strict=True)} for i in range(len(ratios))]

@@ -101,3 +101,16 @@ def test_a_region_of_uneven_shares_shows_them(tmp_path, monkeypatch):
     shares = {(r["layer"], r["module"]): r["selected"] / r["numel"] for r in region.summary()}
     assert values == [[shares[(layer, m)] for m in cols] for layer in (0, 1)]
     assert kw["label"] == "share selected" and kw["note"] == ""
+
+
+def test_a_selection_of_the_total_records_the_shares_it_saw():
+    """core ranks S: the shares its selection recorded are the float64 ones to fp32 rounding,
+    so the job's figure needs no second read of the scores."""
+    scores = _scores()
+    for kind in ("core", "core_bottom"):
+        region = select(scores, 0.1, kind)
+        want = region.score_shares(scores)
+        held = region.held_shares()
+        assert held.keys() == want.keys() and held
+        assert all(held[k] == pytest.approx(want[k], rel=1e-6) for k in want)
+    assert select(scores, 0.1, "monolingual", lang=next(iter(scores))).held_shares() == {}
