@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from regionbench.common.cache import (
+    CacheError,
     JsonCache,
     cache_key,
     cache_root,
@@ -181,7 +182,10 @@ class Session:
                 ", ".join(langs),
             )
         if known is None or known["fingerprint"] != fp:
-            store.put(key, {"fingerprint": fp})
+            try:
+                store.put(key, {"fingerprint": fp})
+            except CacheError as err:  # a read-only or full cache: later jobs tokenize again
+                log.warning("the importance windows' fingerprint is not kept: %s", err)
 
     def scores(self, run: RunConfig, plan: Plan) -> tuple[dict, str, str, bool]:
         """(scores, samples fingerprint, cache key, cache hit) of the run's metric on the plan's
