@@ -36,7 +36,10 @@ def test_ui_lands_on_the_sweeps_runs_with_the_comparison_columns(tmp_path):
     assert "ok   parent run's description on its page" in lines
     assert "ok   no seed column and no averaged group rows" in lines
     assert any(ln.startswith("ok   interval columns beside ppl_ratio/mean") for ln in lines)
-    assert any(ln.startswith("ok ") and "values at 4 significant digits" in ln for ln in lines)
+    # "ok   33 values in 11 columns at 4 significant digits, uncut"
+    assert any(
+        ln.startswith("ok ") and "columns at 4 significant digits, uncut" in ln for ln in lines
+    )
     assert any(ln.startswith("ok ") and "per-language columns drawn" in ln for ln in lines)
     assert "ok   a job's description on its page" in lines
     assert "ok   sweep_comparison.json shown as a table" in lines
