@@ -445,7 +445,8 @@ def _where_it_lives(job: Job, model, region, found: dict, scores) -> dict[str, f
         title = f"{_what(job)} of {_model_name(run)}: share of each block matrix selected"
         # where a per-matrix share is the same everywhere: the importance each matrix keeps,
         # from the S sums the selection saw (a sweep reads its scores once), else the scores
-        shares = region.held_shares() or region.score_shares(scores)
+        # (read only for such a region)
+        shares = lambda: region.held_shares() or region.score_shares(scores)  # noqa: E731
         draw = lambda path: region_density(summary, path, title, shares)  # noqa: E731
         tracker.log_file(run_id, draw, "region_density.png")
     metrics, rows, per_dim = dimensions.where_it_lives(model, region, found)

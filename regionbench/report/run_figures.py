@@ -10,7 +10,7 @@ tracker as files.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from regionbench.report.plots import (
@@ -124,18 +124,24 @@ def dimension_profile(
 
 
 def region_density(
-    rows: list[dict], path: Path, title: str, score_shares: Mapping[tuple, float] | None = None
+    rows: list[dict],
+    path: Path,
+    title: str,
+    score_shares: Mapping[tuple, float] | Callable[[], Mapping[tuple, float]] | None = None,
 ) -> Path:
     """The share of each block matrix a region selects, layers × modules; where that share is
     the same in every matrix (a region picked per matrix: core, core_bottom, random) and the
     region's `score_shares` are given (`Region.score_shares`), the share of each matrix's
-    importance the selected entries hold instead, which says where the region's weight lies."""
+    importance the selected entries hold instead, which says where the region's weight lies
+    (`score_shares` may be a function: it is called only then, so other regions read no scores)."""
     layers = sorted({r["layer"] for r in rows if r["layer"] is not None})
     modules = sorted({r["module"] for r in rows if r["layer"] is not None})
     cell = {(r["layer"], r["module"]): r["fraction"] for r in rows}
     shares = [v for key, v in cell.items() if key[0] is not None]
     uniform = bool(shares) and max(shares) - min(shares) <= 0.02 * max(shares)
     note, label = "", "share selected"
+    if uniform and callable(score_shares):
+        score_shares = score_shares()
     if uniform and score_shares:
         note = (
             f"every matrix has {max(shares):.3g} of its entries selected; colours: the share of "

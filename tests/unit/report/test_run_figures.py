@@ -114,3 +114,22 @@ def test_a_selection_of_the_total_records_the_shares_it_saw():
         assert held.keys() == want.keys() and held
         assert all(held[k] == pytest.approx(want[k], rel=1e-6) for k in want)
     assert select(scores, 0.1, "monolingual", lang=next(iter(scores))).held_shares() == {}
+
+
+def test_the_shares_are_asked_for_only_where_the_figure_shows_them(tmp_path, monkeypatch):
+    """A job hands the figure a function: a region of uneven shares never calls it (it would
+    read every language's scores), an even one calls it once."""
+    scores = _scores()
+    asked = []
+
+    def shares():
+        asked.append(1)
+        return region.score_shares(scores)
+
+    _drawn(monkeypatch)
+    region = select(scores, 0.1, "core")
+    run_figures.region_density(region.summary(), tmp_path / "a.png", "t", shares)
+    assert asked == [1]
+    region.masks["model.layers.1.self_attn.q_proj.weight"][:] = True
+    run_figures.region_density(region.summary(), tmp_path / "b.png", "t", shares)
+    assert asked == [1]
