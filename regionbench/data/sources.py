@@ -24,6 +24,7 @@ from regionbench.common.choices import check_choice
 from regionbench.config import DataConfig, RunConfig
 from regionbench.data import bible, hub, local
 from regionbench.data.languages import PAPER_EVAL_LANGS, PAPER_IMPORTANCE_LANGS
+from regionbench.sandbox import training_text
 
 SPLITS = ("train", "importance", "eval")
 
@@ -147,6 +148,7 @@ SOURCES: dict[str, Source] = {
                 PAPER_IMPORTANCE_LANGS if purpose == "importance" else bible.LANGS
             ),
             parallel=True,
+            heldout=training_text.BIBLE_HELDOUT,  # what bible-s never saw: freeze's default target
             options="bible",
             check_options=lambda o: bible.check(o.get("verses"), o.get("translations")),
             provenance=lambda o: bible.provenance(o.get("translations")),
@@ -294,7 +296,8 @@ def eval_langs(run: RunConfig) -> list[str]:
 
 def target_langs(run: RunConfig) -> list[str]:
     """Further-training languages (of an intervention that trains): as set, else the sandbox's
-    first held-out language, else the first evaluation language."""
+    first held-out language (the sandbox's armn, the Bible's sw), else the first evaluation
+    language."""
     if run.intervention.target_langs:
         return list(run.intervention.target_langs)
     heldout = source(run.data.source).heldout

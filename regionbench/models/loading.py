@@ -64,7 +64,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def is_sandbox(name: str) -> bool:
-    return name.startswith("sandbox-")
+    """A model regionbench pre-trains itself (sandbox-*, and bible-s on the Bible wheel)."""
+    return name.startswith(("sandbox-", "bible-"))
 
 
 def check_model(name: str, *, revision: str | None = None, trust_remote_code: bool = False) -> str:

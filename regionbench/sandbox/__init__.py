@@ -5,6 +5,7 @@
     languages, lexicon, meaning   what the corpus is made of; identify(text): its language
     tokenizer, models   the sandbox tokenizer and LLaMA models, built on first use
     checkpoint          a build's checkpoints: an interrupted build resumes, same bytes
+    training_text       what a model pre-trains on: the sandbox world, or the Bible (bible-s)
     python -m regionbench.sandbox build sandbox-m | info | sample           (the command line)
 
 The names a run needs are here; the modules say which part of the world they are.

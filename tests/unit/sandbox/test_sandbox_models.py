@@ -137,6 +137,14 @@ def test_model_sizes():
     assert 200_000 <= sizes["sandbox-s"] <= 450_000
     assert 1_000_000 <= sizes["sandbox-m"] <= 2_000_000
     assert 5_000_000 <= sizes["sandbox-l"] <= 8_000_000
+    assert 7_000_000 <= sizes["bible-s"] <= 8_000_000
+
+
+def test_the_corpus_field_leaves_the_sandbox_models_their_folders():
+    # Folder names published before the recipes learnt their corpus (the bible-s change).
+    digests = {name: models.recipe_digest(name) for name in ("sandbox-test", "sandbox-m")}
+    assert digests == {"sandbox-test": "2ba10157", "sandbox-m": "6fbce04c"}
+    assert models.SANDBOX_MODELS["bible-s"].corpus == "bible"
 
 
 def test_unknown_model_is_a_one_line_error(tmp_path):
