@@ -31,7 +31,11 @@ from regionbench.session import Session
 # broken inputs made by the `files` fixture. Every case also gets +debug=default (sandbox-test).
 CLI_CASES = [
     # an unknown option of every config group
-    ("group-model", ["model=sandbox-xx"], ["model option 'sandbox-xx'", "choices: bible-s, bloom-560m"]),
+    (
+        "group-model",
+        ["model=sandbox-xx"],
+        ["model option 'sandbox-xx'", "choices: bible-s, bloom-560m"],
+    ),
     ("group-metric", ["metric=taylr"], ["metric option 'taylr'", "did you mean 'taylor'"]),
     ("group-region", ["region=cor"], ["region option 'cor'", "did you mean 'core'"]),
     ("group-intervention", ["intervention=remov"], ["'remov'", "did you mean 'remove'"]),
